@@ -1,1 +1,172 @@
-fn main() {}
+//! The `sessionize` command.
+
+mod cli;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use cli::{Cli, Command, GenerateArgs, RunArgs};
+use sessionize::engine::{Engine, EngineConfig};
+use sessionize::generate::{generate, GeneratorConfig};
+use sessionize::pipeline::{run_bounded, Output};
+use sessionize::plugin::contract::Settings;
+use sessionize::plugin::{ComponentRules, PluginLimits, RulesEngine, RulesRuntime};
+use sessionize::sink::iceberg::{IcebergSink, SinkConfig};
+use sessionize::source::file::FileSource;
+
+/// The default rules component, built from `guest/default-rules`.
+#[cfg(embedded_rules)]
+const DEFAULT_RULES: Option<&[u8]> = Some(include_bytes!(env!("SESSIONIZE_DEFAULT_RULES")));
+#[cfg(not(embedded_rules))]
+const DEFAULT_RULES: Option<&[u8]> = None;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let log_level = match &cli.command {
+        Command::Run(args) => args.log_level.as_str(),
+        Command::Generate(_) => "warn",
+    };
+    let filter = EnvFilter::try_from_env("SESSIONIZE_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(format!("{log_level},iceberg=warn,sqlx=warn")));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let outcome = match cli.command {
+        Command::Run(args) => run(*args),
+        Command::Generate(args) => generate_command(&args),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: RunArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run_async(args))
+}
+
+async fn run_async(args: RunArgs) -> Result<()> {
+    let mut source = if args.test_mode {
+        let mut sample = Vec::new();
+        generate(&GeneratorConfig::sample(), &mut sample).context("generating the sample")?;
+        FileSource::from_bytes("test-mode sample", sample)
+    } else if let Some(path) = &args.input {
+        FileSource::open(path)?
+    } else {
+        bail!(
+            "streaming from Kafka ({} on {}) is not available in this build yet: \
+             pass --input PATH (or - for stdin) or --test-mode",
+            args.kafka_topic,
+            args.kafka_servers
+        );
+    };
+    let mut rules = load_rules(&args)?;
+    tracing::info!(rules = rules.rule_version(), "rules loaded");
+    let sink_config = SinkConfig {
+        warehouse: args.warehouse.clone(),
+        database: args.iceberg_database.clone(),
+        table: args.iceberg_table.clone(),
+        rejected_table: "rejected_events".into(),
+    };
+    let mut sink = IcebergSink::open(&sink_config)
+        .await
+        .with_context(|| format!("opening the Iceberg tables in {}", args.warehouse.display()))?;
+    let mut engine = Engine::new(EngineConfig {
+        allowed_lateness_ms: duration_ms(args.allowed_lateness),
+        ..EngineConfig::default()
+    });
+    let props = HashMap::from([
+        ("sessionize.rule-version".to_owned(), rules.rule_version().to_owned()),
+        ("sessionize.source".to_owned(), source.name().to_owned()),
+    ]);
+    let summary =
+        run_bounded(&mut source, &mut engine, &mut rules, Output::Iceberg(&mut sink), props)
+            .await?;
+    println!("{summary}");
+    println!(
+        "table:             {}.{} in {}",
+        args.iceberg_database,
+        args.iceberg_table,
+        args.warehouse.display()
+    );
+    Ok(())
+}
+
+fn duration_ms(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn load_rules(args: &RunArgs) -> Result<ComponentRules> {
+    let settings = Settings {
+        inactivity_timeout_ms: duration_ms(args.inactivity_timeout),
+        max_duration_ms: duration_ms(args.max_session_duration),
+        params: args.plugin_params.clone(),
+    };
+    let limits = PluginLimits {
+        memory_bytes: args.plugin_memory_mib << 20,
+        call_timeout: args.plugin_timeout,
+    };
+    let engine = Arc::new(RulesEngine::new()?);
+    let rules = match (&args.plugin, DEFAULT_RULES) {
+        (Some(path), _) => engine
+            .load_file(path, &settings, limits)
+            .with_context(|| format!("loading plugin {}", path.display()))?,
+        (None, Some(bytes)) => {
+            engine.load(bytes, &settings, limits).context("loading the built-in default rules")?
+        }
+        (None, None) => bail!(
+            "this binary was built without the default rules: run guest/build.sh and rebuild, \
+             or pass --plugin PATH"
+        ),
+    };
+    Ok(rules)
+}
+
+fn generate_command(args: &GenerateArgs) -> Result<()> {
+    let config = if args.sample {
+        GeneratorConfig::sample()
+    } else {
+        GeneratorConfig {
+            num_users: args.num_users,
+            rate: args.rate,
+            duration_s: args.duration.as_secs(),
+            malformed_rate: args.malformed_rate,
+            seed: args.seed,
+            max_events: args.events,
+            ..GeneratorConfig::sample()
+        }
+    };
+    if !(0.0..=1.0).contains(&config.malformed_rate) {
+        bail!("--malformed-rate must be between 0 and 1");
+    }
+    let written = match &args.output {
+        Some(path) => {
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+            let n = generate(&config, &mut out)?;
+            out.flush()?;
+            n
+        }
+        None => {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let n = generate(&config, &mut out)?;
+            out.flush()?;
+            n
+        }
+    };
+    tracing::info!(written, "events generated");
+    Ok(())
+}

@@ -1,0 +1,183 @@
+//! Command-line interface: flags, their defaults, and what they mean.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Real-time user sessionization: clickstream in, one row per session out, with
+/// the session rules in a hot-swappable WebAssembly component.
+#[derive(Debug, Parser)]
+#[command(name = "sessionize", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Sessionize events into the Iceberg table.
+    Run(Box<RunArgs>),
+    /// Write realistic clickstream as JSON lines.
+    Generate(GenerateArgs),
+}
+
+/// `sessionize run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS", default_value = "localhost:9092")]
+    pub kafka_servers: String,
+    /// Kafka topic to read.
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "clickstream")]
+    pub kafka_topic: String,
+    /// Read JSON lines (gzip too) from this file, or `-` for standard input,
+    /// instead of Kafka; the run ends with the input.
+    #[arg(long, value_name = "PATH|-")]
+    pub input: Option<PathBuf>,
+    /// Process a generated sample once and stop (no Kafka needed).
+    #[arg(long)]
+    pub test_mode: bool,
+    /// Iceberg warehouse directory (holds catalog.db and the tables).
+    #[arg(long, env = "ICEBERG_WAREHOUSE", default_value = "./warehouse")]
+    pub warehouse: PathBuf,
+    /// Iceberg namespace.
+    #[arg(long, default_value = "sessions")]
+    pub iceberg_database: String,
+    /// Iceberg table for sessions.
+    #[arg(long, default_value = "user_sessions")]
+    pub iceberg_table: String,
+    /// Silence that ends a session: minutes, or with a unit (45m, 90s, 1h).
+    #[arg(long, default_value = "30", value_parser = minutes)]
+    pub inactivity_timeout: Duration,
+    /// Longest a session may last: hours, or with a unit (90m, 2h).
+    #[arg(long, default_value = "2", value_parser = hours)]
+    pub max_session_duration: Duration,
+    /// How late an event may arrive behind its partition's newest: minutes, or
+    /// with a unit.
+    #[arg(long, default_value = "10", value_parser = minutes)]
+    pub allowed_lateness: Duration,
+    /// Rules component (.wasm); default: the built-in default rules.
+    #[arg(long, value_name = "PATH")]
+    pub plugin: Option<PathBuf>,
+    /// A parameter for the rules plugin, `key=value` (repeatable).
+    #[arg(long = "plugin-param", value_name = "KEY=VALUE", value_parser = key_value)]
+    pub plugin_params: Vec<(String, String)>,
+    /// Memory limit of the rules plugin, MiB.
+    #[arg(long, default_value_t = 64)]
+    pub plugin_memory_mib: usize,
+    /// Time budget of one plugin call: seconds, or with a unit (500ms).
+    #[arg(long, default_value = "5", value_parser = seconds)]
+    pub plugin_timeout: Duration,
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, default_value = "info", value_parser = ["error", "warn", "info", "debug", "trace"])]
+    pub log_level: String,
+}
+
+/// `sessionize generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Distinct users.
+    #[arg(long, default_value_t = 1000)]
+    pub num_users: u32,
+    /// Events per second of event time, across all users.
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Event-time span: seconds, or with a unit (6h, 1d).
+    #[arg(long, default_value = "1h", value_parser = seconds)]
+    pub duration: Duration,
+    /// Stop after this many lines.
+    #[arg(long)]
+    pub events: Option<u64>,
+    /// The small fixed sample `run --test-mode` uses (overrides the sizes).
+    #[arg(long)]
+    pub sample: bool,
+    /// Random seed.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Share of records that are malformed.
+    #[arg(long, default_value_t = 0.001)]
+    pub malformed_rate: f64,
+    /// Write here instead of standard output.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+}
+
+fn with_unit(text: &str, unit: Duration) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(n) = text.parse::<u64>() {
+        return Ok(unit * n as u32);
+    }
+    if let Ok(n) = text.parse::<f64>() {
+        if n.is_finite() && n >= 0.0 {
+            return Ok(unit.mul_f64(n));
+        }
+    }
+    humantime::parse_duration(text).map_err(|e| {
+        format!(
+            "{e}: give a number ({} by default) or a number with a unit, like 45m, 90s, 2h",
+            unit_name(unit)
+        )
+    })
+}
+
+fn unit_name(unit: Duration) -> &'static str {
+    match unit.as_secs() {
+        3600 => "hours",
+        60 => "minutes",
+        _ => "seconds",
+    }
+}
+
+fn positive(d: Duration) -> Result<Duration, String> {
+    if d.is_zero() {
+        Err("must be greater than zero".into())
+    } else {
+        Ok(d)
+    }
+}
+
+fn minutes(text: &str) -> Result<Duration, String> {
+    with_unit(text, Duration::from_secs(60)).and_then(positive)
+}
+
+fn hours(text: &str) -> Result<Duration, String> {
+    with_unit(text, Duration::from_secs(3600)).and_then(positive)
+}
+
+fn seconds(text: &str) -> Result<Duration, String> {
+    with_unit(text, Duration::from_secs(1)).and_then(positive)
+}
+
+fn key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{text:?} is not key=value")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_a_default_unit_or_an_explicit_one() {
+        assert_eq!(minutes("30"), Ok(Duration::from_secs(1800)));
+        assert_eq!(minutes("45m"), Ok(Duration::from_secs(2700)));
+        assert_eq!(minutes("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(hours("2"), Ok(Duration::from_secs(7200)));
+        assert_eq!(hours("1.5"), Ok(Duration::from_secs(5400)));
+        assert_eq!(hours("90m"), Ok(Duration::from_secs(5400)));
+        assert!(minutes("0").is_err());
+        assert!(minutes("soon").unwrap_err().contains("like 45m"));
+    }
+
+    #[test]
+    fn plugin_params_are_key_value() {
+        assert_eq!(key_value("logout_page=bye"), Ok(("logout_page".into(), "bye".into())));
+        assert!(key_value("=x").is_err());
+        assert!(key_value("x").is_err());
+    }
+}

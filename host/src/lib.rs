@@ -1,0 +1,12 @@
+//! Sessionize: groups clickstream events into user sessions with rules that run
+//! as a WebAssembly component, and writes the sessions to Apache Iceberg.
+
+pub mod engine;
+pub mod event;
+pub mod generate;
+pub mod output;
+pub mod pipeline;
+pub mod plugin;
+pub mod sink;
+pub mod source;
+pub mod text;

@@ -1,0 +1,293 @@
+//! Rules as a WebAssembly component, run by wasmtime in a sandbox: bounded memory,
+//! a time budget per call, and WASI with no files, no network and no environment.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::sessionize::plugin::{host, types};
+use super::bindings::{SessionRules, SessionRulesPre};
+use super::contract::{Batch, BatchResult, LogLevel, Settings};
+use super::{check_result, PluginError, RulesRuntime};
+
+/// How often the epoch advances: the granularity of the per-call time budget.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Sandbox limits for one plugin instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PluginLimits {
+    /// Largest linear memory (and table) the instance may grow to.
+    pub memory_bytes: usize,
+    /// Longest one `process` call may run before it is interrupted.
+    pub call_timeout: Duration,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        Self { memory_bytes: 64 << 20, call_timeout: Duration::from_secs(5) }
+    }
+}
+
+/// A wasmtime engine set up for rules plugins, with the thread that advances its
+/// epoch (the clock behind time budgets). Compiling components is the expensive
+/// part; share one engine between all plugins of a process.
+pub struct RulesEngine {
+    engine: wasmtime::Engine,
+    linker: Linker<PluginHost>,
+    ticker: Option<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl RulesEngine {
+    /// An engine with epoch interruption and a WASI linker that grants nothing.
+    pub fn new() -> Result<Self, PluginError> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.wasm_component_model(true);
+        let engine =
+            wasmtime::Engine::new(&config).map_err(|e| PluginError::Invalid(e.to_string()))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| PluginError::Invalid(e.to_string()))?;
+        SessionRules::add_to_linker::<_, HasSelf<_>>(&mut linker, |host| host)
+            .map_err(|e| PluginError::Invalid(e.to_string()))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker = {
+            let engine = engine.clone();
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("plugin-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| PluginError::Invalid(format!("cannot start epoch thread: {e}")))?
+        };
+        Ok(Self { engine, linker, ticker: Some(ticker), stop })
+    }
+
+    /// Compiles and checks a component from a file.
+    pub fn load_file(
+        self: &Arc<Self>,
+        path: &Path,
+        settings: &Settings,
+        limits: PluginLimits,
+    ) -> Result<ComponentRules, PluginError> {
+        let bytes = std::fs::read(path)
+            .map_err(|source| PluginError::Read { path: path.display().to_string(), source })?;
+        self.load(&bytes, settings, limits)
+    }
+
+    /// Compiles a component, instantiates it, and configures it with `settings`:
+    /// a plugin that fails any step is refused before it sees an event.
+    pub fn load(
+        self: &Arc<Self>,
+        bytes: &[u8],
+        settings: &Settings,
+        limits: PluginLimits,
+    ) -> Result<ComponentRules, PluginError> {
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| PluginError::Invalid(format!("{e:#}")))?;
+        // Resolves imports now: a component that needs more than WASI and the
+        // host log is refused here, not on its first batch.
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .and_then(SessionRulesPre::new)
+            .map_err(|e| PluginError::Invalid(format!("{e:#}")))?;
+        let hash = hex::encode(&Sha256::digest(bytes)[..6]);
+        let mut rules = ComponentRules {
+            engine: self.clone(),
+            pre,
+            settings: settings.clone(),
+            limits,
+            instance: None,
+            rule_version: String::new(),
+            texts_known: 0,
+        };
+        let info = rules.instance()?.info()?;
+        rules.rule_version = format!("{}@{}+{hash}", info.name, info.version);
+        Ok(rules)
+    }
+}
+
+impl Drop for RulesEngine {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(ticker) = self.ticker.take() {
+            let _ = ticker.join();
+        }
+    }
+}
+
+/// What a plugin instance's store holds: its sandboxed WASI and its limits.
+struct PluginHost {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    plugin: Arc<str>,
+}
+
+impl WasiView for PluginHost {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl types::Host for PluginHost {}
+
+impl host::Host for PluginHost {
+    fn log(&mut self, level: LogLevel, message: String) {
+        let plugin = &*self.plugin;
+        match level {
+            LogLevel::Error => tracing::error!(plugin, "{message}"),
+            LogLevel::Warn => tracing::warn!(plugin, "{message}"),
+            LogLevel::Info => tracing::info!(plugin, "{message}"),
+            LogLevel::Debug => tracing::debug!(plugin, "{message}"),
+            LogLevel::Trace => tracing::trace!(plugin, "{message}"),
+        }
+    }
+}
+
+/// A live, configured instance.
+struct Instance {
+    store: Store<PluginHost>,
+    bindings: SessionRules,
+    limits: PluginLimits,
+}
+
+impl Instance {
+    fn info(&mut self) -> Result<super::contract::PluginInfo, PluginError> {
+        self.arm();
+        let rules = self.bindings.sessionize_plugin_rules();
+        rules.call_info(&mut self.store).map_err(|e| classify(e, self.limits))
+    }
+
+    /// Sets the time budget for the next call.
+    fn arm(&mut self) {
+        self.store.set_epoch_deadline(deadline_ticks(self.limits));
+    }
+}
+
+/// Rules in a WebAssembly component.
+pub struct ComponentRules {
+    engine: Arc<RulesEngine>,
+    pre: SessionRulesPre<PluginHost>,
+    settings: Settings,
+    limits: PluginLimits,
+    /// `None` after a trap: rebuilt on the next call.
+    instance: Option<Instance>,
+    rule_version: String,
+    texts_known: usize,
+}
+
+impl ComponentRules {
+    /// The instance, building and configuring a fresh one if the last trapped.
+    fn instance(&mut self) -> Result<&mut Instance, PluginError> {
+        if self.instance.is_none() {
+            self.texts_known = 0;
+            let mut wasi = WasiCtx::builder();
+            wasi.inherit_stderr();
+            let host = PluginHost {
+                wasi: wasi.build(),
+                table: ResourceTable::new(),
+                limits: StoreLimitsBuilder::new()
+                    .memory_size(self.limits.memory_bytes)
+                    .table_elements(1 << 20)
+                    .instances(16)
+                    .trap_on_grow_failure(true)
+                    .build(),
+                plugin: Arc::from(self.rule_version.as_str()),
+            };
+            let mut store = Store::new(&self.engine.engine, host);
+            store.limiter(|host| &mut host.limits);
+            store.epoch_deadline_trap();
+            // Instantiation runs guest code too (start functions): budget it.
+            store.set_epoch_deadline(deadline_ticks(self.limits));
+            let bindings = self
+                .pre
+                .instantiate(&mut store)
+                .map_err(|e| PluginError::Invalid(format!("{e:#}")))?;
+            let mut instance = Instance { store, bindings, limits: self.limits };
+            instance.arm();
+            instance
+                .bindings
+                .sessionize_plugin_rules()
+                .call_configure(&mut instance.store, &self.settings)
+                .map_err(|e| classify(e, self.limits))?
+                .map_err(PluginError::Refused)?;
+            self.instance = Some(instance);
+        }
+        self.instance.as_mut().ok_or_else(|| PluginError::Trapped("no instance".into()))
+    }
+}
+
+impl RulesRuntime for ComponentRules {
+    fn rule_version(&self) -> &str {
+        &self.rule_version
+    }
+
+    fn process(
+        &mut self,
+        texts: &[Arc<str>],
+        batch: &mut Batch,
+    ) -> Result<BatchResult, PluginError> {
+        let limits = self.limits;
+        // Build first: a rebuilt instance starts with an empty text table.
+        self.instance()?;
+        let known = self.texts_known;
+        let Some(instance) = self.instance.as_mut() else {
+            return Err(PluginError::Trapped("instance vanished".into()));
+        };
+        batch.new_texts =
+            texts.get(known..).unwrap_or_default().iter().map(|t| t.to_string()).collect();
+        instance.arm();
+        let outcome =
+            instance.bindings.sessionize_plugin_rules().call_process(&mut instance.store, batch);
+        match outcome {
+            Ok(Ok(result)) => {
+                check_result(batch, &result)?;
+                self.texts_known = texts.len();
+                Ok(result)
+            }
+            Ok(Err(message)) => {
+                // The guest answered, so its table did take the new texts.
+                self.texts_known = texts.len();
+                Err(PluginError::Failed(message))
+            }
+            Err(e) => {
+                self.instance = None;
+                Err(classify(e, limits))
+            }
+        }
+    }
+}
+
+fn deadline_ticks(limits: PluginLimits) -> u64 {
+    let ticks = limits.call_timeout.as_millis() / EPOCH_TICK.as_millis();
+    u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
+}
+
+/// Turns a wasmtime error into what went wrong, in the plugin author's terms.
+fn classify(error: wasmtime::Error, limits: PluginLimits) -> PluginError {
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => PluginError::Timeout(limits.call_timeout),
+        _ => {
+            let text = format!("{error:#}");
+            if text.contains("forcing trap when growing memory") {
+                PluginError::OutOfMemory(limits.memory_bytes >> 20)
+            } else {
+                PluginError::Trapped(text)
+            }
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Where finished sessions and rejected events go.
+
+pub mod iceberg;
