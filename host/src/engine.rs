@@ -92,8 +92,15 @@ struct Pending {
 }
 
 impl Pending {
-    fn order_key(&self) -> (i64, Option<&str>) {
+    /// (time, event id), then the event's texts: events tied on time and id are
+    /// ordered by content, never by arrival, so arrival order cannot show.
+    fn cmp(&self, other: &Self, texts: &TextTable) -> std::cmp::Ordering {
+        let text = |h: Option<u32>| h.and_then(|h| texts.get(h)).map(|t| &**t);
         (self.event.timestamp_ms, self.event_id.as_deref())
+            .cmp(&(other.event.timestamp_ms, other.event_id.as_deref()))
+            .then_with(|| text(self.event.page_name).cmp(&text(other.event.page_name)))
+            .then_with(|| text(self.event.event_name).cmp(&text(other.event.event_name)))
+            .then_with(|| text(self.event.event_type).cmp(&text(other.event.event_type)))
     }
 }
 
@@ -292,7 +299,8 @@ impl Engine {
         for user in due {
             let slot = &mut self.users[user as usize];
             let mut events = std::mem::take(&mut slot.pending);
-            events.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+            let texts = &self.texts;
+            events.sort_by(|a, b| a.cmp(b, texts));
             let keep_from = if end_of_input {
                 events.len()
             } else {

@@ -61,6 +61,14 @@ pub enum Rejection {
 
 /// Parses one record (a JSON line or a Kafka message value).
 pub fn parse(record: &[u8]) -> Result<Event<'_>, Rejection> {
+    // serde would also read a struct from a JSON array; events are objects only.
+    if record.trim_ascii_start().first() != Some(&b'{') {
+        return Err(if std::str::from_utf8(record).is_err() {
+            Rejection::NotUtf8
+        } else {
+            Rejection::InvalidJson("not a JSON object".into())
+        });
+    }
     let wire: Wire<'_> = serde_json::from_slice(record).map_err(|e| {
         if std::str::from_utf8(record).is_err() {
             Rejection::NotUtf8
@@ -330,7 +338,8 @@ mod tests {
     #[test]
     fn rejects_each_kind_of_malformed_record_with_its_reason() {
         assert!(reject("not json").starts_with("invalid JSON"));
-        assert!(reject("[1,2]").starts_with("invalid JSON"));
+        assert_eq!(reject(r#"["u", 1]"#), "invalid JSON: not a JSON object");
+        assert_eq!(reject("42"), "invalid JSON: not a JSON object");
         assert!(reject(r#"{"uuid":"u","event_timestamp":1"#).starts_with("invalid JSON"));
         assert_eq!(reject(r#"{"event_timestamp":1}"#), "missing uuid");
         assert_eq!(reject(r#"{"uuid":null,"event_timestamp":1}"#), "missing uuid");

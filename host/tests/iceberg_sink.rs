@@ -179,7 +179,12 @@ async fn user_hash_bucket_follows_the_spec() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commit_round_trips_and_reopen_reuses_tables() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let warehouse = dir.path().join("warehouse");
+    // Set SESSIONIZE_KEEP_WAREHOUSE to a fresh path to keep the warehouse for inspection
+    // with another reader (pyiceberg, DuckDB).
+    let warehouse = match std::env::var_os("SESSIONIZE_KEEP_WAREHOUSE") {
+        Some(path) => PathBuf::from(path),
+        None => dir.path().join("warehouse"),
+    };
     let config = SinkConfig::new(&warehouse);
 
     let mut sink = IcebergSink::open(&config).await?;

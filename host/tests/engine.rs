@@ -1,0 +1,281 @@
+//! The engine's semantics, through the real default rules (compiled natively here;
+//! `plugin.rs` runs the same rules as a component).
+
+use std::collections::HashMap;
+
+use default_rules::DefaultRules;
+use proptest::prelude::*;
+use sessionize::engine::{session_id, Admission, Engine, EngineConfig};
+use sessionize::event::Event;
+use sessionize::output::SessionRow;
+use sessionize::plugin::contract::Settings;
+use sessionize::plugin::NativeRules;
+
+const MIN: i64 = 60_000;
+const HOUR: i64 = 60 * MIN;
+
+fn rules() -> NativeRules<DefaultRules> {
+    let settings =
+        Settings { inactivity_timeout_ms: 30 * MIN, max_duration_ms: 2 * HOUR, params: vec![] };
+    NativeRules::new("default-rules", &settings).unwrap()
+}
+
+fn ev<'a>(uuid: &'a str, id: &'a str, t: i64, page: &'a str) -> Event<'a> {
+    Event {
+        uuid: uuid.into(),
+        event_id: (!id.is_empty()).then(|| id.into()),
+        timestamp_ms: t,
+        page_name: (!page.is_empty()).then(|| page.into()),
+        event_name: None,
+        event_type: None,
+    }
+}
+
+/// Comparable view of a session.
+type Span = (String, i64, i64, u32, Vec<String>, String);
+
+fn spans(rows: &[SessionRow]) -> Vec<Span> {
+    let mut out: Vec<Span> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.uuid.clone(),
+                r.start_ms,
+                r.end_ms,
+                r.event_count,
+                r.pages.iter().map(|p| p.to_string()).collect(),
+                r.end_reason.clone(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Offers events in order, advancing every `every` events, then ends the input.
+fn run(events: &[Event<'_>], config: EngineConfig, every: usize) -> (Vec<SessionRow>, Engine) {
+    let mut engine = Engine::new(config);
+    let mut rules = rules();
+    let mut rows = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        engine.offer(0, e);
+        if (i + 1) % every.max(1) == 0 {
+            rows.extend(engine.advance(&mut rules, false).unwrap());
+        }
+    }
+    rows.extend(engine.advance(&mut rules, true).unwrap());
+    (rows, engine)
+}
+
+#[test]
+fn duplicates_count_once_whichever_copy_arrives_first() {
+    let events = [ev("u", "a", 0, "home"), ev("u", "b", MIN, "search"), ev("u", "a", 0, "home")];
+    let (rows, engine) = run(&events, EngineConfig::default(), 1);
+    assert_eq!(
+        spans(&rows),
+        vec![("u".into(), 0, MIN, 2, vec!["home".into(), "search".into()], "end_of_input".into())]
+    );
+    assert_eq!(engine.stats().duplicates, 1);
+    // Events without an id are never duplicates; the same id for another user is no duplicate.
+    let events = [ev("u", "", 0, ""), ev("u", "", 0, ""), ev("v", "a", 0, ""), ev("u", "a", 0, "")];
+    let (rows, engine) = run(&events, EngineConfig::default(), 1);
+    assert_eq!(rows.iter().map(|r| r.event_count).sum::<u32>(), 4);
+    assert_eq!(engine.stats().duplicates, 0);
+}
+
+#[test]
+fn lateness_is_measured_against_the_greatest_time_seen_before() {
+    let mut engine =
+        Engine::new(EngineConfig { allowed_lateness_ms: 10 * MIN, ..Default::default() });
+    assert_eq!(engine.offer(0, &ev("u", "1", 60 * MIN, "")), Admission::Accepted);
+    // Exactly the allowed lateness behind: accepted. One ms more: late.
+    assert_eq!(engine.offer(0, &ev("u", "2", 50 * MIN, "")), Admission::Accepted);
+    assert_eq!(engine.offer(0, &ev("v", "3", 50 * MIN - 1, "")), Admission::Late { behind_ms: 1 });
+    // Another partition has its own clock.
+    assert_eq!(engine.offer(1, &ev("v", "4", 0, "")), Admission::Accepted);
+    assert_eq!(engine.stats().late, 1);
+}
+
+#[test]
+fn events_behind_the_watermark_are_late_on_every_partition() {
+    let mut engine =
+        Engine::new(EngineConfig { allowed_lateness_ms: 10 * MIN, ..Default::default() });
+    let mut rules = rules();
+    engine.offer(0, &ev("u", "1", 60 * MIN, ""));
+    engine.advance(&mut rules, false).unwrap();
+    assert_eq!(engine.watermark(), 50 * MIN);
+    assert!(matches!(engine.offer(1, &ev("u", "2", 50 * MIN - 1, "")), Admission::Late { .. }));
+}
+
+#[test]
+fn sessions_close_once_the_watermark_passes_them_not_before() {
+    let mut engine =
+        Engine::new(EngineConfig { allowed_lateness_ms: 10 * MIN, ..Default::default() });
+    let mut rules = rules();
+    engine.offer(0, &ev("u", "1", 0, "home"));
+    engine.offer(0, &ev("v", "2", 40 * MIN, ""));
+    // Watermark 30 min: u's session (expires at 30 min) may still grow.
+    assert!(engine.advance(&mut rules, false).unwrap().is_empty());
+    engine.offer(0, &ev("v", "3", 40 * MIN + 1, ""));
+    let rows = engine.advance(&mut rules, false).unwrap();
+    assert_eq!(spans(&rows), vec![("u".into(), 0, 0, 1, vec!["home".into()], "inactivity".into())]);
+    assert_eq!(rows[0].session_id, session_id("u", 0));
+}
+
+#[test]
+fn boundaries_split_exactly_as_specified() {
+    // Gap of exactly 30 min stays, 30 min + 1 ms splits; exactly 2 h from the
+    // start stays, one ms more splits as max_duration.
+    let mut events =
+        vec![ev("a", "1", 0, ""), ev("a", "2", 30 * MIN, ""), ev("a", "3", 60 * MIN + 1, "")];
+    events.extend((0..=8).map(|i| ev("b", "", i * 15 * MIN, "")));
+    events.extend((0..8).map(|i| ev("c", "", i * 15 * MIN, "")));
+    events.push(ev("c", "x", 2 * HOUR + 1, ""));
+    events.sort_by_key(|e| e.timestamp_ms);
+    let (rows, _) = run(&events, EngineConfig::default(), 3);
+    let got: Vec<_> = spans(&rows).into_iter().map(|(u, s, e, n, _, r)| (u, s, e, n, r)).collect();
+    let want = [
+        ("a", 0, 30 * MIN, 2, "inactivity"),
+        // The final watermark (2 h + 1 ms - 10 min) is past this one's expiry.
+        ("a", 60 * MIN + 1, 60 * MIN + 1, 1, "inactivity"),
+        ("b", 0, 2 * HOUR, 9, "end_of_input"),
+        ("c", 0, 105 * MIN, 8, "max_duration"),
+        ("c", 2 * HOUR + 1, 2 * HOUR + 1, 1, "end_of_input"),
+    ];
+    let want: Vec<_> =
+        want.iter().map(|&(u, s, e, n, r)| (u.to_owned(), s, e, n, r.to_owned())).collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn session_ids_are_deterministic_and_unique_per_user_and_start() {
+    assert_eq!(session_id("u", 5), session_id("u", 5));
+    assert_ne!(session_id("u", 5), session_id("u", 6));
+    assert_ne!(session_id("u", 5), session_id("v", 5));
+    assert_eq!(session_id("u", 5).len(), 36);
+}
+
+/// The specification, written as plainly as possible: an independent oracle.
+fn reference<'a>(events: &'a [(String, String, i64, String)], lateness: i64) -> Vec<Span> {
+    let mut by_user: HashMap<&str, Vec<(i64, &str, &str)>> = HashMap::new();
+    let mut seen: HashMap<(&str, &str), usize> = HashMap::new();
+    for (u, id, t, p) in events {
+        if !id.is_empty() {
+            if let Some(&i) = seen.get(&(u.as_str(), id.as_str())) {
+                let v = by_user.get_mut(u.as_str()).unwrap();
+                v[i].0 = v[i].0.min(*t);
+                continue;
+            }
+            seen.insert((u, id), by_user.get(u.as_str()).map_or(0, Vec::len));
+        }
+        by_user.entry(u).or_default().push((*t, id, p));
+    }
+    let watermark = events.iter().map(|e| e.2).max().unwrap_or(0) - lateness;
+    let mut out = Vec::new();
+    for (u, mut evs) in by_user {
+        let key = |e: &(i64, &'a str, &'a str)| {
+            (e.0, (!e.1.is_empty()).then_some(e.1), (!e.2.is_empty()).then_some(e.2))
+        };
+        evs.sort_by(|a, b| key(a).cmp(&key(b)));
+        let mut cur: Option<(i64, i64, u32, Vec<String>)> = None;
+        let expiry = |s: &(i64, i64, u32, Vec<String>)| {
+            let (idle, longest) = (s.1 + 30 * MIN, s.0 + 2 * HOUR);
+            if longest < idle {
+                (longest, "max_duration")
+            } else {
+                (idle, "inactivity")
+            }
+        };
+        for (t, _, p) in evs {
+            if let Some(s) = &mut cur {
+                let (at, reason) = expiry(s);
+                if t > at {
+                    out.push((u.to_owned(), s.0, s.1, s.2, s.3.clone(), reason.to_owned()));
+                } else {
+                    s.1 = t;
+                    s.2 += 1;
+                    if !p.is_empty() && !s.3.iter().any(|x| x == p) {
+                        s.3.push(p.to_owned());
+                    }
+                    continue;
+                }
+            }
+            cur = Some((t, t, 1, if p.is_empty() { vec![] } else { vec![p.to_owned()] }));
+        }
+        if let Some(s) = cur {
+            let (at, reason) = expiry(&s);
+            let reason = if watermark > at { reason } else { "end_of_input" };
+            out.push((u.to_owned(), s.0, s.1, s.2, s.3, reason.to_owned()));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn arb_events() -> impl Strategy<Value = Vec<(String, String, i64, String)>> {
+    let event = (0..4u8, 0..40u16, 0..(5 * HOUR), 0..5u8, any::<bool>());
+    prop::collection::vec(event, 1..120).prop_map(|raw| {
+        let mut out: Vec<(String, String, i64, String)> = raw
+            .into_iter()
+            .map(|(u, id, t, p, has_page)| {
+                // Coarse times make ties and exact-boundary gaps common.
+                let t = (t / (5 * MIN)) * (5 * MIN) + (t % 3);
+                let page = if has_page { format!("p{p}") } else { String::new() };
+                (
+                    format!("user{u}"),
+                    if id % 7 == 0 { String::new() } else { format!("e{id}") },
+                    t,
+                    page,
+                )
+            })
+            .collect();
+        // Duplicates are exact copies (a producer retrying).
+        let copies: Vec<_> =
+            out.iter().filter(|e| e.2 % 2 == 0 && !e.1.is_empty()).cloned().collect();
+        out.extend(copies);
+        // Distinct ids must mean distinct events: reuse of an id with other content
+        // is not what the generator models.
+        let mut by_id: HashMap<(String, String), (i64, String)> = HashMap::new();
+        out.retain(|e| {
+            e.1.is_empty()
+                || by_id.entry((e.0.clone(), e.1.clone())).or_insert((e.2, e.3.clone()))
+                    == &(e.2, e.3.clone())
+        });
+        out
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Arrival order within the lateness bound and batch sizes do not change the
+    /// sessions, and they match the specification's oracle.
+    #[test]
+    fn sessions_do_not_depend_on_arrival_order_or_batching(
+        events in arb_events(),
+        jitter in prop::collection::vec(0..(10 * MIN), 240),
+        every in 1usize..60,
+        max_batch in 1usize..50,
+    ) {
+        let lateness = 10 * MIN;
+        let mut in_order = events.clone();
+        in_order.sort_by_key(|e| e.2);
+        // Shuffle within the bound: arrival key = time + jitter < time + lateness.
+        let mut shuffled: Vec<_> = events.iter().enumerate().map(|(i, e)| (e.2 + jitter[i % jitter.len()], i)).collect();
+        shuffled.sort();
+        let shuffled: Vec<_> = shuffled.into_iter().map(|(_, i)| events[i].clone()).collect();
+
+        let as_events = |v: &[(String, String, i64, String)]| -> Vec<(String, String, i64, String)> { v.to_vec() };
+        let run_one = |v: &[(String, String, i64, String)], every: usize, max_batch: usize| {
+            let evs: Vec<Event<'_>> = v.iter().map(|(u, id, t, p)| ev(u, id, *t, p)).collect();
+            let config = EngineConfig { allowed_lateness_ms: lateness, max_batch_events: max_batch };
+            let (rows, engine) = run(&evs, config, every);
+            prop_assert_eq!(engine.stats().late, 0);
+            Ok(spans(&rows))
+        };
+        let baseline = run_one(&as_events(&in_order), 1_000_000, 1_000_000)?;
+        let permuted = run_one(&shuffled, every, max_batch)?;
+        prop_assert_eq!(&baseline, &permuted);
+        prop_assert_eq!(&baseline, &reference(&events, lateness));
+    }
+}

@@ -1,0 +1,40 @@
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from pyiceberg.catalog.sql import SqlCatalog
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def binary() -> Path:
+    path = Path(os.environ.get("SESSIONIZE_BIN", ROOT / "target" / "release" / "sessionize"))
+    assert path.exists(), f"{path} missing: tests/run.sh builds it"
+    return path
+
+
+@pytest.fixture
+def run(binary):
+    """Runs the binary; returns the completed process (output captured)."""
+
+    def _run(*args, stdin=None, check=True):
+        proc = subprocess.run(
+            [str(binary), *map(str, args)],
+            input=stdin, capture_output=True, timeout=600,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"sessionize {args} failed:\n{proc.stderr.decode()}")
+        return proc
+
+    return _run
+
+
+def catalog(warehouse: Path) -> SqlCatalog:
+    """The table as any pyiceberg user would open it: no extra setup."""
+    return SqlCatalog(
+        "sessionize",
+        uri=f"sqlite:///{warehouse}/catalog.db",
+        warehouse=f"file://{warehouse}",
+    )

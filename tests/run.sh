@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs every test, from a fresh clone:
+#   formatting and lints; the SDK's and plugins' unit tests; the host's unit and
+#   integration tests against the components built from guest/; the end-to-end
+#   tests that drive the built binary and read the Iceberg tables back with
+#   pyiceberg. Installs what it needs (guest toolchain, Python packages) into
+#   ~/.cache/sessionize (override with SESSIONIZE_CACHE).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="${SESSIONIZE_CACHE:-$HOME/.cache/sessionize}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+cd "$ROOT"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "guest components"
+guest/build.sh
+
+step "python test environment"
+VENV="$CACHE/venv"
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+STAMP="$VENV/.requirements.sha256"
+if ! sha256sum --status -c "$STAMP" 2>/dev/null; then
+    "$VENV/bin/pip" install --quiet --upgrade pip
+    "$VENV/bin/pip" install --quiet -r tests/requirements.txt
+    sha256sum tests/requirements.txt > "$STAMP"
+fi
+
+step "format and lints"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "unit and integration tests"
+cargo test --workspace --locked
+
+step "end-to-end tests (binary + pyiceberg)"
+cargo build --workspace --locked
+SESSIONIZE_BIN="$CARGO_TARGET_DIR/debug/sessionize" \
+    "$VENV/bin/python" -m pytest -q tests/e2e "$@"
