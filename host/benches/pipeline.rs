@@ -1,1 +1,128 @@
-fn main() {}
+//! Benchmark: a bounded run of 1,000,000 generated events, file to Iceberg, with
+//! the default rules as the component and compiled natively.
+//!
+//!     guest/build.sh && cargo bench -p sessionize --bench pipeline
+//!
+//! Each variant runs in its own child process so its peak memory is its own.
+//! Set `BENCH_EVENTS` to change the size, `BENCH_ROUNDS` the repetitions.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use default_rules::DefaultRules;
+use sessionize::engine::{Engine, EngineConfig};
+use sessionize::generate::{generate, GeneratorConfig};
+use sessionize::pipeline::{run_bounded, Output};
+use sessionize::plugin::contract::Settings;
+use sessionize::plugin::{NativeRules, PluginLimits, RulesEngine, RulesRuntime};
+use sessionize::sink::iceberg::{IcebergSink, SinkConfig};
+use sessionize::source::file::FileSource;
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--variant") {
+        let variant = args.get(i + 1).context("--variant needs a value")?;
+        let input = PathBuf::from(args.get(i + 2).context("--variant needs an input")?);
+        return run_variant(variant, &input);
+    }
+    let events: u64 =
+        std::env::var("BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let rounds: usize =
+        std::env::var("BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let dir = std::env::temp_dir().join("sessionize-bench");
+    std::fs::create_dir_all(&dir)?;
+    let input = dir.join(format!("events-{events}.jsonl"));
+    if !input.exists() {
+        let config = GeneratorConfig {
+            num_users: 10_000,
+            rate: 100.0,
+            duration_s: 2 * 86_400,
+            max_events: Some(events),
+            ..GeneratorConfig::sample()
+        };
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&input)?);
+        generate(&config, &mut out)?;
+        std::io::Write::flush(&mut out)?;
+    }
+    println!("input: {} ({} MB)", input.display(), std::fs::metadata(&input)?.len() >> 20);
+    println!(
+        "{:<10} {:>12} {:>12} {:>12} {:>10}",
+        "rules", "events/s", "wall ms", "plugin ms", "peak MiB"
+    );
+    let exe = std::env::current_exe()?;
+    for variant in ["component", "native"] {
+        for _ in 0..rounds {
+            let status = Command::new(&exe).args(["--variant", variant]).arg(&input).status()?;
+            if !status.success() {
+                bail!("{variant} run failed");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn run_variant(variant: &str, input: &Path) -> Result<()> {
+    let settings = Settings {
+        inactivity_timeout_ms: 30 * 60_000,
+        max_duration_ms: 2 * 3_600_000,
+        params: vec![],
+    };
+    let mut rules: Box<dyn RulesRuntime> = match variant {
+        "component" => {
+            let path =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest/dist/default_rules.wasm");
+            let engine = Arc::new(RulesEngine::new()?);
+            Box::new(
+                engine
+                    .load_file(&path, &settings, PluginLimits::default())
+                    .with_context(|| format!("{}: run guest/build.sh", path.display()))?,
+            )
+        }
+        "native" => Box::new(NativeRules::<DefaultRules>::new("default-rules", &settings)?),
+        other => bail!("unknown variant {other}"),
+    };
+    let warehouse =
+        std::env::temp_dir().join(format!("sessionize-bench/wh-{variant}-{}", std::process::id()));
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let started = Instant::now();
+    let summary = runtime.block_on(async {
+        let mut sink = IcebergSink::open(&SinkConfig::new(&warehouse)).await?;
+        let mut engine = Engine::new(EngineConfig::default());
+        let source = FileSource::open(input)?;
+        anyhow::Ok(
+            run_bounded(
+                source,
+                &mut engine,
+                rules.as_mut(),
+                Output::Iceberg(&mut sink),
+                HashMap::new(),
+            )
+            .await?,
+        )
+    })?;
+    let wall = started.elapsed();
+    let _ = std::fs::remove_dir_all(&warehouse);
+    println!(
+        "{:<10} {:>12.0} {:>12} {:>12} {:>10}",
+        variant,
+        summary.read as f64 / wall.as_secs_f64(),
+        wall.as_millis(),
+        summary.engine.rules_time.as_millis(),
+        peak_rss_mib()
+    );
+    Ok(())
+}
+
+/// Peak resident memory of this process (Linux `VmHWM`).
+fn peak_rss_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_owned))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
+        .map_or(0, |kb| kb / 1024)
+}

@@ -74,6 +74,8 @@ pub struct EngineStats {
     pub plugin_calls: u64,
     /// Sessions the rules closed.
     pub sessions_closed: u64,
+    /// Time spent inside plugin calls.
+    pub rules_time: std::time::Duration,
 }
 
 /// Why the engine could not go on.
@@ -353,7 +355,10 @@ impl Engine {
     ) -> Result<(), EngineError> {
         while let Some(flight) = self.in_flight.first_mut() {
             self.stats.plugin_calls += 1;
-            let result = rules.process(self.texts.as_slice(), &mut flight.batch)?;
+            let started = std::time::Instant::now();
+            let result = rules.process(self.texts.as_slice(), &mut flight.batch);
+            self.stats.rules_time += started.elapsed();
+            let result = result?;
             let flight = self.in_flight.remove(0);
             self.apply(&flight, result, rules.rule_version(), closed);
         }

@@ -58,7 +58,7 @@ fn run(args: RunArgs) -> Result<()> {
 }
 
 async fn run_async(args: RunArgs) -> Result<()> {
-    let mut source = if args.test_mode {
+    let source = if args.test_mode {
         let mut sample = Vec::new();
         generate(&GeneratorConfig::sample(), &mut sample).context("generating the sample")?;
         FileSource::from_bytes("test-mode sample", sample)
@@ -92,8 +92,7 @@ async fn run_async(args: RunArgs) -> Result<()> {
         ("sessionize.source".to_owned(), source.name().to_owned()),
     ]);
     let summary =
-        run_bounded(&mut source, &mut engine, &mut rules, Output::Iceberg(&mut sink), props)
-            .await?;
+        run_bounded(source, &mut engine, &mut rules, Output::Iceberg(&mut sink), props).await?;
     println!("{summary}");
     println!(
         "table:             {}.{} in {}",

@@ -5,7 +5,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::engine::{Admission, Engine, EngineError, EngineStats};
-use crate::event;
+use std::sync::mpsc;
+use std::thread;
+
+use crate::event::{BlockRecord, EventBlock};
 use crate::output::{RejectedEvent, SessionRow};
 use crate::plugin::RulesRuntime;
 use crate::sink::iceberg::{IcebergSink, SinkError};
@@ -46,8 +49,8 @@ pub struct RunSummary {
     pub session_files: u64,
     /// Wall time of the run.
     pub elapsed: Duration,
-    /// Time spent inside the rules (plugin calls).
-    pub rules_time: Duration,
+    /// Time spent releasing events and applying the rules (engine `advance`).
+    pub advance_time: Duration,
 }
 
 impl RunSummary {
@@ -90,65 +93,97 @@ pub enum Output<'a> {
     },
 }
 
+/// Records per block handed from the parsing thread to the engine.
+const BLOCK_RECORDS: usize = 8192;
+/// Blocks in flight between the threads: enough to keep both busy.
+const BLOCKS_IN_FLIGHT: usize = 4;
+
+/// Reads and parses `source` on its own thread, so parsing overlaps the engine.
+fn spawn_parser(
+    mut source: FileSource,
+) -> (mpsc::Receiver<Result<EventBlock, FileSourceError>>, thread::JoinHandle<()>) {
+    let (tx, rx) = mpsc::sync_channel(BLOCKS_IN_FLIGHT);
+    let handle = thread::spawn(move || {
+        let mut line = Vec::with_capacity(1024);
+        loop {
+            let mut block = EventBlock::with_capacity(BLOCK_RECORDS);
+            let mut done = false;
+            while block.len() < BLOCK_RECORDS {
+                match source.next_line(&mut line) {
+                    Ok(Some(position)) => block.push(position, &line),
+                    Ok(None) => {
+                        done = true;
+                        break;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                }
+            }
+            if (!block.is_empty() && tx.send(Ok(block)).is_err()) || done {
+                return;
+            }
+        }
+    });
+    (rx, handle)
+}
+
 /// Runs `source` to its end: every open session is closed and written.
 pub async fn run_bounded(
-    source: &mut FileSource,
+    source: FileSource,
     engine: &mut Engine,
     rules: &mut dyn RulesRuntime,
     mut output: Output<'_>,
     rule_props: HashMap<String, String>,
 ) -> Result<RunSummary, PipelineError> {
     let started = Instant::now();
+    let source_name = source.name().to_owned();
     let mut summary = RunSummary::default();
-    let mut line = Vec::with_capacity(1024);
     let mut sessions: Vec<SessionRow> = Vec::new();
     let mut rejected: Vec<RejectedEvent> = Vec::new();
-    let mut since_advance = 0usize;
-    let advance_every = 16_384;
     let mut rules_time = Duration::ZERO;
-    while let Some(position) = source.next_line(&mut line)? {
-        summary.read += 1;
-        match event::parse(&line) {
-            Ok(event) => match engine.offer(0, &event) {
-                Admission::Accepted => since_advance += 1,
-                Admission::Duplicate => {}
-                Admission::Late { behind_ms } => rejected.push(RejectedEvent {
-                    raw: String::from_utf8_lossy(&line).into_owned(),
-                    reason: format!("late: {behind_ms} ms beyond the allowed lateness"),
-                    source: source.name().to_owned(),
-                    partition: 0,
-                    position,
-                }),
-            },
-            Err(reason) => {
-                summary.rejected += 1;
-                rejected.push(RejectedEvent {
-                    raw: String::from_utf8_lossy(&line).into_owned(),
-                    reason: reason.to_string(),
-                    source: source.name().to_owned(),
-                    partition: 0,
-                    position,
-                });
+    let (blocks, parser) = spawn_parser(source);
+    let dead_letter = |position, raw: &str, reason: String| RejectedEvent {
+        raw: raw.to_owned(),
+        reason,
+        source: source_name.clone(),
+        partition: 0,
+        position,
+    };
+    for block in blocks.iter() {
+        let block = block?;
+        summary.read += block.len() as u64;
+        for record in block.records() {
+            match record {
+                BlockRecord::Event(position, raw, event) => {
+                    if let Admission::Late { behind_ms } = engine.offer(0, &event) {
+                        let reason = format!("late: {behind_ms} ms beyond the allowed lateness");
+                        rejected.push(dead_letter(position, raw, reason));
+                    }
+                }
+                BlockRecord::Rejected(position, raw, reason) => {
+                    summary.rejected += 1;
+                    rejected.push(dead_letter(position, raw, reason.to_string()));
+                }
             }
         }
-        if since_advance >= advance_every {
-            since_advance = 0;
-            let t = Instant::now();
-            sessions.extend(engine.advance(rules, false)?);
-            rules_time += t.elapsed();
-            if sessions.len() >= COMMIT_EVERY_SESSIONS {
-                commit(&mut output, &mut sessions, &mut rejected, &rule_props, &mut summary)
-                    .await?;
-            }
+        let t = Instant::now();
+        sessions.extend(engine.advance(rules, false)?);
+        rules_time += t.elapsed();
+        if sessions.len() >= COMMIT_EVERY_SESSIONS {
+            commit(&mut output, &mut sessions, &mut rejected, &rule_props, &mut summary).await?;
         }
     }
+    // The channel closed: the parser is done (or failed, which it reported above).
+    let _ = parser.join();
     let t = Instant::now();
     sessions.extend(engine.advance(rules, true)?);
     rules_time += t.elapsed();
     commit(&mut output, &mut sessions, &mut rejected, &rule_props, &mut summary).await?;
     summary.engine = engine.stats();
     summary.elapsed = started.elapsed();
-    summary.rules_time = rules_time;
+    summary.advance_time = rules_time;
     Ok(summary)
 }
 
