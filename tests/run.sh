@@ -27,6 +27,10 @@ if ! sha256sum --status -c "$STAMP" 2>/dev/null; then
     sha256sum tests/requirements.txt > "$STAMP"
 fi
 
+step "python rules component (componentize-py)"
+(cd guest/python-rules && "$VENV/bin/componentize-py" -d ../../wit -w session-rules \
+    componentize app -o ../dist/python_rules.wasm)
+
 step "format and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from conftest import catalog
+from conftest import ROOT, catalog
 from reference import sessionize
 
 COLUMNS = [
@@ -137,3 +137,16 @@ def test_a_file_that_is_not_a_component_is_refused(run, tmp_path):
     proc = run("run", "--test-mode", "--plugin", bogus, "--warehouse", tmp_path / "wh", check=False)
     assert proc.returncode != 0
     assert "not a Sessionize rules component" in proc.stderr.decode()
+
+
+def test_a_python_component_that_imports_wasi_cuts_the_same_sessions(run, events, tmp_path):
+    """guest/python-rules (componentize-py: a WASI component with CPython inside)."""
+    plugin = ROOT / "guest" / "dist" / "python_rules.wasm"
+    assert plugin.exists(), "tests/run.sh builds it"
+    warehouse = tmp_path / "wh"
+    run("run", "--input", events, "--warehouse", warehouse, "--plugin", plugin,
+        "--plugin-memory-mib", "256")
+    got = rows(warehouse)
+    expected = sessionize(events.read_text().splitlines())
+    assert sorted(map(key, got)) == sorted(map(key, expected.sessions))
+    assert {r["rule_version"].split("+")[0] for r in got} == {"python-rules@0.1.0"}
