@@ -27,6 +27,15 @@ if ! sha256sum --status -c "$STAMP" 2>/dev/null; then
     sha256sum tests/requirements.txt > "$STAMP"
 fi
 
+step "Kafka-protocol broker (Tansu) for the streaming tests"
+TANSU_ROOT="$CACHE/tansu"
+if [ ! -x "$TANSU_ROOT/bin/tansu" ]; then
+    # No Apache Kafka package is reachable here; Tansu speaks the protocol.
+    CARGO_TARGET_DIR="$CACHE/tansu-build" cargo install tansu --version 0.6.0 --locked \
+        --features libsql,dynostore --root "$TANSU_ROOT"
+fi
+export TANSU_BIN="$TANSU_ROOT/bin/tansu"
+
 step "python rules component (componentize-py)"
 (cd guest/python-rules && "$VENV/bin/componentize-py" -d ../../wit -w session-rules \
     componentize app -o ../dist/python_rules.wasm)

@@ -22,22 +22,68 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Write realistic clickstream as JSON lines.
     Generate(GenerateArgs),
+    /// Send clickstream to a Kafka topic, keyed by uuid (creates the topic).
+    Produce(ProduceArgs),
+}
+
+/// `sessionize produce`.
+#[derive(Debug, Args)]
+pub struct ProduceArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS", default_value = "localhost:9092")]
+    pub kafka_servers: String,
+    /// Topic to write to.
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "clickstream")]
+    pub topic: String,
+    /// Partitions of the topic, if it has to be created.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: i32,
+    /// Send the lines of this file (gzip too, `-` for stdin) instead of
+    /// generating events.
+    #[arg(long, value_name = "PATH|-")]
+    pub input: Option<PathBuf>,
+    /// Generator settings, as for `generate`.
+    #[command(flatten)]
+    pub generator: GeneratorArgs,
+    /// Send as fast as possible instead of pacing generated events in real
+    /// time (event times then start at 2025-01-01).
+    #[arg(long)]
+    pub fast: bool,
 }
 
 /// `sessionize run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS", default_value = "localhost:9092")]
-    pub kafka_servers: String,
+    /// Kafka bootstrap servers [default: localhost:9092]. Given with
+    /// --test-mode, the job reads the topic up to its current end and stops.
+    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS")]
+    pub kafka_servers: Option<String>,
     /// Kafka topic to read.
     #[arg(long, env = "KAFKA_TOPIC", default_value = "clickstream")]
     pub kafka_topic: String,
+    /// Consumer group the job commits its offsets to (for lag monitoring; the
+    /// job itself resumes from its checkpoints).
+    #[arg(long, default_value = "sessionize")]
+    pub kafka_group: String,
+    /// Most Kafka messages taken per batch.
+    #[arg(long, default_value_t = 50_000)]
+    pub max_events_per_batch: usize,
+    /// Time between checkpoints: seconds, or with a unit (500ms, 1m).
+    #[arg(long, default_value = "30", value_parser = seconds)]
+    pub checkpoint_interval: Duration,
+    /// A Kafka partition silent this long stops holding the watermark back:
+    /// seconds, or with a unit.
+    #[arg(long, default_value = "60", value_parser = seconds)]
+    pub idle_timeout: Duration,
+    /// Directory of the durable state store (open sessions, checkpoints).
+    #[arg(long, env = "SESSIONIZE_STATE_DIR", default_value = "./state")]
+    pub state_dir: PathBuf,
     /// Read JSON lines (gzip too) from this file, or `-` for standard input,
     /// instead of Kafka; the run ends with the input.
     #[arg(long, value_name = "PATH|-")]
     pub input: Option<PathBuf>,
-    /// Process a generated sample once and stop (no Kafka needed).
+    /// Process a generated sample once and stop (no Kafka needed); with
+    /// --kafka-servers, consume what is in the topic now, flush, and stop.
     #[arg(long)]
     pub test_mode: bool,
     /// Iceberg warehouse directory (holds catalog.db and the tables).
@@ -79,6 +125,17 @@ pub struct RunArgs {
 /// `sessionize generate`.
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
+    /// What to generate.
+    #[command(flatten)]
+    pub generator: GeneratorArgs,
+    /// Write here instead of standard output.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+}
+
+/// Generator settings shared by `generate` and `produce`.
+#[derive(Debug, Args)]
+pub struct GeneratorArgs {
     /// Distinct users.
     #[arg(long, default_value_t = 1000)]
     pub num_users: u32,
@@ -100,9 +157,9 @@ pub struct GenerateArgs {
     /// Share of records that are malformed.
     #[arg(long, default_value_t = 0.001)]
     pub malformed_rate: f64,
-    /// Write here instead of standard output.
-    #[arg(long, short)]
-    pub output: Option<PathBuf>,
+    /// Share of events delivered late (up to 15 min; some beyond the lateness).
+    #[arg(long, default_value_t = 0.005)]
+    pub late_rate: f64,
 }
 
 fn with_unit(text: &str, unit: Duration) -> Result<Duration, String> {

@@ -14,6 +14,7 @@ use std::collections::BinaryHeap;
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::event::Event;
@@ -85,6 +86,112 @@ pub enum EngineError {
     /// [`Engine::advance`], for example with another plugin.
     #[error(transparent)]
     Plugin(#[from] PluginError),
+    /// State cannot be taken while a failed batch waits for a retry.
+    #[error("a failed batch is waiting for a retry")]
+    Busy,
+}
+
+/// A user's open session and queued events, as the state store keeps them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// The open session.
+    pub state: Option<StoredSession>,
+    /// When the rules want to see the user again.
+    pub wake_at: Option<i64>,
+    /// Events accepted but not yet released to the rules.
+    pub pending: Vec<StoredEvent>,
+}
+
+/// The contract's `session-state`, serialisable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredSession {
+    start_ms: i64,
+    last_ms: i64,
+    event_count: u32,
+    pages: Vec<u32>,
+    data: Vec<u8>,
+}
+
+impl From<&SessionState> for StoredSession {
+    fn from(s: &SessionState) -> Self {
+        Self {
+            start_ms: s.start_ms,
+            last_ms: s.last_ms,
+            event_count: s.event_count,
+            pages: s.pages.clone(),
+            data: s.data.clone(),
+        }
+    }
+}
+
+impl From<StoredSession> for SessionState {
+    fn from(s: StoredSession) -> Self {
+        Self {
+            start_ms: s.start_ms,
+            last_ms: s.last_ms,
+            event_count: s.event_count,
+            pages: s.pages,
+            data: s.data,
+        }
+    }
+}
+
+/// A queued event, serialisable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    event_id: Option<Box<str>>,
+    timestamp_ms: i64,
+    page_name: Option<u32>,
+    event_name: Option<u32>,
+    event_type: Option<u32>,
+}
+
+impl From<&Pending> for StoredEvent {
+    fn from(p: &Pending) -> Self {
+        Self {
+            event_id: p.event_id.clone(),
+            timestamp_ms: p.event.timestamp_ms,
+            page_name: p.event.page_name,
+            event_name: p.event.event_name,
+            event_type: p.event.event_type,
+        }
+    }
+}
+
+impl From<StoredEvent> for Pending {
+    fn from(e: StoredEvent) -> Self {
+        Pending {
+            event_id: e.event_id,
+            event: contract::Event {
+                timestamp_ms: e.timestamp_ms,
+                page_name: e.page_name,
+                event_name: e.event_name,
+                event_type: e.event_type,
+            },
+        }
+    }
+}
+
+/// What changed in the engine since the last checkpoint.
+#[derive(Debug, Default)]
+pub struct EngineChanges {
+    /// Users with something open or pending, to write.
+    pub upserts: Vec<(Arc<str>, UserRecord)>,
+    /// Users with nothing left, to delete.
+    pub deletes: Vec<Arc<str>>,
+    /// Handle of the first new text.
+    pub first_text: u32,
+    /// Texts interned since the last checkpoint, in handle order.
+    pub new_texts: Vec<Arc<str>>,
+}
+
+/// Event-time progress, as the state store keeps it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineClocks {
+    /// Registered partitions and the greatest time each has delivered.
+    pub partitions: Vec<(u32, Option<i64>)>,
+    /// The watermark.
+    pub watermark: i64,
 }
 
 /// One queued event of a user.
@@ -117,6 +224,8 @@ struct UserSlot {
     wake_at: Option<i64>,
     /// Whether the user is in `Engine::with_pending`.
     listed: bool,
+    /// Whether the user changed since the last [`Engine::take_changes`].
+    dirty: bool,
 }
 
 /// A batch sent to the rules and not yet applied.
@@ -128,7 +237,13 @@ struct InFlight {
 /// Per-partition event-time progress.
 #[derive(Debug, Clone, Copy, Default)]
 struct PartitionClock {
+    /// Whether the partition is part of the input (a file's one partition, or an
+    /// assigned Kafka partition). A registered partition that has seen nothing
+    /// holds the watermark back until it delivers or goes idle.
+    registered: bool,
     max_seen: Option<i64>,
+    /// Idle partitions do not hold the watermark back.
+    idle: bool,
 }
 
 /// The sessionization engine: everything between parsed events and the rules.
@@ -143,6 +258,12 @@ pub struct Engine {
     timers: BinaryHeap<Reverse<(i64, u32)>>,
     in_flight: Vec<InFlight>,
     stats: EngineStats,
+    /// Users changed since the last [`Engine::take_changes`].
+    dirty: Vec<u32>,
+    /// Slots of evicted users, for reuse.
+    free: Vec<u32>,
+    /// Texts already handed out by [`Engine::take_changes`].
+    texts_taken: usize,
 }
 
 impl Engine {
@@ -159,6 +280,37 @@ impl Engine {
             timers: BinaryHeap::new(),
             in_flight: Vec::new(),
             stats: EngineStats::default(),
+            dirty: Vec::new(),
+            free: Vec::new(),
+            texts_taken: 0,
+        }
+    }
+
+    /// Declares the input's partitions: until each has delivered an event (or
+    /// is marked idle), the watermark waits for it.
+    pub fn register_partitions(&mut self, partitions: impl IntoIterator<Item = usize>) {
+        for p in partitions {
+            self.clock(p).registered = true;
+        }
+    }
+
+    /// Marks a partition idle (it stops holding the watermark back) or active.
+    pub fn set_idle(&mut self, partition: usize, idle: bool) {
+        self.clock(partition).idle = idle;
+    }
+
+    fn clock(&mut self, partition: usize) -> &mut PartitionClock {
+        if self.partitions.len() <= partition {
+            self.partitions.resize(partition + 1, PartitionClock::default());
+        }
+        &mut self.partitions[partition]
+    }
+
+    fn mark_dirty(&mut self, user: u32) {
+        let slot = &mut self.users[user as usize];
+        if !slot.dirty {
+            slot.dirty = true;
+            self.dirty.push(user);
         }
     }
 
@@ -172,24 +324,24 @@ impl Engine {
         self.watermark
     }
 
-    /// Users with an open session.
-    pub fn open_sessions(&self) -> usize {
-        self.users.iter().filter(|u| u.state.is_some()).count()
+    /// Users held in memory (with an open session or queued events, or seen
+    /// since the last [`Engine::take_changes`]).
+    pub fn users_in_memory(&self) -> usize {
+        self.user_ids.len()
     }
 
     /// Admits or drops one event that arrived on `partition`.
     pub fn offer(&mut self, partition: usize, event: &Event<'_>) -> Admission {
         let t = event.timestamp_ms;
-        if self.partitions.len() <= partition {
-            self.partitions.resize(partition + 1, PartitionClock::default());
-        }
-        let clock = &mut self.partitions[partition];
-        let floor = clock
-            .max_seen
-            .map_or(i64::MIN, |max| max.saturating_sub(self.config.allowed_lateness_ms));
-        if t < floor || t < self.watermark {
+        let watermark = self.watermark;
+        let lateness = self.config.allowed_lateness_ms;
+        let clock = self.clock(partition);
+        clock.registered = true;
+        clock.idle = false;
+        let floor = clock.max_seen.map_or(i64::MIN, |max| max.saturating_sub(lateness));
+        if t < floor || t < watermark {
             self.stats.late += 1;
-            return Admission::Late { behind_ms: floor.max(self.watermark).saturating_sub(t) };
+            return Admission::Late { behind_ms: floor.max(watermark).saturating_sub(t) };
         }
         clock.max_seen = Some(clock.max_seen.map_or(t, |max| max.max(t)));
 
@@ -203,6 +355,7 @@ impl Engine {
                     twin.event.timestamp_ms = t;
                 }
                 self.stats.duplicates += 1;
+                self.mark_dirty(user);
                 return Admission::Duplicate;
             }
         }
@@ -218,6 +371,7 @@ impl Engine {
             slot.listed = true;
             self.with_pending.push(user);
         }
+        self.mark_dirty(user);
         self.stats.accepted += 1;
         Admission::Accepted
     }
@@ -226,15 +380,25 @@ impl Engine {
         if let Some(&id) = self.user_ids.get(uuid) {
             return id;
         }
-        let id = self.users.len() as u32;
         let uuid: Arc<str> = Arc::from(uuid);
-        self.users.push(UserSlot {
+        let slot = UserSlot {
             uuid: uuid.clone(),
             state: None,
             pending: Vec::new(),
             wake_at: None,
             listed: false,
-        });
+            dirty: false,
+        };
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.users[id as usize] = slot;
+                id
+            }
+            None => {
+                self.users.push(slot);
+                (self.users.len() - 1) as u32
+            }
+        };
         self.user_ids.insert(uuid, id);
         id
     }
@@ -253,12 +417,18 @@ impl Engine {
         self.drain_in_flight(rules, &mut closed)?;
 
         let lateness = self.config.allowed_lateness_ms;
-        let allowed = self
-            .partitions
-            .iter()
-            .filter_map(|p| p.max_seen)
-            .map(|max| max.saturating_sub(lateness))
-            .min();
+        let active = self.partitions.iter().filter(|p| p.registered && !p.idle);
+        let mut allowed =
+            active.map(|p| p.max_seen.map_or(i64::MIN, |m| m.saturating_sub(lateness))).min();
+        if allowed.is_none() {
+            // Every partition idle: what they have delivered is all there is.
+            allowed = self
+                .partitions
+                .iter()
+                .filter_map(|p| p.max_seen)
+                .map(|m| m.saturating_sub(lateness))
+                .min();
+        }
         if let Some(allowed) = allowed {
             self.watermark = self.watermark.max(allowed);
         }
@@ -321,6 +491,7 @@ impl Engine {
                 let full = std::mem::replace(&mut batch, self.empty_batch(end_of_input));
                 self.in_flight.push(InFlight { batch: full, users: std::mem::take(&mut users) });
             }
+            self.mark_dirty(user);
             let slot = &mut self.users[user as usize];
             batch
                 .users
@@ -334,6 +505,92 @@ impl Engine {
         }
         self.drain_in_flight(rules, &mut closed)?;
         Ok(closed)
+    }
+
+    /// What changed since the last call, for the state store: users to write,
+    /// users to delete (nothing open, nothing pending: they are also dropped
+    /// from memory, so memory follows open sessions, not users ever seen), and
+    /// new texts. Fails while a failed batch waits for a retry.
+    pub fn take_changes(&mut self) -> Result<EngineChanges, EngineError> {
+        if !self.in_flight.is_empty() {
+            return Err(EngineError::Busy);
+        }
+        let mut changes = EngineChanges {
+            first_text: self.texts_taken as u32,
+            new_texts: self.texts.as_slice()[self.texts_taken..].to_vec(),
+            ..EngineChanges::default()
+        };
+        self.texts_taken = self.texts.as_slice().len();
+        for user in std::mem::take(&mut self.dirty) {
+            let slot = &mut self.users[user as usize];
+            slot.dirty = false;
+            if slot.state.is_none() && slot.pending.is_empty() {
+                self.user_ids.remove(&slot.uuid);
+                changes.deletes.push(std::mem::replace(&mut slot.uuid, Arc::from("")));
+                slot.wake_at = None;
+                self.free.push(user);
+                continue;
+            }
+            changes.upserts.push((
+                slot.uuid.clone(),
+                UserRecord {
+                    state: slot.state.as_ref().map(StoredSession::from),
+                    wake_at: slot.wake_at,
+                    pending: slot.pending.iter().map(StoredEvent::from).collect(),
+                },
+            ));
+        }
+        Ok(changes)
+    }
+
+    /// Partition clocks and the watermark, for the state store.
+    pub fn clocks(&self) -> EngineClocks {
+        EngineClocks {
+            partitions: self
+                .partitions
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.registered)
+                .map(|(i, p)| (i as u32, p.max_seen))
+                .collect(),
+            watermark: self.watermark,
+        }
+    }
+
+    /// Rebuilds an engine from what [`Engine::take_changes`] and
+    /// [`Engine::clocks`] stored.
+    pub fn restore(
+        config: EngineConfig,
+        texts: Vec<String>,
+        clocks: EngineClocks,
+        users: impl IntoIterator<Item = (String, UserRecord)>,
+    ) -> Self {
+        let mut engine = Engine::new(config);
+        for text in &texts {
+            engine.texts.intern(text);
+        }
+        engine.texts_taken = texts.len();
+        for (p, max_seen) in clocks.partitions {
+            let clock = engine.clock(p as usize);
+            clock.registered = true;
+            clock.max_seen = max_seen;
+        }
+        engine.watermark = clocks.watermark;
+        for (uuid, record) in users {
+            let user = engine.user(&uuid);
+            let slot = &mut engine.users[user as usize];
+            slot.state = record.state.map(SessionState::from);
+            slot.wake_at = record.wake_at;
+            slot.pending = record.pending.into_iter().map(Pending::from).collect();
+            if let Some(at) = slot.wake_at {
+                engine.timers.push(Reverse((at, user)));
+            }
+            if !slot.pending.is_empty() {
+                slot.listed = true;
+                engine.with_pending.push(user);
+            }
+        }
+        engine
     }
 
     fn empty_batch(&self, end_of_input: bool) -> Batch {

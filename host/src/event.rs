@@ -318,6 +318,7 @@ struct Span {
 #[derive(Debug)]
 enum BlockItem {
     Event {
+        partition: i32,
         position: i64,
         raw: Span,
         uuid: Span,
@@ -328,6 +329,7 @@ enum BlockItem {
         event_type: Option<Span>,
     },
     Rejected {
+        partition: i32,
         position: i64,
         raw: Span,
         reason: Rejection,
@@ -337,10 +339,10 @@ enum BlockItem {
 /// One record of a block: an event, or a rejected record with its reason.
 #[derive(Debug)]
 pub enum BlockRecord<'a> {
-    /// A valid event read at `position`, with its raw text.
-    Event(i64, &'a str, Event<'a>),
-    /// A record refused at `position`: its raw text and why.
-    Rejected(i64, &'a str, &'a Rejection),
+    /// A valid event read at (partition, position), with its raw text.
+    Event(i32, i64, &'a str, Event<'a>),
+    /// A record refused at (partition, position): its raw text and why.
+    Rejected(i32, i64, &'a str, &'a Rejection),
 }
 
 impl EventBlock {
@@ -359,8 +361,8 @@ impl EventBlock {
         self.items.is_empty()
     }
 
-    /// Parses `record` (read at `position`) and keeps the outcome.
-    pub fn push(&mut self, position: i64, record: &[u8]) {
+    /// Parses `record` (read at `position` of `partition`) and keeps the outcome.
+    pub fn push(&mut self, partition: i32, position: i64, record: &[u8]) {
         // The record goes into the buffer once; fields that parsed without
         // escapes point into it, only unescaped copies are added.
         let raw = self.store(&String::from_utf8_lossy(record));
@@ -379,6 +381,7 @@ impl EventBlock {
                     _ => self.store(text),
                 };
                 BlockItem::Event {
+                    partition,
                     position,
                     raw,
                     uuid: field(&event.uuid),
@@ -389,7 +392,7 @@ impl EventBlock {
                     event_type: event.event_type.as_ref().map(&mut field),
                 }
             }
-            Err(reason) => BlockItem::Rejected { position, raw, reason },
+            Err(reason) => BlockItem::Rejected { partition, position, raw, reason },
         };
         self.items.push(item);
     }
@@ -409,6 +412,7 @@ impl EventBlock {
     pub fn records(&self) -> impl Iterator<Item = BlockRecord<'_>> + '_ {
         self.items.iter().map(move |item| match item {
             BlockItem::Event {
+                partition,
                 position,
                 raw,
                 uuid,
@@ -418,6 +422,7 @@ impl EventBlock {
                 event_name,
                 event_type,
             } => BlockRecord::Event(
+                *partition,
                 *position,
                 self.get(*raw),
                 Event {
@@ -429,8 +434,8 @@ impl EventBlock {
                     event_type: event_type.map(|s| Cow::Borrowed(self.get(s))),
                 },
             ),
-            BlockItem::Rejected { position, raw, reason } => {
-                BlockRecord::Rejected(*position, self.get(*raw), reason)
+            BlockItem::Rejected { partition, position, raw, reason } => {
+                BlockRecord::Rejected(*partition, *position, self.get(*raw), reason)
             }
         })
     }

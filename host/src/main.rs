@@ -11,14 +11,22 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use cli::{Cli, Command, GenerateArgs, RunArgs};
+use cli::{Cli, Command, GenerateArgs, GeneratorArgs, ProduceArgs, RunArgs};
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use sessionize::checkpoint::Checkpointer;
 use sessionize::engine::{Engine, EngineConfig};
 use sessionize::generate::{generate, GeneratorConfig};
 use sessionize::pipeline::{run_bounded, Output};
 use sessionize::plugin::contract::Settings;
 use sessionize::plugin::{ComponentRules, PluginLimits, RulesEngine, RulesRuntime};
+use sessionize::produce::{ensure_topic, produce};
 use sessionize::sink::iceberg::{IcebergSink, SinkConfig};
 use sessionize::source::file::FileSource;
+use sessionize::source::kafka::{KafkaConfig, KafkaSource};
+use sessionize::state::StateStore;
+use sessionize::streaming::{run_streaming, StreamConfig, StreamParts, StreamSummary};
 
 /// The default rules component, built from `guest/default-rules`.
 #[cfg(embedded_rules)]
@@ -31,6 +39,7 @@ fn main() -> ExitCode {
     let log_level = match &cli.command {
         Command::Run(args) => args.log_level.as_str(),
         Command::Generate(_) => "warn",
+        Command::Produce(_) => "info",
     };
     let filter = EnvFilter::try_from_env("SESSIONIZE_LOG")
         .unwrap_or_else(|_| EnvFilter::new(format!("{log_level},iceberg=warn,sqlx=warn")));
@@ -38,6 +47,7 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Run(args) => run(*args),
         Command::Generate(args) => generate_command(&args),
+        Command::Produce(args) => produce_command(&args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -58,31 +68,18 @@ fn run(args: RunArgs) -> Result<()> {
 }
 
 async fn run_async(args: RunArgs) -> Result<()> {
-    let source = if args.test_mode {
+    let source = if args.test_mode && args.kafka_servers.is_none() {
         let mut sample = Vec::new();
         generate(&GeneratorConfig::sample(), &mut sample).context("generating the sample")?;
         FileSource::from_bytes("test-mode sample", sample)
     } else if let Some(path) = &args.input {
         FileSource::open(path)?
     } else {
-        bail!(
-            "streaming from Kafka ({} on {}) is not available in this build yet: \
-             pass --input PATH (or - for stdin) or --test-mode",
-            args.kafka_topic,
-            args.kafka_servers
-        );
+        return run_kafka(args).await;
     };
     let mut rules = load_rules(&args)?;
     tracing::info!(rules = rules.rule_version(), "rules loaded");
-    let sink_config = SinkConfig {
-        warehouse: args.warehouse.clone(),
-        database: args.iceberg_database.clone(),
-        table: args.iceberg_table.clone(),
-        rejected_table: "rejected_events".into(),
-    };
-    let mut sink = IcebergSink::open(&sink_config)
-        .await
-        .with_context(|| format!("opening the Iceberg tables in {}", args.warehouse.display()))?;
+    let mut sink = open_sink(&args).await?;
     let mut engine = Engine::new(EngineConfig {
         allowed_lateness_ms: duration_ms(args.allowed_lateness),
         ..EngineConfig::default()
@@ -101,6 +98,68 @@ async fn run_async(args: RunArgs) -> Result<()> {
         args.warehouse.display()
     );
     Ok(())
+}
+
+/// The streaming job: Kafka to Iceberg with checkpoints, until SIGINT/SIGTERM
+/// (or the topic's end with `--test-mode`).
+async fn run_kafka(args: RunArgs) -> Result<()> {
+    let mut rules = load_rules(&args)?;
+    tracing::info!(rules = rules.rule_version(), "rules loaded");
+    let mut sink = open_sink(&args).await?;
+    let store = StateStore::open(&args.state_dir)?;
+    let config = EngineConfig {
+        allowed_lateness_ms: duration_ms(args.allowed_lateness),
+        ..EngineConfig::default()
+    };
+    let (checkpointer, resumed) = Checkpointer::recover(store, &mut sink, config).await?;
+    tracing::info!(
+        checkpoint = resumed.checkpoint_id,
+        open_users = resumed.open_users,
+        offsets = ?resumed.offsets,
+        "state recovered"
+    );
+    let kafka = KafkaConfig {
+        servers: args.kafka_servers.clone().unwrap_or_else(|| "localhost:9092".into()),
+        topic: args.kafka_topic.clone(),
+        group: args.kafka_group.clone(),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
+    }
+    let stream = StreamConfig {
+        max_events_per_batch: args.max_events_per_batch.max(1),
+        checkpoint_interval: args.checkpoint_interval,
+        idle_timeout: args.idle_timeout,
+        until_end: args.test_mode,
+    };
+    let handle = tokio::runtime::Handle::current();
+    let offsets = resumed.offsets.clone();
+    let summary = tokio::task::block_in_place(|| -> Result<StreamSummary> {
+        let source = KafkaSource::connect(&kafka, &offsets, Duration::from_secs(30))?;
+        let parts = StreamParts {
+            source,
+            engine: resumed.engine,
+            checkpointer,
+            rules: &mut rules,
+            sink: &mut sink,
+        };
+        Ok(run_streaming(&handle, parts, stream, offsets.clone(), &stop)?)
+    })?;
+    println!("{summary}");
+    Ok(())
+}
+
+async fn open_sink(args: &RunArgs) -> Result<IcebergSink> {
+    let sink_config = SinkConfig {
+        warehouse: args.warehouse.clone(),
+        database: args.iceberg_database.clone(),
+        table: args.iceberg_table.clone(),
+        rejected_table: "rejected_events".into(),
+    };
+    IcebergSink::open(&sink_config)
+        .await
+        .with_context(|| format!("opening the Iceberg tables in {}", args.warehouse.display()))
 }
 
 fn duration_ms(d: std::time::Duration) -> i64 {
@@ -133,7 +192,7 @@ fn load_rules(args: &RunArgs) -> Result<ComponentRules> {
     Ok(rules)
 }
 
-fn generate_command(args: &GenerateArgs) -> Result<()> {
+fn generator_config(args: &GeneratorArgs) -> Result<GeneratorConfig> {
     let config = if args.sample {
         GeneratorConfig::sample()
     } else {
@@ -142,14 +201,53 @@ fn generate_command(args: &GenerateArgs) -> Result<()> {
             rate: args.rate,
             duration_s: args.duration.as_secs(),
             malformed_rate: args.malformed_rate,
+            late_rate: args.late_rate,
             seed: args.seed,
             max_events: args.events,
             ..GeneratorConfig::sample()
         }
     };
-    if !(0.0..=1.0).contains(&config.malformed_rate) {
-        bail!("--malformed-rate must be between 0 and 1");
+    for (flag, rate) in
+        [("--malformed-rate", config.malformed_rate), ("--late-rate", config.late_rate)]
+    {
+        if !(0.0..=1.0).contains(&rate) {
+            bail!("{flag} must be between 0 and 1, got {rate}");
+        }
     }
+    if config.num_users == 0 || config.rate.is_nan() || config.rate <= 0.0 {
+        bail!("--num-users and --rate must be greater than zero");
+    }
+    Ok(config)
+}
+
+fn produce_command(args: &ProduceArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(ensure_topic(&args.kafka_servers, &args.topic, args.partitions))?;
+    let (source, pace) = match &args.input {
+        Some(path) => (FileSource::open(path)?, false),
+        None => {
+            let mut config = generator_config(&args.generator)?;
+            if !args.fast {
+                config.start_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, duration_ms);
+            }
+            let mut lines = Vec::new();
+            generate(&config, &mut lines).context("generating events")?;
+            (FileSource::from_bytes("generated", lines), !args.fast)
+        }
+    };
+    let started = std::time::Instant::now();
+    let sent = produce(&args.kafka_servers, &args.topic, source, pace)?;
+    println!("sent {sent} events to {} in {:.2?}", args.topic, started.elapsed());
+    Ok(())
+}
+
+fn generate_command(args: &GenerateArgs) -> Result<()> {
+    let config = generator_config(&args.generator)?;
     let written = match &args.output {
         Some(path) => {
             let file = std::fs::File::create(path)

@@ -2,8 +2,10 @@
 
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 /// One finished session, as the rules closed it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionRow {
     /// The user.
     pub uuid: String,
@@ -24,7 +26,7 @@ pub struct SessionRow {
 }
 
 /// An input record that did not become an event, kept with its reason.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RejectedEvent {
     /// The record as read (lossily decoded if it was not UTF-8).
     pub raw: String,

@@ -110,7 +110,7 @@ fn spawn_parser(
             let mut done = false;
             while block.len() < BLOCK_RECORDS {
                 match source.next_line(&mut line) {
-                    Ok(Some(position)) => block.push(position, &line),
+                    Ok(Some(position)) => block.push(0, position, &line),
                     Ok(None) => {
                         done = true;
                         break;
@@ -156,13 +156,13 @@ pub async fn run_bounded(
         summary.read += block.len() as u64;
         for record in block.records() {
             match record {
-                BlockRecord::Event(position, raw, event) => {
+                BlockRecord::Event(_, position, raw, event) => {
                     if let Admission::Late { behind_ms } = engine.offer(0, &event) {
                         let reason = format!("late: {behind_ms} ms beyond the allowed lateness");
                         rejected.push(dead_letter(position, raw, reason));
                     }
                 }
-                BlockRecord::Rejected(position, raw, reason) => {
+                BlockRecord::Rejected(_, position, raw, reason) => {
                     summary.rejected += 1;
                     rejected.push(dead_letter(position, raw, reason.to_string()));
                 }

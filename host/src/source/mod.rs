@@ -2,6 +2,7 @@
 //! rejected record can be traced back to its input.
 
 pub mod file;
+pub mod kafka;
 
 /// One input record.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,153 @@
+//! The checkpoint protocol: one checkpoint ties the input offsets consumed, the
+//! state after them, and the Iceberg snapshot holding the sessions they closed.
+//!
+//! 1. One redb transaction writes the state changes, the checkpoint record
+//!    (id, offsets, clocks) and the checkpoint's output, staged.
+//! 2. The staged output is committed to Iceberg with the checkpoint id (and the
+//!    job id) in the snapshot summary, unless the table already holds it.
+//! 3. The staged output is dropped from the store.
+//! 4. The offsets are committed to the consumer group (for monitoring only).
+//!
+//! A crash before 1 leaves the previous checkpoint: input is re-read from its
+//! offsets and, being deterministic, closes the same sessions again. A crash
+//! between 1 and 3 leaves staged output: recovery publishes it, and step 2's
+//! check makes that idempotent. So every session reaches Iceberg exactly once.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::engine::{Engine, EngineConfig, EngineError};
+use crate::sink::iceberg::{IcebergSink, SinkError};
+use crate::state::{CheckpointRecord, StagedOutput, StateError, StateStore};
+
+/// Snapshot summary key: the checkpoint whose output the snapshot holds.
+pub const CHECKPOINT_ID_KEY: &str = "sessionize.checkpoint-id";
+/// Snapshot summary key: the job (state store) that wrote the snapshot.
+pub const JOB_ID_KEY: &str = "sessionize.job-id";
+/// Snapshot summary key: the input offsets after the checkpoint, as JSON.
+pub const OFFSETS_KEY: &str = "sessionize.offsets";
+/// Snapshot summary key: the rules that cut the sessions.
+pub const RULE_VERSION_KEY: &str = "sessionize.rule-version";
+
+/// Why a checkpoint or a recovery failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// The state store failed.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The Iceberg commit failed (the checkpoint is durable; a restart publishes it).
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// The engine could not hand over its state.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// Where a recovered job resumes.
+pub struct Resumed {
+    /// The engine as of the last checkpoint.
+    pub engine: Engine,
+    /// Next offset per partition.
+    pub offsets: BTreeMap<i32, i64>,
+    /// The last checkpoint's id (0 for a fresh job).
+    pub checkpoint_id: u64,
+    /// Open sessions recovered.
+    pub open_users: usize,
+}
+
+/// Runs checkpoints against one state store and one sink.
+pub struct Checkpointer {
+    store: StateStore,
+    job_id: String,
+    last_id: u64,
+}
+
+impl Checkpointer {
+    /// Recovers from `store`: publishes output a crash left staged, then rebuilds
+    /// the engine as of the last checkpoint.
+    pub async fn recover(
+        store: StateStore,
+        sink: &mut IcebergSink,
+        config: EngineConfig,
+    ) -> Result<(Self, Resumed), CheckpointError> {
+        let job_id = store.job_id()?;
+        let recovered = store.recover()?;
+        let checkpoint = recovered.checkpoint.unwrap_or_default();
+        let mut this = Self { store, job_id, last_id: checkpoint.id };
+        if let Some(staged) = recovered.staged {
+            tracing::info!(checkpoint = checkpoint.id, "publishing output staged before a stop");
+            this.publish(sink, &checkpoint, &staged).await?;
+        }
+        let open_users = recovered.users.len();
+        let engine = Engine::restore(config, recovered.texts, checkpoint.clocks, recovered.users);
+        let resumed = Resumed {
+            engine,
+            offsets: checkpoint.offsets,
+            checkpoint_id: checkpoint.id,
+            open_users,
+        };
+        Ok((this, resumed))
+    }
+
+    /// Takes a checkpoint: see the module docs for the steps.
+    pub async fn checkpoint(
+        &mut self,
+        engine: &mut Engine,
+        sink: &mut IcebergSink,
+        offsets: BTreeMap<i32, i64>,
+        output: StagedOutput,
+        rule_version: &str,
+    ) -> Result<u64, CheckpointError> {
+        let changes = engine.take_changes()?;
+        let record = CheckpointRecord {
+            id: self.last_id + 1,
+            offsets,
+            clocks: engine.clocks(),
+            rule_version: rule_version.to_owned(),
+        };
+        self.store.write_checkpoint(&changes, &record, &output)?;
+        self.last_id = record.id;
+        self.publish(sink, &record, &output).await?;
+        Ok(record.id)
+    }
+
+    /// Commits a checkpoint's output to Iceberg unless it is already there, then
+    /// drops it from the store.
+    async fn publish(
+        &mut self,
+        sink: &mut IcebergSink,
+        record: &CheckpointRecord,
+        output: &StagedOutput,
+    ) -> Result<(), CheckpointError> {
+        let holds = |props: Option<HashMap<String, String>>| {
+            props.is_some_and(|p| {
+                p.get(JOB_ID_KEY) == Some(&self.job_id)
+                    && p.get(CHECKPOINT_ID_KEY).and_then(|id| id.parse::<u64>().ok())
+                        >= Some(record.id)
+            })
+        };
+        if holds(sink.last_commit_properties().await?) {
+            tracing::info!(checkpoint = record.id, "output already in Iceberg");
+        } else {
+            // The sink commits dead letters before sessions: a crash between
+            // the two leaves the dead letters in, so they are not repeated.
+            let rejected_done = holds(sink.last_rejected_commit_properties().await?);
+            let rejected = if rejected_done { &[][..] } else { &output.rejected[..] };
+            let props = HashMap::from([
+                (CHECKPOINT_ID_KEY.to_owned(), record.id.to_string()),
+                (JOB_ID_KEY.to_owned(), self.job_id.clone()),
+                (RULE_VERSION_KEY.to_owned(), record.rule_version.clone()),
+                (OFFSETS_KEY.to_owned(), offsets_json(&record.offsets)),
+            ]);
+            sink.commit(&output.sessions, rejected, props).await?;
+        }
+        self.store.clear_staged(record.id)?;
+        Ok(())
+    }
+}
+
+/// `{"0": 1234, "1": 99}`: next offset per partition.
+fn offsets_json(offsets: &BTreeMap<i32, i64>) -> String {
+    let map: serde_json::Map<String, serde_json::Value> =
+        offsets.iter().map(|(p, o)| (p.to_string(), (*o).into())).collect();
+    serde_json::Value::Object(map).to_string()
+}

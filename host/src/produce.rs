@@ -1,0 +1,114 @@
+//! `sessionize produce`: clickstream into a Kafka topic, keyed by uuid so that a
+//! user's events stay in one partition and in order.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+
+use crate::event;
+use crate::source::file::{FileSource, FileSourceError};
+
+/// Why producing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProduceError {
+    /// Kafka refused.
+    #[error("Kafka {what}: {source}")]
+    Kafka {
+        /// What was attempted.
+        what: &'static str,
+        /// The client's error.
+        source: KafkaError,
+    },
+    /// The input could not be read.
+    #[error(transparent)]
+    Source(#[from] FileSourceError),
+}
+
+fn kafka(what: &'static str) -> impl FnOnce(KafkaError) -> ProduceError {
+    move |source| ProduceError::Kafka { what, source }
+}
+
+/// Creates `topic` with `partitions` partitions unless it exists.
+pub async fn ensure_topic(servers: &str, topic: &str, partitions: i32) -> Result<(), ProduceError> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .create()
+        .map_err(kafka("admin client"))?;
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let results = admin
+        .create_topics(
+            [&new],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .map_err(kafka("create topic"))?;
+    for result in results {
+        match result {
+            Ok(_) => tracing::info!(topic, partitions, "topic created"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(ProduceError::Kafka {
+                    what: "create topic",
+                    source: KafkaError::AdminOp(code),
+                })
+                .inspect_err(|_| tracing::error!(topic = name, "cannot create topic"))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sends every line of `source`, keyed by its uuid (malformed lines unkeyed:
+/// they still go through, to exercise the job's dead-letter path). With
+/// `pace`, waits so that event time advances with wall time. Returns lines sent.
+pub fn produce(
+    servers: &str,
+    topic: &str,
+    mut source: FileSource,
+    pace: bool,
+) -> Result<u64, ProduceError> {
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("enable.idempotence", "false")
+        .create()
+        .map_err(kafka("producer"))?;
+    let mut line = Vec::with_capacity(1024);
+    let mut sent = 0u64;
+    let started = Instant::now();
+    let mut first_event: Option<i64> = None;
+    while source.next_line(&mut line)?.is_some() {
+        let key = event::parse(&line).ok().map(|e| (e.uuid.into_owned(), e.timestamp_ms));
+        if let (true, Some((_, t))) = (pace, &key) {
+            let first = *first_event.get_or_insert(*t);
+            let due = Duration::from_millis(u64::try_from(t - first).unwrap_or(0));
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        let mut record: BaseRecord<'_, str, [u8]> = BaseRecord::to(topic).payload(&line);
+        if let Some((uuid, _)) = &key {
+            record = record.key(uuid.as_str());
+        }
+        let mut record = Some(record);
+        while let Some(r) = record.take() {
+            match producer.send(r) {
+                Ok(()) => {}
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    std::thread::sleep(Duration::from_millis(5));
+                    record = Some(r);
+                }
+                Err((error, _)) => return Err(kafka("produce")(error)),
+            }
+        }
+        sent += 1;
+    }
+    producer.flush(Duration::from_secs(60)).map_err(kafka("flush"))?;
+    Ok(sent)
+}

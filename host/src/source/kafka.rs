@@ -1,0 +1,210 @@
+//! Kafka input: every partition of one topic, read from offsets the job keeps
+//! itself (never auto-committed), committed to the consumer group after each
+//! checkpoint so standard lag tools see progress.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::event::EventBlock;
+
+/// Why Kafka input failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSourceError {
+    /// The client could not be created (bad configuration).
+    #[error("cannot create a Kafka consumer for {servers}: {source}")]
+    Client {
+        /// Bootstrap servers.
+        servers: String,
+        /// The client's error.
+        source: KafkaError,
+    },
+    /// The topic does not exist or has no partitions.
+    #[error("topic {topic} not found on {servers} (waited {waited:?}): create it, or check --kafka-topic and --kafka-servers")]
+    NoTopic {
+        /// The topic.
+        topic: String,
+        /// Bootstrap servers.
+        servers: String,
+        /// How long metadata was awaited.
+        waited: Duration,
+    },
+    /// A Kafka call failed.
+    #[error("Kafka {what}: {source}")]
+    Kafka {
+        /// What was attempted.
+        what: &'static str,
+        /// The client's error.
+        source: KafkaError,
+    },
+}
+
+/// Kafka connection settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaConfig {
+    /// Bootstrap servers.
+    pub servers: String,
+    /// The topic.
+    pub topic: String,
+    /// Consumer group offsets are committed to.
+    pub group: String,
+}
+
+/// A consumer of every partition of one topic.
+pub struct KafkaSource {
+    consumer: BaseConsumer,
+    config: KafkaConfig,
+    partitions: Vec<i32>,
+    /// Next offset to read, per partition.
+    positions: BTreeMap<i32, i64>,
+    last_error: Option<Instant>,
+}
+
+impl KafkaSource {
+    /// Connects, waits up to `wait` for the topic's metadata, and assigns every
+    /// partition at `start` (partitions missing from it start at the beginning).
+    pub fn connect(
+        config: &KafkaConfig,
+        start: &BTreeMap<i32, i64>,
+        wait: Duration,
+    ) -> Result<Self, KafkaSourceError> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &config.servers)
+            .set("group.id", &config.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            // Reconnect quickly after a broker outage.
+            .set("reconnect.backoff.max.ms", "1000")
+            .set("fetch.wait.max.ms", "100")
+            .create()
+            .map_err(|source| KafkaSourceError::Client {
+                servers: config.servers.clone(),
+                source,
+            })?;
+        let started = Instant::now();
+        let partitions = loop {
+            let found = consumer
+                .fetch_metadata(Some(&config.topic), Duration::from_secs(5))
+                .ok()
+                .and_then(|m| {
+                    m.topics()
+                        .iter()
+                        .find(|t| t.name() == config.topic)
+                        .map(|t| t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>())
+                })
+                .filter(|p| !p.is_empty());
+            match found {
+                Some(mut p) => {
+                    p.sort_unstable();
+                    break p;
+                }
+                None if started.elapsed() < wait => std::thread::sleep(Duration::from_millis(500)),
+                None => {
+                    return Err(KafkaSourceError::NoTopic {
+                        topic: config.topic.clone(),
+                        servers: config.servers.clone(),
+                        waited: started.elapsed(),
+                    })
+                }
+            }
+        };
+        let mut assignment = TopicPartitionList::new();
+        let mut positions = BTreeMap::new();
+        for &p in &partitions {
+            let offset = match start.get(&p) {
+                Some(&o) => {
+                    positions.insert(p, o);
+                    Offset::Offset(o)
+                }
+                None => Offset::Beginning,
+            };
+            assignment
+                .add_partition_offset(&config.topic, p, offset)
+                .map_err(|source| KafkaSourceError::Kafka { what: "assign", source })?;
+        }
+        consumer
+            .assign(&assignment)
+            .map_err(|source| KafkaSourceError::Kafka { what: "assign", source })?;
+        tracing::info!(topic = config.topic, ?partitions, ?start, "consuming");
+        Ok(Self { consumer, config: config.clone(), partitions, positions, last_error: None })
+    }
+
+    /// The topic's partitions.
+    pub fn partitions(&self) -> &[i32] {
+        &self.partitions
+    }
+
+    /// Next offset to read per partition (only partitions read from so far, or
+    /// given at start).
+    pub fn positions(&self) -> &BTreeMap<i32, i64> {
+        &self.positions
+    }
+
+    /// Polls up to `max` messages into `block`, waiting at most `timeout` for the
+    /// first. Returns how many were added. Broker errors are logged, not fatal:
+    /// the client reconnects by itself.
+    pub fn poll_into(&mut self, block: &mut EventBlock, max: usize, timeout: Duration) -> usize {
+        let mut added = 0;
+        let mut wait = timeout;
+        while added < max {
+            match self.consumer.poll(wait) {
+                None => break,
+                Some(Ok(message)) => {
+                    let (partition, offset) = (message.partition(), message.offset());
+                    block.push(partition, offset, message.payload().unwrap_or_default());
+                    self.positions.insert(partition, offset + 1);
+                    added += 1;
+                    wait = Duration::ZERO;
+                }
+                Some(Err(error)) => {
+                    // Log at most once a second: an outage produces a flood.
+                    if self.last_error.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+                        tracing::warn!(%error, "Kafka poll failed; retrying");
+                        self.last_error = Some(Instant::now());
+                    }
+                    break;
+                }
+            }
+        }
+        added
+    }
+
+    /// The end of each partition now (its high watermark): what `--test-mode`
+    /// reads up to.
+    pub fn end_offsets(&self, timeout: Duration) -> Result<BTreeMap<i32, i64>, KafkaSourceError> {
+        let mut ends = BTreeMap::new();
+        for &p in &self.partitions {
+            let (_, high) = self
+                .consumer
+                .fetch_watermarks(&self.config.topic, p, timeout)
+                .map_err(|source| KafkaSourceError::Kafka { what: "fetch watermarks", source })?;
+            ends.insert(p, high);
+        }
+        Ok(ends)
+    }
+
+    /// Commits `offsets` (next offsets to read) to the consumer group. Only for
+    /// monitoring: the job resumes from its own checkpoint, so a failure here
+    /// is logged and the next checkpoint tries again.
+    pub fn commit_to_group(&self, offsets: &BTreeMap<i32, i64>) {
+        let mut list = TopicPartitionList::new();
+        for (&p, &o) in offsets {
+            if list.add_partition_offset(&self.config.topic, p, Offset::Offset(o)).is_err() {
+                return;
+            }
+        }
+        if list.count() == 0 {
+            return;
+        }
+        if let Err(error) = self.consumer.commit(&list, CommitMode::Async) {
+            tracing::warn!(%error, "committing offsets to the consumer group failed");
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! The streaming job: Kafka in, engine and rules, checkpoints into the state
+//! store and Iceberg, until stopped (or, in test mode, until the topic's end).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::checkpoint::{CheckpointError, Checkpointer};
+use crate::engine::{Admission, Engine, EngineError, EngineStats};
+use crate::event::{BlockRecord, EventBlock};
+use crate::output::RejectedEvent;
+use crate::plugin::RulesRuntime;
+use crate::sink::iceberg::IcebergSink;
+use crate::source::kafka::{KafkaSource, KafkaSourceError};
+use crate::state::StagedOutput;
+
+/// How the streaming loop paces itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamConfig {
+    /// Most messages taken per poll (`--max-events-per-batch`).
+    pub max_events_per_batch: usize,
+    /// Time between checkpoints (`--checkpoint-interval`).
+    pub checkpoint_interval: Duration,
+    /// A partition with no message for this long stops holding the watermark back.
+    pub idle_timeout: Duration,
+    /// Stop at the end of the topic as it was at start, closing every session.
+    pub until_end: bool,
+}
+
+/// Why the streaming job stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// Kafka failed.
+    #[error(transparent)]
+    Kafka(#[from] KafkaSourceError),
+    /// The rules failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// A checkpoint failed.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+}
+
+/// What a streaming run did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StreamSummary {
+    /// Messages read.
+    pub read: u64,
+    /// Messages that were not valid events.
+    pub rejected: u64,
+    /// Engine counters.
+    pub engine: EngineStats,
+    /// Sessions written.
+    pub sessions_written: u64,
+    /// Checkpoints taken.
+    pub checkpoints: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+impl std::fmt::Display for StreamSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "events read:       {}", self.read)?;
+        writeln!(f, "  accepted:        {}", self.engine.accepted)?;
+        writeln!(f, "  late:            {}", self.engine.late)?;
+        writeln!(f, "  duplicate:       {}", self.engine.duplicates)?;
+        writeln!(f, "  rejected:        {}", self.rejected)?;
+        writeln!(f, "sessions written:  {}", self.sessions_written)?;
+        writeln!(f, "checkpoints:       {}", self.checkpoints)?;
+        write!(
+            f,
+            "elapsed:           {:.2?} ({:.0} events/s)",
+            self.elapsed,
+            self.read as f64 / self.elapsed.as_secs_f64().max(1e-9)
+        )
+    }
+}
+
+/// The parts a streaming run drives.
+pub struct StreamParts<'a> {
+    /// Kafka input, positioned at the recovered offsets.
+    pub source: KafkaSource,
+    /// The engine as recovered.
+    pub engine: Engine,
+    /// The checkpoint protocol.
+    pub checkpointer: Checkpointer,
+    /// The rules.
+    pub rules: &'a mut dyn RulesRuntime,
+    /// The output tables.
+    pub sink: &'a mut IcebergSink,
+}
+
+/// Runs until `stop` is set (a final checkpoint keeps open sessions for the next
+/// run) or, with `until_end`, until the topic's end as of the start.
+pub fn run_streaming(
+    runtime: &tokio::runtime::Handle,
+    parts: StreamParts<'_>,
+    config: StreamConfig,
+    start_offsets: BTreeMap<i32, i64>,
+    stop: &AtomicBool,
+) -> Result<StreamSummary, StreamError> {
+    let StreamParts { mut source, mut engine, mut checkpointer, rules, sink } = parts;
+    let started = Instant::now();
+    let mut summary = StreamSummary::default();
+    let partitions: Vec<i32> = source.partitions().to_vec();
+    engine.register_partitions(partitions.iter().map(|&p| p as usize));
+    let ends =
+        if config.until_end { Some(source.end_offsets(Duration::from_secs(30))?) } else { None };
+    let source_name = format!("kafka:{}", partitions.len());
+    let mut last_message: HashMap<i32, Instant> =
+        partitions.iter().map(|&p| (p, Instant::now())).collect();
+    let mut staged = StagedOutput::default();
+    let mut last_checkpoint = Instant::now();
+    loop {
+        let mut block = EventBlock::with_capacity(config.max_events_per_batch.min(65_536));
+        source.poll_into(&mut block, config.max_events_per_batch, Duration::from_millis(100));
+        summary.read += block.len() as u64;
+        let now = Instant::now();
+        for record in block.records() {
+            match record {
+                BlockRecord::Event(partition, offset, raw, event) => {
+                    last_message.insert(partition, now);
+                    if let Admission::Late { behind_ms } = engine.offer(partition as usize, &event)
+                    {
+                        staged.rejected.push(RejectedEvent {
+                            raw: raw.to_owned(),
+                            reason: format!("late: {behind_ms} ms beyond the allowed lateness"),
+                            source: source_name.clone(),
+                            partition,
+                            position: offset,
+                        });
+                    }
+                }
+                BlockRecord::Rejected(partition, offset, raw, reason) => {
+                    last_message.insert(partition, now);
+                    summary.rejected += 1;
+                    staged.rejected.push(RejectedEvent {
+                        raw: raw.to_owned(),
+                        reason: reason.to_string(),
+                        source: source_name.clone(),
+                        partition,
+                        position: offset,
+                    });
+                }
+            }
+        }
+        for (&p, &seen) in &last_message {
+            engine.set_idle(p as usize, now.duration_since(seen) >= config.idle_timeout);
+        }
+        staged.sessions.extend(engine.advance(rules, false)?);
+
+        let offsets = merged(&start_offsets, source.positions());
+        let at_end = ends.as_ref().is_some_and(|ends| {
+            ends.iter().all(|(p, &end)| end <= 0 || offsets.get(p).is_some_and(|&o| o >= end))
+        });
+        if at_end {
+            staged.sessions.extend(engine.advance(rules, true)?);
+        }
+        let stopping = at_end || stop.load(Ordering::Relaxed);
+        if stopping || last_checkpoint.elapsed() >= config.checkpoint_interval {
+            let output = std::mem::take(&mut staged);
+            summary.sessions_written += output.sessions.len() as u64;
+            let id = runtime.block_on(checkpointer.checkpoint(
+                &mut engine,
+                sink,
+                offsets.clone(),
+                output,
+                rules.rule_version(),
+            ))?;
+            source.commit_to_group(&offsets);
+            summary.checkpoints += 1;
+            last_checkpoint = Instant::now();
+            tracing::info!(
+                checkpoint = id,
+                consumed = offsets.values().sum::<i64>(),
+                users_in_memory = engine.users_in_memory(),
+                "checkpoint"
+            );
+        }
+        if stopping {
+            break;
+        }
+    }
+    summary.engine = engine.stats();
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+/// Offsets read so far, over the offsets the run started from.
+fn merged(start: &BTreeMap<i32, i64>, read: &BTreeMap<i32, i64>) -> BTreeMap<i32, i64> {
+    let mut all = start.clone();
+    all.extend(read.iter().map(|(&p, &o)| (p, o)));
+    all
+}

@@ -1,0 +1,88 @@
+"""A Kafka-protocol broker (Tansu) on loopback for the tests, and helpers to drive
+the streaming job."""
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+TANSU = Path(os.environ.get("TANSU_BIN", Path.home() / ".cache/sessionize/tansu/bin/tansu"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Broker:
+    """Tansu with SQLite storage: data and committed offsets survive a restart."""
+
+    def __init__(self, workdir: Path):
+        assert TANSU.exists(), f"{TANSU} missing: tests/run.sh installs it"
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc = None
+        workdir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self):
+        url = f"tcp://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [str(TANSU), "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", "sqlite://tansu.db"],
+            cwd=self.workdir, stdout=subprocess.DEVNULL,
+            stderr=open(self.workdir / "broker.log", "ab"),
+        )
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError("broker did not start")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+
+class Job:
+    """`sessionize run` against the broker, in the background, logging to a file."""
+
+    def __init__(self, binary, broker, topic, warehouse, state, *extra):
+        self.log = Path(str(state) + ".log")
+        self.args = [str(binary), "run", "--kafka-servers", broker.servers, "--kafka-topic", topic,
+                     "--warehouse", str(warehouse), "--state-dir", str(state), *map(str, extra)]
+        env = dict(os.environ, SESSIONIZE_LOG="warn,sessionize=info", NO_COLOR="1")
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE,
+                                     stderr=open(self.log, "ab"), env=env)
+
+    def consumed(self) -> int:
+        """Messages consumed as of the last checkpoint, from the job's log."""
+        last = 0
+        for line in self.log.read_text(errors="replace").splitlines():
+            if "checkpoint" in line and "consumed=" in line:
+                last = int(line.split("consumed=")[1].split()[0])
+        return last
+
+    def wait_consumed(self, count, timeout=120):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.consumed() >= count:
+                return
+            assert self.proc.poll() is None, f"job exited: {self.log.read_text()[-3000:]}"
+            time.sleep(0.2)
+        raise AssertionError(f"job consumed {self.consumed()} of {count} in {timeout}s")
+
+    def wait(self, timeout=300):
+        out, _ = self.proc.communicate(timeout=timeout)
+        assert self.proc.returncode == 0, f"job failed: {self.log.read_text()[-3000:]}"
+        return out.decode()

@@ -1,0 +1,160 @@
+"""The streaming job against a real Kafka-protocol broker on loopback: same result
+as the bounded run, exactly once across kill -9, broker outages and restarts."""
+
+import json
+import random
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import catalog
+from kafka import Broker, Job
+
+SESSION_COLUMNS = [
+    "uuid", "session_id", "session_start_time_ms", "session_end_time_ms",
+    "session_duration_seconds", "event_count", "pages_visited", "session_date",
+    "user_hash_bucket", "end_reason",
+]
+
+
+def table(warehouse, name="sessions.user_sessions"):
+    return catalog(warehouse).load_table(name).scan().to_arrow().to_pylist()
+
+
+def sessions(warehouse, with_reason=True):
+    cols = SESSION_COLUMNS if with_reason else SESSION_COLUMNS[:-1]
+    return sorted(tuple(tuple(r[c]) if isinstance(r[c], list) else r[c] for c in cols)
+                  for r in table(warehouse))
+
+
+@pytest.fixture
+def broker(tmp_path):
+    b = Broker(tmp_path / "broker")
+    b.start()
+    yield b
+    b.stop()
+
+
+def generate(run, path, *args):
+    run("generate", "--output", path, *args)
+    return sum(1 for line in open(path) if line.strip())
+
+
+def produce(run, broker, topic, path):
+    run("produce", "--kafka-servers", broker.servers, "--topic", topic, "--partitions", "4",
+        "--input", path)
+
+
+def test_streaming_equals_the_bounded_run(run, binary, broker, tmp_path):
+    events = tmp_path / "events.jsonl"
+    # No event beyond the lateness: a file is one partition, the topic four, and
+    # lateness is judged per partition.
+    n = generate(run, events, "--num-users", "1000", "--rate", "40", "--duration", "12h",
+             "--late-rate", "0", "--seed", "11", "--events", "40000")
+    produce(run, broker, "clicks", events)
+    run("run", "--input", events, "--warehouse", tmp_path / "bounded")
+    job = Job(binary, broker, "clicks", tmp_path / "streamed", tmp_path / "state",
+              "--test-mode", "--checkpoint-interval", "500ms", "--max-events-per-batch", "5000")
+    job.wait()
+
+    assert len(table(tmp_path / "streamed")) > 1500
+    assert sessions(tmp_path / "streamed", False) == sessions(tmp_path / "bounded", False)
+    # Reasons agree too, except where the end of input meets the watermark: the
+    # topic's final watermark is the least over its partitions, the file's is one.
+    bounded = {r["session_id"]: r["end_reason"] for r in table(tmp_path / "bounded")}
+    streamed = {r["session_id"]: r["end_reason"] for r in table(tmp_path / "streamed")}
+    differ = [k for k in bounded if bounded[k] != streamed[k]]
+    assert all({bounded[k], streamed[k]} == {"end_of_input", "inactivity"} for k in differ)
+    # Snapshots record the checkpoint, the offsets and the rules.
+    snapshot = catalog(tmp_path / "streamed").load_table("sessions.user_sessions").current_snapshot()
+    assert int(snapshot.summary["sessionize.checkpoint-id"]) >= 1
+    assert sum(json.loads(snapshot.summary["sessionize.offsets"]).values()) == n
+    dead = table(tmp_path / "streamed", "sessions.rejected_events")
+    assert dead and all(r["partition"] in range(4) and r["position"] >= 0 for r in dead)
+
+
+def test_kill_minus_nine_loses_nothing_and_writes_nothing_twice(run, binary, broker, tmp_path):
+    events = tmp_path / "events.jsonl"
+    n = generate(run, events, "--num-users", "5000", "--rate", "200", "--duration", "12h",
+                 "--seed", "5", "--events", "200000")
+    assert n >= 200_000
+    produce(run, broker, "clicks", events)
+    common = ("--test-mode", "--checkpoint-interval", "300ms", "--max-events-per-batch", "2000")
+
+    Job(binary, broker, "clicks", tmp_path / "reference", tmp_path / "ref-state",
+        "--kafka-group", "reference", *common).wait()
+
+    rng = random.Random(1234)
+    kills = 0
+    progress = []
+    while kills < 20:
+        job = Job(binary, broker, "clicks", tmp_path / "crashed", tmp_path / "state", *common)
+        time.sleep(rng.uniform(0.2, 1.2))
+        if job.proc.poll() is not None:
+            break  # finished before the kill: no more work to interrupt
+        job.proc.send_signal(signal.SIGKILL)
+        job.proc.wait()
+        kills += 1
+        progress.append(job.consumed())
+    assert kills >= 20, f"the job finished after {kills} kills; make the data set larger"
+    assert progress[-1] > 0, "no checkpoint survived any kill"
+    Job(binary, broker, "clicks", tmp_path / "crashed", tmp_path / "state", *common).wait()
+
+    assert sessions(tmp_path / "crashed") == sessions(tmp_path / "reference")
+    ids = [r["session_id"] for r in table(tmp_path / "crashed")]
+    assert len(ids) == len(set(ids)), "a session was written twice"
+    dead = lambda w: sorted((r["partition"], r["position"]) for r in table(w, "sessions.rejected_events"))
+    assert dead(tmp_path / "crashed") == dead(tmp_path / "reference")
+
+
+def test_a_broker_outage_is_waited_out(run, binary, broker, tmp_path):
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    events = tmp_path / "events.jsonl"
+    generate(run, events, "--num-users", "2000", "--rate", "100", "--duration", "6h",
+             "--late-rate", "0", "--seed", "3", "--events", "30000")
+    lines = events.read_text().splitlines(keepends=True)
+    first.write_text("".join(lines[:15000]))
+    second.write_text("".join(lines[15000:]))
+    produce(run, broker, "clicks", first)
+    job = Job(binary, broker, "clicks", tmp_path / "streamed", tmp_path / "state",
+              "--checkpoint-interval", "300ms")
+    job.wait_consumed(15000)
+    broker.stop()
+    time.sleep(30)
+    assert job.proc.poll() is None, "the job gave up during the outage"
+    broker.start()
+    produce(run, broker, "clicks", second)
+    job.wait_consumed(len(lines), timeout=120)
+    job.proc.send_signal(signal.SIGTERM)
+    job.wait()
+    # Flush what is still open, then compare with a bounded run over all events.
+    Job(binary, broker, "clicks", tmp_path / "streamed", tmp_path / "state", "--test-mode").wait()
+    run("run", "--input", events, "--warehouse", tmp_path / "bounded")
+    assert sessions(tmp_path / "streamed", False) == sessions(tmp_path / "bounded", False)
+
+
+def test_a_restart_keeps_open_sessions(run, binary, broker, tmp_path):
+    start = 1_735_689_600_000
+    minute = 60_000
+
+    def event(i, t, page):
+        return ('{"uuid":"alice","event_id":"a%d","event_timestamp":%d,"page_name":"%s"}\n'
+                % (i, start + t * minute, page))
+
+    before, after = tmp_path / "before.jsonl", tmp_path / "after.jsonl"
+    before.write_text(event(1, 0, "home") + event(2, 5, "search"))
+    after.write_text(event(3, 20, "checkout") + event(4, 25, "confirmation"))
+    produce(run, broker, "clicks", before)
+    job = Job(binary, broker, "clicks", tmp_path / "wh", tmp_path / "state",
+              "--checkpoint-interval", "200ms")
+    job.wait_consumed(2)
+    job.proc.send_signal(signal.SIGTERM)
+    job.wait()
+    assert table(tmp_path / "wh") == []  # still open: nothing written yet
+    produce(run, broker, "clicks", after)
+    Job(binary, broker, "clicks", tmp_path / "wh", tmp_path / "state", "--test-mode").wait()
+    rows = table(tmp_path / "wh")
+    assert [(r["event_count"], r["pages_visited"], r["end_reason"]) for r in rows] == [
+        (4, ["home", "search", "checkout", "confirmation"], "end_of_input")]
