@@ -56,6 +56,8 @@ pub struct StreamSummary {
     pub checkpoints: u64,
     /// Wall time.
     pub elapsed: Duration,
+    /// Longest time from a session closing to its Iceberg commit.
+    pub max_visibility_latency: Duration,
 }
 
 impl std::fmt::Display for StreamSummary {
@@ -66,7 +68,11 @@ impl std::fmt::Display for StreamSummary {
         writeln!(f, "  duplicate:       {}", self.engine.duplicates)?;
         writeln!(f, "  rejected:        {}", self.rejected)?;
         writeln!(f, "sessions written:  {}", self.sessions_written)?;
-        writeln!(f, "checkpoints:       {}", self.checkpoints)?;
+        writeln!(
+            f,
+            "checkpoints:       {} (sessions visible in Iceberg at most {:.2?} after closing)",
+            self.checkpoints, self.max_visibility_latency
+        )?;
         write!(
             f,
             "elapsed:           {:.2?} ({:.0} events/s)",
@@ -111,6 +117,8 @@ pub fn run_streaming(
         partitions.iter().map(|&p| (p, Instant::now())).collect();
     let mut staged = StagedOutput::default();
     let mut last_checkpoint = Instant::now();
+    // When the oldest session waiting for the next checkpoint closed.
+    let mut oldest_staged: Option<Instant> = None;
     loop {
         let mut block = EventBlock::with_capacity(config.max_events_per_batch.min(65_536));
         source.poll_into(&mut block, config.max_events_per_batch, Duration::from_millis(100));
@@ -147,7 +155,11 @@ pub fn run_streaming(
         for (&p, &seen) in &last_message {
             engine.set_idle(p as usize, now.duration_since(seen) >= config.idle_timeout);
         }
-        staged.sessions.extend(engine.advance(rules, false)?);
+        let closed = engine.advance(rules, false)?;
+        if !closed.is_empty() && oldest_staged.is_none() {
+            oldest_staged = Some(Instant::now());
+        }
+        staged.sessions.extend(closed);
 
         let offsets = merged(&start_offsets, source.positions());
         let at_end = ends.as_ref().is_some_and(|ends| {
@@ -168,6 +180,9 @@ pub fn run_streaming(
                 rules.rule_version(),
             ))?;
             source.commit_to_group(&offsets);
+            if let Some(since) = oldest_staged.take() {
+                summary.max_visibility_latency = summary.max_visibility_latency.max(since.elapsed());
+            }
             summary.checkpoints += 1;
             last_checkpoint = Instant::now();
             tracing::info!(

@@ -1,0 +1,208 @@
+//! Benchmark: Kafka to Iceberg on a pre-filled topic (1,000,000 events, 4
+//! partitions), against a bare rdkafka consumer reading the same topic from the
+//! same broker in the same run; the latency from a session closing to its
+//! Iceberg commit; and peak memory with 1,000,000 open sessions in state.
+//!
+//!     guest/build.sh && cargo bench -p sessionize --bench kafka
+//!
+//! Starts its own Tansu broker (memory storage) on loopback; `TANSU_BIN` points
+//! at the binary (tests/run.sh installs it into ~/.cache/sessionize/tansu).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+use sessionize::checkpoint::Checkpointer;
+use sessionize::engine::{Engine, EngineConfig};
+use sessionize::event::Event;
+use sessionize::generate::{generate, GeneratorConfig};
+use sessionize::plugin::contract::Settings;
+use sessionize::plugin::{PluginLimits, RulesEngine};
+use sessionize::produce::{ensure_topic, produce};
+use sessionize::sink::iceberg::{IcebergSink, SinkConfig};
+use sessionize::source::file::FileSource;
+use sessionize::source::kafka::{KafkaConfig, KafkaSource};
+use sessionize::state::{StagedOutput, StateStore};
+use sessionize::streaming::{run_streaming, StreamConfig, StreamParts};
+
+const TOPIC: &str = "bench";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--open-sessions") {
+        return open_sessions();
+    }
+    let events: u64 = std::env::var("BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let dir = std::env::temp_dir().join(format!("sessionize-kafka-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let port = 19_000 + (std::process::id() % 1000) as u16;
+    let servers = format!("127.0.0.1:{port}");
+    let mut broker = start_broker(&dir, port)?;
+    let outcome = bench(&servers, &dir, events);
+    let _ = broker.kill();
+    let _ = std::fs::remove_dir_all(&dir);
+    outcome?;
+    let status = Command::new(std::env::current_exe()?).arg("--open-sessions").status()?;
+    if !status.success() {
+        bail!("open-sessions run failed");
+    }
+    Ok(())
+}
+
+fn bench(servers: &str, dir: &Path, events: u64) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(ensure_topic(servers, TOPIC, 4))?;
+    let config = GeneratorConfig {
+        num_users: 10_000,
+        rate: 100.0,
+        duration_s: 2 * 86_400,
+        max_events: Some(events),
+        ..GeneratorConfig::sample()
+    };
+    let mut lines = Vec::new();
+    generate(&config, &mut lines)?;
+    let started = Instant::now();
+    let sent = produce(servers, TOPIC, FileSource::from_bytes("bench", lines), false)?;
+    println!("produced {sent} events in {:.2?}", started.elapsed());
+
+    // The ceiling: a bare consumer reading the same topic.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .set("group.id", "bare")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..4 {
+        assignment.add_partition_offset(TOPIC, p, Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    let started = Instant::now();
+    let mut read = 0u64;
+    while read < sent {
+        match consumer.poll(Duration::from_secs(10)) {
+            Some(Ok(_)) => read += 1,
+            Some(Err(e)) => bail!("bare consumer: {e}"),
+            None => bail!("bare consumer stalled at {read}"),
+        }
+    }
+    let bare = sent as f64 / started.elapsed().as_secs_f64();
+    println!("bare rdkafka consumer: {bare:.0} events/s");
+    drop(consumer);
+
+    // The pipeline: component rules, state store, checkpoints, Iceberg.
+    let settings =
+        Settings { inactivity_timeout_ms: 30 * 60_000, max_duration_ms: 2 * 3_600_000, params: vec![] };
+    let component = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../guest/dist/default_rules.wasm");
+    let mut rules = Arc::new(RulesEngine::new()?)
+        .load_file(&component, &settings, PluginLimits::default())
+        .with_context(|| format!("{}: run guest/build.sh", component.display()))?;
+    let mut sink = runtime.block_on(IcebergSink::open(&SinkConfig::new(dir.join("warehouse"))))?;
+    let store = StateStore::open(&dir.join("state"))?;
+    let (checkpointer, resumed) =
+        runtime.block_on(Checkpointer::recover(store, &mut sink, EngineConfig::default()))?;
+    let kafka = KafkaConfig { servers: servers.into(), topic: TOPIC.into(), group: "sessionize".into() };
+    let source = KafkaSource::connect(&kafka, &BTreeMap::new(), Duration::from_secs(10))?;
+    let stream = StreamConfig {
+        max_events_per_batch: 50_000,
+        checkpoint_interval: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(60),
+        until_end: true,
+    };
+    let parts = StreamParts { source, engine: resumed.engine, checkpointer, rules: &mut rules, sink: &mut sink };
+    let started = Instant::now();
+    let summary = run_streaming(runtime.handle(), parts, stream, BTreeMap::new(), &AtomicBool::new(false))?;
+    let rate = summary.read as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "pipeline: {rate:.0} events/s ({:.0}% of the bare consumer), {} sessions, {} checkpoints \
+         every {:?}, sessions visible at most {:.2?} after closing",
+        100.0 * rate / bare,
+        summary.sessions_written,
+        summary.checkpoints,
+        stream.checkpoint_interval,
+        summary.max_visibility_latency
+    );
+    Ok(())
+}
+
+/// 1,000,000 users with one event each, all open, checkpointed into the store.
+fn open_sessions() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("sessionize-open-{}", std::process::id()));
+    let settings =
+        Settings { inactivity_timeout_ms: 30 * 60_000, max_duration_ms: 2 * 3_600_000, params: vec![] };
+    let component = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../guest/dist/default_rules.wasm");
+    let mut rules = Arc::new(RulesEngine::new()?).load_file(&component, &settings, PluginLimits::default())?;
+    let mut engine = Engine::new(EngineConfig::default());
+    let base = 1_735_689_600_000i64;
+    let pages = ["home", "search", "results", "hotel_details"];
+    for i in 0..1_000_000i64 {
+        let uuid = format!("{:032x}", i * 7919);
+        let event = Event {
+            uuid: uuid.as_str().into(),
+            event_id: None,
+            timestamp_ms: base + i,
+            page_name: Some(pages[(i % 4) as usize].into()),
+            event_name: None,
+            event_type: None,
+        };
+        engine.offer(0, &event);
+    }
+    // 20 minutes later on the clock: every event released, every session still open.
+    engine.offer(0, &Event {
+        uuid: "clock".into(),
+        event_id: None,
+        timestamp_ms: base + 20 * 60_000 + 1_000_000,
+        page_name: None,
+        event_name: None,
+        event_type: None,
+    });
+    let closed = engine.advance(&mut rules, false)?;
+    let changes = engine.take_changes()?;
+    let open = changes.upserts.iter().filter(|(_, r)| r.state.is_some()).count();
+    let store = StateStore::open(&dir)?;
+    let started = Instant::now();
+    store.write_checkpoint(&changes, &Default::default(), &StagedOutput::default())?;
+    let write = started.elapsed();
+    drop(changes);
+    println!(
+        "open sessions: {open} in state ({} closed), checkpoint write {:.2?}, state file {} MiB, \
+         peak memory {} MiB",
+        closed.len(),
+        write,
+        std::fs::metadata(dir.join("state.redb"))?.len() >> 20,
+        peak_rss_mib()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn start_broker(dir: &Path, port: u16) -> Result<Child> {
+    let tansu = std::env::var_os("TANSU_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/sessionize/tansu/bin/tansu")
+    });
+    let url = format!("tcp://127.0.0.1:{port}");
+    let child = Command::new(&tansu)
+        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+        .args(["--storage-engine", "memory://tansu/"])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {} (tests/run.sh installs it)", tansu.display()))?;
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(child)
+}
+
+fn peak_rss_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_owned))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
+        .map_or(0, |kb| kb / 1024)
+}
