@@ -39,7 +39,8 @@ fn main() -> Result<()> {
     if args.iter().any(|a| a == "--open-sessions") {
         return open_sessions();
     }
-    let events: u64 = std::env::var("BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let events: u64 =
+        std::env::var("BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
     let dir = std::env::temp_dir().join(format!("sessionize-kafka-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let port = 19_000 + (std::process::id() % 1000) as u16;
@@ -57,7 +58,8 @@ fn main() -> Result<()> {
 }
 
 fn bench(servers: &str, dir: &Path, events: u64) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(ensure_topic(servers, TOPIC, 4))?;
     let config = GeneratorConfig {
         num_users: 10_000,
@@ -97,9 +99,13 @@ fn bench(servers: &str, dir: &Path, events: u64) -> Result<()> {
     drop(consumer);
 
     // The pipeline: component rules, state store, checkpoints, Iceberg.
-    let settings =
-        Settings { inactivity_timeout_ms: 30 * 60_000, max_duration_ms: 2 * 3_600_000, params: vec![] };
-    let component = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../guest/dist/default_rules.wasm");
+    let settings = Settings {
+        inactivity_timeout_ms: 30 * 60_000,
+        max_duration_ms: 2 * 3_600_000,
+        params: vec![],
+    };
+    let component =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../guest/dist/default_rules.wasm");
     let mut rules = Arc::new(RulesEngine::new()?)
         .load_file(&component, &settings, PluginLimits::default())
         .with_context(|| format!("{}: run guest/build.sh", component.display()))?;
@@ -107,7 +113,8 @@ fn bench(servers: &str, dir: &Path, events: u64) -> Result<()> {
     let store = StateStore::open(&dir.join("state"))?;
     let (checkpointer, resumed) =
         runtime.block_on(Checkpointer::recover(store, &mut sink, EngineConfig::default()))?;
-    let kafka = KafkaConfig { servers: servers.into(), topic: TOPIC.into(), group: "sessionize".into() };
+    let kafka =
+        KafkaConfig { servers: servers.into(), topic: TOPIC.into(), group: "sessionize".into() };
     let source = KafkaSource::connect(&kafka, &BTreeMap::new(), Duration::from_secs(10))?;
     let stream = StreamConfig {
         max_events_per_batch: 50_000,
@@ -115,9 +122,16 @@ fn bench(servers: &str, dir: &Path, events: u64) -> Result<()> {
         idle_timeout: Duration::from_secs(60),
         until_end: true,
     };
-    let parts = StreamParts { source, engine: resumed.engine, checkpointer, rules: &mut rules, sink: &mut sink };
+    let parts = StreamParts {
+        source,
+        engine: resumed.engine,
+        checkpointer,
+        rules: &mut rules,
+        sink: &mut sink,
+    };
     let started = Instant::now();
-    let summary = run_streaming(runtime.handle(), parts, stream, BTreeMap::new(), &AtomicBool::new(false))?;
+    let summary =
+        run_streaming(runtime.handle(), parts, stream, BTreeMap::new(), &AtomicBool::new(false))?;
     let rate = summary.read as f64 / started.elapsed().as_secs_f64();
     println!(
         "pipeline: {rate:.0} events/s ({:.0}% of the bare consumer), {} sessions, {} checkpoints \
@@ -134,10 +148,15 @@ fn bench(servers: &str, dir: &Path, events: u64) -> Result<()> {
 /// 1,000,000 users with one event each, all open, checkpointed into the store.
 fn open_sessions() -> Result<()> {
     let dir = std::env::temp_dir().join(format!("sessionize-open-{}", std::process::id()));
-    let settings =
-        Settings { inactivity_timeout_ms: 30 * 60_000, max_duration_ms: 2 * 3_600_000, params: vec![] };
-    let component = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../guest/dist/default_rules.wasm");
-    let mut rules = Arc::new(RulesEngine::new()?).load_file(&component, &settings, PluginLimits::default())?;
+    let settings = Settings {
+        inactivity_timeout_ms: 30 * 60_000,
+        max_duration_ms: 2 * 3_600_000,
+        params: vec![],
+    };
+    let component =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../guest/dist/default_rules.wasm");
+    let mut rules =
+        Arc::new(RulesEngine::new()?).load_file(&component, &settings, PluginLimits::default())?;
     let mut engine = Engine::new(EngineConfig::default());
     let base = 1_735_689_600_000i64;
     let pages = ["home", "search", "results", "hotel_details"];
@@ -154,14 +173,17 @@ fn open_sessions() -> Result<()> {
         engine.offer(0, &event);
     }
     // 20 minutes later on the clock: every event released, every session still open.
-    engine.offer(0, &Event {
-        uuid: "clock".into(),
-        event_id: None,
-        timestamp_ms: base + 20 * 60_000 + 1_000_000,
-        page_name: None,
-        event_name: None,
-        event_type: None,
-    });
+    engine.offer(
+        0,
+        &Event {
+            uuid: "clock".into(),
+            event_id: None,
+            timestamp_ms: base + 20 * 60_000 + 1_000_000,
+            page_name: None,
+            event_name: None,
+            event_type: None,
+        },
+    );
     let closed = engine.advance(&mut rules, false)?;
     let changes = engine.take_changes()?;
     let open = changes.upserts.iter().filter(|(_, r)| r.state.is_some()).count();
@@ -184,7 +206,8 @@ fn open_sessions() -> Result<()> {
 
 fn start_broker(dir: &Path, port: u16) -> Result<Child> {
     let tansu = std::env::var_os("TANSU_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/sessionize/tansu/bin/tansu")
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+            .join(".cache/sessionize/tansu/bin/tansu")
     });
     let url = format!("tcp://127.0.0.1:{port}");
     let child = Command::new(&tansu)

@@ -181,7 +181,8 @@ pub fn run_streaming(
             ))?;
             source.commit_to_group(&offsets);
             if let Some(since) = oldest_staged.take() {
-                summary.max_visibility_latency = summary.max_visibility_latency.max(since.elapsed());
+                summary.max_visibility_latency =
+                    summary.max_visibility_latency.max(since.elapsed());
             }
             summary.checkpoints += 1;
             last_checkpoint = Instant::now();

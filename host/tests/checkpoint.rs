@@ -1,0 +1,104 @@
+//! The checkpoint protocol at each crash point, deterministically: a crash after
+//! the state write, and a crash after the Iceberg commit, both recover to
+//! exactly one copy of every session.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use sessionize::checkpoint::{Checkpointer, CHECKPOINT_ID_KEY, JOB_ID_KEY};
+use sessionize::engine::{EngineChanges, EngineConfig};
+use sessionize::output::SessionRow;
+use sessionize::sink::iceberg::{IcebergSink, SinkConfig};
+use sessionize::state::{CheckpointRecord, StagedOutput, StateStore};
+
+fn row(uuid: &str, start_ms: i64) -> SessionRow {
+    SessionRow {
+        uuid: uuid.into(),
+        session_id: sessionize::engine::session_id(uuid, start_ms),
+        start_ms,
+        end_ms: start_ms + 1000,
+        event_count: 2,
+        pages: vec![Arc::from("home")],
+        end_reason: "inactivity".into(),
+        rule_version: Arc::from("test@1"),
+    }
+}
+
+async fn rows_in(sink: &IcebergSink) -> usize {
+    let batches: Vec<_> = sink
+        .sessions_table()
+        .scan()
+        .build()
+        .unwrap()
+        .to_arrow()
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    batches.iter().map(|b| b.num_rows()).sum()
+}
+
+fn staged_checkpoint(store: &StateStore) -> (CheckpointRecord, StagedOutput) {
+    let record = CheckpointRecord {
+        id: 1,
+        offsets: BTreeMap::from([(0, 10)]),
+        rule_version: "test@1".into(),
+        ..Default::default()
+    };
+    let output = StagedOutput { sessions: vec![row("a", 0), row("b", 5)], rejected: vec![] };
+    store.write_checkpoint(&EngineChanges::default(), &record, &output).unwrap();
+    (record, output)
+}
+
+#[tokio::test]
+async fn a_crash_after_the_state_write_publishes_on_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = IcebergSink::open(&SinkConfig::new(dir.path().join("wh"))).await.unwrap();
+    let store = StateStore::open(&dir.path().join("state")).unwrap();
+    staged_checkpoint(&store);
+    // Crash: nothing reached Iceberg. Recovery publishes the staged output...
+    let (_, resumed) =
+        Checkpointer::recover(store, &mut sink, EngineConfig::default()).await.unwrap();
+    assert_eq!(resumed.checkpoint_id, 1);
+    assert_eq!(resumed.offsets, BTreeMap::from([(0, 10)]));
+    assert_eq!(rows_in(&sink).await, 2);
+    // ...once: a second recovery finds nothing staged.
+    let store = StateStore::open(&dir.path().join("state")).unwrap();
+    Checkpointer::recover(store, &mut sink, EngineConfig::default()).await.unwrap();
+    assert_eq!(rows_in(&sink).await, 2);
+}
+
+#[tokio::test]
+async fn a_crash_after_the_iceberg_commit_does_not_write_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = IcebergSink::open(&SinkConfig::new(dir.path().join("wh"))).await.unwrap();
+    let store = StateStore::open(&dir.path().join("state")).unwrap();
+    let job_id = store.job_id().unwrap();
+    let (_, output) = staged_checkpoint(&store);
+    // The commit went through, then the process died before dropping the staged copy.
+    let props = HashMap::from([
+        (CHECKPOINT_ID_KEY.to_owned(), "1".to_owned()),
+        (JOB_ID_KEY.to_owned(), job_id),
+    ]);
+    sink.commit(&output.sessions, &[], props).await.unwrap();
+    Checkpointer::recover(store, &mut sink, EngineConfig::default()).await.unwrap();
+    assert_eq!(rows_in(&sink).await, 2);
+}
+
+#[tokio::test]
+async fn another_jobs_commits_are_not_mistaken_for_ours() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = IcebergSink::open(&SinkConfig::new(dir.path().join("wh"))).await.unwrap();
+    // A job whose state was deleted committed checkpoint 7 earlier.
+    let props = HashMap::from([
+        (CHECKPOINT_ID_KEY.to_owned(), "7".to_owned()),
+        (JOB_ID_KEY.to_owned(), "an-old-job".to_owned()),
+    ]);
+    sink.commit(&[row("old", 0)], &[], props).await.unwrap();
+    let store = StateStore::open(&dir.path().join("state")).unwrap();
+    staged_checkpoint(&store);
+    Checkpointer::recover(store, &mut sink, EngineConfig::default()).await.unwrap();
+    assert_eq!(rows_in(&sink).await, 3);
+}
