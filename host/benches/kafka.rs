@@ -74,11 +74,23 @@ fn bench(servers: &str, dir: &Path, events: u64) -> Result<()> {
     let sent = produce(servers, TOPIC, FileSource::from_bytes("bench", lines), false)?;
     println!("produced {sent} events in {:.2?}", started.elapsed());
 
-    // The ceiling: a bare consumer reading the same topic.
+    let bare_before = bare_consumer(servers, sent)?;
+    println!("bare rdkafka consumer: {bare_before:.0} events/s");
+    let pipeline = run_pipeline(&runtime, servers, dir)?;
+    let bare_after = bare_consumer(servers, sent)?;
+    println!("bare rdkafka consumer again: {bare_after:.0} events/s");
+    let bare = bare_before.max(bare_after);
+    println!("pipeline: {:.0}% of the faster bare run", 100.0 * pipeline / bare);
+    Ok(())
+}
+
+/// The ceiling: a bare consumer, configured as the job's, reading the same topic.
+fn bare_consumer(servers: &str, sent: u64) -> Result<f64> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", servers)
         .set("group.id", "bare")
         .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "100")
         .create()?;
     let mut assignment = TopicPartitionList::new();
     for p in 0..4 {
@@ -94,10 +106,12 @@ fn bench(servers: &str, dir: &Path, events: u64) -> Result<()> {
             None => bail!("bare consumer stalled at {read}"),
         }
     }
-    let bare = sent as f64 / started.elapsed().as_secs_f64();
-    println!("bare rdkafka consumer: {bare:.0} events/s");
-    drop(consumer);
+    Ok(sent as f64 / started.elapsed().as_secs_f64())
+}
 
+fn run_pipeline(runtime: &tokio::runtime::Runtime, servers: &str, dir: &Path) -> Result<f64> {
+    let _ = std::fs::remove_dir_all(dir.join("warehouse"));
+    let _ = std::fs::remove_dir_all(dir.join("state"));
     // The pipeline: component rules, state store, checkpoints, Iceberg.
     let settings = Settings {
         inactivity_timeout_ms: 30 * 60_000,
@@ -134,15 +148,14 @@ fn bench(servers: &str, dir: &Path, events: u64) -> Result<()> {
         run_streaming(runtime.handle(), parts, stream, BTreeMap::new(), &AtomicBool::new(false))?;
     let rate = summary.read as f64 / started.elapsed().as_secs_f64();
     println!(
-        "pipeline: {rate:.0} events/s ({:.0}% of the bare consumer), {} sessions, {} checkpoints \
+        "pipeline: {rate:.0} events/s, {} sessions, {} checkpoints \
          every {:?}, sessions visible at most {:.2?} after closing",
-        100.0 * rate / bare,
         summary.sessions_written,
         summary.checkpoints,
         stream.checkpoint_interval,
         summary.max_visibility_latency
     );
-    Ok(())
+    Ok(rate)
 }
 
 /// 1,000,000 users with one event each, all open, checkpointed into the store.
@@ -185,8 +198,13 @@ fn open_sessions() -> Result<()> {
         },
     );
     let closed = engine.advance(&mut rules, false)?;
+    println!("  engine alone: peak {} MiB", peak_rss_mib());
     let changes = engine.take_changes()?;
-    let open = changes.upserts.iter().filter(|(_, r)| r.state.is_some()).count();
+    let open = changes
+        .upserts
+        .iter()
+        .filter(|(_, r)| sessionize::engine::UserRecord::decode(r).is_ok_and(|r| r.state.is_some()))
+        .count();
     let store = StateStore::open(&dir)?;
     let started = Instant::now();
     store.write_checkpoint(&changes, &Default::default(), &StagedOutput::default())?;

@@ -86,6 +86,9 @@ pub enum EngineError {
     /// [`Engine::advance`], for example with another plugin.
     #[error(transparent)]
     Plugin(#[from] PluginError),
+    /// A user's state could not be encoded for the store.
+    #[error("cannot encode user state: {0}")]
+    Encode(String),
     /// State cannot be taken while a failed batch waits for a retry.
     #[error("a failed batch is waiting for a retry")]
     Busy,
@@ -100,6 +103,18 @@ pub struct UserRecord {
     pub wake_at: Option<i64>,
     /// Events accepted but not yet released to the rules.
     pub pending: Vec<StoredEvent>,
+}
+
+impl UserRecord {
+    /// The stored form (postcard).
+    pub fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
+        postcard::to_stdvec(self)
+    }
+
+    /// Reads the stored form back.
+    pub fn decode(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        postcard::from_bytes(bytes)
+    }
 }
 
 /// The contract's `session-state`, serialisable.
@@ -175,8 +190,8 @@ impl From<StoredEvent> for Pending {
 /// What changed in the engine since the last checkpoint.
 #[derive(Debug, Default)]
 pub struct EngineChanges {
-    /// Users with something open or pending, to write.
-    pub upserts: Vec<(Arc<str>, UserRecord)>,
+    /// Users with something open or pending, to write ([`UserRecord::encode`]d).
+    pub upserts: Vec<(Arc<str>, Vec<u8>)>,
     /// Users with nothing left, to delete.
     pub deletes: Vec<Arc<str>>,
     /// Handle of the first new text.
@@ -366,6 +381,11 @@ impl Engine {
             event_name: event.event_name.as_deref().map(|n| self.texts.intern(n)),
             event_type: event.event_type.as_deref().map(|n| self.texts.intern(n)),
         };
+        if slot.pending.capacity() == 0 {
+            // Most users have one or two events waiting: the default first
+            // allocation (four) would dominate memory with many users.
+            slot.pending.reserve_exact(1);
+        }
         slot.pending.push(Pending { event_id, event });
         if !slot.listed {
             slot.listed = true;
@@ -531,14 +551,15 @@ impl Engine {
                 self.free.push(user);
                 continue;
             }
-            changes.upserts.push((
-                slot.uuid.clone(),
-                UserRecord {
-                    state: slot.state.as_ref().map(StoredSession::from),
-                    wake_at: slot.wake_at,
-                    pending: slot.pending.iter().map(StoredEvent::from).collect(),
-                },
-            ));
+            let record = UserRecord {
+                state: slot.state.as_ref().map(StoredSession::from),
+                wake_at: slot.wake_at,
+                pending: slot.pending.iter().map(StoredEvent::from).collect(),
+            };
+            // Encoded right away: a checkpoint of a million open sessions must
+            // not hold a second decoded copy of them.
+            let bytes = record.encode().map_err(|e| EngineError::Encode(e.to_string()))?;
+            changes.upserts.push((slot.uuid.clone(), bytes));
         }
         Ok(changes)
     }

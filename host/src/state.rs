@@ -172,8 +172,7 @@ impl StateStore {
             txn.open_table(USERS).map_err(|e| self.fail(e))?.iter().map_err(|e| self.fail(e))?
         {
             let (uuid, record) = entry.map_err(|e| self.fail(e))?;
-            let record: UserRecord =
-                postcard::from_bytes(record.value()).map_err(|e| self.corrupt("user", e))?;
+            let record = UserRecord::decode(record.value()).map_err(|e| self.corrupt("user", e))?;
             users.push((uuid.value().to_owned(), record));
         }
         Ok(Recovered { checkpoint, staged, texts, users })
@@ -190,13 +189,8 @@ impl StateStore {
         let txn = self.db.begin_write().map_err(|e| self.fail(e))?;
         {
             let mut users = txn.open_table(USERS).map_err(|e| self.fail(e))?;
-            let mut buf = Vec::new();
             for (uuid, record) in &changes.upserts {
-                buf.clear();
-                let bytes = postcard::to_extend(record, std::mem::take(&mut buf))
-                    .map_err(|e| self.corrupt("user", e))?;
-                users.insert(&**uuid, bytes.as_slice()).map_err(|e| self.fail(e))?;
-                buf = bytes;
+                users.insert(&**uuid, record.as_slice()).map_err(|e| self.fail(e))?;
             }
             for uuid in &changes.deletes {
                 users.remove(&**uuid).map_err(|e| self.fail(e))?;
