@@ -24,7 +24,7 @@ use sessionize::engine::{Engine, EngineConfig};
 use sessionize::event::Event;
 use sessionize::generate::{generate, GeneratorConfig};
 use sessionize::plugin::contract::Settings;
-use sessionize::plugin::{PluginLimits, RulesEngine};
+use sessionize::plugin::{PluginLimits, RulesEngine, RulesSlot};
 use sessionize::produce::{ensure_topic, produce};
 use sessionize::sink::iceberg::{IcebergSink, SinkConfig};
 use sessionize::source::file::FileSource;
@@ -120,9 +120,11 @@ fn run_pipeline(runtime: &tokio::runtime::Runtime, servers: &str, dir: &Path) ->
     };
     let component =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../guest/dist/default_rules.wasm");
-    let mut rules = Arc::new(RulesEngine::new()?)
-        .load_file(&component, &settings, PluginLimits::default())
-        .with_context(|| format!("{}: run guest/build.sh", component.display()))?;
+    let mut rules = RulesSlot::new(
+        Arc::new(RulesEngine::new()?)
+            .load_file(&component, &settings, PluginLimits::default())
+            .with_context(|| format!("{}: run guest/build.sh", component.display()))?,
+    );
     let mut sink = runtime.block_on(IcebergSink::open(&SinkConfig::new(dir.join("warehouse"))))?;
     let store = StateStore::open(&dir.join("state"))?;
     let (checkpointer, resumed) =
@@ -142,6 +144,7 @@ fn run_pipeline(runtime: &tokio::runtime::Runtime, servers: &str, dir: &Path) ->
         checkpointer,
         rules: &mut rules,
         sink: &mut sink,
+        swap: None,
     };
     let started = Instant::now();
     let summary =

@@ -24,6 +24,45 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Send clickstream to a Kafka topic, keyed by uuid (creates the topic).
     Produce(ProduceArgs),
+    /// Manage the rules of a running job: deploy, status, rollback.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+/// `sessionize plugin ...`: talks to a running job's admin endpoint.
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Swap in a new rules component (checked first; refused if unfit).
+    Deploy {
+        /// The component (.wasm).
+        path: PathBuf,
+        /// How to reach the job.
+        #[command(flatten)]
+        job: JobAddress,
+    },
+    /// Show the active rules and the history of swaps.
+    Status {
+        /// How to reach the job.
+        #[command(flatten)]
+        job: JobAddress,
+    },
+    /// Go back to the previous rules.
+    Rollback {
+        /// How to reach the job.
+        #[command(flatten)]
+        job: JobAddress,
+    },
+}
+
+/// Where a running job's admin endpoint is, and its token.
+#[derive(Debug, Args)]
+pub struct JobAddress {
+    /// The job's state directory: holds admin.addr and admin.token.
+    #[arg(long, env = "SESSIONIZE_STATE_DIR", default_value = "./state")]
+    pub state_dir: PathBuf,
+    /// The admin token (default: read from the state directory).
+    #[arg(long, env = "SESSIONIZE_ADMIN_TOKEN")]
+    pub admin_token: Option<String>,
 }
 
 /// `sessionize produce`.
@@ -78,6 +117,16 @@ pub struct RunArgs {
     /// Directory of the durable state store (open sessions, checkpoints).
     #[arg(long, env = "SESSIONIZE_STATE_DIR", default_value = "./state")]
     pub state_dir: PathBuf,
+    /// Admin endpoint address (`sessionize plugin ...`); port 0 picks a free
+    /// one. The address is written to <state-dir>/admin.addr.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub admin_addr: std::net::SocketAddr,
+    /// Admin token (default: generated, written to <state-dir>/admin.token, 0600).
+    #[arg(long, env = "SESSIONIZE_ADMIN_TOKEN")]
+    pub admin_token: Option<String>,
+    /// Watch the --plugin file and hot-swap the rules when it changes.
+    #[arg(long, requires = "plugin")]
+    pub plugin_watch: bool,
     /// Read JSON lines (gzip too) from this file, or `-` for standard input,
     /// instead of Kafka; the run ends with the input.
     #[arg(long, value_name = "PATH|-")]

@@ -279,6 +279,11 @@ pub struct Engine {
     free: Vec<u32>,
     /// Texts already handed out by [`Engine::take_changes`].
     texts_taken: usize,
+    /// A few users of the latest batch, for dry runs of candidate rules.
+    sample: Option<Batch>,
+    /// Sessions closed by batches that succeeded before a later one failed:
+    /// handed out by the next successful [`Engine::advance`].
+    carried: Vec<SessionRow>,
 }
 
 impl Engine {
@@ -298,7 +303,20 @@ impl Engine {
             dirty: Vec::new(),
             free: Vec::new(),
             texts_taken: 0,
+            sample: None,
+            carried: Vec::new(),
         }
+    }
+
+    /// Part of the latest batch the rules processed (its first users and their
+    /// events), for a dry run of new rules before they are swapped in.
+    pub fn sample_batch(&self) -> Option<&Batch> {
+        self.sample.as_ref()
+    }
+
+    /// The interned texts, which sampled batches refer to.
+    pub fn texts(&self) -> &[Arc<str>] {
+        self.texts.as_slice()
     }
 
     /// Declares the input's partitions: until each has delivered an event (or
@@ -432,9 +450,12 @@ impl Engine {
         rules: &mut dyn RulesRuntime,
         end_of_input: bool,
     ) -> Result<Vec<SessionRow>, EngineError> {
-        let mut closed = Vec::new();
+        let mut closed = std::mem::take(&mut self.carried);
         // A batch that failed before is retried first, so nothing is lost.
-        self.drain_in_flight(rules, &mut closed)?;
+        if let Err(error) = self.drain_in_flight(rules, &mut closed) {
+            self.carried = closed;
+            return Err(error);
+        }
 
         let lateness = self.config.allowed_lateness_ms;
         let active = self.partitions.iter().filter(|p| p.registered && !p.idle);
@@ -523,7 +544,10 @@ impl Engine {
         if !users.is_empty() {
             self.in_flight.push(InFlight { batch, users });
         }
-        self.drain_in_flight(rules, &mut closed)?;
+        if let Err(error) = self.drain_in_flight(rules, &mut closed) {
+            self.carried = closed;
+            return Err(error);
+        }
         Ok(closed)
     }
 
@@ -633,6 +657,7 @@ impl Engine {
     ) -> Result<(), EngineError> {
         while let Some(flight) = self.in_flight.first_mut() {
             self.stats.plugin_calls += 1;
+            self.sample = Some(sample_of(&flight.batch));
             let started = std::time::Instant::now();
             let result = rules.process(self.texts.as_slice(), &mut flight.batch);
             self.stats.rules_time += started.elapsed();
@@ -674,6 +699,19 @@ impl Engine {
             });
         }
         self.stats.sessions_closed = self.stats.sessions_closed.saturating_add(closed.len() as u64);
+    }
+}
+
+/// The first users of `batch` (up to 256) with their events.
+fn sample_of(batch: &Batch) -> Batch {
+    let users: Vec<UserSlice> = batch.users.iter().take(256).cloned().collect();
+    let events = users.iter().map(|u| u.event_count as usize).sum::<usize>();
+    Batch {
+        new_texts: Vec::new(),
+        watermark: batch.watermark,
+        end_of_input: false,
+        users,
+        events: batch.events.iter().take(events).cloned().collect(),
     }
 }
 

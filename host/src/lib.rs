@@ -1,6 +1,7 @@
 //! Sessionize: groups clickstream events into user sessions with rules that run
 //! as a WebAssembly component, and writes the sessions to Apache Iceberg.
 
+pub mod admin;
 pub mod checkpoint;
 pub mod engine;
 pub mod event;

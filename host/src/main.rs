@@ -11,7 +11,12 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use cli::{Cli, Command, GenerateArgs, GeneratorArgs, ProduceArgs, RunArgs};
+use std::path::{Path, PathBuf};
+
+use cli::{Cli, Command, GenerateArgs, GeneratorArgs, PluginCommand, ProduceArgs, RunArgs};
+use sessionize::admin::{new_token, publish_credentials, serve, AdminAction, AdminRequest};
+use sessionize::plugin::RulesSlot;
+use sessionize::streaming::{RulesLoader, SwapControl};
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
@@ -40,6 +45,7 @@ fn main() -> ExitCode {
         Command::Run(args) => args.log_level.as_str(),
         Command::Generate(_) => "warn",
         Command::Produce(_) => "info",
+        Command::Plugin(_) => "warn",
     };
     let filter = EnvFilter::try_from_env("SESSIONIZE_LOG")
         .unwrap_or_else(|_| EnvFilter::new(format!("{log_level},iceberg=warn,sqlx=warn")));
@@ -48,6 +54,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(*args),
         Command::Generate(args) => generate_command(&args),
         Command::Produce(args) => produce_command(&args),
+        Command::Plugin(command) => plugin_command(command),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -103,7 +110,10 @@ async fn run_async(args: RunArgs) -> Result<()> {
 /// The streaming job: Kafka to Iceberg with checkpoints, until SIGINT/SIGTERM
 /// (or the topic's end with `--test-mode`).
 async fn run_kafka(args: RunArgs) -> Result<()> {
-    let mut rules = load_rules(&args)?;
+    let (engine, settings, limits) = rules_setup(&args)?;
+    let mut rules = RulesSlot::new(load_rules(&args)?);
+    let loader: RulesLoader =
+        Arc::new(move |path: &Path| engine.load_file(path, &settings, limits));
     tracing::info!(rules = rules.rule_version(), "rules loaded");
     let mut sink = open_sink(&args).await?;
     let store = StateStore::open(&args.state_dir)?;
@@ -133,6 +143,16 @@ async fn run_kafka(args: RunArgs) -> Result<()> {
         idle_timeout: args.idle_timeout,
         until_end: args.test_mode,
     };
+    let (requests_tx, requests) = std::sync::mpsc::channel();
+    let token = args.admin_token.clone().unwrap_or_else(new_token);
+    let admin = serve(args.admin_addr, token.clone(), requests_tx.clone()).await?;
+    publish_credentials(&args.state_dir, admin, &token)?;
+    if args.plugin_watch {
+        if let Some(path) = args.plugin.clone() {
+            watch_plugin(path, requests_tx);
+        }
+    }
+    let swap = Some(SwapControl { requests, loader });
     let handle = tokio::runtime::Handle::current();
     let offsets = resumed.offsets.clone();
     let summary = tokio::task::block_in_place(|| -> Result<StreamSummary> {
@@ -143,6 +163,7 @@ async fn run_kafka(args: RunArgs) -> Result<()> {
             checkpointer,
             rules: &mut rules,
             sink: &mut sink,
+            swap,
         };
         Ok(run_streaming(&handle, parts, stream, offsets.clone(), &stop)?)
     })?;
@@ -166,7 +187,8 @@ fn duration_ms(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-fn load_rules(args: &RunArgs) -> Result<ComponentRules> {
+/// The plugin engine, settings and limits every rules version of this job uses.
+fn rules_setup(args: &RunArgs) -> Result<(Arc<RulesEngine>, Settings, PluginLimits)> {
     let settings = Settings {
         inactivity_timeout_ms: duration_ms(args.inactivity_timeout),
         max_duration_ms: duration_ms(args.max_session_duration),
@@ -176,7 +198,94 @@ fn load_rules(args: &RunArgs) -> Result<ComponentRules> {
         memory_bytes: args.plugin_memory_mib << 20,
         call_timeout: args.plugin_timeout,
     };
-    let engine = Arc::new(RulesEngine::new()?);
+    Ok((Arc::new(RulesEngine::new()?), settings, limits))
+}
+
+/// Polls the plugin file; a changed file is deployed like `plugin deploy`.
+fn watch_plugin(path: PathBuf, requests: std::sync::mpsc::Sender<AdminRequest>) {
+    let stamp = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.modified().ok(), m.len()));
+    std::thread::spawn(move || {
+        let mut last = stamp(&path);
+        loop {
+            std::thread::sleep(Duration::from_millis(500));
+            let now = stamp(&path);
+            if now.is_none() || now == last {
+                continue;
+            }
+            // Let the writer finish: deploy once the file stops changing.
+            std::thread::sleep(Duration::from_millis(300));
+            if stamp(&path) != now {
+                continue;
+            }
+            last = now;
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            if requests
+                .send(AdminRequest { action: AdminAction::Deploy(path.clone()), reply })
+                .is_err()
+            {
+                return;
+            }
+            match answer.blocking_recv() {
+                Ok(Ok(_)) => tracing::info!(path = %path.display(), "watched plugin deployed"),
+                Ok(Err(error)) => tracing::warn!(%error, "watched plugin refused"),
+                Err(_) => return,
+            }
+        }
+    });
+}
+
+/// `sessionize plugin ...`: one request to the running job's admin endpoint.
+fn plugin_command(command: PluginCommand) -> Result<()> {
+    let (job, method, route, body) = match &command {
+        PluginCommand::Deploy { path, job } => {
+            let path = std::fs::canonicalize(path)
+                .with_context(|| format!("cannot read plugin {}", path.display()))?;
+            (job, "POST", "deploy", Some(serde_json::json!({ "path": path })))
+        }
+        PluginCommand::Status { job } => (job, "GET", "status", None),
+        PluginCommand::Rollback { job } => (job, "POST", "rollback", Some(serde_json::json!({}))),
+    };
+    let addr_file = job.state_dir.join("admin.addr");
+    let addr = std::fs::read_to_string(&addr_file).with_context(|| {
+        format!(
+            "no running job found: {} is missing (is `sessionize run` up with --state-dir {}?)",
+            addr_file.display(),
+            job.state_dir.display()
+        )
+    })?;
+    let token = match &job.admin_token {
+        Some(token) => token.clone(),
+        None => std::fs::read_to_string(job.state_dir.join("admin.token"))
+            .context("cannot read the admin token: pass --admin-token")?,
+    };
+    let agent: ureq::Agent =
+        ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let url = format!("http://{}/plugin/{route}", addr.trim());
+    let auth = format!("Bearer {}", token.trim());
+    let response = match body {
+        Some(body) if method == "POST" => {
+            agent.post(&url).header("authorization", &auth).send_json(body)
+        }
+        _ => agent.get(&url).header("authorization", &auth).call(),
+    }
+    .with_context(|| format!("cannot reach the job at {url}"))?;
+    let ok = response.status().is_success();
+    let text = response.into_body().read_to_string().context("reading the job's answer")?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    if !ok {
+        let error = value
+            .get("error")
+            .and_then(|e| e.as_str())
+            .map_or_else(|| value.to_string(), str::to_owned);
+        bail!("{error}");
+    }
+    println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+    Ok(())
+}
+
+fn load_rules(args: &RunArgs) -> Result<ComponentRules> {
+    let (engine, settings, limits) = rules_setup(args)?;
     let rules = match (&args.plugin, DEFAULT_RULES) {
         (Some(path), _) => engine
             .load_file(path, &settings, limits)

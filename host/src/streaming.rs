@@ -2,14 +2,19 @@
 //! store and Iceberg, until stopped (or, in test mode, until the topic's end).
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::{mpsc, Arc};
 
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+use crate::admin::{AdminAction, AdminRequest};
 use crate::checkpoint::{CheckpointError, Checkpointer};
 use crate::engine::{Admission, Engine, EngineError, EngineStats};
 use crate::event::{BlockRecord, EventBlock};
 use crate::output::RejectedEvent;
-use crate::plugin::RulesRuntime;
+use crate::plugin::{ComponentRules, PluginError, RulesRuntime, RulesSlot};
 use crate::sink::iceberg::IcebergSink;
 use crate::source::kafka::{KafkaSource, KafkaSourceError};
 use crate::state::StagedOutput;
@@ -82,6 +87,17 @@ impl std::fmt::Display for StreamSummary {
     }
 }
 
+/// Compiles and configures a candidate component (off the hot path).
+pub type RulesLoader = Arc<dyn Fn(&Path) -> Result<ComponentRules, PluginError> + Send + Sync>;
+
+/// Hot swap: requests from the admin endpoint or the plugin watcher.
+pub struct SwapControl {
+    /// Incoming requests.
+    pub requests: mpsc::Receiver<AdminRequest>,
+    /// How candidates are loaded.
+    pub loader: RulesLoader,
+}
+
 /// The parts a streaming run drives.
 pub struct StreamParts<'a> {
     /// Kafka input, positioned at the recovered offsets.
@@ -90,11 +106,26 @@ pub struct StreamParts<'a> {
     pub engine: Engine,
     /// The checkpoint protocol.
     pub checkpointer: Checkpointer,
-    /// The rules.
-    pub rules: &'a mut dyn RulesRuntime,
+    /// The rules, swappable.
+    pub rules: &'a mut RulesSlot,
     /// The output tables.
     pub sink: &'a mut IcebergSink,
+    /// Hot swap requests, if enabled.
+    pub swap: Option<SwapControl>,
 }
+
+type Reply = oneshot::Sender<Result<serde_json::Value, String>>;
+
+/// A change of rules waiting for the next checkpoint boundary.
+enum Candidate {
+    /// A compiled (or refused) component.
+    Deploy(Box<Result<ComponentRules, PluginError>>, PathBuf, Reply),
+    /// Back to the previous version.
+    Rollback(Reply),
+}
+
+/// Failed attempts at a batch before the job rolls back (or stops).
+const ATTEMPTS_BEFORE_ROLLBACK: u32 = 3;
 
 /// Runs until `stop` is set (a final checkpoint keeps open sessions for the next
 /// run) or, with `until_end`, until the topic's end as of the start.
@@ -105,7 +136,9 @@ pub fn run_streaming(
     start_offsets: BTreeMap<i32, i64>,
     stop: &AtomicBool,
 ) -> Result<StreamSummary, StreamError> {
-    let StreamParts { mut source, mut engine, mut checkpointer, rules, sink } = parts;
+    let StreamParts { mut source, mut engine, mut checkpointer, rules, sink, swap } = parts;
+    let (candidates_tx, candidates) = mpsc::channel::<Candidate>();
+    let mut failures = 0u32;
     let started = Instant::now();
     let mut summary = StreamSummary::default();
     let partitions: Vec<i32> = source.partitions().to_vec();
@@ -155,11 +188,33 @@ pub fn run_streaming(
         for (&p, &seen) in &last_message {
             engine.set_idle(p as usize, now.duration_since(seen) >= config.idle_timeout);
         }
-        let closed = engine.advance(rules, false)?;
+        let closed = match engine.advance(rules, false) {
+            Ok(closed) => {
+                failures = 0;
+                closed
+            }
+            Err(error) => {
+                failures += 1;
+                tracing::error!(rules = rules.rule_version(), %error, attempt = failures, "rules failed a batch; it is kept and retried");
+                if failures >= ATTEMPTS_BEFORE_ROLLBACK {
+                    // Stop cleanly at the last checkpoint unless there is a version to go back to.
+                    let version = rules
+                        .rollback(Some(error.to_string()))
+                        .map_err(|_| StreamError::Engine(error))?;
+                    tracing::warn!(rules = version, "rolled back after repeated failures");
+                    failures = 0;
+                }
+                continue;
+            }
+        };
         if !closed.is_empty() && oldest_staged.is_none() {
             oldest_staged = Some(Instant::now());
         }
         staged.sessions.extend(closed);
+        if let Some(swap) = &swap {
+            handle_admin(swap, rules, &candidates_tx);
+        }
+        let candidate = candidates.try_recv().ok();
 
         let offsets = merged(&start_offsets, source.positions());
         let at_end = ends.as_ref().is_some_and(|ends| {
@@ -169,7 +224,10 @@ pub fn run_streaming(
             staged.sessions.extend(engine.advance(rules, true)?);
         }
         let stopping = at_end || stop.load(Ordering::Relaxed);
-        if stopping || last_checkpoint.elapsed() >= config.checkpoint_interval {
+        if stopping
+            || candidate.is_some()
+            || last_checkpoint.elapsed() >= config.checkpoint_interval
+        {
             let output = std::mem::take(&mut staged);
             summary.sessions_written += output.sessions.len() as u64;
             let id = runtime.block_on(checkpointer.checkpoint(
@@ -185,6 +243,34 @@ pub fn run_streaming(
                     summary.max_visibility_latency.max(since.elapsed());
             }
             summary.checkpoints += 1;
+            // At the checkpoint boundary: everything before it was cut by the
+            // old rules, everything after by the new.
+            if let Some(Candidate::Rollback(reply)) = candidate {
+                let answer = rules
+                    .rollback(Some("requested".into()))
+                    .map(|version| serde_json::json!({ "active": version }))
+                    .map_err(|e| e.to_string());
+                let _ = reply.send(answer);
+            } else if let Some(Candidate::Deploy(loaded, path, reply)) = candidate {
+                let outcome =
+                    loaded.and_then(|c| rules.deploy(c, engine.texts(), engine.sample_batch()));
+                let answer = match outcome {
+                    Ok(version) => {
+                        tracing::info!(rules = version, path = %path.display(), "rules swapped");
+                        Ok(serde_json::json!({ "active": version }))
+                    }
+                    Err(error) => {
+                        rules.refused(&path.display().to_string(), &error);
+                        tracing::warn!(path = %path.display(), %error, "candidate rules refused");
+                        Err(format!(
+                            "{} refused: {error}; {} stays active",
+                            path.display(),
+                            rules.rule_version()
+                        ))
+                    }
+                };
+                let _ = reply.send(answer);
+            }
             last_checkpoint = Instant::now();
             tracing::info!(
                 checkpoint = id,
@@ -200,6 +286,33 @@ pub fn run_streaming(
     summary.engine = engine.stats();
     summary.elapsed = started.elapsed();
     Ok(summary)
+}
+
+/// Answers status and rollback at once; starts compiling deploy candidates on
+/// a thread of their own, to be swapped in at the next checkpoint.
+fn handle_admin(swap: &SwapControl, rules: &mut RulesSlot, candidates: &mpsc::Sender<Candidate>) {
+    while let Ok(request) = swap.requests.try_recv() {
+        match request.action {
+            AdminAction::Status => {
+                let _ = request.reply.send(Ok(serde_json::json!({
+                    "active": rules.rule_version(),
+                    "history": rules.history(),
+                })));
+            }
+            AdminAction::Rollback => {
+                let _ = candidates.send(Candidate::Rollback(request.reply));
+            }
+            AdminAction::Deploy(path) => {
+                let loader = swap.loader.clone();
+                let candidates = candidates.clone();
+                let reply = request.reply;
+                std::thread::spawn(move || {
+                    let loaded = loader(&path);
+                    let _ = candidates.send(Candidate::Deploy(Box::new(loaded), path, reply));
+                });
+            }
+        }
+    }
 }
 
 /// Offsets read so far, over the offsets the run started from.

@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 mod component;
 mod native;
+mod swap;
 
 pub use component::{ComponentRules, PluginLimits, RulesEngine};
 pub use native::NativeRules;
+pub use swap::{RulesSlot, SwapEvent};
 
 /// Host-side bindings of `wit/sessionize.wit`.
 #[allow(missing_docs, clippy::all)]
