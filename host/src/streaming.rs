@@ -252,11 +252,14 @@ pub fn run_streaming(
                     .map_err(|e| e.to_string());
                 let _ = reply.send(answer);
             } else if let Some(Candidate::Deploy(loaded, path, reply)) = candidate {
+                let swap_started = Instant::now();
                 let outcome =
                     loaded.and_then(|c| rules.deploy(c, engine.texts(), engine.sample_batch()));
                 let answer = match outcome {
                     Ok(version) => {
-                        tracing::info!(rules = version, path = %path.display(), "rules swapped");
+                        // The event flow waits only for the dry run and the switch.
+                        let pause = swap_started.elapsed();
+                        tracing::info!(rules = version, path = %path.display(), ?pause, "rules swapped");
                         Ok(serde_json::json!({ "active": version }))
                     }
                     Err(error) => {
