@@ -15,6 +15,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use anyhow::{bail, Context, Result};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -22,8 +24,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use sessionize::checkpoint::Checkpointer;
 use sessionize::engine::{Engine, EngineConfig};
 use sessionize::event::Event;
-use sessionize::generate::{generate, GeneratorConfig};
-use sessionize::plugin::contract::Settings;
+use sessionize::generate::generate;
 use sessionize::plugin::{PluginLimits, RulesEngine, RulesSlot};
 use sessionize::produce::{ensure_topic, produce};
 use sessionize::sink::iceberg::{IcebergSink, SinkConfig};
@@ -61,13 +62,7 @@ fn bench(servers: &str, dir: &Path, events: u64) -> Result<()> {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(ensure_topic(servers, TOPIC, 4))?;
-    let config = GeneratorConfig {
-        num_users: 10_000,
-        rate: 100.0,
-        duration_s: 2 * 86_400,
-        max_events: Some(events),
-        ..GeneratorConfig::sample()
-    };
+    let config = common::bench_events(events);
     let mut lines = Vec::new();
     generate(&config, &mut lines)?;
     let started = Instant::now();
@@ -113,13 +108,8 @@ fn run_pipeline(runtime: &tokio::runtime::Runtime, servers: &str, dir: &Path) ->
     let _ = std::fs::remove_dir_all(dir.join("warehouse"));
     let _ = std::fs::remove_dir_all(dir.join("state"));
     // The pipeline: component rules, state store, checkpoints, Iceberg.
-    let settings = Settings {
-        inactivity_timeout_ms: 30 * 60_000,
-        max_duration_ms: 2 * 3_600_000,
-        params: vec![],
-    };
-    let component =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../guest/dist/default_rules.wasm");
+    let settings = common::default_settings();
+    let component = common::default_component();
     let mut rules = RulesSlot::new(
         Arc::new(RulesEngine::new()?)
             .load_file(&component, &settings, PluginLimits::default())
@@ -164,13 +154,8 @@ fn run_pipeline(runtime: &tokio::runtime::Runtime, servers: &str, dir: &Path) ->
 /// 1,000,000 users with one event each, all open, checkpointed into the store.
 fn open_sessions() -> Result<()> {
     let dir = std::env::temp_dir().join(format!("sessionize-open-{}", std::process::id()));
-    let settings = Settings {
-        inactivity_timeout_ms: 30 * 60_000,
-        max_duration_ms: 2 * 3_600_000,
-        params: vec![],
-    };
-    let component =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../guest/dist/default_rules.wasm");
+    let settings = common::default_settings();
+    let component = common::default_component();
     let mut rules =
         Arc::new(RulesEngine::new()?).load_file(&component, &settings, PluginLimits::default())?;
     let mut engine = Engine::new(EngineConfig::default());
@@ -201,7 +186,7 @@ fn open_sessions() -> Result<()> {
         },
     );
     let closed = engine.advance(&mut rules, false)?;
-    println!("  engine alone: peak {} MiB", peak_rss_mib());
+    println!("  engine alone: peak {} MiB", common::peak_rss_mib());
     let changes = engine.take_changes()?;
     let open = changes
         .upserts
@@ -219,7 +204,7 @@ fn open_sessions() -> Result<()> {
         closed.len(),
         write,
         std::fs::metadata(dir.join("state.redb"))?.len() >> 20,
-        peak_rss_mib()
+        common::peak_rss_mib()
     );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
@@ -241,12 +226,4 @@ fn start_broker(dir: &Path, port: u16) -> Result<Child> {
         .with_context(|| format!("starting {} (tests/run.sh installs it)", tansu.display()))?;
     std::thread::sleep(Duration::from_millis(500));
     Ok(child)
-}
-
-fn peak_rss_mib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_owned))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
-        .map_or(0, |kb| kb / 1024)
 }

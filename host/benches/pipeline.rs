@@ -12,12 +12,13 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
+mod common;
+
 use anyhow::{bail, Context, Result};
 use default_rules::DefaultRules;
 use sessionize::engine::{Engine, EngineConfig};
-use sessionize::generate::{generate, GeneratorConfig};
+use sessionize::generate::generate;
 use sessionize::pipeline::{run_bounded, Output};
-use sessionize::plugin::contract::Settings;
 use sessionize::plugin::{NativeRules, PluginLimits, RulesEngine, RulesRuntime};
 use sessionize::sink::iceberg::{IcebergSink, SinkConfig};
 use sessionize::source::file::FileSource;
@@ -37,13 +38,7 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let input = dir.join(format!("events-{events}.jsonl"));
     if !input.exists() {
-        let config = GeneratorConfig {
-            num_users: 10_000,
-            rate: 100.0,
-            duration_s: 2 * 86_400,
-            max_events: Some(events),
-            ..GeneratorConfig::sample()
-        };
+        let config = common::bench_events(events);
         let mut out = std::io::BufWriter::new(std::fs::File::create(&input)?);
         generate(&config, &mut out)?;
         std::io::Write::flush(&mut out)?;
@@ -66,15 +61,10 @@ fn main() -> Result<()> {
 }
 
 fn run_variant(variant: &str, input: &Path) -> Result<()> {
-    let settings = Settings {
-        inactivity_timeout_ms: 30 * 60_000,
-        max_duration_ms: 2 * 3_600_000,
-        params: vec![],
-    };
+    let settings = common::default_settings();
     let mut rules: Box<dyn RulesRuntime> = match variant {
         "component" => {
-            let path =
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest/dist/default_rules.wasm");
+            let path = common::default_component();
             let engine = Arc::new(RulesEngine::new()?);
             Box::new(
                 engine
@@ -113,16 +103,7 @@ fn run_variant(variant: &str, input: &Path) -> Result<()> {
         summary.read as f64 / wall.as_secs_f64(),
         wall.as_millis(),
         summary.engine.rules_time.as_millis(),
-        peak_rss_mib()
+        common::peak_rss_mib()
     );
     Ok(())
-}
-
-/// Peak resident memory of this process (Linux `VmHWM`).
-fn peak_rss_mib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_owned))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
-        .map_or(0, |kb| kb / 1024)
 }

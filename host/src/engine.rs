@@ -684,6 +684,7 @@ impl Engine {
             }
         }
         let rule_version: Arc<str> = Arc::from(rule_version);
+        self.stats.sessions_closed += result.closed.len() as u64;
         for session in result.closed {
             let Some(&user) = flight.users.get(session.user as usize) else { continue };
             let uuid = &self.users[user as usize].uuid;
@@ -698,7 +699,6 @@ impl Engine {
                 rule_version: rule_version.clone(),
             });
         }
-        self.stats.sessions_closed = self.stats.sessions_closed.saturating_add(closed.len() as u64);
     }
 }
 

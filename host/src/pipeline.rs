@@ -62,12 +62,7 @@ impl RunSummary {
 
 impl std::fmt::Display for RunSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "events read:       {}", self.read)?;
-        writeln!(f, "  accepted:        {}", self.engine.accepted)?;
-        writeln!(f, "  late:            {}", self.engine.late)?;
-        writeln!(f, "  duplicate:       {}", self.engine.duplicates)?;
-        writeln!(f, "  rejected:        {}", self.rejected)?;
-        writeln!(f, "sessions written:  {}", self.sessions_written)?;
+        write_counts(f, self.read, &self.engine, self.rejected, self.sessions_written)?;
         writeln!(f, "iceberg commits:   {} ({} data files)", self.commits, self.session_files)?;
         writeln!(f, "plugin calls:      {}", self.engine.plugin_calls)?;
         write!(
@@ -77,6 +72,23 @@ impl std::fmt::Display for RunSummary {
             self.events_per_second()
         )
     }
+}
+
+/// The counters every run summary starts with (bounded and streaming alike;
+/// the end-to-end tests read them).
+pub(crate) fn write_counts(
+    f: &mut std::fmt::Formatter<'_>,
+    read: u64,
+    engine: &EngineStats,
+    rejected: u64,
+    sessions_written: u64,
+) -> std::fmt::Result {
+    writeln!(f, "events read:       {read}")?;
+    writeln!(f, "  accepted:        {}", engine.accepted)?;
+    writeln!(f, "  late:            {}", engine.late)?;
+    writeln!(f, "  duplicate:       {}", engine.duplicates)?;
+    writeln!(f, "  rejected:        {rejected}")?;
+    writeln!(f, "sessions written:  {sessions_written}")
 }
 
 /// Where the run's rows go; the Iceberg tables in production, memory in tests

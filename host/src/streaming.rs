@@ -14,6 +14,7 @@ use crate::checkpoint::{CheckpointError, Checkpointer};
 use crate::engine::{Admission, Engine, EngineError, EngineStats};
 use crate::event::{BlockRecord, EventBlock};
 use crate::output::RejectedEvent;
+use crate::pipeline::write_counts;
 use crate::plugin::{ComponentRules, PluginError, RulesRuntime, RulesSlot};
 use crate::sink::iceberg::IcebergSink;
 use crate::source::kafka::{KafkaSource, KafkaSourceError};
@@ -67,12 +68,7 @@ pub struct StreamSummary {
 
 impl std::fmt::Display for StreamSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "events read:       {}", self.read)?;
-        writeln!(f, "  accepted:        {}", self.engine.accepted)?;
-        writeln!(f, "  late:            {}", self.engine.late)?;
-        writeln!(f, "  duplicate:       {}", self.engine.duplicates)?;
-        writeln!(f, "  rejected:        {}", self.rejected)?;
-        writeln!(f, "sessions written:  {}", self.sessions_written)?;
+        write_counts(f, self.read, &self.engine, self.rejected, self.sessions_written)?;
         writeln!(
             f,
             "checkpoints:       {} (sessions visible in Iceberg at most {:.2?} after closing)",
@@ -145,7 +141,7 @@ pub fn run_streaming(
     engine.register_partitions(partitions.iter().map(|&p| p as usize));
     let ends =
         if config.until_end { Some(source.end_offsets(Duration::from_secs(30))?) } else { None };
-    let source_name = format!("kafka:{}", partitions.len());
+    let source_name = format!("kafka:{}", source.topic());
     let mut last_message: HashMap<i32, Instant> =
         partitions.iter().map(|&p| (p, Instant::now())).collect();
     let mut staged = StagedOutput::default();

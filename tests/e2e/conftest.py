@@ -38,3 +38,16 @@ def catalog(warehouse: Path) -> SqlCatalog:
         uri=f"sqlite:///{warehouse}/catalog.db",
         warehouse=f"file://{warehouse}",
     )
+
+
+# The session columns the tests compare (all but rule_version).
+SESSION_COLUMNS = [
+    "uuid", "session_id", "session_start_time_ms", "session_end_time_ms",
+    "session_duration_seconds", "event_count", "pages_visited", "session_date",
+    "user_hash_bucket", "end_reason",
+]
+
+
+def read_table(warehouse: Path, name: str = "sessions.user_sessions") -> list:
+    """Every row of a table, as dicts."""
+    return catalog(warehouse).load_table(name).scan().to_arrow().to_pylist()

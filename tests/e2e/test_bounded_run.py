@@ -6,22 +6,12 @@ import math
 
 import pytest
 
-from conftest import ROOT, catalog
+from conftest import ROOT, SESSION_COLUMNS, catalog, read_table
 from reference import sessionize
-
-COLUMNS = [
-    "uuid", "session_id", "session_start_time_ms", "session_end_time_ms",
-    "session_duration_seconds", "event_count", "pages_visited", "session_date",
-    "user_hash_bucket", "end_reason",
-]
-
-
-def rows(warehouse, table="sessions.user_sessions"):
-    return catalog(warehouse).load_table(table).scan().to_arrow().to_pylist()
 
 
 def key(row):
-    return tuple(row[c] if not isinstance(row[c], list) else tuple(row[c]) for c in COLUMNS)
+    return tuple(row[c] if not isinstance(row[c], list) else tuple(row[c]) for c in SESSION_COLUMNS)
 
 
 def summary_value(stdout: bytes, label: str) -> int:
@@ -47,7 +37,7 @@ def test_table_matches_the_independent_expectation(run, events, tmp_path):
     warehouse = tmp_path / "wh"
     proc = run("run", "--input", events, "--warehouse", warehouse)
     expected = sessionize(events.read_text().splitlines())
-    got = rows(warehouse)
+    got = read_table(warehouse)
 
     assert len(expected.sessions) > 2000
     assert sorted(map(key, got)) == sorted(map(key, expected.sessions))
@@ -68,7 +58,7 @@ def test_table_matches_the_independent_expectation(run, events, tmp_path):
     assert expected.late > 0 and expected.duplicates > 0 and expected.rejected > 0
 
     # Every rejected and late record is in the dead-letter table, with a reason.
-    dead = rows(warehouse, "sessions.rejected_events")
+    dead = read_table(warehouse, "sessions.rejected_events")
     assert len(dead) == expected.rejected + expected.late
     assert sum(r["reason"].startswith("late") for r in dead) == expected.late
     assert all(r["raw"] and r["reason"] and r["position"] > 0 for r in dead)
@@ -99,7 +89,7 @@ def test_same_input_gives_the_same_ids_gzip_and_stdin_too(run, events, tmp_path)
     gz.write_bytes(gzip.compress(events.read_bytes()))
     run("run", "--input", gz, "--warehouse", tmp_path / "b")
     run("run", "--input", "-", "--warehouse", tmp_path / "c", stdin=events.read_bytes())
-    a, b, c = (sorted(map(key, rows(tmp_path / w))) for w in "abc")
+    a, b, c = (sorted(map(key, read_table(tmp_path / w))) for w in "abc")
     assert a == b == c
 
 
@@ -109,13 +99,13 @@ def test_configured_timeouts_are_passed_to_the_rules(run, events, tmp_path):
         "--inactivity-timeout", "45m", "--max-session-duration", "90m", "--allowed-lateness", "5")
     expected = sessionize(events.read_text().splitlines(), inactivity_ms=45 * 60_000,
                           max_duration_ms=90 * 60_000, lateness_ms=5 * 60_000)
-    assert sorted(map(key, rows(warehouse))) == sorted(map(key, expected.sessions))
+    assert sorted(map(key, read_table(warehouse))) == sorted(map(key, expected.sessions))
 
 
 def test_test_mode_runs_on_embedded_defaults(run, tmp_path):
     proc = run("run", "--test-mode", "--warehouse", tmp_path / "wh")
     assert summary_value(proc.stdout, "sessions written") > 1000
-    assert len(rows(tmp_path / "wh")) == summary_value(proc.stdout, "sessions written")
+    assert len(read_table(tmp_path / "wh")) == summary_value(proc.stdout, "sessions written")
 
 
 @pytest.mark.parametrize("args, message", [
@@ -146,7 +136,7 @@ def test_a_python_component_that_imports_wasi_cuts_the_same_sessions(run, events
     warehouse = tmp_path / "wh"
     run("run", "--input", events, "--warehouse", warehouse, "--plugin", plugin,
         "--plugin-memory-mib", "256")
-    got = rows(warehouse)
+    got = read_table(warehouse)
     expected = sessionize(events.read_text().splitlines())
     assert sorted(map(key, got)) == sorted(map(key, expected.sessions))
     assert {r["rule_version"].split("+")[0] for r in got} == {"python-rules@0.1.0"}

@@ -8,9 +8,9 @@ import time
 import urllib.error
 import urllib.request
 
-from conftest import ROOT
+from conftest import ROOT, catalog, read_table
 from reference import sessionize
-from test_streaming import broker, generate, produce, table  # noqa: F401  (fixture)
+from test_streaming import broker, generate, produce  # noqa: F401  (fixture)
 from kafka import Job
 
 DIST = ROOT / "guest" / "dist"
@@ -68,7 +68,7 @@ def test_swap_to_logout_rules_and_back_loses_nothing(run, binary, broker, tmp_pa
     job.wait()
     Job(binary, broker, "clicks", tmp_path / "wh", state, "--test-mode").wait()
 
-    rows = table(tmp_path / "wh")
+    rows = read_table(tmp_path / "wh")
     versions = {r["rule_version"].split("+")[0] for r in rows}
     assert versions == {"default-rules@0.1.0", "logout-rules@0.1.0"}, versions
     logout = [r for r in rows if r["end_reason"] == "logout"]
@@ -81,8 +81,7 @@ def test_swap_to_logout_rules_and_back_loses_nothing(run, binary, broker, tmp_pa
     ids = [r["session_id"] for r in rows]
     assert len(ids) == len(set(ids))
     snapshots = {s.summary.get("sessionize.rule-version", "").split("+")[0]
-                 for s in __import__("conftest").catalog(tmp_path / "wh")
-                 .load_table("sessions.user_sessions").snapshots()}
+                 for s in catalog(tmp_path / "wh").load_table("sessions.user_sessions").snapshots()}
     assert {"default-rules@0.1.0", "logout-rules@0.1.0"} <= snapshots
 
 
@@ -118,7 +117,7 @@ def test_a_trapping_plugin_is_rolled_back_and_its_batch_kept(run, binary, broker
     job.wait()
     assert "faulty plugin: boom" in job.log.read_text()  # the guest's panic, in the host log
     Job(binary, broker, "clicks", tmp_path / "wh", state, "--test-mode").wait()
-    rows = table(tmp_path / "wh")
+    rows = read_table(tmp_path / "wh")
     assert sum(r["event_count"] for r in rows) == 63
     bob = [r for r in rows if r["uuid"] == "bob"]
     assert [(r["event_count"], r["rule_version"].split("@")[0]) for r in bob] == [(2, "default-rules")]

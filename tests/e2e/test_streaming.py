@@ -9,24 +9,14 @@ import time
 
 import pytest
 
-from conftest import catalog
+from conftest import SESSION_COLUMNS, catalog, read_table
 from kafka import Broker, Job
-
-SESSION_COLUMNS = [
-    "uuid", "session_id", "session_start_time_ms", "session_end_time_ms",
-    "session_duration_seconds", "event_count", "pages_visited", "session_date",
-    "user_hash_bucket", "end_reason",
-]
-
-
-def table(warehouse, name="sessions.user_sessions"):
-    return catalog(warehouse).load_table(name).scan().to_arrow().to_pylist()
 
 
 def sessions(warehouse, with_reason=True):
     cols = SESSION_COLUMNS if with_reason else SESSION_COLUMNS[:-1]
     return sorted(tuple(tuple(r[c]) if isinstance(r[c], list) else r[c] for c in cols)
-                  for r in table(warehouse))
+                  for r in read_table(warehouse))
 
 
 @pytest.fixture
@@ -59,26 +49,26 @@ def test_streaming_equals_the_bounded_run(run, binary, broker, tmp_path):
               "--test-mode", "--checkpoint-interval", "500ms", "--max-events-per-batch", "5000")
     job.wait()
 
-    assert len(table(tmp_path / "streamed")) > 1500
+    assert len(read_table(tmp_path / "streamed")) > 1500
     assert sessions(tmp_path / "streamed", False) == sessions(tmp_path / "bounded", False)
     # Reasons agree too, except where the end of input meets the watermark: the
     # topic's final watermark is the least over its partitions, the file's is one.
-    bounded = {r["session_id"]: r["end_reason"] for r in table(tmp_path / "bounded")}
-    streamed = {r["session_id"]: r["end_reason"] for r in table(tmp_path / "streamed")}
+    bounded = {r["session_id"]: r["end_reason"] for r in read_table(tmp_path / "bounded")}
+    streamed = {r["session_id"]: r["end_reason"] for r in read_table(tmp_path / "streamed")}
     differ = [k for k in bounded if bounded[k] != streamed[k]]
     assert all({bounded[k], streamed[k]} == {"end_of_input", "inactivity"} for k in differ)
     # Snapshots record the checkpoint, the offsets and the rules.
     snapshot = catalog(tmp_path / "streamed").load_table("sessions.user_sessions").current_snapshot()
     assert int(snapshot.summary["sessionize.checkpoint-id"]) >= 1
     assert sum(json.loads(snapshot.summary["sessionize.offsets"]).values()) == n
-    dead = table(tmp_path / "streamed", "sessions.rejected_events")
+    dead = read_table(tmp_path / "streamed", "sessions.rejected_events")
     assert dead and all(r["partition"] in range(4) and r["position"] >= 0 for r in dead)
 
 
 def test_kill_minus_nine_loses_nothing_and_writes_nothing_twice(run, binary, broker, tmp_path):
     events = tmp_path / "events.jsonl"
     n = generate(run, events, "--num-users", "5000", "--rate", "200", "--duration", "2d",
-                 "--seed", "5", "--events", "500000")
+                 "--seed", "5", "--events", "600000")
     assert n >= 200_000
     produce(run, broker, "clicks", events)
     common = ("--test-mode", "--checkpoint-interval", "100ms", "--max-events-per-batch", "1000")
@@ -97,7 +87,7 @@ def test_kill_minus_nine_loses_nothing_and_writes_nothing_twice(run, binary, bro
         job = Job(binary, broker, "clicks", tmp_path / "crashed", tmp_path / "state", *common)
         while job.consumed() <= before and job.proc.poll() is None:
             time.sleep(0.01)
-        time.sleep(rng.uniform(0, 0.25))
+        time.sleep(rng.uniform(0, 0.1))
         if job.proc.poll() is not None:
             break  # finished before the kill: no more work to interrupt
         job.proc.send_signal(signal.SIGKILL)
@@ -108,9 +98,9 @@ def test_kill_minus_nine_loses_nothing_and_writes_nothing_twice(run, binary, bro
     Job(binary, broker, "clicks", tmp_path / "crashed", tmp_path / "state", *common).wait()
 
     assert sessions(tmp_path / "crashed") == sessions(tmp_path / "reference")
-    ids = [r["session_id"] for r in table(tmp_path / "crashed")]
+    ids = [r["session_id"] for r in read_table(tmp_path / "crashed")]
     assert len(ids) == len(set(ids)), "a session was written twice"
-    dead = lambda w: sorted((r["partition"], r["position"]) for r in table(w, "sessions.rejected_events"))
+    dead = lambda w: sorted((r["partition"], r["position"]) for r in read_table(w, "sessions.rejected_events"))
     assert dead(tmp_path / "crashed") == dead(tmp_path / "reference")
 
 
@@ -157,9 +147,9 @@ def test_a_restart_keeps_open_sessions(run, binary, broker, tmp_path):
     job.wait_consumed(2)
     job.proc.send_signal(signal.SIGTERM)
     job.wait()
-    assert table(tmp_path / "wh") == []  # still open: nothing written yet
+    assert read_table(tmp_path / "wh") == []  # still open: nothing written yet
     produce(run, broker, "clicks", after)
     Job(binary, broker, "clicks", tmp_path / "wh", tmp_path / "state", "--test-mode").wait()
-    rows = table(tmp_path / "wh")
+    rows = read_table(tmp_path / "wh")
     assert [(r["event_count"], r["pages_visited"], r["end_reason"]) for r in rows] == [
         (4, ["home", "search", "checkout", "confirmation"], "end_of_input")]

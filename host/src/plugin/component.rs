@@ -15,7 +15,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::bindings::sessionize::plugin::{host, types};
 use super::bindings::{SessionRules, SessionRulesPre};
 use super::contract::{Batch, BatchResult, LogLevel, Settings};
-use super::{check_result, PluginError, RulesRuntime};
+use super::{check_result, unsent_texts, PluginError, RulesRuntime};
 
 /// How often the epoch advances: the granularity of the per-call time budget.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -248,8 +248,7 @@ impl RulesRuntime for ComponentRules {
         let Some(instance) = self.instance.as_mut() else {
             return Err(PluginError::Trapped("instance vanished".into()));
         };
-        batch.new_texts =
-            texts.get(known..).unwrap_or_default().iter().map(|t| t.to_string()).collect();
+        batch.new_texts = unsent_texts(texts, known);
         instance.arm();
         let outcome =
             instance.bindings.sessionize_plugin_rules().call_process(&mut instance.store, batch);

@@ -79,6 +79,12 @@ pub trait RulesRuntime: Send {
     ) -> Result<contract::BatchResult, PluginError>;
 }
 
+/// The strings of `texts` from handle `known` on: what an instance that has
+/// seen `known` texts must receive next.
+pub(crate) fn unsent_texts(texts: &[Arc<str>], known: usize) -> Vec<String> {
+    texts.get(known..).unwrap_or_default().iter().map(|t| t.to_string()).collect()
+}
+
 /// Checks the outcome count against the batch, so a buggy plugin cannot make the
 /// host misattribute sessions.
 pub(crate) fn check_result(

@@ -8,7 +8,7 @@ use sessionize_sdk::testing::NativePlugin;
 use sessionize_sdk::{Rules, Settings};
 
 use super::contract::{Batch, BatchResult, ClosedSession, EndReason, SessionState, UserOutcome};
-use super::{check_result, PluginError, RulesRuntime};
+use super::{check_result, unsent_texts, PluginError, RulesRuntime};
 
 /// A [`Rules`] type called directly, behind the same interface as a component.
 pub struct NativeRules<R> {
@@ -40,9 +40,8 @@ impl<R: Rules + Send> RulesRuntime for NativeRules<R> {
         texts: &[Arc<str>],
         batch: &mut Batch,
     ) -> Result<BatchResult, PluginError> {
-        let new_texts = texts.get(self.texts_known..).unwrap_or_default();
         let sdk_batch = sdk::Batch {
-            new_texts: new_texts.iter().map(|t| t.to_string()).collect(),
+            new_texts: unsent_texts(texts, self.texts_known),
             watermark: batch.watermark,
             end_of_input: batch.end_of_input,
             users: batch

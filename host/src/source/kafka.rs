@@ -136,6 +136,11 @@ impl KafkaSource {
         Ok(Self { consumer, config: config.clone(), partitions, positions, last_error: None })
     }
 
+    /// The topic read.
+    pub fn topic(&self) -> &str {
+        &self.config.topic
+    }
+
     /// The topic's partitions.
     pub fn partitions(&self) -> &[i32] {
         &self.partitions
