@@ -62,7 +62,8 @@ def test_streaming_equals_the_bounded_run(run, binary, broker, tmp_path):
     assert int(snapshot.summary["sessionize.checkpoint-id"]) >= 1
     assert sum(json.loads(snapshot.summary["sessionize.offsets"]).values()) == n
     dead = read_table(tmp_path / "streamed", "sessions.rejected_events")
-    assert dead and all(r["partition"] in range(4) and r["position"] >= 0 for r in dead)
+    assert dead and all(r["partition"] in range(4) and r["position"] >= 0
+                        and r["source"] == "kafka:clicks" for r in dead)
 
 
 def test_kill_minus_nine_loses_nothing_and_writes_nothing_twice(run, binary, broker, tmp_path):
