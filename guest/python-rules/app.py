@@ -4,6 +4,10 @@ any language that builds a WASI component (here with componentize-py).
 Build: componentize-py -d ../../wit -w session-rules componentize app -o rules.wasm
 """
 
+import os
+import sys
+import time
+
 from componentize_py_types import Err
 from wit_world import exports
 from wit_world.imports import types
@@ -18,6 +22,10 @@ class Rules(exports.Rules):
             raise Err("inactivity timeout and maximum duration must be positive")
         global INACTIVITY, MAX_DURATION
         INACTIVITY, MAX_DURATION = settings.inactivity_timeout_ms, settings.max_duration_ms
+        # What the sandbox gives a plugin, for the host log: a frozen clock and
+        # seeded randomness keep rules replayable after a crash.
+        print(f"configured: clock reads {time.time()}, random bytes {os.urandom(4).hex()}")
+        print("stderr reaches the host log too", file=sys.stderr)
 
     def process(self, batch: types.Batch) -> types.BatchResult:
         outcomes, closed = [], []

@@ -9,8 +9,8 @@
 //! at the binary (tests/run.sh installs it into ~/.cache/sessionize/tansu).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,17 +21,14 @@ use anyhow::{bail, Context, Result};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-use sessionize::checkpoint::Checkpointer;
 use sessionize::engine::{Engine, EngineConfig};
 use sessionize::event::Event;
 use sessionize::generate::generate;
 use sessionize::plugin::{PluginLimits, RulesEngine, RulesSlot};
 use sessionize::produce::{ensure_topic, produce};
-use sessionize::sink::iceberg::{IcebergSink, SinkConfig};
 use sessionize::source::file::FileSource;
-use sessionize::source::kafka::{KafkaConfig, KafkaSource};
 use sessionize::state::{StagedOutput, StateStore};
-use sessionize::streaming::{run_streaming, StreamConfig, StreamParts};
+use sessionize::streaming::{run_streaming, StreamParts};
 
 const TOPIC: &str = "bench";
 
@@ -46,7 +43,7 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let port = 19_000 + (std::process::id() % 1000) as u16;
     let servers = format!("127.0.0.1:{port}");
-    let mut broker = start_broker(&dir, port)?;
+    let mut broker = common::start_broker(&dir, port)?;
     let outcome = bench(&servers, &dir, events);
     let _ = broker.kill();
     let _ = std::fs::remove_dir_all(&dir);
@@ -105,8 +102,6 @@ fn bare_consumer(servers: &str, sent: u64) -> Result<f64> {
 }
 
 fn run_pipeline(runtime: &tokio::runtime::Runtime, servers: &str, dir: &Path) -> Result<f64> {
-    let _ = std::fs::remove_dir_all(dir.join("warehouse"));
-    let _ = std::fs::remove_dir_all(dir.join("state"));
     // The pipeline: component rules, state store, checkpoints, Iceberg.
     let settings = common::default_settings();
     let component = common::default_component();
@@ -115,25 +110,14 @@ fn run_pipeline(runtime: &tokio::runtime::Runtime, servers: &str, dir: &Path) ->
             .load_file(&component, &settings, PluginLimits::default())
             .with_context(|| format!("{}: run guest/build.sh", component.display()))?,
     );
-    let mut sink = runtime.block_on(IcebergSink::open(&SinkConfig::new(dir.join("warehouse"))))?;
-    let store = StateStore::open(&dir.join("state"))?;
-    let (checkpointer, resumed) =
-        runtime.block_on(Checkpointer::recover(store, &mut sink, EngineConfig::default()))?;
-    let kafka =
-        KafkaConfig { servers: servers.into(), topic: TOPIC.into(), group: "sessionize".into() };
-    let source = KafkaSource::connect(&kafka, &BTreeMap::new(), Duration::from_secs(10))?;
-    let stream = StreamConfig {
-        max_events_per_batch: 50_000,
-        checkpoint_interval: Duration::from_secs(1),
-        idle_timeout: Duration::from_secs(60),
-        until_end: true,
-    };
+    let mut job = common::FreshJob::new(runtime, servers, TOPIC, dir)?;
+    let stream = common::stream_config(true);
     let parts = StreamParts {
-        source,
-        engine: resumed.engine,
-        checkpointer,
+        source: job.source,
+        engine: job.resumed.engine,
+        checkpointer: job.checkpointer,
         rules: &mut rules,
-        sink: &mut sink,
+        sink: &mut job.sink,
         swap: None,
     };
     let started = Instant::now();
@@ -189,9 +173,12 @@ fn open_sessions() -> Result<()> {
     println!("  engine alone: peak {} MiB", common::peak_rss_mib());
     let changes = engine.take_changes()?;
     let open = changes
-        .upserts
-        .iter()
-        .filter(|(_, r)| sessionize::engine::UserRecord::decode(r).is_ok_and(|r| r.state.is_some()))
+        .upserts()
+        .filter(|(_, r)| {
+            r.as_ref().is_ok_and(|r| {
+                sessionize::engine::UserRecord::decode(r).is_ok_and(|r| r.state.is_some())
+            })
+        })
         .count();
     let store = StateStore::open(&dir)?;
     let started = Instant::now();
@@ -208,22 +195,4 @@ fn open_sessions() -> Result<()> {
     );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
-}
-
-fn start_broker(dir: &Path, port: u16) -> Result<Child> {
-    let tansu = std::env::var_os("TANSU_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-            .join(".cache/sessionize/tansu/bin/tansu")
-    });
-    let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(&tansu)
-        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-        .args(["--storage-engine", "memory://tansu/"])
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {} (tests/run.sh installs it)", tansu.display()))?;
-    std::thread::sleep(Duration::from_millis(500));
-    Ok(child)
 }

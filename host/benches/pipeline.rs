@@ -80,21 +80,17 @@ fn run_variant(variant: &str, input: &Path) -> Result<()> {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let started = Instant::now();
-    let summary = runtime.block_on(async {
-        let mut sink = IcebergSink::open(&SinkConfig::new(&warehouse)).await?;
-        let mut engine = Engine::new(EngineConfig::default());
-        let source = FileSource::open(input)?;
-        anyhow::Ok(
-            run_bounded(
-                source,
-                &mut engine,
-                rules.as_mut(),
-                Output::Iceberg(&mut sink),
-                HashMap::new(),
-            )
-            .await?,
-        )
-    })?;
+    let mut sink = runtime.block_on(IcebergSink::open(&SinkConfig::new(&warehouse)))?;
+    let mut engine = Engine::new(EngineConfig::default());
+    let source = FileSource::open(input)?;
+    let summary = run_bounded(
+        runtime.handle(),
+        source,
+        &mut engine,
+        rules.as_mut(),
+        Output::Iceberg(&mut sink),
+        HashMap::new(),
+    )?;
     let wall = started.elapsed();
     let _ = std::fs::remove_dir_all(&warehouse);
     println!(

@@ -1,6 +1,11 @@
 //! The checkpoint protocol: one checkpoint ties the input offsets consumed, the
 //! state after them, and the Iceberg snapshot holding the sessions they closed.
 //!
+//! The event loop only *cuts* a checkpoint ([`PendingCheckpoint::cut`]: the
+//! engine's changed users, its clocks, the offsets and the output, taken at one
+//! instant); [`Checkpointer::complete`] does the slow steps, one checkpoint at a
+//! time and in order, so it can run beside the loop:
+//!
 //! 1. One redb transaction writes the state changes, the checkpoint record
 //!    (id, offsets, clocks) and the checkpoint's output, staged.
 //! 2. The staged output is committed to Iceberg with the checkpoint id (and the
@@ -15,7 +20,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::engine::{Engine, EngineConfig, EngineError};
+use crate::engine::{Engine, EngineChanges, EngineClocks, EngineConfig, EngineError};
 use crate::sink::iceberg::{IcebergSink, SinkError};
 use crate::state::{CheckpointRecord, StagedOutput, StateError, StateStore};
 
@@ -54,6 +59,44 @@ pub struct Resumed {
     pub open_users: usize,
 }
 
+/// A checkpoint as cut by the event loop, not yet durable.
+pub struct PendingCheckpoint {
+    changes: EngineChanges,
+    offsets: BTreeMap<i32, i64>,
+    clocks: EngineClocks,
+    rule_version: String,
+    output: StagedOutput,
+}
+
+impl PendingCheckpoint {
+    /// Takes what the checkpoint holds at this instant: the users changed since
+    /// the last cut, the clocks, the input `offsets` and the `output` they closed.
+    pub fn cut(
+        engine: &mut Engine,
+        offsets: BTreeMap<i32, i64>,
+        output: StagedOutput,
+        rule_version: &str,
+    ) -> Result<Self, EngineError> {
+        Ok(Self {
+            changes: engine.take_changes()?,
+            clocks: engine.clocks(),
+            offsets,
+            rule_version: rule_version.to_owned(),
+            output,
+        })
+    }
+
+    /// The input offsets the checkpoint resumes from.
+    pub fn offsets(&self) -> &BTreeMap<i32, i64> {
+        &self.offsets
+    }
+
+    /// Sessions the checkpoint publishes.
+    pub fn sessions(&self) -> usize {
+        self.output.sessions.len()
+    }
+}
+
 /// Runs checkpoints against one state store and one sink.
 pub struct Checkpointer {
     store: StateStore,
@@ -88,7 +131,7 @@ impl Checkpointer {
         Ok((this, resumed))
     }
 
-    /// Takes a checkpoint: see the module docs for the steps.
+    /// Cuts and completes a checkpoint in one go.
     pub async fn checkpoint(
         &mut self,
         engine: &mut Engine,
@@ -97,14 +140,21 @@ impl Checkpointer {
         output: StagedOutput,
         rule_version: &str,
     ) -> Result<u64, CheckpointError> {
-        let changes = engine.take_changes()?;
-        let record = CheckpointRecord {
-            id: self.last_id + 1,
-            offsets,
-            clocks: engine.clocks(),
-            rule_version: rule_version.to_owned(),
-        };
+        let pending = PendingCheckpoint::cut(engine, offsets, output, rule_version)?;
+        self.complete(sink, pending).await
+    }
+
+    /// Makes a cut checkpoint durable and publishes it (steps 1 to 3 of the
+    /// module docs). Checkpoints must be completed in the order they were cut.
+    pub async fn complete(
+        &mut self,
+        sink: &mut IcebergSink,
+        pending: PendingCheckpoint,
+    ) -> Result<u64, CheckpointError> {
+        let PendingCheckpoint { changes, offsets, clocks, rule_version, output } = pending;
+        let record = CheckpointRecord { id: self.last_id + 1, offsets, clocks, rule_version };
         self.store.write_checkpoint(&changes, &record, &output)?;
+        drop(changes);
         self.last_id = record.id;
         self.publish(sink, &record, &output).await?;
         Ok(record.id)

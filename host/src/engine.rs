@@ -86,9 +86,6 @@ pub enum EngineError {
     /// [`Engine::advance`], for example with another plugin.
     #[error(transparent)]
     Plugin(#[from] PluginError),
-    /// A user's state could not be encoded for the store.
-    #[error("cannot encode user state: {0}")]
-    Encode(String),
     /// State cannot be taken while a failed batch waits for a retry.
     #[error("a failed batch is waiting for a retry")]
     Busy,
@@ -154,7 +151,7 @@ impl From<StoredSession> for SessionState {
 /// A queued event, serialisable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredEvent {
-    event_id: Option<Box<str>>,
+    event_id: Option<Arc<str>>,
     timestamp_ms: i64,
     page_name: Option<u32>,
     event_name: Option<u32>,
@@ -187,17 +184,52 @@ impl From<StoredEvent> for Pending {
     }
 }
 
+/// A user as of a checkpoint's cut. The open session is shared with the
+/// engine, not copied: the engine replaces sessions rather than changing them,
+/// so cutting a checkpoint costs a pointer per open session, whatever its size.
+#[derive(Debug)]
+struct UserSnapshot {
+    uuid: Arc<str>,
+    state: Option<Arc<SessionState>>,
+    wake_at: Option<i64>,
+    pending: Vec<StoredEvent>,
+}
+
+impl UserSnapshot {
+    fn record(&self) -> UserRecord {
+        UserRecord {
+            state: self.state.as_deref().map(StoredSession::from),
+            wake_at: self.wake_at,
+            pending: self.pending.clone(),
+        }
+    }
+}
+
 /// What changed in the engine since the last checkpoint.
 #[derive(Debug, Default)]
 pub struct EngineChanges {
-    /// Users with something open or pending, to write ([`UserRecord::encode`]d).
-    pub upserts: Vec<(Arc<str>, Vec<u8>)>,
+    /// Users with something open or pending, to write.
+    upserts: Vec<UserSnapshot>,
     /// Users with nothing left, to delete.
     pub deletes: Vec<Arc<str>>,
     /// Handle of the first new text.
     pub first_text: u32,
     /// Texts interned since the last checkpoint, in handle order.
     pub new_texts: Vec<Arc<str>>,
+}
+
+impl EngineChanges {
+    /// Users to write, each with its stored record ([`UserRecord::encode`]d).
+    /// Records are built as the iterator reaches them, so writing a million
+    /// open sessions never holds a second copy of them all.
+    pub fn upserts(&self) -> impl Iterator<Item = (&str, Result<Vec<u8>, postcard::Error>)> + '_ {
+        self.upserts.iter().map(|user| (&*user.uuid, user.record().encode()))
+    }
+
+    /// How many users [`EngineChanges::upserts`] yields.
+    pub fn upsert_count(&self) -> usize {
+        self.upserts.len()
+    }
 }
 
 /// Event-time progress, as the state store keeps it.
@@ -211,7 +243,7 @@ pub struct EngineClocks {
 
 /// One queued event of a user.
 struct Pending {
-    event_id: Option<Box<str>>,
+    event_id: Option<Arc<str>>,
     event: contract::Event,
 }
 
@@ -231,8 +263,8 @@ impl Pending {
 /// Everything the engine keeps about one user.
 struct UserSlot {
     uuid: Arc<str>,
-    /// The open session, as the rules left it.
-    state: Option<SessionState>,
+    /// The open session, as the rules left it (shared with checkpoint cuts).
+    state: Option<Arc<SessionState>>,
     /// Events not yet released, in arrival order.
     pending: Vec<Pending>,
     /// When the rules want to see this user again without events.
@@ -392,7 +424,7 @@ impl Engine {
                 return Admission::Duplicate;
             }
         }
-        let event_id = event.event_id.as_deref().map(Box::from);
+        let event_id = event.event_id.as_deref().map(Arc::from);
         let event = contract::Event {
             timestamp_ms: t,
             page_name: event.page_name.as_deref().map(|p| self.texts.intern(p)),
@@ -534,9 +566,9 @@ impl Engine {
             }
             self.mark_dirty(user);
             let slot = &mut self.users[user as usize];
-            batch
-                .users
-                .push(UserSlice { state: slot.state.take(), event_count: events.len() as u32 });
+            // Unshared unless a checkpoint still holds it; only then copied.
+            let state = slot.state.take().map(Arc::unwrap_or_clone);
+            batch.users.push(UserSlice { state, event_count: events.len() as u32 });
             batch.events.extend(events.into_iter().map(|p| p.event));
             slot.wake_at = None;
             users.push(user);
@@ -575,15 +607,12 @@ impl Engine {
                 self.free.push(user);
                 continue;
             }
-            let record = UserRecord {
-                state: slot.state.as_ref().map(StoredSession::from),
+            changes.upserts.push(UserSnapshot {
+                uuid: slot.uuid.clone(),
+                state: slot.state.clone(),
                 wake_at: slot.wake_at,
                 pending: slot.pending.iter().map(StoredEvent::from).collect(),
-            };
-            // Encoded right away: a checkpoint of a million open sessions must
-            // not hold a second decoded copy of them.
-            let bytes = record.encode().map_err(|e| EngineError::Encode(e.to_string()))?;
-            changes.upserts.push((slot.uuid.clone(), bytes));
+            });
         }
         Ok(changes)
     }
@@ -624,7 +653,7 @@ impl Engine {
         for (uuid, record) in users {
             let user = engine.user(&uuid);
             let slot = &mut engine.users[user as usize];
-            slot.state = record.state.map(SessionState::from);
+            slot.state = record.state.map(|s| Arc::new(SessionState::from(s)));
             slot.wake_at = record.wake_at;
             slot.pending = record.pending.into_iter().map(Pending::from).collect();
             if let Some(at) = slot.wake_at {
@@ -677,7 +706,7 @@ impl Engine {
     ) {
         for (&user, outcome) in flight.users.iter().zip(result.users) {
             let slot = &mut self.users[user as usize];
-            slot.state = outcome.state;
+            slot.state = outcome.state.map(Arc::new);
             slot.wake_at = outcome.wake_at.filter(|_| slot.state.is_some());
             if let Some(at) = slot.wake_at {
                 self.timers.push(Reverse((at, user)));

@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use cli::{Cli, Command, GenerateArgs, GeneratorArgs, PluginCommand, ProduceArgs, RunArgs};
@@ -49,7 +50,11 @@ fn main() -> ExitCode {
     };
     let filter = EnvFilter::try_from_env("SESSIONIZE_LOG")
         .unwrap_or_else(|_| EnvFilter::new(format!("{log_level},iceberg=warn,sqlx=warn")));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
     let outcome = match cli.command {
         Command::Run(args) => run(*args),
         Command::Generate(args) => generate_command(&args),
@@ -84,7 +89,7 @@ async fn run_async(args: RunArgs) -> Result<()> {
     } else {
         return run_kafka(args).await;
     };
-    let mut rules = load_rules(&args)?;
+    let mut rules = tokio::task::block_in_place(|| load_rules(&args))?;
     tracing::info!(rules = rules.rule_version(), "rules loaded");
     let mut sink = open_sink(&args).await?;
     let mut engine = Engine::new(EngineConfig {
@@ -95,8 +100,10 @@ async fn run_async(args: RunArgs) -> Result<()> {
         ("sessionize.rule-version".to_owned(), rules.rule_version().to_owned()),
         ("sessionize.source".to_owned(), source.name().to_owned()),
     ]);
-    let summary =
-        run_bounded(source, &mut engine, &mut rules, Output::Iceberg(&mut sink), props).await?;
+    let handle = tokio::runtime::Handle::current();
+    let summary = tokio::task::block_in_place(|| {
+        run_bounded(&handle, source, &mut engine, &mut rules, Output::Iceberg(&mut sink), props)
+    })?;
     println!("{summary}");
     println!(
         "table:             {}.{} in {}",
@@ -111,7 +118,8 @@ async fn run_async(args: RunArgs) -> Result<()> {
 /// (or the topic's end with `--test-mode`).
 async fn run_kafka(args: RunArgs) -> Result<()> {
     let (engine, settings, limits) = rules_setup(&args)?;
-    let mut rules = RulesSlot::new(load_rules(&args)?);
+    // Plugin calls block: never on an async task.
+    let mut rules = RulesSlot::new(tokio::task::block_in_place(|| load_rules(&args))?);
     let loader: RulesLoader =
         Arc::new(move |path: &Path| engine.load_file(path, &settings, limits));
     tracing::info!(rules = rules.rule_version(), "rules loaded");

@@ -142,7 +142,11 @@ fn spawn_parser(
 }
 
 /// Runs `source` to its end: every open session is closed and written.
-pub async fn run_bounded(
+///
+/// Not async: plugin calls block (WASI's synchronous bindings run their own
+/// executor), so they must not run on an async task; `runtime` runs the commits.
+pub fn run_bounded(
+    runtime: &tokio::runtime::Handle,
     source: FileSource,
     engine: &mut Engine,
     rules: &mut dyn RulesRuntime,
@@ -184,7 +188,7 @@ pub async fn run_bounded(
         sessions.extend(engine.advance(rules, false)?);
         rules_time += t.elapsed();
         if sessions.len() >= COMMIT_EVERY_SESSIONS {
-            commit(&mut output, &mut sessions, &mut rejected, &rule_props, &mut summary).await?;
+            commit(runtime, &mut output, &mut sessions, &mut rejected, &rule_props, &mut summary)?;
         }
     }
     // The channel closed: the parser is done (or failed, which it reported above).
@@ -192,14 +196,15 @@ pub async fn run_bounded(
     let t = Instant::now();
     sessions.extend(engine.advance(rules, true)?);
     rules_time += t.elapsed();
-    commit(&mut output, &mut sessions, &mut rejected, &rule_props, &mut summary).await?;
+    commit(runtime, &mut output, &mut sessions, &mut rejected, &rule_props, &mut summary)?;
     summary.engine = engine.stats();
     summary.elapsed = started.elapsed();
     summary.advance_time = rules_time;
     Ok(summary)
 }
 
-async fn commit(
+fn commit(
+    runtime: &tokio::runtime::Handle,
     output: &mut Output<'_>,
     sessions: &mut Vec<SessionRow>,
     rejected: &mut Vec<RejectedEvent>,
@@ -209,7 +214,7 @@ async fn commit(
     summary.sessions_written += sessions.len() as u64;
     match output {
         Output::Iceberg(sink) => {
-            let stats = sink.commit(sessions, rejected, props.clone()).await?;
+            let stats = runtime.block_on(sink.commit(sessions, rejected, props.clone()))?;
             summary.commits += 1;
             summary.session_files += stats.session_files as u64;
             sessions.clear();

@@ -189,8 +189,9 @@ impl StateStore {
         let txn = self.db.begin_write().map_err(|e| self.fail(e))?;
         {
             let mut users = txn.open_table(USERS).map_err(|e| self.fail(e))?;
-            for (uuid, record) in &changes.upserts {
-                users.insert(&**uuid, record.as_slice()).map_err(|e| self.fail(e))?;
+            for (uuid, record) in changes.upserts() {
+                let record = record.map_err(|e| self.fail(format!("cannot encode a user: {e}")))?;
+                users.insert(uuid, record.as_slice()).map_err(|e| self.fail(e))?;
             }
             for uuid in &changes.deletes {
                 users.remove(&**uuid).map_err(|e| self.fail(e))?;

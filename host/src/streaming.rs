@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::admin::{AdminAction, AdminRequest};
-use crate::checkpoint::{CheckpointError, Checkpointer};
+use crate::checkpoint::{CheckpointError, Checkpointer, PendingCheckpoint};
 use crate::engine::{Admission, Engine, EngineError, EngineStats};
 use crate::event::{BlockRecord, EventBlock};
 use crate::output::RejectedEvent;
@@ -45,10 +45,56 @@ pub enum StreamError {
     /// A checkpoint failed.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// The checkpoint thread could not start or stopped unexpectedly.
+    #[error("checkpoint thread: {0}")]
+    Thread(String),
+}
+
+/// How long the event loop stood still, one sample per occurrence.
+#[derive(Debug, Clone)]
+pub struct Stalls(hdrhistogram::Histogram<u64>);
+
+impl Default for Stalls {
+    fn default() -> Self {
+        // Microseconds, from 1 µs to an hour, 3 significant digits.
+        Self(
+            hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .expect("constant bounds are valid"),
+        )
+    }
+}
+
+impl Stalls {
+    /// Adds one sample.
+    pub fn record(&mut self, stall: Duration) {
+        self.0.saturating_record(u64::try_from(stall.as_micros()).unwrap_or(u64::MAX));
+    }
+
+    /// How many samples.
+    pub fn count(&self) -> u64 {
+        self.0.len()
+    }
+
+    /// The stall at quantile `q` (0.5 is the median, 1.0 the longest).
+    pub fn quantile(&self, q: f64) -> Duration {
+        Duration::from_micros(self.0.value_at_quantile(q))
+    }
+}
+
+impl std::fmt::Display for Stalls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "p50 {:.2?}, p99 {:.2?}, max {:.2?}",
+            self.quantile(0.5),
+            self.quantile(0.99),
+            self.quantile(1.0)
+        )
+    }
 }
 
 /// What a streaming run did.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct StreamSummary {
     /// Messages read.
     pub read: u64,
@@ -64,6 +110,13 @@ pub struct StreamSummary {
     pub elapsed: Duration,
     /// Longest time from a session closing to its Iceberg commit.
     pub max_visibility_latency: Duration,
+    /// The event loop standing still for each checkpoint.
+    pub checkpoint_stalls: Stalls,
+    /// The event loop standing still for each change of rules: the dry run
+    /// and the switch (compiling happens off the loop).
+    pub swap_pauses: Stalls,
+    /// The same, plus the checkpoint the change waits for.
+    pub swap_stalls: Stalls,
 }
 
 impl std::fmt::Display for StreamSummary {
@@ -71,9 +124,19 @@ impl std::fmt::Display for StreamSummary {
         write_counts(f, self.read, &self.engine, self.rejected, self.sessions_written)?;
         writeln!(
             f,
-            "checkpoints:       {} (sessions visible in Iceberg at most {:.2?} after closing)",
-            self.checkpoints, self.max_visibility_latency
+            "checkpoints:       {} (sessions visible in Iceberg at most {:.2?} after closing; \
+             event flow stalled {})",
+            self.checkpoints, self.max_visibility_latency, self.checkpoint_stalls
         )?;
+        if self.swap_pauses.count() > 0 {
+            writeln!(
+                f,
+                "rule changes:      {} (event flow paused {}; with the checkpoint: {})",
+                self.swap_pauses.count(),
+                self.swap_pauses,
+                self.swap_stalls
+            )?;
+        }
         write!(
             f,
             "elapsed:           {:.2?} ({:.0} events/s)",
@@ -125,6 +188,9 @@ const ATTEMPTS_BEFORE_ROLLBACK: u32 = 3;
 
 /// Runs until `stop` is set (a final checkpoint keeps open sessions for the next
 /// run) or, with `until_end`, until the topic's end as of the start.
+///
+/// Checkpoints are cut on the event loop and completed (state store, Iceberg)
+/// on a thread of their own, so the event flow stalls only for the cut.
 pub fn run_streaming(
     runtime: &tokio::runtime::Handle,
     parts: StreamParts<'_>,
@@ -132,129 +198,276 @@ pub fn run_streaming(
     start_offsets: BTreeMap<i32, i64>,
     stop: &AtomicBool,
 ) -> Result<StreamSummary, StreamError> {
-    let StreamParts { mut source, mut engine, mut checkpointer, rules, sink, swap } = parts;
-    let (candidates_tx, candidates) = mpsc::channel::<Candidate>();
-    let mut failures = 0u32;
-    let started = Instant::now();
-    let mut summary = StreamSummary::default();
-    let partitions: Vec<i32> = source.partitions().to_vec();
-    engine.register_partitions(partitions.iter().map(|&p| p as usize));
-    let ends =
-        if config.until_end { Some(source.end_offsets(Duration::from_secs(30))?) } else { None };
-    let source_name = format!("kafka:{}", source.topic());
-    let mut last_message: HashMap<i32, Instant> =
-        partitions.iter().map(|&p| (p, Instant::now())).collect();
-    let mut staged = StagedOutput::default();
-    let mut last_checkpoint = Instant::now();
-    // When the oldest session waiting for the next checkpoint closed.
-    let mut oldest_staged: Option<Instant> = None;
-    loop {
-        let mut block = EventBlock::with_capacity(config.max_events_per_batch.min(65_536));
-        source.poll_into(&mut block, config.max_events_per_batch, Duration::from_millis(100));
-        summary.read += block.len() as u64;
-        let now = Instant::now();
-        for record in block.records() {
-            match record {
-                BlockRecord::Event(partition, offset, raw, event) => {
-                    last_message.insert(partition, now);
-                    if let Admission::Late { behind_ms } = engine.offer(partition as usize, &event)
-                    {
+    let StreamParts { source, engine, checkpointer, rules, sink, swap } = parts;
+    std::thread::scope(|scope| {
+        let checkpoints = CheckpointThread::start(scope, runtime, checkpointer, sink)?;
+        let job = EventLoop {
+            source,
+            engine,
+            rules,
+            swap,
+            checkpoints,
+            config,
+            start_offsets,
+            summary: StreamSummary::default(),
+        };
+        job.run(stop)
+    })
+}
+
+/// A cut checkpoint on its way to the checkpoint thread.
+struct Cut {
+    pending: PendingCheckpoint,
+    /// When the oldest session it publishes closed.
+    oldest_closed: Option<Instant>,
+}
+
+/// A checkpoint the checkpoint thread has completed.
+struct Completed {
+    id: u64,
+    offsets: BTreeMap<i32, i64>,
+    oldest_closed: Option<Instant>,
+}
+
+/// The thread that completes checkpoints, in the order they were cut.
+struct CheckpointThread {
+    cuts: mpsc::SyncSender<Cut>,
+    completed: mpsc::Receiver<Result<Completed, CheckpointError>>,
+}
+
+impl CheckpointThread {
+    fn start<'scope>(
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        runtime: &'scope tokio::runtime::Handle,
+        mut checkpointer: Checkpointer,
+        sink: &'scope mut IcebergSink,
+    ) -> Result<Self, StreamError> {
+        // One cut may wait while another completes; a third waits on the loop.
+        let (cuts, queue) = mpsc::sync_channel::<Cut>(1);
+        let (done, completed) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("checkpoint".into())
+            .spawn_scoped(scope, move || {
+                for cut in queue {
+                    let offsets = cut.pending.offsets().clone();
+                    let outcome = runtime.block_on(checkpointer.complete(sink, cut.pending));
+                    let failed = outcome.is_err();
+                    let _ = done.send(outcome.map(|id| Completed {
+                        id,
+                        offsets,
+                        oldest_closed: cut.oldest_closed,
+                    }));
+                    if failed {
+                        // Later checkpoints build on this one: stop here.
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| StreamError::Thread(e.to_string()))?;
+        Ok(Self { cuts, completed })
+    }
+
+    /// Hands a cut over; waits only if the thread is two checkpoints behind.
+    fn submit(&self, cut: Cut) -> Result<(), StreamError> {
+        if self.cuts.send(cut).is_err() {
+            // The thread stopped on an error: report it.
+            return match self.completed.recv() {
+                Ok(Err(error)) => Err(error.into()),
+                _ => Err(StreamError::Thread("the checkpoint thread stopped".into())),
+            };
+        }
+        Ok(())
+    }
+}
+
+/// The event loop: poll, offer, advance the rules, cut checkpoints, swap rules.
+struct EventLoop<'a> {
+    source: KafkaSource,
+    engine: Engine,
+    rules: &'a mut RulesSlot,
+    swap: Option<SwapControl>,
+    checkpoints: CheckpointThread,
+    config: StreamConfig,
+    start_offsets: BTreeMap<i32, i64>,
+    summary: StreamSummary,
+}
+
+impl EventLoop<'_> {
+    fn run(mut self, stop: &AtomicBool) -> Result<StreamSummary, StreamError> {
+        let (candidates_tx, candidates) = mpsc::channel::<Candidate>();
+        let mut failures = 0u32;
+        let started = Instant::now();
+        let config = self.config;
+        let partitions: Vec<i32> = self.source.partitions().to_vec();
+        self.engine.register_partitions(partitions.iter().map(|&p| p as usize));
+        let ends = if config.until_end {
+            Some(self.source.end_offsets(Duration::from_secs(30))?)
+        } else {
+            None
+        };
+        let source_name = format!("kafka:{}", self.source.topic());
+        let mut last_message: HashMap<i32, Instant> =
+            partitions.iter().map(|&p| (p, Instant::now())).collect();
+        let mut staged = StagedOutput::default();
+        let mut last_checkpoint = Instant::now();
+        // When the oldest session waiting for the next checkpoint closed.
+        let mut oldest_staged: Option<Instant> = None;
+        loop {
+            let mut block = EventBlock::with_capacity(config.max_events_per_batch.min(65_536));
+            self.source.poll_into(
+                &mut block,
+                config.max_events_per_batch,
+                Duration::from_millis(100),
+            );
+            self.summary.read += block.len() as u64;
+            let now = Instant::now();
+            for record in block.records() {
+                match record {
+                    BlockRecord::Event(partition, offset, raw, event) => {
+                        last_message.insert(partition, now);
+                        if let Admission::Late { behind_ms } =
+                            self.engine.offer(partition as usize, &event)
+                        {
+                            staged.rejected.push(RejectedEvent {
+                                raw: raw.to_owned(),
+                                reason: format!("late: {behind_ms} ms beyond the allowed lateness"),
+                                source: source_name.clone(),
+                                partition,
+                                position: offset,
+                            });
+                        }
+                    }
+                    BlockRecord::Rejected(partition, offset, raw, reason) => {
+                        last_message.insert(partition, now);
+                        self.summary.rejected += 1;
                         staged.rejected.push(RejectedEvent {
                             raw: raw.to_owned(),
-                            reason: format!("late: {behind_ms} ms beyond the allowed lateness"),
+                            reason: reason.to_string(),
                             source: source_name.clone(),
                             partition,
                             position: offset,
                         });
                     }
                 }
-                BlockRecord::Rejected(partition, offset, raw, reason) => {
-                    last_message.insert(partition, now);
-                    summary.rejected += 1;
-                    staged.rejected.push(RejectedEvent {
-                        raw: raw.to_owned(),
-                        reason: reason.to_string(),
-                        source: source_name.clone(),
-                        partition,
-                        position: offset,
-                    });
-                }
             }
-        }
-        for (&p, &seen) in &last_message {
-            engine.set_idle(p as usize, now.duration_since(seen) >= config.idle_timeout);
-        }
-        let closed = match engine.advance(rules, false) {
-            Ok(closed) => {
-                failures = 0;
-                closed
+            for (&p, &seen) in &last_message {
+                self.engine.set_idle(p as usize, now.duration_since(seen) >= config.idle_timeout);
             }
-            Err(error) => {
-                failures += 1;
-                tracing::error!(rules = rules.rule_version(), %error, attempt = failures, "rules failed a batch; it is kept and retried");
-                if failures >= ATTEMPTS_BEFORE_ROLLBACK {
-                    // Stop cleanly at the last checkpoint unless there is a version to go back to.
-                    let version = rules
-                        .rollback(Some(error.to_string()))
-                        .map_err(|_| StreamError::Engine(error))?;
-                    tracing::warn!(rules = version, "rolled back after repeated failures");
+            self.take_completed()?;
+            let closed = match self.engine.advance(self.rules, false) {
+                Ok(closed) => {
                     failures = 0;
+                    closed
                 }
-                continue;
+                Err(error) => {
+                    failures += 1;
+                    tracing::error!(rules = self.rules.rule_version(), %error, attempt = failures, "rules failed a batch; it is kept and retried");
+                    if failures >= ATTEMPTS_BEFORE_ROLLBACK {
+                        // Stop cleanly at the last checkpoint unless there is a version to go back to.
+                        let version = self
+                            .rules
+                            .rollback(Some(error.to_string()))
+                            .map_err(|_| StreamError::Engine(error))?;
+                        tracing::warn!(rules = version, "rolled back after repeated failures");
+                        failures = 0;
+                    }
+                    continue;
+                }
+            };
+            if !closed.is_empty() && oldest_staged.is_none() {
+                oldest_staged = Some(Instant::now());
             }
-        };
-        if !closed.is_empty() && oldest_staged.is_none() {
-            oldest_staged = Some(Instant::now());
-        }
-        staged.sessions.extend(closed);
-        if let Some(swap) = &swap {
-            handle_admin(swap, rules, &candidates_tx);
-        }
-        let candidate = candidates.try_recv().ok();
+            staged.sessions.extend(closed);
+            if let Some(swap) = &self.swap {
+                handle_admin(swap, self.rules, &self.summary, &candidates_tx);
+            }
+            let candidate = candidates.try_recv().ok();
 
-        let offsets = merged(&start_offsets, source.positions());
-        let at_end = ends.as_ref().is_some_and(|ends| {
-            ends.iter().all(|(p, &end)| end <= 0 || offsets.get(p).is_some_and(|&o| o >= end))
-        });
-        if at_end {
-            staged.sessions.extend(engine.advance(rules, true)?);
-        }
-        let stopping = at_end || stop.load(Ordering::Relaxed);
-        if stopping
-            || candidate.is_some()
-            || last_checkpoint.elapsed() >= config.checkpoint_interval
-        {
-            let output = std::mem::take(&mut staged);
-            summary.sessions_written += output.sessions.len() as u64;
-            let id = runtime.block_on(checkpointer.checkpoint(
-                &mut engine,
-                sink,
-                offsets.clone(),
-                output,
-                rules.rule_version(),
-            ))?;
-            source.commit_to_group(&offsets);
-            if let Some(since) = oldest_staged.take() {
-                summary.max_visibility_latency =
-                    summary.max_visibility_latency.max(since.elapsed());
+            let offsets = merged(&self.start_offsets, self.source.positions());
+            let at_end = ends.as_ref().is_some_and(|ends| {
+                ends.iter().all(|(p, &end)| end <= 0 || offsets.get(p).is_some_and(|&o| o >= end))
+            });
+            if at_end {
+                staged.sessions.extend(self.engine.advance(self.rules, true)?);
             }
-            summary.checkpoints += 1;
-            // At the checkpoint boundary: everything before it was cut by the
-            // old rules, everything after by the new.
-            if let Some(Candidate::Rollback(reply)) = candidate {
-                let answer = rules
+            let stopping = at_end || stop.load(Ordering::Relaxed);
+            if stopping
+                || candidate.is_some()
+                || last_checkpoint.elapsed() >= config.checkpoint_interval
+            {
+                let boundary = Instant::now();
+                let output = std::mem::take(&mut staged);
+                self.summary.sessions_written += output.sessions.len() as u64;
+                let pending = PendingCheckpoint::cut(
+                    &mut self.engine,
+                    offsets,
+                    output,
+                    self.rules.rule_version(),
+                )?;
+                self.checkpoints.submit(Cut { pending, oldest_closed: oldest_staged.take() })?;
+                self.summary.checkpoint_stalls.record(boundary.elapsed());
+                // At the checkpoint boundary: everything before it was cut by
+                // the old rules, everything after by the new.
+                if let Some(candidate) = candidate {
+                    self.change_rules(candidate, boundary);
+                }
+                last_checkpoint = Instant::now();
+            }
+            if stopping {
+                break;
+            }
+        }
+        // Wait for the checkpoint thread to finish the last checkpoints.
+        let EventLoop { checkpoints, mut source, mut summary, engine, .. } = self;
+        drop(checkpoints.cuts);
+        for completed in checkpoints.completed {
+            completed_checkpoint(&mut source, &mut summary, &engine, completed?);
+        }
+        summary.engine = engine.stats();
+        summary.elapsed = started.elapsed();
+        Ok(summary)
+    }
+
+    /// Takes note of checkpoints the checkpoint thread has completed.
+    fn take_completed(&mut self) -> Result<(), StreamError> {
+        while let Ok(completed) = self.checkpoints.completed.try_recv() {
+            completed_checkpoint(&mut self.source, &mut self.summary, &self.engine, completed?);
+        }
+        Ok(())
+    }
+
+    /// Swaps in a candidate or rolls back, and answers the request.
+    fn change_rules(&mut self, candidate: Candidate, boundary: Instant) {
+        let swap_started = Instant::now();
+        let summary = &mut self.summary;
+        let mut swapped = || {
+            let pause = swap_started.elapsed();
+            summary.swap_pauses.record(pause);
+            summary.swap_stalls.record(boundary.elapsed());
+            pause
+        };
+        match candidate {
+            Candidate::Rollback(reply) => {
+                let answer = self
+                    .rules
                     .rollback(Some("requested".into()))
-                    .map(|version| serde_json::json!({ "active": version }))
+                    .map(|version| {
+                        let pause = swapped();
+                        tracing::info!(rules = version, ?pause, "rules rolled back");
+                        serde_json::json!({ "active": version })
+                    })
                     .map_err(|e| e.to_string());
                 let _ = reply.send(answer);
-            } else if let Some(Candidate::Deploy(loaded, path, reply)) = candidate {
-                let swap_started = Instant::now();
+            }
+            Candidate::Deploy(loaded, path, reply) => {
+                let engine = &self.engine;
+                let rules = &mut *self.rules;
                 let outcome =
                     loaded.and_then(|c| rules.deploy(c, engine.texts(), engine.sample_batch()));
                 let answer = match outcome {
                     Ok(version) => {
                         // The event flow waits only for the dry run and the switch.
-                        let pause = swap_started.elapsed();
+                        let pause = swapped();
                         tracing::info!(rules = version, path = %path.display(), ?pause, "rules swapped");
                         Ok(serde_json::json!({ "active": version }))
                     }
@@ -270,32 +483,47 @@ pub fn run_streaming(
                 };
                 let _ = reply.send(answer);
             }
-            last_checkpoint = Instant::now();
-            tracing::info!(
-                checkpoint = id,
-                consumed = offsets.values().sum::<i64>(),
-                users_in_memory = engine.users_in_memory(),
-                "checkpoint"
-            );
-        }
-        if stopping {
-            break;
         }
     }
-    summary.engine = engine.stats();
-    summary.elapsed = started.elapsed();
-    Ok(summary)
+}
+
+/// A checkpoint is durable and published: commit its offsets to the group
+/// (for monitoring) and count it.
+fn completed_checkpoint(
+    source: &mut KafkaSource,
+    summary: &mut StreamSummary,
+    engine: &Engine,
+    completed: Completed,
+) {
+    source.commit_to_group(&completed.offsets);
+    if let Some(closed) = completed.oldest_closed {
+        summary.max_visibility_latency = summary.max_visibility_latency.max(closed.elapsed());
+    }
+    summary.checkpoints += 1;
+    tracing::info!(
+        checkpoint = completed.id,
+        consumed = completed.offsets.values().sum::<i64>(),
+        users_in_memory = engine.users_in_memory(),
+        "checkpoint"
+    );
 }
 
 /// Answers status and rollback at once; starts compiling deploy candidates on
 /// a thread of their own, to be swapped in at the next checkpoint.
-fn handle_admin(swap: &SwapControl, rules: &mut RulesSlot, candidates: &mpsc::Sender<Candidate>) {
+fn handle_admin(
+    swap: &SwapControl,
+    rules: &mut RulesSlot,
+    summary: &StreamSummary,
+    candidates: &mpsc::Sender<Candidate>,
+) {
     while let Ok(request) = swap.requests.try_recv() {
         match request.action {
             AdminAction::Status => {
                 let _ = request.reply.send(Ok(serde_json::json!({
                     "active": rules.rule_version(),
-                    "history": rules.history(),
+                    "history": rules.history().collect::<Vec<_>>(),
+                    "events_read": summary.read,
+                    "checkpoints": summary.checkpoints,
                 })));
             }
             AdminAction::Rollback => {

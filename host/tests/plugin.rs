@@ -12,7 +12,7 @@ use sessionize::generate::{generate, GeneratorConfig};
 use sessionize::output::SessionRow;
 use sessionize::plugin::contract::{Batch, Event, Settings, UserSlice};
 use sessionize::plugin::{
-    ComponentRules, NativeRules, PluginError, PluginLimits, RulesEngine, RulesRuntime,
+    ComponentRules, NativeRules, PluginError, PluginLimits, RulesEngine, RulesRuntime, RulesSlot,
 };
 
 const MIN: i64 = 60_000;
@@ -172,4 +172,41 @@ fn bytes_that_are_not_a_rules_component_are_refused() {
     assert!(matches!(error, PluginError::Invalid(_)), "{error}");
     let error = engine.load(b"hello", &settings(&[]), PluginLimits::default()).err().unwrap();
     assert!(error.to_string().starts_with("not a Sessionize rules component"), "{error}");
+}
+
+#[test]
+fn the_rules_slot_swaps_refuses_and_rolls_back_within_its_reserve() {
+    let engine = Arc::new(RulesEngine::new().unwrap());
+    let load = |name: &str, params: &[(&str, &str)]| {
+        engine.load_file(&component_path(name), &settings(params), PluginLimits::default()).unwrap()
+    };
+    let mut slot = RulesSlot::new(load("default_rules", &[]));
+    let default_version = slot.rule_version().to_owned();
+    let (texts, sample) = batch(&[(0, Some(0)), (MIN, Some(2))], 3);
+
+    // A candidate that fails the dry run is refused; the running rules stay.
+    let refused = slot.deploy(load("faulty", &[("fault", "trap")]), &texts, Some(&sample));
+    assert!(matches!(refused, Err(PluginError::Refused(ref m)) if m.contains("dry run")));
+    assert_eq!(slot.rule_version(), default_version);
+
+    // Twelve swaps: only the last eight versions are kept for rollback.
+    for i in 0..12 {
+        let name = if i % 2 == 0 { "logout_rules" } else { "default_rules" };
+        slot.deploy(load(name, &[]), &texts, Some(&sample)).unwrap();
+    }
+    for _ in 0..8 {
+        slot.rollback(None).unwrap();
+    }
+    assert!(slot.rollback(None).is_err(), "a ninth rollback has nothing to go back to");
+    // After rolling back, the version in force still cuts sessions.
+    let (texts, mut b) = batch(&[(0, Some(0)), (MIN, Some(1))], 3);
+    assert_eq!(slot.process(&texts, &mut b).unwrap().closed.len(), 1);
+
+    let history: Vec<_> = slot.history().collect();
+    assert_eq!(history.first().unwrap().action, "started");
+    assert_eq!(history.iter().filter(|e| e.action == "refused").count(), 1);
+    let swaps: Vec<_> =
+        history.iter().filter(|e| e.action == "deployed" || e.action == "rolled back").collect();
+    assert_eq!(swaps.len(), 20);
+    assert!(swaps.iter().all(|e| e.pause_us.is_some()), "every swap records its pause");
 }

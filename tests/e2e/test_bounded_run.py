@@ -3,6 +3,7 @@ an expectation computed independently (reference.py)."""
 
 import gzip
 import math
+import re
 
 import pytest
 
@@ -134,9 +135,22 @@ def test_a_python_component_that_imports_wasi_cuts_the_same_sessions(run, events
     plugin = ROOT / "guest" / "dist" / "python_rules.wasm"
     assert plugin.exists(), "tests/run.sh builds it"
     warehouse = tmp_path / "wh"
-    run("run", "--input", events, "--warehouse", warehouse, "--plugin", plugin,
-        "--plugin-memory-mib", "256")
+    first = run("run", "--input", events, "--warehouse", warehouse, "--plugin", plugin,
+                "--plugin-memory-mib", "256")
     got = read_table(warehouse)
     expected = sessionize(events.read_text().splitlines())
     assert sorted(map(key, got)) == sorted(map(key, expected.sessions))
     assert {r["rule_version"].split("+")[0] for r in got} == {"python-rules@0.1.0"}
+
+    # The plugin's stdout and stderr reach the host log under its name; its
+    # clock is frozen at the epoch and its randomness is the same every run.
+    log = first.stderr.decode()
+    printed = [line for line in log.splitlines() if "configured: clock reads" in line]
+    assert printed and all("python-rules@0.1.0" in line for line in printed), log
+    assert "clock reads 0.0," in printed[0]
+    assert any("stderr reaches the host log too" in line and "stderr" in line
+               for line in log.splitlines()), log
+    again = run("run", "--input", events, "--warehouse", tmp_path / "wh2", "--plugin", plugin,
+                "--plugin-memory-mib", "256").stderr.decode()
+    random_bytes = lambda text: re.findall(r"random bytes ([0-9a-f]+)", text)
+    assert random_bytes(log) and random_bytes(again) == random_bytes(log)

@@ -1,6 +1,18 @@
 //! What the benchmarks share: the data set, the rules, the memory probe.
+// Each benchmark uses its own part of this module.
+#![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use sessionize::checkpoint::{Checkpointer, Resumed};
+use sessionize::engine::EngineConfig;
+use sessionize::sink::iceberg::{IcebergSink, SinkConfig};
+use sessionize::source::kafka::{KafkaConfig, KafkaSource};
+use sessionize::state::StateStore;
+use sessionize::streaming::StreamConfig;
 
 use sessionize::generate::GeneratorConfig;
 use sessionize::plugin::contract::Settings;
@@ -33,4 +45,67 @@ pub fn peak_rss_mib() -> u64 {
         .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_owned))
         .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
         .map_or(0, |kb| kb / 1024)
+}
+
+/// A Tansu broker with memory storage on loopback `port`; `TANSU_BIN` points at
+/// the binary (tests/run.sh installs it into ~/.cache/sessionize/tansu).
+pub fn start_broker(dir: &Path, port: u16) -> Result<Child> {
+    let tansu = std::env::var_os("TANSU_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+            .join(".cache/sessionize/tansu/bin/tansu")
+    });
+    let url = format!("tcp://127.0.0.1:{port}");
+    let child = Command::new(&tansu)
+        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+        .args(["--storage-engine", "memory://tansu/"])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {} (tests/run.sh installs it)", tansu.display()))?;
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(child)
+}
+
+/// What a fresh streaming job over `topic` starts with: an empty warehouse and
+/// state store under `dir`, and a consumer at the topic's beginning.
+pub struct FreshJob {
+    pub sink: IcebergSink,
+    pub checkpointer: Checkpointer,
+    pub resumed: Resumed,
+    pub source: KafkaSource,
+}
+
+impl FreshJob {
+    pub fn new(
+        runtime: &tokio::runtime::Runtime,
+        servers: &str,
+        topic: &str,
+        dir: &Path,
+    ) -> Result<Self> {
+        let _ = std::fs::remove_dir_all(dir.join("warehouse"));
+        let _ = std::fs::remove_dir_all(dir.join("state"));
+        let mut sink =
+            runtime.block_on(IcebergSink::open(&SinkConfig::new(dir.join("warehouse"))))?;
+        let store = StateStore::open(&dir.join("state"))?;
+        let (checkpointer, resumed) =
+            runtime.block_on(Checkpointer::recover(store, &mut sink, EngineConfig::default()))?;
+        let kafka = KafkaConfig {
+            servers: servers.into(),
+            topic: topic.into(),
+            group: "sessionize".into(),
+        };
+        let source = KafkaSource::connect(&kafka, &Default::default(), Duration::from_secs(10))?;
+        Ok(Self { sink, checkpointer, resumed, source })
+    }
+}
+
+/// The benchmarks' pacing: batches of 50,000, a checkpoint every second.
+pub fn stream_config(until_end: bool) -> StreamConfig {
+    StreamConfig {
+        max_events_per_batch: 50_000,
+        checkpoint_interval: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(60),
+        until_end,
+    }
 }

@@ -12,6 +12,8 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::sandbox::{GuestOutput, Sandbox};
+
 use super::bindings::sessionize::plugin::{host, types};
 use super::bindings::{SessionRules, SessionRulesPre};
 use super::contract::{Batch, BatchResult, LogLevel, Settings};
@@ -114,8 +116,12 @@ impl RulesEngine {
             rule_version: String::new(),
             texts_known: 0,
         };
-        let info = rules.instance()?.info()?;
-        rules.rule_version = format!("{}@{}+{hash}", info.name, info.version);
+        let instance = rules.instance()?;
+        let info = instance.info()?;
+        let rule_version = format!("{}@{}+{hash}", info.name, info.version);
+        instance.store.data_mut().plugin = Arc::from(rule_version.as_str());
+        instance.log_output(false);
+        rules.rule_version = rule_version;
         Ok(rules)
     }
 }
@@ -132,8 +138,10 @@ impl Drop for RulesEngine {
 /// What a plugin instance's store holds: its sandboxed WASI and its limits.
 struct PluginHost {
     wasi: WasiCtx,
+    output: GuestOutput,
     table: ResourceTable,
     limits: StoreLimits,
+    /// The rule version, for the log; empty while the plugin is being loaded.
     plugin: Arc<str>,
 }
 
@@ -169,7 +177,20 @@ impl Instance {
     fn info(&mut self) -> Result<super::contract::PluginInfo, PluginError> {
         self.arm();
         let rules = self.bindings.sessionize_plugin_rules();
-        rules.call_info(&mut self.store).map_err(|e| classify(e, self.limits))
+        let info = rules.call_info(&mut self.store).map_err(|e| classify(e, self.limits));
+        self.log_output(info.is_err());
+        info
+    }
+
+    /// Passes what the plugin printed on to the host log. While a plugin is
+    /// being loaded its output waits for its name, unless loading `failed`.
+    fn log_output(&self, failed: bool) {
+        let host = self.store.data();
+        if !host.plugin.is_empty() {
+            host.output.log(&host.plugin);
+        } else if failed {
+            host.output.log("plugin being loaded");
+        }
     }
 
     /// Sets the time budget for the next call.
@@ -195,10 +216,10 @@ impl ComponentRules {
     fn instance(&mut self) -> Result<&mut Instance, PluginError> {
         if self.instance.is_none() {
             self.texts_known = 0;
-            let mut wasi = WasiCtx::builder();
-            wasi.inherit_stderr();
+            let sandbox = Sandbox::new();
             let host = PluginHost {
-                wasi: wasi.build(),
+                wasi: sandbox.wasi,
+                output: sandbox.output,
                 table: ResourceTable::new(),
                 limits: StoreLimitsBuilder::new()
                     .memory_size(self.limits.memory_bytes)
@@ -219,15 +240,27 @@ impl ComponentRules {
                 .map_err(|e| PluginError::Invalid(format!("{e:#}")))?;
             let mut instance = Instance { store, bindings, limits: self.limits };
             instance.arm();
-            instance
+            let configured = instance
                 .bindings
                 .sessionize_plugin_rules()
-                .call_configure(&mut instance.store, &self.settings)
-                .map_err(|e| classify(e, self.limits))?
-                .map_err(PluginError::Refused)?;
+                .call_configure(&mut instance.store, &self.settings);
+            instance.log_output(!matches!(configured, Ok(Ok(()))));
+            configured.map_err(|e| classify(e, self.limits))?.map_err(PluginError::Refused)?;
             self.instance = Some(instance);
         }
         self.instance.as_mut().ok_or_else(|| PluginError::Trapped("no instance".into()))
+    }
+}
+
+impl ComponentRules {
+    /// Drops the live instance (and its memory); the next call builds a new one.
+    pub fn release_instance(&mut self) {
+        self.instance = None;
+    }
+
+    /// Builds the instance now if there is none, rather than on the next batch.
+    pub fn warm_up(&mut self) -> Result<(), PluginError> {
+        self.instance().map(|_| ())
     }
 }
 
@@ -252,6 +285,8 @@ impl RulesRuntime for ComponentRules {
         instance.arm();
         let outcome =
             instance.bindings.sessionize_plugin_rules().call_process(&mut instance.store, batch);
+        // Before a trap drops the instance: a panic message is on stderr.
+        instance.log_output(outcome.is_err());
         match outcome {
             Ok(Ok(result)) => {
                 check_result(batch, &result)?;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 mod component;
 mod native;
+mod sandbox;
 mod swap;
 
 pub use component::{ComponentRules, PluginLimits, RulesEngine};

@@ -1,8 +1,9 @@
 //! The active rules and their history: swapping in a new version, and rolling
 //! back, without the engine noticing (it only sees [`RulesRuntime`]).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 
@@ -18,15 +19,23 @@ pub struct SwapEvent {
     pub rule_version: String,
     /// When, seconds since the epoch.
     pub at_unix_s: u64,
-    /// Why, for refusals.
+    /// Why, for refusals and rollbacks.
     pub detail: Option<String>,
+    /// How long the switch held up the event flow (dry run included), for
+    /// deploys and rollbacks, microseconds.
+    pub pause_us: Option<u64>,
 }
+
+/// Versions kept for rollback; older ones are dropped.
+const VERSIONS_KEPT: usize = 8;
+/// History entries kept for `plugin status`.
+const HISTORY_KEPT: usize = 256;
 
 /// The rules in force, the ones before them, and what happened.
 pub struct RulesSlot {
     active: ComponentRules,
     previous: Vec<ComponentRules>,
-    history: Vec<SwapEvent>,
+    history: VecDeque<SwapEvent>,
 }
 
 fn now_s() -> u64 {
@@ -36,13 +45,10 @@ fn now_s() -> u64 {
 impl RulesSlot {
     /// Starts with `rules`.
     pub fn new(rules: ComponentRules) -> Self {
-        let history = vec![SwapEvent {
-            action: "started".into(),
-            rule_version: rules.rule_version().to_owned(),
-            at_unix_s: now_s(),
-            detail: None,
-        }];
-        Self { active: rules, previous: Vec::new(), history }
+        let mut slot = Self { active: rules, previous: Vec::new(), history: VecDeque::new() };
+        let version = slot.active.rule_version().to_owned();
+        slot.record("started", &version, None, None);
+        slot
     }
 
     /// Checks `candidate` on a sample batch (a dry run: its output is dropped),
@@ -53,47 +59,68 @@ impl RulesSlot {
         texts: &[Arc<str>],
         sample: Option<&Batch>,
     ) -> Result<String, PluginError> {
+        let started = Instant::now();
         if let Some(sample) = sample {
             let mut dry = sample.clone();
             if let Err(error) = candidate.process(texts, &mut dry) {
-                self.record("refused", candidate.rule_version(), Some(error.to_string()));
+                self.record("refused", candidate.rule_version(), Some(error.to_string()), None);
                 return Err(PluginError::Refused(format!("dry run failed: {error}")));
             }
         }
         let version = candidate.rule_version().to_owned();
-        let old = std::mem::replace(&mut self.active, candidate);
+        let mut old = std::mem::replace(&mut self.active, candidate);
+        // A version in reserve needs no live instance: rollback rebuilds it.
+        old.release_instance();
         self.previous.push(old);
-        self.record("deployed", &version, None);
+        if self.previous.len() > VERSIONS_KEPT {
+            self.previous.remove(0);
+        }
+        self.record("deployed", &version, None, Some(started));
         Ok(version)
     }
 
-    /// Makes the previous rules active again.
+    /// Makes the previous rules active again. Its instance is built here, so
+    /// the first batch after the rollback does not pay for it.
     pub fn rollback(&mut self, reason: Option<String>) -> Result<String, PluginError> {
-        let Some(previous) = self.previous.pop() else {
+        let started = Instant::now();
+        let Some(mut previous) = self.previous.pop() else {
             return Err(PluginError::Refused("no previous version to roll back to".into()));
         };
+        if let Err(error) = previous.warm_up() {
+            tracing::warn!(rules = previous.rule_version(), %error, "previous rules did not start again; retried on the next batch");
+        }
         self.active = previous;
         let version = self.active.rule_version().to_owned();
-        self.record("rolled back", &version, reason);
+        self.record("rolled back", &version, reason, Some(started));
         Ok(version)
     }
 
     /// Notes a refused candidate that never got as far as [`RulesSlot::deploy`].
     pub fn refused(&mut self, what: &str, error: &PluginError) {
-        self.record("refused", what, Some(error.to_string()));
+        self.record("refused", what, Some(error.to_string()), None);
     }
 
-    /// The history, oldest first.
-    pub fn history(&self) -> &[SwapEvent] {
-        &self.history
+    /// The most recent history, oldest first.
+    pub fn history(&self) -> impl Iterator<Item = &SwapEvent> {
+        self.history.iter()
     }
 
-    fn record(&mut self, action: &str, version: &str, detail: Option<String>) {
-        self.history.push(SwapEvent {
+    fn record(
+        &mut self,
+        action: &str,
+        version: &str,
+        detail: Option<String>,
+        started: Option<Instant>,
+    ) {
+        if self.history.len() == HISTORY_KEPT {
+            self.history.pop_front();
+        }
+        self.history.push_back(SwapEvent {
             action: action.into(),
             rule_version: version.into(),
             at_unix_s: now_s(),
             detail,
+            pause_us: started.map(|s| u64::try_from(s.elapsed().as_micros()).unwrap_or(u64::MAX)),
         });
     }
 }

@@ -1,0 +1,175 @@
+//! What WASI gives a plugin: nothing that would make its output depend on the
+//! machine or the moment. No files, no network, no environment; clocks frozen
+//! at the epoch and randomness from a fixed seed, so replaying input after a
+//! crash closes the same sessions; stdout and stderr captured for the host log.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::clocks::{HostMonotonicClock, HostWallClock};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::{Deterministic, WasiCtx};
+
+/// Most bytes of stdout or stderr kept per call; the rest is counted, not kept,
+/// so a chatty plugin cannot grow the host's memory.
+const OUTPUT_KEPT: usize = 64 << 10;
+
+/// The seed behind the plugin's random numbers.
+const RANDOM_SEED: &[u8] = b"sessionize rules are deterministic";
+
+/// The WASI context of one plugin instance, and its captured output.
+pub(super) struct Sandbox {
+    pub(super) wasi: WasiCtx,
+    pub(super) output: GuestOutput,
+}
+
+impl Sandbox {
+    pub(super) fn new() -> Self {
+        let output = GuestOutput::default();
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(output.stdout.clone())
+            .stderr(output.stderr.clone())
+            .wall_clock(FrozenClock)
+            .monotonic_clock(FrozenClock)
+            .secure_random(Deterministic::new(RANDOM_SEED.to_vec()))
+            .insecure_random(Deterministic::new(RANDOM_SEED.to_vec()))
+            .insecure_random_seed(0);
+        Self { wasi: wasi.build(), output }
+    }
+}
+
+/// What the plugin wrote to stdout and stderr since the last [`GuestOutput::log`].
+#[derive(Clone, Default)]
+pub(super) struct GuestOutput {
+    stdout: CapturedStream,
+    stderr: CapturedStream,
+}
+
+impl GuestOutput {
+    /// Sends what the plugin wrote to the host log, one event per line,
+    /// under the plugin's name.
+    pub(super) fn log(&self, plugin: &str) {
+        for line in self.stdout.take_lines() {
+            tracing::info!(plugin, stream = "stdout", "{line}");
+        }
+        for line in self.stderr.take_lines() {
+            tracing::warn!(plugin, stream = "stderr", "{line}");
+        }
+    }
+}
+
+#[derive(Default)]
+struct Captured {
+    bytes: Vec<u8>,
+    dropped: usize,
+}
+
+/// One output stream of the plugin, buffered in memory until logged.
+#[derive(Clone, Default)]
+struct CapturedStream(Arc<Mutex<Captured>>);
+
+impl CapturedStream {
+    fn push(&self, bytes: &[u8]) {
+        let mut captured = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let room = OUTPUT_KEPT.saturating_sub(captured.bytes.len());
+        let kept = bytes.len().min(room);
+        captured.bytes.extend_from_slice(&bytes[..kept]);
+        captured.dropped += bytes.len() - kept;
+    }
+
+    fn take_lines(&self) -> Vec<String> {
+        let mut captured = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Captured { bytes, dropped } = std::mem::take(&mut *captured);
+        drop(captured);
+        let text = String::from_utf8_lossy(&bytes);
+        let mut lines: Vec<String> =
+            text.lines().filter(|l| !l.trim().is_empty()).map(str::to_owned).collect();
+        if dropped > 0 {
+            lines.push(format!("({dropped} more bytes of output dropped)"));
+        }
+        lines
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl OutputStream for CapturedStream {
+    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
+        self.push(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        // Always room: what does not fit is counted and dropped.
+        Ok(OUTPUT_KEPT)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for CapturedStream {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for CapturedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        bytes: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.push(bytes);
+        Poll::Ready(Ok(bytes.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl IsTerminal for CapturedStream {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for CapturedStream {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+/// A clock that always reads zero: time, for rules, is event time.
+struct FrozenClock;
+
+impl HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_nanos(1)
+    }
+
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1
+    }
+
+    fn now(&self) -> u64 {
+        0
+    }
+}
