@@ -166,6 +166,14 @@ pub struct RunArgs {
     /// Time budget of one plugin call: seconds, or with a unit (500ms).
     #[arg(long, default_value = "5", value_parser = seconds)]
     pub plugin_timeout: Duration,
+    /// Attempts at a batch the rules keep failing (trap, time budget, memory)
+    /// before --on-plugin-failure applies.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub plugin_attempts: u32,
+    /// When the rules keep failing a batch: roll back to the previous version
+    /// (stopping if there is none), or stop at the last checkpoint.
+    #[arg(long, value_enum, default_value = "rollback")]
+    pub on_plugin_failure: OnPluginFailure,
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, default_value = "info", value_parser = ["error", "warn", "info", "debug", "trace"])]
     pub log_level: String,
@@ -286,4 +294,13 @@ mod tests {
         assert!(key_value("=x").is_err());
         assert!(key_value("x").is_err());
     }
+}
+
+/// `--on-plugin-failure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnPluginFailure {
+    /// Roll back to the previous rules version.
+    Rollback,
+    /// Stop at the last checkpoint.
+    Stop,
 }

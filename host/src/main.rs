@@ -3,36 +3,35 @@
 mod cli;
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
+use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
-
-use cli::{Cli, Command, GenerateArgs, GeneratorArgs, PluginCommand, ProduceArgs, RunArgs};
-use sessionize::admin::{new_token, publish_credentials, serve, AdminAction, AdminRequest};
-use sessionize::plugin::RulesSlot;
-use sessionize::streaming::{RulesLoader, SwapControl};
-use std::sync::atomic::AtomicBool;
-use std::time::Duration;
-
+use cli::{
+    Cli, Command, GenerateArgs, GeneratorArgs, OnPluginFailure, PluginCommand, ProduceArgs, RunArgs,
+};
+use sessionize::admin::{new_token, publish_credentials, serve, watch_plugin_file};
 use sessionize::checkpoint::Checkpointer;
 use sessionize::engine::{Engine, EngineConfig};
 use sessionize::generate::{generate, GeneratorConfig};
 use sessionize::pipeline::{run_bounded, Output};
 use sessionize::plugin::contract::Settings;
-use sessionize::plugin::{ComponentRules, PluginLimits, RulesEngine, RulesRuntime};
+use sessionize::plugin::{ComponentRules, PluginLimits, RulesEngine, RulesRuntime, RulesSlot};
 use sessionize::produce::{ensure_topic, produce};
 use sessionize::sink::iceberg::{IcebergSink, SinkConfig};
 use sessionize::source::file::FileSource;
 use sessionize::source::kafka::{KafkaConfig, KafkaSource};
 use sessionize::state::StateStore;
-use sessionize::streaming::{run_streaming, StreamConfig, StreamParts, StreamSummary};
+use sessionize::streaming::{
+    run_streaming, FaultPolicy, RulesLoader, StreamConfig, StreamParts, StreamSummary, SwapControl,
+};
 
 /// The default rules component, built from `guest/default-rules`.
 #[cfg(embedded_rules)]
@@ -150,6 +149,11 @@ async fn run_kafka(args: RunArgs) -> Result<()> {
         checkpoint_interval: args.checkpoint_interval,
         idle_timeout: args.idle_timeout,
         until_end: args.test_mode,
+        rules_attempts: args.plugin_attempts,
+        on_rules_failure: match args.on_plugin_failure {
+            OnPluginFailure::Rollback => FaultPolicy::Rollback,
+            OnPluginFailure::Stop => FaultPolicy::Stop,
+        },
     };
     let (requests_tx, requests) = std::sync::mpsc::channel();
     let token = args.admin_token.clone().unwrap_or_else(new_token);
@@ -157,7 +161,7 @@ async fn run_kafka(args: RunArgs) -> Result<()> {
     publish_credentials(&args.state_dir, admin, &token)?;
     if args.plugin_watch {
         if let Some(path) = args.plugin.clone() {
-            watch_plugin(path, requests_tx);
+            watch_plugin_file(path, requests_tx);
         }
     }
     let swap = Some(SwapControl { requests, loader });
@@ -207,39 +211,6 @@ fn rules_setup(args: &RunArgs) -> Result<(Arc<RulesEngine>, Settings, PluginLimi
         call_timeout: args.plugin_timeout,
     };
     Ok((Arc::new(RulesEngine::new()?), settings, limits))
-}
-
-/// Polls the plugin file; a changed file is deployed like `plugin deploy`.
-fn watch_plugin(path: PathBuf, requests: std::sync::mpsc::Sender<AdminRequest>) {
-    let stamp = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.modified().ok(), m.len()));
-    std::thread::spawn(move || {
-        let mut last = stamp(&path);
-        loop {
-            std::thread::sleep(Duration::from_millis(500));
-            let now = stamp(&path);
-            if now.is_none() || now == last {
-                continue;
-            }
-            // Let the writer finish: deploy once the file stops changing.
-            std::thread::sleep(Duration::from_millis(300));
-            if stamp(&path) != now {
-                continue;
-            }
-            last = now;
-            let (reply, answer) = tokio::sync::oneshot::channel();
-            if requests
-                .send(AdminRequest { action: AdminAction::Deploy(path.clone()), reply })
-                .is_err()
-            {
-                return;
-            }
-            match answer.blocking_recv() {
-                Ok(Ok(_)) => tracing::info!(path = %path.display(), "watched plugin deployed"),
-                Ok(Err(error)) => tracing::warn!(%error, "watched plugin refused"),
-                Err(_) => return,
-            }
-        }
-    });
 }
 
 /// `sessionize plugin ...`: one request to the running job's admin endpoint.

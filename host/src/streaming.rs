@@ -31,6 +31,19 @@ pub struct StreamConfig {
     pub idle_timeout: Duration,
     /// Stop at the end of the topic as it was at start, closing every session.
     pub until_end: bool,
+    /// Failed attempts at one batch before `on_rules_failure` applies.
+    pub rules_attempts: u32,
+    /// What happens when the rules keep failing a batch.
+    pub on_rules_failure: FaultPolicy,
+}
+
+/// What the job does when the rules fail the same batch `rules_attempts` times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultPolicy {
+    /// Go back to the previous rules version and retry; stop if there is none.
+    Rollback,
+    /// Stop at the last checkpoint (a restart resumes there).
+    Stop,
 }
 
 /// Why the streaming job stopped.
@@ -45,6 +58,20 @@ pub enum StreamError {
     /// A checkpoint failed.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// The rules kept failing a batch and the job stopped at its last checkpoint.
+    #[error(
+        "rules {rules} failed the same batch {attempts} times ({source}); the job stopped at \
+         its last checkpoint and resumes there on restart: fix the rules, or start with \
+         --plugin pointing at a version that works"
+    )]
+    RulesFailed {
+        /// The rule version that failed.
+        rules: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The last failure.
+        source: EngineError,
+    },
     /// The checkpoint thread could not start or stopped unexpectedly.
     #[error("checkpoint thread: {0}")]
     Thread(String),
@@ -182,9 +209,6 @@ enum Candidate {
     /// Back to the previous version.
     Rollback(Reply),
 }
-
-/// Failed attempts at a batch before the job rolls back (or stops).
-const ATTEMPTS_BEFORE_ROLLBACK: u32 = 3;
 
 /// Runs until `stop` is set (a final checkpoint keeps open sessions for the next
 /// run) or, with `until_end`, until the topic's end as of the start.
@@ -361,14 +385,10 @@ impl EventLoop<'_> {
                 }
                 Err(error) => {
                     failures += 1;
-                    tracing::error!(rules = self.rules.rule_version(), %error, attempt = failures, "rules failed a batch; it is kept and retried");
-                    if failures >= ATTEMPTS_BEFORE_ROLLBACK {
-                        // Stop cleanly at the last checkpoint unless there is a version to go back to.
-                        let version = self
-                            .rules
-                            .rollback(Some(error.to_string()))
-                            .map_err(|_| StreamError::Engine(error))?;
-                        tracing::warn!(rules = version, "rolled back after repeated failures");
+                    let rules = self.rules.rule_version().to_owned();
+                    tracing::error!(rules, %error, attempt = failures, "rules failed a batch; it is kept and retried");
+                    if failures >= config.rules_attempts {
+                        self.give_up_on_rules(rules, failures, error)?;
                         failures = 0;
                     }
                     continue;
@@ -426,6 +446,28 @@ impl EventLoop<'_> {
         summary.engine = engine.stats();
         summary.elapsed = started.elapsed();
         Ok(summary)
+    }
+
+    /// The rules failed a batch too often: roll back if the policy says so and
+    /// there is a version to go back to; otherwise stop (the checkpoint thread
+    /// still completes the checkpoints already cut).
+    fn give_up_on_rules(
+        &mut self,
+        rules: String,
+        attempts: u32,
+        error: EngineError,
+    ) -> Result<(), StreamError> {
+        if self.config.on_rules_failure == FaultPolicy::Rollback {
+            if let Ok(version) = self.rules.rollback(Some(error.to_string())) {
+                tracing::warn!(
+                    failed = rules,
+                    rules = version,
+                    "rolled back after repeated failures"
+                );
+                return Ok(());
+            }
+        }
+        Err(StreamError::RulesFailed { rules, attempts, source: error })
     }
 
     /// Takes note of checkpoints the checkpoint thread has completed.

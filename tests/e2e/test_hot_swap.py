@@ -8,12 +8,20 @@ import time
 import urllib.error
 import urllib.request
 
+import pytest
+
 from conftest import ROOT, catalog, read_table
 from reference import sessionize
 from test_streaming import broker, generate, produce  # noqa: F401  (fixture)
 from kafka import Job
 
 DIST = ROOT / "guest" / "dist"
+
+
+def event(user, i, minute, page):
+    """One event line, `minute` minutes into 2025-01-01."""
+    return ('{"uuid":"%s","event_id":"%s%d","event_timestamp":%d,"page_name":"%s"}\n'
+            % (user, user, i, 1_735_689_600_000 + minute * 60_000, page))
 
 
 def plugin(run, state, *args, check=True):
@@ -85,16 +93,11 @@ def test_swap_to_logout_rules_and_back_loses_nothing(run, binary, broker, tmp_pa
     assert {"default-rules@0.1.0", "logout-rules@0.1.0"} <= snapshots
 
 
-def test_a_trapping_plugin_is_rolled_back_and_its_batch_kept(run, binary, broker, tmp_path):  # noqa: F811
-    start, minute = 1_735_689_600_000, 60_000
-
-    def event(user, i, t, page):
-        return ('{"uuid":"%s","event_id":"%s%d","event_timestamp":%d,"page_name":"%s"}\n'
-                % (user, user, i, start + t * minute, page))
-
+def start_then_deploy_faulty(run, binary, broker, tmp_path, fault, *flags):
+    """20 users, then the faulty plugin deployed live, then bob's "boom" (the
+    fault, on every attempt) among 43 more events; returns the job."""
     before, after = tmp_path / "before.jsonl", tmp_path / "after.jsonl"
     before.write_text("".join(event("u%d" % u, 0, u, "home") for u in range(20)))
-    # "boom" makes the faulty plugin trap on every attempt.
     # Later events for 40 users reach every partition, so the watermark passes bob.
     clock = "".join(event("c%d" % u, 1, 60, "home") for u in range(40))
     after.write_text(event("bob", 1, 30, "home") + event("bob", 2, 31, "boom")
@@ -102,22 +105,106 @@ def test_a_trapping_plugin_is_rolled_back_and_its_batch_kept(run, binary, broker
     state = tmp_path / "state"
     produce(run, broker, "clicks", before)
     job = Job(binary, broker, "clicks", tmp_path / "wh", state, "--checkpoint-interval", "200ms",
-              "--allowed-lateness", "1")
+              "--allowed-lateness", "1", "--plugin-param", f"fault={fault}", *flags)
     job.wait_consumed(20)
     assert "faulty@" in plugin(run, state, "deploy", DIST / "faulty.wasm").stdout.decode()
     produce(run, broker, "clicks", after)
+    return job
+
+
+def assert_nothing_lost(binary, broker, tmp_path):
+    """A final run of the default rules: every event in a session, bob's cut by them."""
+    Job(binary, broker, "clicks", tmp_path / "wh", tmp_path / "state", "--test-mode").wait()
+    rows = read_table(tmp_path / "wh")
+    assert sum(r["event_count"] for r in rows) == 63
+    bob = [r for r in rows if r["uuid"] == "bob"]
+    assert [(r["event_count"], r["rule_version"].split("@")[0]) for r in bob] == [(2, "default-rules")]
+
+
+@pytest.mark.parametrize("fault, reported", [("trap", "trapped"), ("oom", "memory limit of 64 MiB")])
+def test_a_failing_plugin_is_rolled_back_and_its_batch_kept(
+        run, binary, broker, tmp_path, fault, reported):  # noqa: F811
+    state = tmp_path / "state"
+    job = start_then_deploy_faulty(run, binary, broker, tmp_path, fault)
     job.wait_consumed(63)
     deadline = time.time() + 30
     while "rolled back" not in (status := plugin(run, state, "status").stdout.decode()):
         assert time.time() < deadline, status
         time.sleep(0.2)
-    assert "trapped" in status, status
+    assert reported in status, status
     assert '"active": "default-rules@' in status
     job.proc.send_signal(signal.SIGTERM)
     job.wait()
-    assert "faulty plugin: boom" in job.log.read_text()  # the guest's panic, in the host log
-    Job(binary, broker, "clicks", tmp_path / "wh", state, "--test-mode").wait()
+    log = job.log.read_text()
+    # Each failure is reported with the plugin's name and version.
+    assert "rules failed a batch" in log and 'rules="faulty@0.1.0+' in log, log
+    if fault == "trap":
+        assert "faulty plugin: boom" in log  # the guest's panic, in the host log
+    assert_nothing_lost(binary, broker, tmp_path)
+
+
+def test_a_looping_plugin_stops_the_job_at_its_last_checkpoint_when_so_configured(
+        run, binary, broker, tmp_path):  # noqa: F811
+    job = start_then_deploy_faulty(
+        run, binary, broker, tmp_path, "loop", "--plugin-timeout", "300ms",
+        "--plugin-attempts", "2", "--on-plugin-failure", "stop")
+    assert job.proc.wait(120) != 0
+    log = job.log.read_text()
+    assert "failed the same batch 2 times" in log and "faulty@0.1.0+" in log, log
+    assert "300ms time budget" in log and "stopped at its last checkpoint" in log, log
+    # Nothing the failing batch held is lost: a restart with working rules
+    # resumes at the last checkpoint.
+    assert_nothing_lost(binary, broker, tmp_path)
+
+
+def replace_file(path, data: bytes):
+    """As a deploy script would: write beside, then rename over."""
+    scratch = path.with_suffix(".new")
+    scratch.write_bytes(data)
+    os.replace(scratch, path)
+
+
+def test_replacing_the_watched_plugin_file_swaps_the_rules(run, binary, broker, tmp_path):  # noqa: F811
+    watched, state = tmp_path / "rules.wasm", tmp_path / "state"
+    replace_file(watched, (DIST / "default_rules.wasm").read_bytes())
+    first = tmp_path / "first.jsonl"
+    first.write_text("".join(event("u%d" % u, 0, u, "home") for u in range(20)))
+    produce(run, broker, "clicks", first)
+    job = Job(binary, broker, "clicks", tmp_path / "wh", state, "--plugin", watched,
+              "--plugin-watch", "--checkpoint-interval", "200ms", "--allowed-lateness", "1")
+    job.wait_consumed(20)
+
+    def wait_status(predicate):
+        deadline = time.time() + 30
+        while not predicate(status := plugin(run, state, "status").stdout.decode()):
+            assert time.time() < deadline, status
+            time.sleep(0.2)
+        return status
+
+    # A broken file is refused; the running rules stay.
+    replace_file(watched, b"\0asm\x01\0\0\0 truncated")
+    status = wait_status(lambda s: "refused" in s)
+    assert '"active": "default-rules@' in status
+    # The logout rules, by file.
+    replace_file(watched, (DIST / "logout_rules.wasm").read_bytes())
+    wait_status(lambda s: '"active": "logout-rules@' in s)
+
+    second = tmp_path / "second.jsonl"
+    second.write_text(event("dave", 1, 30, "home") + event("dave", 2, 31, "logout")
+                      + event("dave", 3, 32, "home")
+                      + "".join(event("c%d" % u, 1, 60, "home") for u in range(40)))
+    produce(run, broker, "clicks", second)
+    job.wait_consumed(63)
+    job.proc.send_signal(signal.SIGTERM)
+    job.wait()
+    Job(binary, broker, "clicks", tmp_path / "wh", state, "--test-mode", "--plugin", watched).wait()
     rows = read_table(tmp_path / "wh")
     assert sum(r["event_count"] for r in rows) == 63
-    bob = [r for r in rows if r["uuid"] == "bob"]
-    assert [(r["event_count"], r["rule_version"].split("@")[0]) for r in bob] == [(2, "default-rules")]
+    dave = sorted((r["session_start_time_ms"], r["event_count"], r["end_reason"], r["rule_version"].split("@")[0])
+                  for r in rows if r["uuid"] == "dave")
+    assert [d[1:] for d in dave] == [(2, "logout", "logout-rules"),
+                                     (1, "end_of_input", "logout-rules")]
+    # Sessions open at the swap carried over and were closed by the new rules.
+    carried = [r for r in rows if r["uuid"].startswith("u")]
+    assert sorted((r["event_count"], r["end_reason"], r["rule_version"].split("@")[0])
+                  for r in carried) == [(1, "inactivity", "logout-rules")] * 20

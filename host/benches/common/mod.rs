@@ -12,7 +12,7 @@ use sessionize::engine::EngineConfig;
 use sessionize::sink::iceberg::{IcebergSink, SinkConfig};
 use sessionize::source::kafka::{KafkaConfig, KafkaSource};
 use sessionize::state::StateStore;
-use sessionize::streaming::StreamConfig;
+use sessionize::streaming::{FaultPolicy, StreamConfig};
 
 use sessionize::generate::GeneratorConfig;
 use sessionize::plugin::contract::Settings;
@@ -107,5 +107,7 @@ pub fn stream_config(until_end: bool) -> StreamConfig {
         checkpoint_interval: Duration::from_secs(1),
         idle_timeout: Duration::from_secs(60),
         until_end,
+        rules_attempts: 3,
+        on_rules_failure: FaultPolicy::Rollback,
     }
 }
