@@ -57,6 +57,8 @@ pub struct Resumed {
     pub checkpoint_id: u64,
     /// Open sessions recovered.
     pub open_users: usize,
+    /// The rules the last checkpoint was cut by (empty for a fresh job).
+    pub rule_version: String,
 }
 
 /// A checkpoint as cut by the event loop, not yet durable.
@@ -127,6 +129,7 @@ impl Checkpointer {
             offsets: checkpoint.offsets,
             checkpoint_id: checkpoint.id,
             open_users,
+            rule_version: checkpoint.rule_version,
         };
         Ok((this, resumed))
     }

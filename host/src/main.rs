@@ -23,7 +23,9 @@ use sessionize::engine::{Engine, EngineConfig};
 use sessionize::generate::{generate, GeneratorConfig};
 use sessionize::pipeline::{run_bounded, Output};
 use sessionize::plugin::contract::Settings;
-use sessionize::plugin::{ComponentRules, PluginLimits, RulesEngine, RulesRuntime, RulesSlot};
+use sessionize::plugin::{
+    ComponentRules, PluginError, PluginLimits, RulesArchive, RulesEngine, RulesRuntime, RulesSlot,
+};
 use sessionize::produce::{ensure_topic, produce};
 use sessionize::sink::iceberg::{IcebergSink, SinkConfig};
 use sessionize::source::file::FileSource;
@@ -88,7 +90,9 @@ async fn run_async(args: RunArgs) -> Result<()> {
     } else {
         return run_kafka(args).await;
     };
-    let mut rules = tokio::task::block_in_place(|| load_rules(&args))?;
+    let (engine, settings, limits) = rules_setup(&args)?;
+    // Plugin calls block: never on an async task.
+    let mut rules = tokio::task::block_in_place(|| load_rules(&args, &engine, &settings, limits))?;
     tracing::info!(rules = rules.rule_version(), "rules loaded");
     let mut sink = open_sink(&args).await?;
     let mut engine = Engine::new(EngineConfig {
@@ -118,9 +122,10 @@ async fn run_async(args: RunArgs) -> Result<()> {
 async fn run_kafka(args: RunArgs) -> Result<()> {
     let (engine, settings, limits) = rules_setup(&args)?;
     // Plugin calls block: never on an async task.
-    let mut rules = RulesSlot::new(tokio::task::block_in_place(|| load_rules(&args))?);
-    let loader: RulesLoader =
-        Arc::new(move |path: &Path| engine.load_file(path, &settings, limits));
+    let given = tokio::task::block_in_place(|| load_rules(&args, &engine, &settings, limits))?;
+    let archive = Arc::new(RulesArchive::open(&args.state_dir)?);
+    let started_with = archive.swap_started_with(given.rule_version())?;
+    let mut rules = RulesSlot::new(given);
     tracing::info!(rules = rules.rule_version(), "rules loaded");
     let mut sink = open_sink(&args).await?;
     let store = StateStore::open(&args.state_dir)?;
@@ -129,6 +134,28 @@ async fn run_kafka(args: RunArgs) -> Result<()> {
         ..EngineConfig::default()
     };
     let (checkpointer, resumed) = Checkpointer::recover(store, &mut sink, config).await?;
+    if let Some(live) = tokio::task::block_in_place(|| {
+        deployed_before_restart(&archive, &resumed.rule_version, rules.rule_version(), started_with)
+            .and_then(|bytes| {
+                engine
+                    .load(&bytes, &settings, limits)
+                    .map_err(|error| tracing::warn!(%error, "rules of the last checkpoint refused"))
+                    .ok()
+            })
+    }) {
+        tracing::info!(rules = live.rule_version(), "resuming with the rules deployed live");
+        rules.resume(live);
+    }
+    let loader: RulesLoader = Arc::new(move |path: &Path| {
+        let bytes = std::fs::read(path)
+            .map_err(|source| PluginError::Read { path: path.display().to_string(), source })?;
+        let loaded = engine.load(&bytes, &settings, limits)?;
+        // Kept so that a restart continues with it once a checkpoint was cut by it.
+        if let Err(error) = archive.keep(loaded.rule_version(), &bytes) {
+            tracing::warn!(%error, "a restart would not find these rules");
+        }
+        Ok(loaded)
+    });
     tracing::info!(
         checkpoint = resumed.checkpoint_id,
         open_users = resumed.open_users,
@@ -263,14 +290,19 @@ fn plugin_command(command: PluginCommand) -> Result<()> {
     Ok(())
 }
 
-fn load_rules(args: &RunArgs) -> Result<ComponentRules> {
-    let (engine, settings, limits) = rules_setup(args)?;
+/// The rules the command line gives: `--plugin`, or the built-in default rules.
+fn load_rules(
+    args: &RunArgs,
+    engine: &Arc<RulesEngine>,
+    settings: &Settings,
+    limits: PluginLimits,
+) -> Result<ComponentRules> {
     let rules = match (&args.plugin, DEFAULT_RULES) {
         (Some(path), _) => engine
-            .load_file(path, &settings, limits)
+            .load_file(path, settings, limits)
             .with_context(|| format!("loading plugin {}", path.display()))?,
         (None, Some(bytes)) => {
-            engine.load(bytes, &settings, limits).context("loading the built-in default rules")?
+            engine.load(bytes, settings, limits).context("loading the built-in default rules")?
         }
         (None, None) => bail!(
             "this binary was built without the default rules: run guest/build.sh and rebuild, \
@@ -278,6 +310,37 @@ fn load_rules(args: &RunArgs) -> Result<ComponentRules> {
         ),
     };
     Ok(rules)
+}
+
+/// The component a restarted job continues with, if its last checkpoint was
+/// cut by rules deployed live and the command line gives what it gave at the
+/// previous start. A changed `--plugin` wins: the operator asked for it.
+fn deployed_before_restart(
+    archive: &RulesArchive,
+    checkpointed: &str,
+    given: &str,
+    started_with: Option<String>,
+) -> Option<Vec<u8>> {
+    if checkpointed.is_empty() || checkpointed == given {
+        return None;
+    }
+    if started_with.as_deref() != Some(given) {
+        tracing::info!(
+            checkpointed,
+            given,
+            "the rules given have changed since the last start: using them"
+        );
+        return None;
+    }
+    let bytes = archive.find(checkpointed);
+    if bytes.is_none() {
+        tracing::warn!(
+            checkpointed,
+            given,
+            "rules of the last checkpoint not in the state directory: using the rules given"
+        );
+    }
+    bytes
 }
 
 fn generator_config(args: &GeneratorArgs) -> Result<GeneratorConfig> {

@@ -208,3 +208,43 @@ def test_replacing_the_watched_plugin_file_swaps_the_rules(run, binary, broker, 
     carried = [r for r in rows if r["uuid"].startswith("u")]
     assert sorted((r["event_count"], r["end_reason"], r["rule_version"].split("@")[0])
                   for r in carried) == [(1, "inactivity", "logout-rules")] * 20
+
+
+def test_a_restart_continues_with_the_rules_deployed_live(run, binary, broker, tmp_path):  # noqa: F811
+    state = tmp_path / "state"
+    first = tmp_path / "first.jsonl"
+    first.write_text("".join(event("u%d" % u, 0, u, "home") for u in range(20)))
+    produce(run, broker, "clicks", first)
+    args = (binary, broker, "clicks", tmp_path / "wh", state, "--checkpoint-interval", "200ms",
+            "--allowed-lateness", "1")
+    job = Job(*args)
+    job.wait_consumed(20)
+    plugin(run, state, "deploy", DIST / "logout_rules.wasm")
+    # The swap is durable once a checkpoint has been cut by the new rules: the
+    # second to complete after it (the first was cut at the swap's boundary).
+    deadline = time.time() + 30
+    while job.log.read_text().split("rules swapped")[-1].count(" checkpoint=") < 2:
+        assert time.time() < deadline
+        time.sleep(0.1)
+    job.proc.kill()
+    job.proc.wait()
+
+    (state / "admin.addr").unlink()
+    job = Job(*args)  # the same command line
+    deadline = time.time() + 30
+    while (answer := plugin(run, state, "status", check=False)).returncode != 0:
+        assert time.time() < deadline and job.proc.poll() is None, answer.stderr.decode()
+        time.sleep(0.2)
+    status = answer.stdout.decode()
+    assert '"active": "logout-rules@' in status and '"resumed"' in status, status
+    second = tmp_path / "second.jsonl"
+    second.write_text(event("dave", 1, 30, "home") + event("dave", 2, 31, "logout")
+                      + "".join(event("c%d" % u, 1, 60, "home") for u in range(40)))
+    produce(run, broker, "clicks", second)
+    job.wait_consumed(62)
+    job.proc.send_signal(signal.SIGTERM)
+    job.wait()
+    rows = read_table(tmp_path / "wh")
+    dave = [(r["event_count"], r["end_reason"], r["rule_version"].split("@")[0])
+            for r in rows if r["uuid"] == "dave"]
+    assert dave == [(2, "logout", "logout-rules")]

@@ -4,11 +4,13 @@
 
 use std::sync::Arc;
 
+mod archive;
 mod component;
 mod native;
 mod sandbox;
 mod swap;
 
+pub use archive::{ArchiveError, RulesArchive};
 pub use component::{ComponentRules, PluginLimits, RulesEngine};
 pub use native::NativeRules;
 pub use swap::{RulesSlot, SwapEvent};

@@ -13,7 +13,7 @@ use super::{ComponentRules, PluginError, RulesRuntime};
 /// One change of rules, for `plugin status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SwapEvent {
-    /// `started`, `deployed`, `rolled back` or `refused`.
+    /// `started`, `resumed`, `deployed`, `rolled back` or `refused`.
     pub action: String,
     /// The version concerned.
     pub rule_version: String,
@@ -49,6 +49,16 @@ impl RulesSlot {
         let version = slot.active.rule_version().to_owned();
         slot.record("started", &version, None, None);
         slot
+    }
+
+    /// Continues with `live`, rules a previous run of the job deployed, keeping
+    /// the rules it started with for rollback.
+    pub fn resume(&mut self, live: ComponentRules) {
+        let version = live.rule_version().to_owned();
+        let mut given = std::mem::replace(&mut self.active, live);
+        given.release_instance();
+        self.previous.push(given);
+        self.record("resumed", &version, Some("deployed live before the restart".into()), None);
     }
 
     /// Checks `candidate` on a sample batch (a dry run: its output is dropped),
