@@ -4,7 +4,7 @@
 //! The event loop only *cuts* a checkpoint ([`PendingCheckpoint::cut`]: the
 //! engine's changed users, its clocks, the offsets and the output, taken at one
 //! instant); [`Checkpointer::complete`] does the slow steps, one checkpoint at a
-//! time and in order, so it can run beside the loop:
+//! time and in order, on the [`CheckpointThread`] beside the loop:
 //!
 //! 1. One redb transaction writes the state changes, the checkpoint record
 //!    (id, offsets, clocks) and the checkpoint's output, staged.
@@ -19,6 +19,8 @@
 //! check makes that idempotent. So every session reaches Iceberg exactly once.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc;
+use std::time::Instant;
 
 use crate::engine::{Engine, EngineChanges, EngineClocks, EngineConfig, EngineError};
 use crate::sink::iceberg::{IcebergSink, SinkError};
@@ -45,6 +47,9 @@ pub enum CheckpointError {
     /// The engine could not hand over its state.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// The checkpoint thread could not start, or stopped.
+    #[error("checkpoint thread: {0}")]
+    Thread(String),
 }
 
 /// Where a recovered job resumes.
@@ -195,6 +200,87 @@ impl Checkpointer {
         }
         self.store.clear_staged(record.id)?;
         Ok(())
+    }
+}
+
+/// A cut checkpoint on its way to the checkpoint thread.
+pub struct Cut {
+    /// The checkpoint.
+    pub pending: PendingCheckpoint,
+    /// When the oldest session it publishes closed.
+    pub oldest_closed: Option<Instant>,
+}
+
+/// A checkpoint the checkpoint thread has completed.
+pub struct Completed {
+    /// Its id.
+    pub id: u64,
+    /// The input offsets it resumes from.
+    pub offsets: BTreeMap<i32, i64>,
+    /// When the oldest session it published closed.
+    pub oldest_closed: Option<Instant>,
+}
+
+/// The thread that completes checkpoints, in the order they were cut.
+pub struct CheckpointThread {
+    cuts: mpsc::SyncSender<Cut>,
+    completed: mpsc::Receiver<Result<Completed, CheckpointError>>,
+}
+
+impl CheckpointThread {
+    /// Starts the thread in `scope`; it owns the checkpointer and the sink.
+    pub fn start<'scope>(
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        runtime: &'scope tokio::runtime::Handle,
+        mut checkpointer: Checkpointer,
+        sink: &'scope mut IcebergSink,
+    ) -> Result<Self, CheckpointError> {
+        // One cut may wait while another completes; a third waits on the loop.
+        let (cuts, queue) = mpsc::sync_channel::<Cut>(1);
+        let (done, completed) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("checkpoint".into())
+            .spawn_scoped(scope, move || {
+                for cut in queue {
+                    let offsets = cut.pending.offsets().clone();
+                    let outcome = runtime.block_on(checkpointer.complete(sink, cut.pending));
+                    let failed = outcome.is_err();
+                    let _ = done.send(outcome.map(|id| Completed {
+                        id,
+                        offsets,
+                        oldest_closed: cut.oldest_closed,
+                    }));
+                    if failed {
+                        // Later checkpoints build on this one: stop here.
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| CheckpointError::Thread(e.to_string()))?;
+        Ok(Self { cuts, completed })
+    }
+
+    /// Hands a cut over; waits only if the thread is two checkpoints behind.
+    pub fn submit(&self, cut: Cut) -> Result<(), CheckpointError> {
+        if self.cuts.send(cut).is_err() {
+            // The thread stopped on an error: report it.
+            return match self.completed.recv() {
+                Ok(Err(error)) => Err(error),
+                _ => Err(CheckpointError::Thread("the checkpoint thread stopped".into())),
+            };
+        }
+        Ok(())
+    }
+
+    /// A checkpoint completed since the last call, if any.
+    pub fn try_completed(&self) -> Option<Result<Completed, CheckpointError>> {
+        self.completed.try_recv().ok()
+    }
+
+    /// No more cuts: the checkpoints still to complete, as they complete.
+    pub fn finish(self) -> impl Iterator<Item = Result<Completed, CheckpointError>> {
+        drop(self.cuts);
+        self.completed.into_iter()
     }
 }
 

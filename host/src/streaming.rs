@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::admin::{AdminAction, AdminRequest};
-use crate::checkpoint::{CheckpointError, Checkpointer, PendingCheckpoint};
+use crate::checkpoint::{
+    CheckpointError, CheckpointThread, Checkpointer, Completed, Cut, PendingCheckpoint,
+};
 use crate::engine::{Admission, Engine, EngineError, EngineStats};
 use crate::event::{BlockRecord, EventBlock};
 use crate::output::RejectedEvent;
@@ -72,9 +74,6 @@ pub enum StreamError {
         /// The last failure.
         source: EngineError,
     },
-    /// The checkpoint thread could not start or stopped unexpectedly.
-    #[error("checkpoint thread: {0}")]
-    Thread(String),
 }
 
 /// How long the event loop stood still, one sample per occurrence.
@@ -239,71 +238,6 @@ pub fn run_streaming(
     })
 }
 
-/// A cut checkpoint on its way to the checkpoint thread.
-struct Cut {
-    pending: PendingCheckpoint,
-    /// When the oldest session it publishes closed.
-    oldest_closed: Option<Instant>,
-}
-
-/// A checkpoint the checkpoint thread has completed.
-struct Completed {
-    id: u64,
-    offsets: BTreeMap<i32, i64>,
-    oldest_closed: Option<Instant>,
-}
-
-/// The thread that completes checkpoints, in the order they were cut.
-struct CheckpointThread {
-    cuts: mpsc::SyncSender<Cut>,
-    completed: mpsc::Receiver<Result<Completed, CheckpointError>>,
-}
-
-impl CheckpointThread {
-    fn start<'scope>(
-        scope: &'scope std::thread::Scope<'scope, '_>,
-        runtime: &'scope tokio::runtime::Handle,
-        mut checkpointer: Checkpointer,
-        sink: &'scope mut IcebergSink,
-    ) -> Result<Self, StreamError> {
-        // One cut may wait while another completes; a third waits on the loop.
-        let (cuts, queue) = mpsc::sync_channel::<Cut>(1);
-        let (done, completed) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("checkpoint".into())
-            .spawn_scoped(scope, move || {
-                for cut in queue {
-                    let offsets = cut.pending.offsets().clone();
-                    let outcome = runtime.block_on(checkpointer.complete(sink, cut.pending));
-                    let failed = outcome.is_err();
-                    let _ = done.send(outcome.map(|id| Completed {
-                        id,
-                        offsets,
-                        oldest_closed: cut.oldest_closed,
-                    }));
-                    if failed {
-                        // Later checkpoints build on this one: stop here.
-                        break;
-                    }
-                }
-            })
-            .map_err(|e| StreamError::Thread(e.to_string()))?;
-        Ok(Self { cuts, completed })
-    }
-
-    /// Hands a cut over; waits only if the thread is two checkpoints behind.
-    fn submit(&self, cut: Cut) -> Result<(), StreamError> {
-        if self.cuts.send(cut).is_err() {
-            // The thread stopped on an error: report it.
-            return match self.completed.recv() {
-                Ok(Err(error)) => Err(error.into()),
-                _ => Err(StreamError::Thread("the checkpoint thread stopped".into())),
-            };
-        }
-        Ok(())
-    }
-}
-
 /// The event loop: poll, offer, advance the rules, cut checkpoints, swap rules.
 struct EventLoop<'a> {
     source: KafkaSource,
@@ -439,8 +373,7 @@ impl EventLoop<'_> {
         }
         // Wait for the checkpoint thread to finish the last checkpoints.
         let EventLoop { checkpoints, mut source, mut summary, engine, .. } = self;
-        drop(checkpoints.cuts);
-        for completed in checkpoints.completed {
+        for completed in checkpoints.finish() {
             completed_checkpoint(&mut source, &mut summary, &engine, completed?);
         }
         summary.engine = engine.stats();
@@ -472,7 +405,7 @@ impl EventLoop<'_> {
 
     /// Takes note of checkpoints the checkpoint thread has completed.
     fn take_completed(&mut self) -> Result<(), StreamError> {
-        while let Ok(completed) = self.checkpoints.completed.try_recv() {
+        while let Some(completed) = self.checkpoints.try_completed() {
             completed_checkpoint(&mut self.source, &mut self.summary, &self.engine, completed?);
         }
         Ok(())
