@@ -124,7 +124,7 @@ async fn run_kafka(args: RunArgs) -> Result<()> {
     // Plugin calls block: never on an async task.
     let given = tokio::task::block_in_place(|| load_rules(&args, &engine, &settings, limits))?;
     let archive = Arc::new(RulesArchive::open(&args.state_dir)?);
-    let started_with = archive.swap_started_with(given.rule_version())?;
+    let started_with = archive.note_start(given.rule_version())?;
     let mut rules = RulesSlot::new(given);
     tracing::info!(rules = rules.rule_version(), "rules loaded");
     let mut sink = open_sink(&args).await?;

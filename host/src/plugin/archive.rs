@@ -59,9 +59,9 @@ impl RulesArchive {
         (actual == hash).then_some(bytes)
     }
 
-    /// The rule version the command line gave at the previous start, and
-    /// records `given` as this start's.
-    pub fn swap_started_with(&self, given: &str) -> Result<Option<String>, ArchiveError> {
+    /// Records `given` as the rules the command line gave this start; returns
+    /// what it gave the previous start.
+    pub fn note_start(&self, given: &str) -> Result<Option<String>, ArchiveError> {
         let path = self.dir.join("started-with");
         let previous = std::fs::read_to_string(&path).ok();
         std::fs::write(&path, given).map_err(|source| ArchiveError { path, source })?;
@@ -85,7 +85,7 @@ mod tests {
         assert_eq!(archive.find(&version), Some(bytes));
         assert_eq!(archive.find("rules@1.0.0+000000000000"), None, "unknown hash");
         assert_eq!(archive.find("no hash"), None);
-        assert_eq!(archive.swap_started_with("a").unwrap(), None);
-        assert_eq!(archive.swap_started_with("b").unwrap().as_deref(), Some("a"));
+        assert_eq!(archive.note_start("a").unwrap(), None);
+        assert_eq!(archive.note_start("b").unwrap().as_deref(), Some("a"));
     }
 }
