@@ -64,6 +64,8 @@ pub struct Resumed {
     pub open_users: usize,
     /// The rules the last checkpoint was cut by (empty for a fresh job).
     pub rule_version: String,
+    /// The rules the command line gave the run that cut it.
+    pub given_rules: String,
 }
 
 /// A checkpoint as cut by the event loop, not yet durable.
@@ -109,6 +111,7 @@ pub struct Checkpointer {
     store: StateStore,
     job_id: String,
     last_id: u64,
+    given_rules: String,
 }
 
 impl Checkpointer {
@@ -122,7 +125,7 @@ impl Checkpointer {
         let job_id = store.job_id()?;
         let recovered = store.recover()?;
         let checkpoint = recovered.checkpoint.unwrap_or_default();
-        let mut this = Self { store, job_id, last_id: checkpoint.id };
+        let mut this = Self { store, job_id, last_id: checkpoint.id, given_rules: String::new() };
         if let Some(staged) = recovered.staged {
             tracing::info!(checkpoint = checkpoint.id, "publishing output staged before a stop");
             this.publish(sink, &checkpoint, &staged).await?;
@@ -135,8 +138,15 @@ impl Checkpointer {
             checkpoint_id: checkpoint.id,
             open_users,
             rule_version: checkpoint.rule_version,
+            given_rules: checkpoint.given_rules,
         };
         Ok((this, resumed))
+    }
+
+    /// Records, in every checkpoint from now on, the rules the command line
+    /// gave this run, so a restart can tell whether they changed.
+    pub fn set_given_rules(&mut self, rule_version: &str) {
+        self.given_rules = rule_version.to_owned();
     }
 
     /// Cuts and completes a checkpoint in one go.
@@ -160,7 +170,13 @@ impl Checkpointer {
         pending: PendingCheckpoint,
     ) -> Result<u64, CheckpointError> {
         let PendingCheckpoint { changes, offsets, clocks, rule_version, output } = pending;
-        let record = CheckpointRecord { id: self.last_id + 1, offsets, clocks, rule_version };
+        let record = CheckpointRecord {
+            id: self.last_id + 1,
+            offsets,
+            clocks,
+            rule_version,
+            given_rules: self.given_rules.clone(),
+        };
         self.store.write_checkpoint(&changes, &record, &output)?;
         drop(changes);
         self.last_id = record.id;
@@ -263,11 +279,11 @@ impl CheckpointThread {
     /// Hands a cut over; waits only if the thread is two checkpoints behind.
     pub fn submit(&self, cut: Cut) -> Result<(), CheckpointError> {
         if self.cuts.send(cut).is_err() {
-            // The thread stopped on an error: report it.
-            return match self.completed.recv() {
-                Ok(Err(error)) => Err(error),
-                _ => Err(CheckpointError::Thread("the checkpoint thread stopped".into())),
-            };
+            // The thread stopped on an error: report it (checkpoints it
+            // completed before may still be queued ahead of it).
+            return Err(self.completed.iter().find_map(Result::err).unwrap_or_else(|| {
+                CheckpointError::Thread("the checkpoint thread stopped".into())
+            }));
         }
         Ok(())
     }

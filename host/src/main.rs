@@ -18,7 +18,7 @@ use cli::{
     Cli, Command, GenerateArgs, GeneratorArgs, OnPluginFailure, PluginCommand, ProduceArgs, RunArgs,
 };
 use sessionize::admin::{new_token, publish_credentials, serve, watch_plugin_file};
-use sessionize::checkpoint::Checkpointer;
+use sessionize::checkpoint::{Checkpointer, Resumed};
 use sessionize::engine::{Engine, EngineConfig};
 use sessionize::generate::{generate, GeneratorConfig};
 use sessionize::pipeline::{run_bounded, Output};
@@ -32,7 +32,8 @@ use sessionize::source::file::FileSource;
 use sessionize::source::kafka::{KafkaConfig, KafkaSource};
 use sessionize::state::StateStore;
 use sessionize::streaming::{
-    run_streaming, FaultPolicy, RulesLoader, StreamConfig, StreamParts, StreamSummary, SwapControl,
+    run_streaming, FaultPolicy, RulesLoader, StreamConfig, StreamError, StreamParts, StreamSummary,
+    SwapControl,
 };
 
 /// The default rules component, built from `guest/default-rules`.
@@ -124,7 +125,6 @@ async fn run_kafka(args: RunArgs) -> Result<()> {
     // Plugin calls block: never on an async task.
     let given = tokio::task::block_in_place(|| load_rules(&args, &engine, &settings, limits))?;
     let archive = Arc::new(RulesArchive::open(&args.state_dir)?);
-    let started_with = archive.note_start(given.rule_version())?;
     let mut rules = RulesSlot::new(given);
     tracing::info!(rules = rules.rule_version(), "rules loaded");
     let mut sink = open_sink(&args).await?;
@@ -133,25 +133,26 @@ async fn run_kafka(args: RunArgs) -> Result<()> {
         allowed_lateness_ms: duration_ms(args.allowed_lateness),
         ..EngineConfig::default()
     };
-    let (checkpointer, resumed) = Checkpointer::recover(store, &mut sink, config).await?;
+    let (mut checkpointer, resumed) = Checkpointer::recover(store, &mut sink, config).await?;
+    checkpointer.set_given_rules(rules.rule_version());
     if let Some(live) = tokio::task::block_in_place(|| {
-        deployed_before_restart(&archive, &resumed.rule_version, rules.rule_version(), started_with)
-            .and_then(|bytes| {
-                engine
-                    .load(&bytes, &settings, limits)
-                    .map_err(|error| tracing::warn!(%error, "rules of the last checkpoint refused"))
-                    .ok()
-            })
+        deployed_before_restart(&archive, &resumed, rules.rule_version()).and_then(|bytes| {
+            engine
+                .load(&bytes, &settings, limits)
+                .map_err(|error| tracing::warn!(%error, "rules of the last checkpoint refused"))
+                .ok()
+        })
     }) {
         tracing::info!(rules = live.rule_version(), "resuming with the rules deployed live");
         rules.resume(live);
     }
+    let kept = archive.clone();
     let loader: RulesLoader = Arc::new(move |path: &Path| {
         let bytes = std::fs::read(path)
             .map_err(|source| PluginError::Read { path: path.display().to_string(), source })?;
         let loaded = engine.load(&bytes, &settings, limits)?;
         // Kept so that a restart continues with it once a checkpoint was cut by it.
-        if let Err(error) = archive.keep(loaded.rule_version(), &bytes) {
+        if let Err(error) = kept.keep(loaded.rule_version(), &bytes) {
             tracing::warn!(%error, "a restart would not find these rules");
         }
         Ok(loaded)
@@ -204,7 +205,14 @@ async fn run_kafka(args: RunArgs) -> Result<()> {
             sink: &mut sink,
             swap,
         };
-        Ok(run_streaming(&handle, parts, stream, offsets.clone(), &stop)?)
+        let outcome = run_streaming(&handle, parts, stream, offsets.clone(), &stop);
+        if let Err(StreamError::RulesFailed { rules, .. }) = &outcome {
+            // Not to be resumed on restart: the restart would fail the same way.
+            if let Err(error) = archive.mark_failed(rules) {
+                tracing::warn!(%error, "a restart may resume the failed rules");
+            }
+        }
+        Ok(outcome?)
     })?;
     println!("{summary}");
     Ok(())
@@ -317,14 +325,14 @@ fn load_rules(
 /// previous start. A changed `--plugin` wins: the operator asked for it.
 fn deployed_before_restart(
     archive: &RulesArchive,
-    checkpointed: &str,
+    resumed: &Resumed,
     given: &str,
-    started_with: Option<String>,
 ) -> Option<Vec<u8>> {
+    let checkpointed = resumed.rule_version.as_str();
     if checkpointed.is_empty() || checkpointed == given {
         return None;
     }
-    if started_with.as_deref() != Some(given) {
+    if resumed.given_rules != given {
         tracing::info!(
             checkpointed,
             given,

@@ -53,6 +53,9 @@ pub struct CheckpointRecord {
     pub clocks: EngineClocks,
     /// The rules in force.
     pub rule_version: String,
+    /// The rules the job's command line gave (they differ from the rules in
+    /// force after a live deploy).
+    pub given_rules: String,
 }
 
 /// Output of a checkpoint, kept until its Iceberg commit is known to be done.

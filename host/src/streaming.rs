@@ -335,8 +335,6 @@ impl EventLoop<'_> {
             if let Some(swap) = &self.swap {
                 handle_admin(swap, self.rules, &self.summary, &candidates_tx);
             }
-            let candidate = candidates.try_recv().ok();
-
             let offsets = merged(&self.start_offsets, self.source.positions());
             let at_end = ends.as_ref().is_some_and(|ends| {
                 ends.iter().all(|(p, &end)| end <= 0 || offsets.get(p).is_some_and(|&o| o >= end))
@@ -345,6 +343,9 @@ impl EventLoop<'_> {
                 staged.sessions.extend(self.engine.advance(self.rules, true)?);
             }
             let stopping = at_end || stop.load(Ordering::Relaxed);
+            // No change of rules after the final checkpoint: it would be
+            // answered as done yet not be recorded in any checkpoint.
+            let candidate = if stopping { None } else { candidates.try_recv().ok() };
             if stopping
                 || candidate.is_some()
                 || last_checkpoint.elapsed() >= config.checkpoint_interval

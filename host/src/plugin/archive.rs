@@ -15,7 +15,7 @@ pub struct ArchiveError {
 }
 
 /// `<state-dir>/rules/`: one file per deployed component, named by the hash
-/// that ends its rule version, and the version the command line last gave.
+/// that ends its rule version.
 pub struct RulesArchive {
     dir: PathBuf,
 }
@@ -38,34 +38,46 @@ impl RulesArchive {
     }
 
     /// Keeps `bytes`, the component of `rule_version`, unless already kept.
-    /// Written beside and renamed, so a crash never leaves half a component.
+    /// Written beside, synced and renamed, so a crash never leaves half a
+    /// component under the final name.
     pub fn keep(&self, rule_version: &str, bytes: &[u8]) -> Result<(), ArchiveError> {
+        use std::io::Write;
         let Some(hash) = hash_of(rule_version) else { return Ok(()) };
+        // A failure marker from an earlier run no longer applies to a fresh deploy.
+        let _ = std::fs::remove_file(self.dir.join(format!("{hash}.failed")));
         let path = self.dir.join(format!("{hash}.wasm"));
-        if path.exists() {
+        if self.read(hash).is_some() {
             return Ok(());
         }
-        let scratch = self.dir.join(format!("{hash}.wasm.partial"));
         let fail = |source| ArchiveError { path: path.clone(), source };
-        std::fs::write(&scratch, bytes).map_err(fail)?;
-        std::fs::rename(&scratch, &path).map_err(fail)
+        let mut scratch = tempfile::NamedTempFile::new_in(&self.dir).map_err(fail)?;
+        scratch.write_all(bytes).and_then(|()| scratch.as_file().sync_all()).map_err(fail)?;
+        scratch.persist(&path).map_err(|e| fail(e.error))?;
+        Ok(())
     }
 
-    /// The kept component of `rule_version`, if its bytes still match.
+    /// The kept component of `rule_version`, unless it is marked as failed or
+    /// its bytes no longer match.
     pub fn find(&self, rule_version: &str) -> Option<Vec<u8>> {
         let hash = hash_of(rule_version)?;
+        if self.dir.join(format!("{hash}.failed")).exists() {
+            return None;
+        }
+        self.read(hash)
+    }
+
+    /// Marks `rule_version` as the rules that stopped the job, so a restart
+    /// does not resume with them.
+    pub fn mark_failed(&self, rule_version: &str) -> Result<(), ArchiveError> {
+        let Some(hash) = hash_of(rule_version) else { return Ok(()) };
+        let path = self.dir.join(format!("{hash}.failed"));
+        std::fs::write(&path, rule_version).map_err(|source| ArchiveError { path, source })
+    }
+
+    fn read(&self, hash: &str) -> Option<Vec<u8>> {
         let bytes = std::fs::read(self.dir.join(format!("{hash}.wasm"))).ok()?;
         let actual = hex::encode(&Sha256::digest(&bytes)[..hash.len() / 2]);
         (actual == hash).then_some(bytes)
-    }
-
-    /// Records `given` as the rules the command line gave this start; returns
-    /// what it gave the previous start.
-    pub fn note_start(&self, given: &str) -> Result<Option<String>, ArchiveError> {
-        let path = self.dir.join("started-with");
-        let previous = std::fs::read_to_string(&path).ok();
-        std::fs::write(&path, given).map_err(|source| ArchiveError { path, source })?;
-        Ok(previous)
     }
 }
 
@@ -82,10 +94,17 @@ mod tests {
         let version = format!("rules@1.0.0+{hash}");
         assert_eq!(archive.find(&version), None);
         archive.keep(&version, &bytes).unwrap();
-        assert_eq!(archive.find(&version), Some(bytes));
+        assert_eq!(archive.find(&version), Some(bytes.clone()));
         assert_eq!(archive.find("rules@1.0.0+000000000000"), None, "unknown hash");
         assert_eq!(archive.find("no hash"), None);
-        assert_eq!(archive.note_start("a").unwrap(), None);
-        assert_eq!(archive.note_start("b").unwrap().as_deref(), Some("a"));
+        archive.mark_failed(&version).unwrap();
+        assert_eq!(archive.find(&version), None, "rules that stopped the job are not resumed");
+        archive.keep(&version, &bytes).unwrap();
+        assert_eq!(archive.find(&version).as_deref(), Some(&bytes[..]), "deployed again");
+        // A damaged file is neither used nor kept in place of the real one.
+        std::fs::write(dir.path().join(format!("rules/{hash}.wasm")), b"damaged").unwrap();
+        assert_eq!(archive.find(&version), None);
+        archive.keep(&version, &bytes).unwrap();
+        assert_eq!(archive.find(&version), Some(bytes.clone()));
     }
 }

@@ -8,17 +8,20 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use rand_wasi::rngs::StdRng;
+use rand_wasi::SeedableRng;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::clocks::{HostMonotonicClock, HostWallClock};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
-use wasmtime_wasi::{Deterministic, WasiCtx};
+use wasmtime_wasi::WasiCtx;
 
 /// Most bytes of stdout or stderr kept per call; the rest is counted, not kept,
 /// so a chatty plugin cannot grow the host's memory.
 const OUTPUT_KEPT: usize = 64 << 10;
 
-/// The seed behind the plugin's random numbers.
-const RANDOM_SEED: &[u8] = b"sessionize rules are deterministic";
+/// The seed behind the plugin's random numbers: the same stream in every
+/// instance (a rebuilt instance starts it again).
+const RANDOM_SEED: u64 = 0x5e55_10e5;
 
 /// The WASI context of one plugin instance, and its captured output.
 pub(super) struct Sandbox {
@@ -34,9 +37,9 @@ impl Sandbox {
             .stderr(output.stderr.clone())
             .wall_clock(FrozenClock)
             .monotonic_clock(FrozenClock)
-            .secure_random(Deterministic::new(RANDOM_SEED.to_vec()))
-            .insecure_random(Deterministic::new(RANDOM_SEED.to_vec()))
-            .insecure_random_seed(0);
+            .secure_random(StdRng::seed_from_u64(RANDOM_SEED))
+            .insecure_random(StdRng::seed_from_u64(RANDOM_SEED))
+            .insecure_random_seed(u128::from(RANDOM_SEED));
         Self { wasi: wasi.build(), output }
     }
 }
