@@ -23,12 +23,13 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use sessionize::engine::{Engine, EngineConfig};
 use sessionize::event::Event;
-use sessionize::generate::generate;
-use sessionize::plugin::{PluginLimits, RulesEngine, RulesSlot};
-use sessionize::produce::{ensure_topic, produce};
+use sessionize::job::streaming::{run_streaming, StreamParts};
+use sessionize::rules::lifecycle::{RulesLifecycle, RulesSlot};
+use sessionize::rules::{ComponentLoader, SandboxLimits};
 use sessionize::source::file::FileSource;
 use sessionize::state::{StagedOutput, StateStore};
-use sessionize::streaming::{run_streaming, StreamParts};
+use sessionize::tools::generate::generate;
+use sessionize::tools::produce::{ensure_topic, produce};
 
 const TOPIC: &str = "bench";
 
@@ -105,11 +106,11 @@ fn run_pipeline(runtime: &tokio::runtime::Runtime, servers: &str, dir: &Path) ->
     // The pipeline: component rules, state store, checkpoints, Iceberg.
     let settings = common::default_settings();
     let component = common::default_component();
-    let mut rules = RulesSlot::new(
-        Arc::new(RulesEngine::new()?)
-            .load_file(&component, &settings, PluginLimits::default())
+    let mut rules = RulesLifecycle::new(RulesSlot::new(
+        Arc::new(ComponentLoader::new()?)
+            .load_file(&component, &settings, SandboxLimits::default())
             .with_context(|| format!("{}: run guest/build.sh", component.display()))?,
-    );
+    ));
     let mut job = common::FreshJob::new(runtime, servers, TOPIC, dir)?;
     let stream = common::stream_config(true);
     let parts = StreamParts {
@@ -118,7 +119,6 @@ fn run_pipeline(runtime: &tokio::runtime::Runtime, servers: &str, dir: &Path) ->
         checkpointer: job.checkpointer,
         rules: &mut rules,
         sink: &mut job.sink,
-        swap: None,
     };
     let started = Instant::now();
     let summary =
@@ -140,8 +140,11 @@ fn open_sessions() -> Result<()> {
     let dir = std::env::temp_dir().join(format!("sessionize-open-{}", std::process::id()));
     let settings = common::default_settings();
     let component = common::default_component();
-    let mut rules =
-        Arc::new(RulesEngine::new()?).load_file(&component, &settings, PluginLimits::default())?;
+    let mut rules = Arc::new(ComponentLoader::new()?).load_file(
+        &component,
+        &settings,
+        SandboxLimits::default(),
+    )?;
     let mut engine = Engine::new(EngineConfig::default());
     let base = 1_735_689_600_000i64;
     let pages = ["home", "search", "results", "hotel_details"];
@@ -172,14 +175,7 @@ fn open_sessions() -> Result<()> {
     let closed = engine.advance(&mut rules, false)?;
     println!("  engine alone: peak {} MiB", common::peak_rss_mib());
     let changes = engine.take_changes()?;
-    let open = changes
-        .upserts()
-        .filter(|(_, r)| {
-            r.as_ref().is_ok_and(|r| {
-                sessionize::engine::UserRecord::decode(r).is_ok_and(|r| r.state.is_some())
-            })
-        })
-        .count();
+    let open = changes.upserts.iter().filter(|user| user.state.is_some()).count();
     let store = StateStore::open(&dir)?;
     let started = Instant::now();
     store.write_checkpoint(&changes, &Default::default(), &StagedOutput::default())?;

@@ -17,11 +17,11 @@ mod common;
 use anyhow::{bail, Context, Result};
 use default_rules::DefaultRules;
 use sessionize::engine::{Engine, EngineConfig};
-use sessionize::generate::generate;
-use sessionize::pipeline::{run_bounded, Output};
-use sessionize::plugin::{NativeRules, PluginLimits, RulesEngine, RulesRuntime};
+use sessionize::job::bounded::run_bounded;
+use sessionize::rules::{ComponentLoader, NativeRules, RulesRuntime, SandboxLimits};
 use sessionize::sink::iceberg::{IcebergSink, SinkConfig};
 use sessionize::source::file::FileSource;
+use sessionize::tools::generate::generate;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -65,10 +65,10 @@ fn run_variant(variant: &str, input: &Path) -> Result<()> {
     let mut rules: Box<dyn RulesRuntime> = match variant {
         "component" => {
             let path = common::default_component();
-            let engine = Arc::new(RulesEngine::new()?);
+            let loader = Arc::new(ComponentLoader::new()?);
             Box::new(
-                engine
-                    .load_file(&path, &settings, PluginLimits::default())
+                loader
+                    .load_file(&path, &settings, SandboxLimits::default())
                     .with_context(|| format!("{}: run guest/build.sh", path.display()))?,
             )
         }
@@ -88,7 +88,7 @@ fn run_variant(variant: &str, input: &Path) -> Result<()> {
         source,
         &mut engine,
         rules.as_mut(),
-        Output::Iceberg(&mut sink),
+        &mut sink,
         HashMap::new(),
     )?;
     let wall = started.elapsed();

@@ -13,20 +13,21 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 mod common;
 
 use anyhow::{anyhow, bail, Context, Result};
-use sessionize::admin::{AdminAction, AdminRequest};
-use sessionize::generate::generate;
-use sessionize::plugin::{PluginLimits, RulesEngine, RulesSlot};
-use sessionize::produce::{ensure_topic, produce};
-use sessionize::source::file::FileSource;
-use sessionize::streaming::{
-    run_streaming, RulesLoader, Stalls, StreamParts, StreamSummary, SwapControl,
+use sessionize::job::streaming::{run_streaming, StreamParts};
+use sessionize::job::{Stalls, StreamSummary};
+use sessionize::rules::lifecycle::{
+    RulesAction, RulesLifecycle, RulesLoader, RulesRequest, RulesSlot,
 };
+use sessionize::rules::{ComponentLoader, SandboxLimits};
+use sessionize::source::file::FileSource;
+use sessionize::tools::generate::generate;
+use sessionize::tools::produce::{ensure_topic, produce};
 
 const TOPIC: &str = "swap-bench";
 /// Length of the throughput windows before and after the swaps.
@@ -51,18 +52,18 @@ fn env_number(name: &str, default: u64) -> u64 {
 }
 
 /// Sends admin requests to the job and waits for the answers.
-struct Admin(mpsc::Sender<AdminRequest>);
+struct Admin(mpsc::Sender<RulesRequest>);
 
 impl Admin {
-    fn ask(&self, action: AdminAction) -> Result<serde_json::Value> {
+    fn ask(&self, action: RulesAction) -> Result<serde_json::Value> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.0.send(AdminRequest { action, reply }).map_err(|_| anyhow!("the job has stopped"))?;
+        self.0.send(RulesRequest { action, reply }).map_err(|_| anyhow!("the job has stopped"))?;
         answer.blocking_recv().map_err(|_| anyhow!("the job has stopped"))?.map_err(|e| anyhow!(e))
     }
 
     /// When, and how many events the job had read by then.
     fn progress(&self) -> Result<(Instant, u64)> {
-        let status = self.ask(AdminAction::Status)?;
+        let status = self.ask(RulesAction::Status)?;
         let read = status["events_read"].as_u64().context("status without events_read")?;
         Ok((Instant::now(), read))
     }
@@ -84,26 +85,16 @@ fn bench(servers: &str, dir: &Path, events: u64, swaps: u64) -> Result<()> {
 
     let default_rules = common::default_component();
     let logout_rules = default_rules.with_file_name("logout_rules.wasm");
-    let engine = Arc::new(RulesEngine::new()?);
-    let settings = common::default_settings();
+    let loader = RulesLoader::new(
+        Arc::new(ComponentLoader::new()?),
+        common::default_settings(),
+        SandboxLimits::default(),
+    );
     let rules = RulesSlot::new(
-        engine
-            .load_file(&default_rules, &settings, PluginLimits::default())
+        loader
+            .load_file(&default_rules)
             .with_context(|| format!("{}: run guest/build.sh", default_rules.display()))?,
     );
-    // Compiling runs beside the job; its time is reported, not counted as pause.
-    let compile_times = Arc::new(Mutex::new(Stalls::default()));
-    let loader: RulesLoader = {
-        let compile_times = compile_times.clone();
-        Arc::new(move |path: &Path| {
-            let started = Instant::now();
-            let loaded = engine.load_file(path, &settings, PluginLimits::default());
-            if let Ok(mut times) = compile_times.lock() {
-                times.record(started.elapsed());
-            }
-            loaded
-        })
-    };
     let job = common::FreshJob::new(&runtime, servers, TOPIC, dir)?;
     let stream = common::stream_config(false);
     let (requests_tx, requests) = mpsc::channel();
@@ -112,14 +103,15 @@ fn bench(servers: &str, dir: &Path, events: u64, swaps: u64) -> Result<()> {
     let job = {
         let stop = stop.clone();
         std::thread::spawn(move || -> Result<StreamSummary> {
-            let (mut rules, mut job) = (rules, job);
+            let mut job = job;
+            // Compiling runs beside the job; its time is reported, not counted as pause.
+            let mut rules = RulesLifecycle::new(rules).accepting(requests).loading_with(loader);
             let parts = StreamParts {
                 source: job.source,
                 engine: job.resumed.engine,
                 checkpointer: job.checkpointer,
                 rules: &mut rules,
                 sink: &mut job.sink,
-                swap: Some(SwapControl { requests, loader }),
             };
             Ok(run_streaming(&handle, parts, stream, BTreeMap::new(), &stop)?)
         })
@@ -129,8 +121,7 @@ fn bench(servers: &str, dir: &Path, events: u64, swaps: u64) -> Result<()> {
     stop.store(true, Ordering::Relaxed);
     let summary = job.join().map_err(|_| anyhow!("the job panicked"))??;
     let (before, during, after) = measured?;
-    let compile = compile_times.lock().map_err(|_| anyhow!("poisoned"))?.clone();
-    report(&summary, &compile, before, during, after);
+    report(&summary, &summary.candidate_compiles, before, during, after);
     Ok(())
 }
 
@@ -150,7 +141,7 @@ fn drive(admin: &Admin, versions: &[PathBuf], swaps: u64, sent: u64) -> Result<(
     for i in 0..swaps {
         let path = &versions[i as usize % versions.len()];
         admin
-            .ask(AdminAction::Deploy(path.clone()))
+            .ask(RulesAction::Deploy(path.clone()))
             .with_context(|| format!("deploying {}", path.display()))?;
     }
     let swaps_end = admin.progress()?;

@@ -1,9 +1,21 @@
-//! Command-line interface: flags, their defaults, and what they mean.
+//! Command-line interface: flags, their defaults, and what they mean, and the
+//! one place where flags become the library's configuration.
+//!
+//! (Over 400 lines: most of it is flag declarations with their help text, which
+//! clap turns into the parser and `--help`; splitting them would scatter one table.)
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use sessionize::admin::AdminCall;
+use sessionize::job::streaming::{FaultPolicy, StreamConfig};
+use sessionize::job::{Input, JobConfig};
+use sessionize::rules::contract::Settings;
+use sessionize::rules::SandboxLimits;
+use sessionize::sink::iceberg::SinkConfig;
+use sessionize::source::kafka::KafkaConfig;
+use sessionize::tools::generate::GeneratorConfig;
 
 /// Real-time user sessionization: clickstream in, one row per session out, with
 /// the session rules in a hot-swappable WebAssembly component.
@@ -217,6 +229,105 @@ pub struct GeneratorArgs {
     /// Share of events delivered late (up to 15 min; some beyond the lateness).
     #[arg(long, default_value_t = 0.005)]
     pub late_rate: f64,
+}
+
+impl RunArgs {
+    /// What to read.
+    pub fn input(&self) -> Input {
+        if self.test_mode && self.kafka_servers.is_none() {
+            Input::Sample
+        } else if let Some(path) = &self.input {
+            Input::File(path.clone())
+        } else {
+            Input::Kafka
+        }
+    }
+
+    /// The job these flags describe.
+    pub fn job_config(&self) -> JobConfig {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        JobConfig {
+            sink: SinkConfig {
+                warehouse: self.warehouse.clone(),
+                database: self.iceberg_database.clone(),
+                table: self.iceberg_table.clone(),
+                rejected_table: "rejected_events".into(),
+            },
+            allowed_lateness: self.allowed_lateness,
+            settings: Settings {
+                inactivity_timeout_ms: ms(self.inactivity_timeout),
+                max_duration_ms: ms(self.max_session_duration),
+                params: self.plugin_params.clone(),
+            },
+            limits: SandboxLimits {
+                memory_bytes: self.plugin_memory_mib << 20,
+                call_timeout: self.plugin_timeout,
+            },
+            plugin: self.plugin.clone(),
+            plugin_watch: self.plugin_watch,
+            state_dir: self.state_dir.clone(),
+            kafka: KafkaConfig {
+                servers: self.kafka_servers.clone().unwrap_or_else(|| "localhost:9092".into()),
+                topic: self.kafka_topic.clone(),
+                group: self.kafka_group.clone(),
+            },
+            stream: StreamConfig {
+                max_events_per_batch: self.max_events_per_batch.max(1),
+                checkpoint_interval: self.checkpoint_interval,
+                idle_timeout: self.idle_timeout,
+                until_end: self.test_mode,
+                rules_attempts: self.plugin_attempts,
+                on_rules_failure: match self.on_plugin_failure {
+                    OnPluginFailure::Rollback => FaultPolicy::Rollback,
+                    OnPluginFailure::Stop => FaultPolicy::Stop,
+                },
+            },
+            admin_addr: self.admin_addr,
+            admin_token: self.admin_token.clone(),
+        }
+    }
+}
+
+impl PluginCommand {
+    /// The request, and the job to send it to.
+    pub fn call(&self) -> (AdminCall, &JobAddress) {
+        match self {
+            PluginCommand::Deploy { path, job } => (AdminCall::Deploy(path.clone()), job),
+            PluginCommand::Status { job } => (AdminCall::Status, job),
+            PluginCommand::Rollback { job } => (AdminCall::Rollback, job),
+        }
+    }
+}
+
+impl GeneratorArgs {
+    /// The generator these flags describe, or a sentence saying what is wrong.
+    pub fn config(&self) -> Result<GeneratorConfig, String> {
+        let config = if self.sample {
+            GeneratorConfig::sample()
+        } else {
+            GeneratorConfig {
+                num_users: self.num_users,
+                rate: self.rate,
+                duration_s: self.duration.as_secs(),
+                malformed_rate: self.malformed_rate,
+                late_rate: self.late_rate,
+                seed: self.seed,
+                max_events: self.events,
+                ..GeneratorConfig::sample()
+            }
+        };
+        for (flag, rate) in
+            [("--malformed-rate", config.malformed_rate), ("--late-rate", config.late_rate)]
+        {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(format!("{flag} must be between 0 and 1, got {rate}"));
+            }
+        }
+        if config.num_users == 0 || config.rate.is_nan() || config.rate <= 0.0 {
+            return Err("--num-users and --rate must be greater than zero".into());
+        }
+        Ok(config)
+    }
 }
 
 fn with_unit(text: &str, unit: Duration) -> Result<Duration, String> {

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use futures::TryStreamExt;
 use sessionize::checkpoint::{Checkpointer, CHECKPOINT_ID_KEY, JOB_ID_KEY};
 use sessionize::engine::{EngineChanges, EngineConfig};
-use sessionize::output::SessionRow;
 use sessionize::sink::iceberg::{IcebergSink, SinkConfig};
+use sessionize::sink::SessionRow;
 use sessionize::state::{CheckpointRecord, StagedOutput, StateStore};
 
 fn row(uuid: &str, start_ms: i64) -> SessionRow {

@@ -7,9 +7,9 @@ use default_rules::DefaultRules;
 use proptest::prelude::*;
 use sessionize::engine::{session_id, Admission, Engine, EngineConfig};
 use sessionize::event::Event;
-use sessionize::output::SessionRow;
-use sessionize::plugin::contract::Settings;
-use sessionize::plugin::NativeRules;
+use sessionize::rules::contract::Settings;
+use sessionize::rules::NativeRules;
+use sessionize::sink::SessionRow;
 
 const MIN: i64 = 60_000;
 const HOUR: i64 = 60 * MIN;
@@ -284,8 +284,8 @@ proptest! {
 /// it gives the same sessions as never stopping.
 #[test]
 fn a_restored_engine_continues_exactly_where_it_stopped() {
-    use sessionize::generate::{generate, GeneratorConfig};
     use sessionize::state::{CheckpointRecord, StagedOutput, StateStore};
+    use sessionize::tools::generate::{generate, GeneratorConfig};
 
     let mut lines = Vec::new();
     generate(

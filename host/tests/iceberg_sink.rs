@@ -14,10 +14,10 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::Compression;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use rand::{Rng, SeedableRng};
-use sessionize::output::{RejectedEvent, SessionRow};
 use sessionize::sink::iceberg::{
     user_hash_bucket, user_hash_bucket_of, IcebergSink, SinkConfig, PROP_SESSION_ROWS,
 };
+use sessionize::sink::{RejectedEvent, SessionRow};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 

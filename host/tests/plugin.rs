@@ -8,12 +8,13 @@ use std::time::Duration;
 use default_rules::DefaultRules;
 use sessionize::engine::{Engine, EngineConfig};
 use sessionize::event::parse;
-use sessionize::generate::{generate, GeneratorConfig};
-use sessionize::output::SessionRow;
-use sessionize::plugin::contract::{Batch, Event, Settings, UserSlice};
-use sessionize::plugin::{
-    ComponentRules, NativeRules, PluginError, PluginLimits, RulesEngine, RulesRuntime, RulesSlot,
+use sessionize::rules::contract::{Batch, Event, Settings, UserSlice};
+use sessionize::rules::lifecycle::RulesSlot;
+use sessionize::rules::{
+    ComponentLoader, ComponentRules, NativeRules, RulesError, RulesRuntime, SandboxLimits,
 };
+use sessionize::sink::SessionRow;
+use sessionize::tools::generate::{generate, GeneratorConfig};
 
 const MIN: i64 = 60_000;
 
@@ -36,10 +37,10 @@ fn settings(params: &[(&str, &str)]) -> Settings {
 fn load(
     name: &str,
     params: &[(&str, &str)],
-    limits: PluginLimits,
-) -> Result<ComponentRules, PluginError> {
-    let engine = Arc::new(RulesEngine::new()?);
-    engine.load_file(&component_path(name), &settings(params), limits)
+    limits: SandboxLimits,
+) -> Result<ComponentRules, RulesError> {
+    let loader = Arc::new(ComponentLoader::new()?);
+    loader.load_file(&component_path(name), &settings(params), limits)
 }
 
 fn sessionize(lines: &[u8], rules: &mut dyn RulesRuntime) -> Vec<SessionRow> {
@@ -74,7 +75,7 @@ fn without_version(rows: &[SessionRow]) -> Vec<SessionRow> {
 fn component_and_native_rules_cut_the_same_sessions() {
     let mut lines = Vec::new();
     generate(&GeneratorConfig::sample(), &mut lines).unwrap();
-    let mut component = load("default_rules", &[], PluginLimits::default()).unwrap();
+    let mut component = load("default_rules", &[], SandboxLimits::default()).unwrap();
     assert!(
         component.rule_version().starts_with("default-rules@0.1.0+"),
         "{}",
@@ -114,26 +115,26 @@ fn batch(pages: &[(i64, Option<u32>)], texts: usize) -> (Vec<Arc<str>>, Batch) {
 
 #[test]
 fn logout_rules_end_the_session_on_the_configured_page() {
-    let mut rules = load("logout_rules", &[], PluginLimits::default()).unwrap();
+    let mut rules = load("logout_rules", &[], SandboxLimits::default()).unwrap();
     let (texts, mut b) = batch(&[(0, Some(0)), (MIN, Some(1)), (2 * MIN, Some(0))], 4);
     let result = rules.process(&texts, &mut b).unwrap();
     let counts: Vec<_> = result.closed.iter().map(|c| c.event_count).collect();
     assert_eq!(counts, [2, 1]);
     assert!(
-        matches!(&result.closed[0].end_reason, sessionize::plugin::contract::EndReason::Custom(r) if r == "logout")
+        matches!(&result.closed[0].end_reason, sessionize::rules::contract::EndReason::Custom(r) if r == "logout")
     );
 
     let mut rules =
-        load("logout_rules", &[("logout_page", "signout")], PluginLimits::default()).unwrap();
+        load("logout_rules", &[("logout_page", "signout")], SandboxLimits::default()).unwrap();
     let result = rules.process(&texts, &mut b).unwrap();
     assert_eq!(result.closed.len(), 1);
-    let refused = load("logout_rules", &[("logout_page", "")], PluginLimits::default());
-    assert!(matches!(refused, Err(PluginError::Refused(m)) if m.contains("logout_page")));
+    let refused = load("logout_rules", &[("logout_page", "")], SandboxLimits::default());
+    assert!(matches!(refused, Err(RulesError::Refused(m)) if m.contains("logout_page")));
 }
 
 /// A fault, then a clean batch: the failed call reports what happened and the
 /// runtime rebuilds its instance, with the text table sent again.
-fn fault_then_recover(fault: &str, limits: PluginLimits) -> PluginError {
+fn fault_then_recover(fault: &str, limits: SandboxLimits) -> RulesError {
     let mut rules = load("faulty", &[("fault", fault)], limits).unwrap();
     let (texts, mut boom) = batch(&[(0, Some(0)), (MIN, Some(2))], 3);
     let error = rules.process(&texts, &mut boom).unwrap_err();
@@ -146,39 +147,41 @@ fn fault_then_recover(fault: &str, limits: PluginLimits) -> PluginError {
 
 #[test]
 fn a_trapping_plugin_is_reported_and_its_instance_rebuilt() {
-    let error = fault_then_recover("trap", PluginLimits::default());
-    assert!(matches!(&error, PluginError::Trapped(_)), "{error}");
+    let error = fault_then_recover("trap", SandboxLimits::default());
+    assert!(matches!(&error, RulesError::Trapped(_)), "{error}");
 }
 
 #[test]
 fn a_looping_plugin_is_interrupted_at_its_time_budget() {
-    let limits = PluginLimits { call_timeout: Duration::from_millis(200), ..Default::default() };
+    let limits = SandboxLimits { call_timeout: Duration::from_millis(200), ..Default::default() };
     let error = fault_then_recover("loop", limits);
-    assert!(matches!(error, PluginError::Timeout(_)), "{error}");
+    assert!(matches!(error, RulesError::Timeout(_)), "{error}");
 }
 
 #[test]
 fn a_plugin_cannot_grow_past_its_memory_limit() {
-    let limits = PluginLimits { memory_bytes: 16 << 20, ..Default::default() };
+    let limits = SandboxLimits { memory_bytes: 16 << 20, ..Default::default() };
     let error = fault_then_recover("oom", limits);
-    assert!(matches!(error, PluginError::OutOfMemory(16)), "{error}");
+    assert!(matches!(error, RulesError::OutOfMemory(16)), "{error}");
 }
 
 #[test]
 fn bytes_that_are_not_a_rules_component_are_refused() {
-    let engine = Arc::new(RulesEngine::new().unwrap());
+    let loader = Arc::new(ComponentLoader::new().unwrap());
     let error =
-        engine.load(b"\0asm\x01\0\0\0", &settings(&[]), PluginLimits::default()).err().unwrap();
-    assert!(matches!(error, PluginError::Invalid(_)), "{error}");
-    let error = engine.load(b"hello", &settings(&[]), PluginLimits::default()).err().unwrap();
+        loader.load(b"\0asm\x01\0\0\0", &settings(&[]), SandboxLimits::default()).err().unwrap();
+    assert!(matches!(error, RulesError::Invalid(_)), "{error}");
+    let error = loader.load(b"hello", &settings(&[]), SandboxLimits::default()).err().unwrap();
     assert!(error.to_string().starts_with("not a Sessionize rules component"), "{error}");
 }
 
 #[test]
 fn the_rules_slot_swaps_refuses_and_rolls_back_within_its_reserve() {
-    let engine = Arc::new(RulesEngine::new().unwrap());
+    let loader = Arc::new(ComponentLoader::new().unwrap());
     let load = |name: &str, params: &[(&str, &str)]| {
-        engine.load_file(&component_path(name), &settings(params), PluginLimits::default()).unwrap()
+        loader
+            .load_file(&component_path(name), &settings(params), SandboxLimits::default())
+            .unwrap()
     };
     let mut slot = RulesSlot::new(load("default_rules", &[]));
     let default_version = slot.rule_version().to_owned();
@@ -186,7 +189,7 @@ fn the_rules_slot_swaps_refuses_and_rolls_back_within_its_reserve() {
 
     // A candidate that fails the dry run is refused; the running rules stay.
     let refused = slot.deploy(load("faulty", &[("fault", "trap")]), &texts, Some(&sample));
-    assert!(matches!(refused, Err(PluginError::Refused(ref m)) if m.contains("dry run")));
+    assert!(matches!(refused, Err(RulesError::Refused(ref m)) if m.contains("dry run")));
     assert_eq!(slot.rule_version(), default_version);
 
     // Twelve swaps: only the last eight versions are kept for rollback.

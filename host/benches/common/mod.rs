@@ -9,13 +9,12 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use sessionize::checkpoint::{Checkpointer, Resumed};
 use sessionize::engine::EngineConfig;
+use sessionize::job::streaming::{FaultPolicy, StreamConfig};
+use sessionize::rules::contract::Settings;
 use sessionize::sink::iceberg::{IcebergSink, SinkConfig};
 use sessionize::source::kafka::{KafkaConfig, KafkaSource};
 use sessionize::state::StateStore;
-use sessionize::streaming::{FaultPolicy, StreamConfig};
-
-use sessionize::generate::GeneratorConfig;
-use sessionize::plugin::contract::Settings;
+use sessionize::tools::generate::GeneratorConfig;
 
 /// The benchmark data set: 10,000 users over up to two days, `events` lines.
 pub fn bench_events(events: u64) -> GeneratorConfig {

@@ -11,6 +11,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::StreamSource;
 use crate::event::EventBlock;
 
 /// Why Kafka input failed.
@@ -135,27 +136,30 @@ impl KafkaSource {
         tracing::info!(topic = config.topic, ?partitions, ?start, "consuming");
         Ok(Self { consumer, config: config.clone(), partitions, positions, last_error: None })
     }
+}
 
-    /// The topic read.
-    pub fn topic(&self) -> &str {
-        &self.config.topic
+impl StreamSource for KafkaSource {
+    type Error = KafkaSourceError;
+
+    fn name(&self) -> String {
+        format!("kafka:{}", self.config.topic)
     }
 
     /// The topic's partitions.
-    pub fn partitions(&self) -> &[i32] {
+    fn partitions(&self) -> &[i32] {
         &self.partitions
     }
 
     /// Next offset to read per partition (only partitions read from so far, or
     /// given at start).
-    pub fn positions(&self) -> &BTreeMap<i32, i64> {
+    fn positions(&self) -> &BTreeMap<i32, i64> {
         &self.positions
     }
 
     /// Polls up to `max` messages into `block`, waiting at most `timeout` for the
     /// first. Returns how many were added. Broker errors are logged, not fatal:
     /// the client reconnects by itself.
-    pub fn poll_into(&mut self, block: &mut EventBlock, max: usize, timeout: Duration) -> usize {
+    fn poll_into(&mut self, block: &mut EventBlock, max: usize, timeout: Duration) -> usize {
         let mut added = 0;
         let mut wait = timeout;
         while added < max {
@@ -183,7 +187,7 @@ impl KafkaSource {
 
     /// The end of each partition now (its high watermark): what `--test-mode`
     /// reads up to.
-    pub fn end_offsets(&self, timeout: Duration) -> Result<BTreeMap<i32, i64>, KafkaSourceError> {
+    fn end_offsets(&self, timeout: Duration) -> Result<BTreeMap<i32, i64>, KafkaSourceError> {
         let mut ends = BTreeMap::new();
         for &p in &self.partitions {
             let (_, high) = self
@@ -198,7 +202,7 @@ impl KafkaSource {
     /// Commits `offsets` (next offsets to read) to the consumer group. Only for
     /// monitoring: the job resumes from its own checkpoint, so a failure here
     /// is logged and the next checkpoint tries again.
-    pub fn commit_to_group(&self, offsets: &BTreeMap<i32, i64>) {
+    fn commit_consumed(&mut self, offsets: &BTreeMap<i32, i64>) {
         let mut list = TopicPartitionList::new();
         for (&p, &o) in offsets {
             if list.add_partition_offset(&self.config.topic, p, Offset::Offset(o)).is_err() {

@@ -1,16 +1,41 @@
-//! Where records come from. A record is raw bytes plus where it was read, so a
-//! rejected record can be traced back to its input.
+//! The source stage: where records come from. Each record keeps where it was
+//! read (partition, position), so a rejected record can be traced back.
+//!
+//! A bounded run reads a [`file::FileSource`] to its end; the streaming run
+//! polls a [`StreamSource`] ([`kafka::KafkaSource`]) from positions it keeps in
+//! its checkpoints.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::event::EventBlock;
 
 pub mod file;
 pub mod kafka;
 
-/// One input record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    /// Input partition (0 for a file).
-    pub partition: i32,
-    /// Line number (1-based) or offset.
-    pub position: i64,
-    /// The raw bytes, without the line terminator.
-    pub bytes: Vec<u8>,
+/// Partitioned input that the streaming run polls and resumes by position.
+pub trait StreamSource {
+    /// Why the source failed.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// The name dead letters carry, such as `kafka:<topic>`.
+    fn name(&self) -> String;
+
+    /// The partitions read.
+    fn partitions(&self) -> &[i32];
+
+    /// Polls up to `max` records into `block`, waiting at most `timeout` for the
+    /// first. Returns how many were added.
+    fn poll_into(&mut self, block: &mut EventBlock, max: usize, timeout: Duration) -> usize;
+
+    /// Next position to read per partition (partitions read from so far, or
+    /// given at start).
+    fn positions(&self) -> &BTreeMap<i32, i64>;
+
+    /// The end of each partition now: what a run to the end reads up to.
+    fn end_offsets(&self, timeout: Duration) -> Result<BTreeMap<i32, i64>, Self::Error>;
+
+    /// Reports `offsets` as consumed (for monitoring; a checkpoint, not this,
+    /// is what a restart resumes from).
+    fn commit_consumed(&mut self, offsets: &BTreeMap<i32, i64>);
 }

@@ -7,8 +7,11 @@ use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 
-use super::contract::{Batch, BatchResult};
-use super::{ComponentRules, PluginError, RulesRuntime};
+use crate::rules::contract::{Batch, BatchResult};
+use crate::rules::{RulesError, RulesRuntime};
+
+/// Rules of any runtime, as the slot keeps them.
+type BoxedRules = Box<dyn RulesRuntime>;
 
 /// One change of rules, for `plugin status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -33,8 +36,8 @@ const HISTORY_KEPT: usize = 256;
 
 /// The rules in force, the ones before them, and what happened.
 pub struct RulesSlot {
-    active: ComponentRules,
-    previous: Vec<ComponentRules>,
+    active: BoxedRules,
+    previous: Vec<BoxedRules>,
     history: VecDeque<SwapEvent>,
 }
 
@@ -44,8 +47,9 @@ fn now_s() -> u64 {
 
 impl RulesSlot {
     /// Starts with `rules`.
-    pub fn new(rules: ComponentRules) -> Self {
-        let mut slot = Self { active: rules, previous: Vec::new(), history: VecDeque::new() };
+    pub fn new(rules: impl RulesRuntime + 'static) -> Self {
+        let mut slot =
+            Self { active: Box::new(rules), previous: Vec::new(), history: VecDeque::new() };
         let version = slot.active.rule_version().to_owned();
         slot.record("started", &version, None, None);
         slot
@@ -53,7 +57,8 @@ impl RulesSlot {
 
     /// Continues with `live`, rules a previous run of the job deployed, keeping
     /// the rules it started with for rollback.
-    pub fn resume(&mut self, live: ComponentRules) {
+    pub fn resume(&mut self, live: impl RulesRuntime + 'static) {
+        let live: BoxedRules = Box::new(live);
         let version = live.rule_version().to_owned();
         let mut given = std::mem::replace(&mut self.active, live);
         given.release_instance();
@@ -65,16 +70,17 @@ impl RulesSlot {
     /// then makes it the active rules. On failure the running rules stay.
     pub fn deploy(
         &mut self,
-        mut candidate: ComponentRules,
+        candidate: impl RulesRuntime + 'static,
         texts: &[Arc<str>],
         sample: Option<&Batch>,
-    ) -> Result<String, PluginError> {
+    ) -> Result<String, RulesError> {
+        let mut candidate: BoxedRules = Box::new(candidate);
         let started = Instant::now();
         if let Some(sample) = sample {
             let mut dry = sample.clone();
             if let Err(error) = candidate.process(texts, &mut dry) {
                 self.record("refused", candidate.rule_version(), Some(error.to_string()), None);
-                return Err(PluginError::Refused(format!("dry run failed: {error}")));
+                return Err(RulesError::Refused(format!("dry run failed: {error}")));
             }
         }
         let version = candidate.rule_version().to_owned();
@@ -91,10 +97,10 @@ impl RulesSlot {
 
     /// Makes the previous rules active again. Its instance is built here, so
     /// the first batch after the rollback does not pay for it.
-    pub fn rollback(&mut self, reason: Option<String>) -> Result<String, PluginError> {
+    pub fn rollback(&mut self, reason: Option<String>) -> Result<String, RulesError> {
         let started = Instant::now();
         let Some(mut previous) = self.previous.pop() else {
-            return Err(PluginError::Refused("no previous version to roll back to".into()));
+            return Err(RulesError::Refused("no previous version to roll back to".into()));
         };
         if let Err(error) = previous.warm_up() {
             tracing::warn!(rules = previous.rule_version(), %error, "previous rules did not start again; retried on the next batch");
@@ -106,7 +112,7 @@ impl RulesSlot {
     }
 
     /// Notes a refused candidate that never got as far as [`RulesSlot::deploy`].
-    pub fn refused(&mut self, what: &str, error: &PluginError) {
+    pub fn refused(&mut self, what: &str, error: &RulesError) {
         self.record("refused", what, Some(error.to_string()), None);
     }
 
@@ -144,7 +150,7 @@ impl RulesRuntime for RulesSlot {
         &mut self,
         texts: &[Arc<str>],
         batch: &mut Batch,
-    ) -> Result<BatchResult, PluginError> {
+    ) -> Result<BatchResult, RulesError> {
         self.active.process(texts, batch)
     }
 }

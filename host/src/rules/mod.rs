@@ -1,40 +1,29 @@
-//! The plugin runtime: runs the session rules, as a sandboxed WebAssembly
-//! component ([`ComponentRules`]) or compiled into the host ([`NativeRules`], the
-//! benchmark's baseline).
+//! The rules stage: runs the session rules on the engine's batches.
+//!
+//! - [`contract`]: the contract's records in plain Rust, as the engine builds them.
+//! - The runtime behind [`RulesRuntime`]: a sandboxed WebAssembly component
+//!   ([`ComponentRules`], compiled by a [`ComponentLoader`]; `wit` converts to the
+//!   generated types, `sandbox` is what WASI grants), or rules compiled into the
+//!   host ([`NativeRules`], the benchmark's baseline).
+//! - [`lifecycle`]: which rules are in force, and how they change while a job
+//!   runs: deploy requests, the compile queue, the swap at a checkpoint
+//!   boundary, rollback, the archive of deployed components, resume on restart.
 
 use std::sync::Arc;
 
-mod archive;
 mod component;
+pub mod contract;
+pub mod lifecycle;
 mod native;
 mod sandbox;
-mod swap;
+mod wit;
 
-pub use archive::{ArchiveError, RulesArchive};
-pub use component::{ComponentRules, PluginLimits, RulesEngine};
+pub use component::{ComponentLoader, ComponentRules, SandboxLimits};
 pub use native::NativeRules;
-pub use swap::{RulesSlot, SwapEvent};
 
-/// Host-side bindings of `wit/sessionize.wit`.
-#[allow(missing_docs, clippy::all)]
-pub mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "session-rules",
-    });
-}
-
-/// The contract's records as the host builds and reads them.
-pub mod contract {
-    pub use super::bindings::sessionize::plugin::types::{
-        Batch, BatchResult, ClosedSession, EndReason, Event, LogLevel, PluginInfo, SessionState,
-        Settings, UserOutcome, UserSlice,
-    };
-}
-
-/// Why a plugin could not be loaded or could not process a batch.
+/// Why rules could not be loaded or could not process a batch.
 #[derive(Debug, thiserror::Error)]
-pub enum PluginError {
+pub enum RulesError {
     /// The file could not be read.
     #[error("cannot read plugin {path}: {source}")]
     Read {
@@ -73,36 +62,42 @@ pub trait RulesRuntime: Send {
 
     /// Applies the rules to `batch`, first sending the strings of `texts` the
     /// instance has not seen (the runtime fills `batch.new_texts`). On error
-    /// nothing of the batch took effect, and the runtime is ready for the next
-    /// call (a trapped instance is rebuilt).
+    /// nothing of the batch took effect, `batch` is as it was, and the runtime
+    /// is ready for the next call (a trapped instance is rebuilt).
     fn process(
         &mut self,
         texts: &[Arc<str>],
         batch: &mut contract::Batch,
-    ) -> Result<contract::BatchResult, PluginError>;
+    ) -> Result<contract::BatchResult, RulesError>;
+
+    /// Drops what the rules hold while they are not in force (a component's
+    /// instance and its memory); the next call builds it again.
+    fn release_instance(&mut self) {}
+
+    /// Gets ready for the next call now rather than on it.
+    fn warm_up(&mut self) -> Result<(), RulesError> {
+        Ok(())
+    }
 }
 
 /// The strings of `texts` from handle `known` on: what an instance that has
 /// seen `known` texts must receive next.
-pub(crate) fn unsent_texts(texts: &[Arc<str>], known: usize) -> Vec<String> {
+fn unsent_texts(texts: &[Arc<str>], known: usize) -> Vec<String> {
     texts.get(known..).unwrap_or_default().iter().map(|t| t.to_string()).collect()
 }
 
 /// Checks the outcome count against the batch, so a buggy plugin cannot make the
 /// host misattribute sessions.
-pub(crate) fn check_result(
-    batch: &contract::Batch,
-    result: &contract::BatchResult,
-) -> Result<(), PluginError> {
+fn check_result(batch: &contract::Batch, result: &contract::BatchResult) -> Result<(), RulesError> {
     if result.users.len() != batch.users.len() {
-        return Err(PluginError::Contract(format!(
+        return Err(RulesError::Contract(format!(
             "{} outcomes for {} users",
             result.users.len(),
             batch.users.len()
         )));
     }
     if let Some(bad) = result.closed.iter().find(|c| c.user as usize >= batch.users.len()) {
-        return Err(PluginError::Contract(format!("closed session for unknown user {}", bad.user)));
+        return Err(RulesError::Contract(format!("closed session for unknown user {}", bad.user)));
     }
     Ok(())
 }

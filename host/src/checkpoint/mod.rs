@@ -19,12 +19,14 @@
 //! check makes that idempotent. So every session reaches Iceberg exactly once.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::mpsc;
-use std::time::Instant;
 
 use crate::engine::{Engine, EngineChanges, EngineClocks, EngineConfig, EngineError};
-use crate::sink::iceberg::{IcebergSink, SinkError};
+use crate::sink::{Sink, SinkError};
 use crate::state::{CheckpointRecord, StagedOutput, StateError, StateStore};
+
+mod thread;
+
+pub(crate) use thread::{CheckpointThread, Completed, Cut};
 
 /// Snapshot summary key: the checkpoint whose output the snapshot holds.
 pub const CHECKPOINT_ID_KEY: &str = "sessionize.checkpoint-id";
@@ -69,7 +71,7 @@ pub struct Resumed {
 }
 
 /// A checkpoint as cut by the event loop, not yet durable.
-pub struct PendingCheckpoint {
+pub(crate) struct PendingCheckpoint {
     changes: EngineChanges,
     offsets: BTreeMap<i32, i64>,
     clocks: EngineClocks,
@@ -80,7 +82,7 @@ pub struct PendingCheckpoint {
 impl PendingCheckpoint {
     /// Takes what the checkpoint holds at this instant: the users changed since
     /// the last cut, the clocks, the input `offsets` and the `output` they closed.
-    pub fn cut(
+    pub(crate) fn cut(
         engine: &mut Engine,
         offsets: BTreeMap<i32, i64>,
         output: StagedOutput,
@@ -96,13 +98,8 @@ impl PendingCheckpoint {
     }
 
     /// The input offsets the checkpoint resumes from.
-    pub fn offsets(&self) -> &BTreeMap<i32, i64> {
+    pub(crate) fn offsets(&self) -> &BTreeMap<i32, i64> {
         &self.offsets
-    }
-
-    /// Sessions the checkpoint publishes.
-    pub fn sessions(&self) -> usize {
-        self.output.sessions.len()
     }
 }
 
@@ -119,7 +116,7 @@ impl Checkpointer {
     /// the engine as of the last checkpoint.
     pub async fn recover(
         store: StateStore,
-        sink: &mut IcebergSink,
+        sink: &mut impl Sink,
         config: EngineConfig,
     ) -> Result<(Self, Resumed), CheckpointError> {
         let job_id = store.job_id()?;
@@ -149,24 +146,11 @@ impl Checkpointer {
         self.given_rules = rule_version.to_owned();
     }
 
-    /// Cuts and completes a checkpoint in one go.
-    pub async fn checkpoint(
-        &mut self,
-        engine: &mut Engine,
-        sink: &mut IcebergSink,
-        offsets: BTreeMap<i32, i64>,
-        output: StagedOutput,
-        rule_version: &str,
-    ) -> Result<u64, CheckpointError> {
-        let pending = PendingCheckpoint::cut(engine, offsets, output, rule_version)?;
-        self.complete(sink, pending).await
-    }
-
     /// Makes a cut checkpoint durable and publishes it (steps 1 to 3 of the
     /// module docs). Checkpoints must be completed in the order they were cut.
-    pub async fn complete(
+    pub(crate) async fn complete(
         &mut self,
-        sink: &mut IcebergSink,
+        sink: &mut impl Sink,
         pending: PendingCheckpoint,
     ) -> Result<u64, CheckpointError> {
         let PendingCheckpoint { changes, offsets, clocks, rule_version, output } = pending;
@@ -188,7 +172,7 @@ impl Checkpointer {
     /// drops it from the store.
     async fn publish(
         &mut self,
-        sink: &mut IcebergSink,
+        sink: &mut impl Sink,
         record: &CheckpointRecord,
         output: &StagedOutput,
     ) -> Result<(), CheckpointError> {
@@ -199,12 +183,12 @@ impl Checkpointer {
                         >= Some(record.id)
             })
         };
-        if holds(sink.last_commit_properties().await?) {
+        if holds(Sink::last_commit_properties(sink).await?) {
             tracing::info!(checkpoint = record.id, "output already in Iceberg");
         } else {
             // The sink commits dead letters before sessions: a crash between
             // the two leaves the dead letters in, so they are not repeated.
-            let rejected_done = holds(sink.last_rejected_commit_properties().await?);
+            let rejected_done = holds(Sink::last_rejected_commit_properties(sink).await?);
             let rejected = if rejected_done { &[][..] } else { &output.rejected[..] };
             let props = HashMap::from([
                 (CHECKPOINT_ID_KEY.to_owned(), record.id.to_string()),
@@ -212,91 +196,10 @@ impl Checkpointer {
                 (RULE_VERSION_KEY.to_owned(), record.rule_version.clone()),
                 (OFFSETS_KEY.to_owned(), offsets_json(&record.offsets)),
             ]);
-            sink.commit(&output.sessions, rejected, props).await?;
+            Sink::commit(sink, &output.sessions, rejected, props).await?;
         }
         self.store.clear_staged(record.id)?;
         Ok(())
-    }
-}
-
-/// A cut checkpoint on its way to the checkpoint thread.
-pub struct Cut {
-    /// The checkpoint.
-    pub pending: PendingCheckpoint,
-    /// When the oldest session it publishes closed.
-    pub oldest_closed: Option<Instant>,
-}
-
-/// A checkpoint the checkpoint thread has completed.
-pub struct Completed {
-    /// Its id.
-    pub id: u64,
-    /// The input offsets it resumes from.
-    pub offsets: BTreeMap<i32, i64>,
-    /// When the oldest session it published closed.
-    pub oldest_closed: Option<Instant>,
-}
-
-/// The thread that completes checkpoints, in the order they were cut.
-pub struct CheckpointThread {
-    cuts: mpsc::SyncSender<Cut>,
-    completed: mpsc::Receiver<Result<Completed, CheckpointError>>,
-}
-
-impl CheckpointThread {
-    /// Starts the thread in `scope`; it owns the checkpointer and the sink.
-    pub fn start<'scope>(
-        scope: &'scope std::thread::Scope<'scope, '_>,
-        runtime: &'scope tokio::runtime::Handle,
-        mut checkpointer: Checkpointer,
-        sink: &'scope mut IcebergSink,
-    ) -> Result<Self, CheckpointError> {
-        // One cut may wait while another completes; a third waits on the loop.
-        let (cuts, queue) = mpsc::sync_channel::<Cut>(1);
-        let (done, completed) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("checkpoint".into())
-            .spawn_scoped(scope, move || {
-                for cut in queue {
-                    let offsets = cut.pending.offsets().clone();
-                    let outcome = runtime.block_on(checkpointer.complete(sink, cut.pending));
-                    let failed = outcome.is_err();
-                    let _ = done.send(outcome.map(|id| Completed {
-                        id,
-                        offsets,
-                        oldest_closed: cut.oldest_closed,
-                    }));
-                    if failed {
-                        // Later checkpoints build on this one: stop here.
-                        break;
-                    }
-                }
-            })
-            .map_err(|e| CheckpointError::Thread(e.to_string()))?;
-        Ok(Self { cuts, completed })
-    }
-
-    /// Hands a cut over; waits only if the thread is two checkpoints behind.
-    pub fn submit(&self, cut: Cut) -> Result<(), CheckpointError> {
-        if self.cuts.send(cut).is_err() {
-            // The thread stopped on an error: report it (checkpoints it
-            // completed before may still be queued ahead of it).
-            return Err(self.completed.iter().find_map(Result::err).unwrap_or_else(|| {
-                CheckpointError::Thread("the checkpoint thread stopped".into())
-            }));
-        }
-        Ok(())
-    }
-
-    /// A checkpoint completed since the last call, if any.
-    pub fn try_completed(&self) -> Option<Result<Completed, CheckpointError>> {
-        self.completed.try_recv().ok()
-    }
-
-    /// No more cuts: the checkpoints still to complete, as they complete.
-    pub fn finish(self) -> impl Iterator<Item = Result<Completed, CheckpointError>> {
-        drop(self.cuts);
-        self.completed.into_iter()
     }
 }
 

@@ -7,8 +7,11 @@ use sessionize_sdk::contract as sdk;
 use sessionize_sdk::testing::NativePlugin;
 use sessionize_sdk::{Rules, Settings};
 
-use super::contract::{Batch, BatchResult, ClosedSession, EndReason, SessionState, UserOutcome};
-use super::{check_result, unsent_texts, PluginError, RulesRuntime};
+use super::contract::{
+    Batch, BatchResult, ClosedSession, EndReason, SessionState, Settings as JobSettings,
+    UserOutcome,
+};
+use super::{check_result, unsent_texts, RulesError, RulesRuntime};
 
 /// A [`Rules`] type called directly, behind the same interface as a component.
 pub struct NativeRules<R> {
@@ -19,13 +22,13 @@ pub struct NativeRules<R> {
 
 impl<R: Rules + Send> NativeRules<R> {
     /// Configures the rules; `name` is recorded as the rule version.
-    pub fn new(name: &str, settings: &super::contract::Settings) -> Result<Self, PluginError> {
+    pub fn new(name: &str, settings: &JobSettings) -> Result<Self, RulesError> {
         let mut sdk_settings =
             Settings::new(settings.inactivity_timeout_ms, settings.max_duration_ms);
         for (key, value) in &settings.params {
             sdk_settings = sdk_settings.with_param(key, value);
         }
-        let plugin = NativePlugin::new(&sdk_settings).map_err(PluginError::Refused)?;
+        let plugin = NativePlugin::new(&sdk_settings).map_err(RulesError::Refused)?;
         Ok(Self { plugin, rule_version: format!("{name}+native"), texts_known: 0 })
     }
 }
@@ -39,7 +42,7 @@ impl<R: Rules + Send> RulesRuntime for NativeRules<R> {
         &mut self,
         texts: &[Arc<str>],
         batch: &mut Batch,
-    ) -> Result<BatchResult, PluginError> {
+    ) -> Result<BatchResult, RulesError> {
         let sdk_batch = sdk::Batch {
             new_texts: unsent_texts(texts, self.texts_known),
             watermark: batch.watermark,
@@ -64,7 +67,7 @@ impl<R: Rules + Send> RulesRuntime for NativeRules<R> {
                 .collect(),
         };
         self.texts_known = texts.len();
-        let result = self.plugin.process(sdk_batch).map_err(PluginError::Failed)?;
+        let result = self.plugin.process(sdk_batch).map_err(RulesError::Failed)?;
         let result = BatchResult {
             users: result
                 .users

@@ -1,12 +1,11 @@
-//! The admin endpoint of a running job: `plugin deploy`, `plugin rollback`,
-//! `plugin status`. Loopback only by default, and every request must carry the
+//! The admin endpoint of a running job, and its client: `plugin deploy`,
+//! `plugin rollback`, `plugin status`. Loopback only by default, and every request must carry the
 //! job's token (generated at start into `<state-dir>/admin.token`, mode 0600, or
 //! given with `--admin-token`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -15,31 +14,17 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-/// What the admin endpoint asks of the job.
-#[derive(Debug)]
-pub enum AdminAction {
-    /// Load, check and swap in the component at this path.
-    Deploy(PathBuf),
-    /// Go back to the previous rules.
-    Rollback,
-    /// Report the active rules and the history.
-    Status,
-}
+use crate::rules::lifecycle::{RulesAction, RulesRequest};
 
-/// A request and where its answer goes.
-#[derive(Debug)]
-pub struct AdminRequest {
-    /// What to do.
-    pub action: AdminAction,
-    /// The job's answer: JSON on success, a sentence on failure.
-    pub reply: oneshot::Sender<Result<serde_json::Value, String>>,
-}
+mod client;
+
+pub use client::{ask_job, AdminCall, ClientError};
 
 /// The body of `POST /plugin/deploy`.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct DeployBody {
+struct DeployBody {
     /// Path of the component, as the job sees it.
-    pub path: PathBuf,
+    path: PathBuf,
 }
 
 /// Why the admin endpoint could not start.
@@ -66,12 +51,16 @@ pub enum AdminError {
 #[derive(Clone)]
 struct AdminState {
     token: String,
-    requests: mpsc::Sender<AdminRequest>,
+    requests: mpsc::Sender<RulesRequest>,
 }
 
 /// Writes `token` to `dir/admin.token` readable by the owner only, and the
 /// address to `dir/admin.addr`, where `sessionize plugin` finds them.
-pub fn publish_credentials(dir: &Path, addr: SocketAddr, token: &str) -> Result<(), AdminError> {
+pub(crate) fn publish_credentials(
+    dir: &Path,
+    addr: SocketAddr,
+    token: &str,
+) -> Result<(), AdminError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join("admin.token");
@@ -90,16 +79,16 @@ pub fn publish_credentials(dir: &Path, addr: SocketAddr, token: &str) -> Result<
 }
 
 /// A fresh random token.
-pub fn new_token() -> String {
+pub(crate) fn new_token() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
 /// Binds the endpoint and serves it on the current tokio runtime. Returns the
 /// bound address (port 0 picks a free one).
-pub async fn serve(
+pub(crate) async fn serve(
     addr: SocketAddr,
     token: String,
-    requests: mpsc::Sender<AdminRequest>,
+    requests: mpsc::Sender<RulesRequest>,
 ) -> Result<SocketAddr, AdminError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -126,13 +115,13 @@ fn authorized(state: &AdminState, headers: &HeaderMap) -> bool {
     headers.get("authorization").and_then(|v| v.to_str().ok()).is_some_and(|v| v == expected)
 }
 
-async fn ask(state: AdminState, headers: HeaderMap, action: AdminAction) -> Reply {
+async fn ask(state: AdminState, headers: HeaderMap, action: RulesAction) -> Reply {
     if !authorized(&state, &headers) {
         let error = "missing or wrong token: use the one in <state-dir>/admin.token";
         return (StatusCode::UNAUTHORIZED, Json(serde_json::json!({ "error": error })));
     }
     let (reply, answer) = oneshot::channel();
-    if state.requests.send(AdminRequest { action, reply }).is_err() {
+    if state.requests.send(RulesRequest { action, reply }).is_err() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(serde_json::json!({ "error": "the job is stopping" })),
@@ -151,7 +140,7 @@ async fn ask(state: AdminState, headers: HeaderMap, action: AdminAction) -> Repl
 }
 
 async fn status(State(state): State<AdminState>, headers: HeaderMap) -> Reply {
-    ask(state, headers, AdminAction::Status).await
+    ask(state, headers, RulesAction::Status).await
 }
 
 async fn deploy(
@@ -159,42 +148,9 @@ async fn deploy(
     headers: HeaderMap,
     Json(body): Json<DeployBody>,
 ) -> Reply {
-    ask(state, headers, AdminAction::Deploy(body.path)).await
+    ask(state, headers, RulesAction::Deploy(body.path)).await
 }
 
 async fn rollback(State(state): State<AdminState>, headers: HeaderMap) -> Reply {
-    ask(state, headers, AdminAction::Rollback).await
-}
-
-/// Polls the plugin file; a changed file is deployed like `plugin deploy`.
-pub fn watch_plugin_file(path: PathBuf, requests: mpsc::Sender<AdminRequest>) {
-    let stamp = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.modified().ok(), m.len()));
-    std::thread::spawn(move || {
-        let mut last = stamp(&path);
-        loop {
-            std::thread::sleep(Duration::from_millis(500));
-            let now = stamp(&path);
-            if now.is_none() || now == last {
-                continue;
-            }
-            // Let the writer finish: deploy once the file stops changing.
-            std::thread::sleep(Duration::from_millis(300));
-            if stamp(&path) != now {
-                continue;
-            }
-            last = now;
-            let (reply, answer) = tokio::sync::oneshot::channel();
-            if requests
-                .send(AdminRequest { action: AdminAction::Deploy(path.clone()), reply })
-                .is_err()
-            {
-                return;
-            }
-            match answer.blocking_recv() {
-                Ok(Ok(_)) => tracing::info!(path = %path.display(), "watched plugin deployed"),
-                Ok(Err(error)) => tracing::warn!(%error, "watched plugin refused"),
-                Err(_) => return,
-            }
-        }
-    });
+    ask(state, headers, RulesAction::Rollback).await
 }

@@ -9,8 +9,10 @@ use std::path::Path;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{EngineChanges, EngineClocks, UserRecord};
-use crate::output::{RejectedEvent, SessionRow};
+use crate::engine::{EngineChanges, EngineClocks, UserState};
+use crate::sink::{RejectedEvent, SessionRow};
+
+mod encoding;
 
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 const TEXTS: TableDefinition<u32, &str> = TableDefinition::new("texts");
@@ -77,7 +79,7 @@ pub struct Recovered {
     /// The text table.
     pub texts: Vec<String>,
     /// Every user with something open or queued.
-    pub users: Vec<(String, UserRecord)>,
+    pub users: Vec<UserState>,
 }
 
 /// The redb-backed state store.
@@ -142,8 +144,7 @@ impl StateStore {
         let checkpoint: Option<CheckpointRecord> =
             match meta.get(CHECKPOINT_KEY).map_err(|e| self.fail(e))? {
                 Some(bytes) => Some(
-                    postcard::from_bytes(bytes.value())
-                        .map_err(|e| self.corrupt("checkpoint", e))?,
+                    encoding::decode(bytes.value()).map_err(|e| self.corrupt("checkpoint", e))?,
                 ),
                 None => None,
             };
@@ -151,7 +152,7 @@ impl StateStore {
         let staged = match &checkpoint {
             Some(c) => match staged_table.get(c.id).map_err(|e| self.fail(e))? {
                 Some(bytes) => Some(
-                    postcard::from_bytes(bytes.value())
+                    encoding::decode(bytes.value())
                         .map_err(|e| self.corrupt("staged output", e))?,
                 ),
                 None => None,
@@ -175,8 +176,9 @@ impl StateStore {
             txn.open_table(USERS).map_err(|e| self.fail(e))?.iter().map_err(|e| self.fail(e))?
         {
             let (uuid, record) = entry.map_err(|e| self.fail(e))?;
-            let record = UserRecord::decode(record.value()).map_err(|e| self.corrupt("user", e))?;
-            users.push((uuid.value().to_owned(), record));
+            let user = encoding::decode_user(uuid.value(), record.value())
+                .map_err(|e| self.corrupt("user", e))?;
+            users.push(user);
         }
         Ok(Recovered { checkpoint, staged, texts, users })
     }
@@ -192,9 +194,10 @@ impl StateStore {
         let txn = self.db.begin_write().map_err(|e| self.fail(e))?;
         {
             let mut users = txn.open_table(USERS).map_err(|e| self.fail(e))?;
-            for (uuid, record) in changes.upserts() {
-                let record = record.map_err(|e| self.fail(format!("cannot encode a user: {e}")))?;
-                users.insert(uuid, record.as_slice()).map_err(|e| self.fail(e))?;
+            for user in &changes.upserts {
+                let record = encoding::encode_user(user)
+                    .map_err(|e| self.fail(format!("cannot encode a user: {e}")))?;
+                users.insert(&*user.uuid, record.as_slice()).map_err(|e| self.fail(e))?;
             }
             for uuid in &changes.deletes {
                 users.remove(&**uuid).map_err(|e| self.fail(e))?;
@@ -204,12 +207,10 @@ impl StateStore {
                 texts.insert(changes.first_text + i as u32, &**text).map_err(|e| self.fail(e))?;
             }
             let mut meta = txn.open_table(META).map_err(|e| self.fail(e))?;
-            let bytes =
-                postcard::to_stdvec(checkpoint).map_err(|e| self.corrupt("checkpoint", e))?;
+            let bytes = encoding::encode(checkpoint).map_err(|e| self.corrupt("checkpoint", e))?;
             meta.insert(CHECKPOINT_KEY, bytes.as_slice()).map_err(|e| self.fail(e))?;
             let mut staged_table = txn.open_table(STAGED).map_err(|e| self.fail(e))?;
-            let bytes =
-                postcard::to_stdvec(staged).map_err(|e| self.corrupt("staged output", e))?;
+            let bytes = encoding::encode(staged).map_err(|e| self.corrupt("staged output", e))?;
             staged_table.insert(checkpoint.id, bytes.as_slice()).map_err(|e| self.fail(e))?;
         }
         txn.commit().map_err(|e| self.fail(e))

@@ -12,54 +12,52 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::contract::{Batch, BatchResult, Settings};
 use super::sandbox::{GuestOutput, Sandbox};
-
-use super::bindings::sessionize::plugin::{host, types};
-use super::bindings::{SessionRules, SessionRulesPre};
-use super::contract::{Batch, BatchResult, LogLevel, Settings};
-use super::{check_result, unsent_texts, PluginError, RulesRuntime};
+use super::wit::{self, host, types, SessionRules, SessionRulesPre};
+use super::{check_result, unsent_texts, RulesError, RulesRuntime};
 
 /// How often the epoch advances: the granularity of the per-call time budget.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Sandbox limits for one plugin instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PluginLimits {
+pub struct SandboxLimits {
     /// Largest linear memory (and table) the instance may grow to.
     pub memory_bytes: usize,
     /// Longest one `process` call may run before it is interrupted.
     pub call_timeout: Duration,
 }
 
-impl Default for PluginLimits {
+impl Default for SandboxLimits {
     fn default() -> Self {
         Self { memory_bytes: 64 << 20, call_timeout: Duration::from_secs(5) }
     }
 }
 
-/// A wasmtime engine set up for rules plugins, with the thread that advances its
-/// epoch (the clock behind time budgets). Compiling components is the expensive
-/// part; share one engine between all plugins of a process.
-pub struct RulesEngine {
+/// Compiles and instantiates rules components: a wasmtime engine set up for
+/// them, with the thread that advances its epoch (the clock behind time
+/// budgets). Compiling is the expensive part; share one loader per process.
+pub struct ComponentLoader {
     engine: wasmtime::Engine,
     linker: Linker<PluginHost>,
     ticker: Option<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
 }
 
-impl RulesEngine {
+impl ComponentLoader {
     /// An engine with epoch interruption and a WASI linker that grants nothing.
-    pub fn new() -> Result<Self, PluginError> {
+    pub fn new() -> Result<Self, RulesError> {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.wasm_component_model(true);
         let engine =
-            wasmtime::Engine::new(&config).map_err(|e| PluginError::Invalid(e.to_string()))?;
+            wasmtime::Engine::new(&config).map_err(|e| RulesError::Invalid(e.to_string()))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(|e| PluginError::Invalid(e.to_string()))?;
+            .map_err(|e| RulesError::Invalid(e.to_string()))?;
         SessionRules::add_to_linker::<_, HasSelf<_>>(&mut linker, |host| host)
-            .map_err(|e| PluginError::Invalid(e.to_string()))?;
+            .map_err(|e| RulesError::Invalid(e.to_string()))?;
         let stop = Arc::new(AtomicBool::new(false));
         let ticker = {
             let engine = engine.clone();
@@ -72,7 +70,7 @@ impl RulesEngine {
                         engine.increment_epoch();
                     }
                 })
-                .map_err(|e| PluginError::Invalid(format!("cannot start epoch thread: {e}")))?
+                .map_err(|e| RulesError::Invalid(format!("cannot start epoch thread: {e}")))?
         };
         Ok(Self { engine, linker, ticker: Some(ticker), stop })
     }
@@ -82,10 +80,10 @@ impl RulesEngine {
         self: &Arc<Self>,
         path: &Path,
         settings: &Settings,
-        limits: PluginLimits,
-    ) -> Result<ComponentRules, PluginError> {
+        limits: SandboxLimits,
+    ) -> Result<ComponentRules, RulesError> {
         let bytes = std::fs::read(path)
-            .map_err(|source| PluginError::Read { path: path.display().to_string(), source })?;
+            .map_err(|source| RulesError::Read { path: path.display().to_string(), source })?;
         self.load(&bytes, settings, limits)
     }
 
@@ -95,22 +93,22 @@ impl RulesEngine {
         self: &Arc<Self>,
         bytes: &[u8],
         settings: &Settings,
-        limits: PluginLimits,
-    ) -> Result<ComponentRules, PluginError> {
+        limits: SandboxLimits,
+    ) -> Result<ComponentRules, RulesError> {
         let component = Component::new(&self.engine, bytes)
-            .map_err(|e| PluginError::Invalid(format!("{e:#}")))?;
+            .map_err(|e| RulesError::Invalid(format!("{e:#}")))?;
         // Resolves imports now: a component that needs more than WASI and the
         // host log is refused here, not on its first batch.
         let pre = self
             .linker
             .instantiate_pre(&component)
             .and_then(SessionRulesPre::new)
-            .map_err(|e| PluginError::Invalid(format!("{e:#}")))?;
+            .map_err(|e| RulesError::Invalid(format!("{e:#}")))?;
         let hash = hex::encode(&Sha256::digest(bytes)[..6]);
         let mut rules = ComponentRules {
-            engine: self.clone(),
+            loader: self.clone(),
             pre,
-            settings: settings.clone(),
+            settings: wit::settings_to_wit(settings),
             limits,
             instance: None,
             rule_version: String::new(),
@@ -126,7 +124,7 @@ impl RulesEngine {
     }
 }
 
-impl Drop for RulesEngine {
+impl Drop for ComponentLoader {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(ticker) = self.ticker.take() {
@@ -154,14 +152,14 @@ impl WasiView for PluginHost {
 impl types::Host for PluginHost {}
 
 impl host::Host for PluginHost {
-    fn log(&mut self, level: LogLevel, message: String) {
+    fn log(&mut self, level: types::LogLevel, message: String) {
         let plugin = &*self.plugin;
         match level {
-            LogLevel::Error => tracing::error!(plugin, "{message}"),
-            LogLevel::Warn => tracing::warn!(plugin, "{message}"),
-            LogLevel::Info => tracing::info!(plugin, "{message}"),
-            LogLevel::Debug => tracing::debug!(plugin, "{message}"),
-            LogLevel::Trace => tracing::trace!(plugin, "{message}"),
+            types::LogLevel::Error => tracing::error!(plugin, "{message}"),
+            types::LogLevel::Warn => tracing::warn!(plugin, "{message}"),
+            types::LogLevel::Info => tracing::info!(plugin, "{message}"),
+            types::LogLevel::Debug => tracing::debug!(plugin, "{message}"),
+            types::LogLevel::Trace => tracing::trace!(plugin, "{message}"),
         }
     }
 }
@@ -170,11 +168,11 @@ impl host::Host for PluginHost {
 struct Instance {
     store: Store<PluginHost>,
     bindings: SessionRules,
-    limits: PluginLimits,
+    limits: SandboxLimits,
 }
 
 impl Instance {
-    fn info(&mut self) -> Result<super::contract::PluginInfo, PluginError> {
+    fn info(&mut self) -> Result<types::PluginInfo, RulesError> {
         self.arm();
         let rules = self.bindings.sessionize_plugin_rules();
         let info = rules.call_info(&mut self.store).map_err(|e| classify(e, self.limits));
@@ -201,10 +199,10 @@ impl Instance {
 
 /// Rules in a WebAssembly component.
 pub struct ComponentRules {
-    engine: Arc<RulesEngine>,
+    loader: Arc<ComponentLoader>,
     pre: SessionRulesPre<PluginHost>,
-    settings: Settings,
-    limits: PluginLimits,
+    settings: types::Settings,
+    limits: SandboxLimits,
     /// `None` after a trap: rebuilt on the next call.
     instance: Option<Instance>,
     rule_version: String,
@@ -213,7 +211,7 @@ pub struct ComponentRules {
 
 impl ComponentRules {
     /// The instance, building and configuring a fresh one if the last trapped.
-    fn instance(&mut self) -> Result<&mut Instance, PluginError> {
+    fn instance(&mut self) -> Result<&mut Instance, RulesError> {
         if self.instance.is_none() {
             self.texts_known = 0;
             let sandbox = Sandbox::new();
@@ -229,7 +227,7 @@ impl ComponentRules {
                     .build(),
                 plugin: Arc::from(self.rule_version.as_str()),
             };
-            let mut store = Store::new(&self.engine.engine, host);
+            let mut store = Store::new(&self.loader.engine, host);
             store.limiter(|host| &mut host.limits);
             store.epoch_deadline_trap();
             // Instantiation runs guest code too (start functions): budget it.
@@ -237,7 +235,7 @@ impl ComponentRules {
             let bindings = self
                 .pre
                 .instantiate(&mut store)
-                .map_err(|e| PluginError::Invalid(format!("{e:#}")))?;
+                .map_err(|e| RulesError::Invalid(format!("{e:#}")))?;
             let mut instance = Instance { store, bindings, limits: self.limits };
             instance.arm();
             let configured = instance
@@ -245,22 +243,10 @@ impl ComponentRules {
                 .sessionize_plugin_rules()
                 .call_configure(&mut instance.store, &self.settings);
             instance.log_output(!matches!(configured, Ok(Ok(()))));
-            configured.map_err(|e| classify(e, self.limits))?.map_err(PluginError::Refused)?;
+            configured.map_err(|e| classify(e, self.limits))?.map_err(RulesError::Refused)?;
             self.instance = Some(instance);
         }
-        self.instance.as_mut().ok_or_else(|| PluginError::Trapped("no instance".into()))
-    }
-}
-
-impl ComponentRules {
-    /// Drops the live instance (and its memory); the next call builds a new one.
-    pub fn release_instance(&mut self) {
-        self.instance = None;
-    }
-
-    /// Builds the instance now if there is none, rather than on the next batch.
-    pub fn warm_up(&mut self) -> Result<(), PluginError> {
-        self.instance().map(|_| ())
+        self.instance.as_mut().ok_or_else(|| RulesError::Trapped("no instance".into()))
     }
 }
 
@@ -273,22 +259,24 @@ impl RulesRuntime for ComponentRules {
         &mut self,
         texts: &[Arc<str>],
         batch: &mut Batch,
-    ) -> Result<BatchResult, PluginError> {
+    ) -> Result<BatchResult, RulesError> {
         let limits = self.limits;
         // Build first: a rebuilt instance starts with an empty text table.
         self.instance()?;
         let known = self.texts_known;
         let Some(instance) = self.instance.as_mut() else {
-            return Err(PluginError::Trapped("instance vanished".into()));
+            return Err(RulesError::Trapped("instance vanished".into()));
         };
         batch.new_texts = unsent_texts(texts, known);
         instance.arm();
-        let outcome =
-            instance.bindings.sessionize_plugin_rules().call_process(&mut instance.store, batch);
+        let outcome = wit::lend(batch, |batch| {
+            instance.bindings.sessionize_plugin_rules().call_process(&mut instance.store, batch)
+        });
         // Before a trap drops the instance: a panic message is on stderr.
         instance.log_output(outcome.is_err());
         match outcome {
             Ok(Ok(result)) => {
+                let result = wit::result_from_wit(result);
                 check_result(batch, &result)?;
                 self.texts_known = texts.len();
                 Ok(result)
@@ -296,7 +284,7 @@ impl RulesRuntime for ComponentRules {
             Ok(Err(message)) => {
                 // The guest answered, so its table did take the new texts.
                 self.texts_known = texts.len();
-                Err(PluginError::Failed(message))
+                Err(RulesError::Failed(message))
             }
             Err(e) => {
                 self.instance = None;
@@ -304,23 +292,31 @@ impl RulesRuntime for ComponentRules {
             }
         }
     }
+
+    fn release_instance(&mut self) {
+        self.instance = None;
+    }
+
+    fn warm_up(&mut self) -> Result<(), RulesError> {
+        self.instance().map(|_| ())
+    }
 }
 
-fn deadline_ticks(limits: PluginLimits) -> u64 {
+fn deadline_ticks(limits: SandboxLimits) -> u64 {
     let ticks = limits.call_timeout.as_millis() / EPOCH_TICK.as_millis();
     u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
 }
 
 /// Turns a wasmtime error into what went wrong, in the plugin author's terms.
-fn classify(error: wasmtime::Error, limits: PluginLimits) -> PluginError {
+fn classify(error: wasmtime::Error, limits: SandboxLimits) -> RulesError {
     match error.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => PluginError::Timeout(limits.call_timeout),
+        Some(Trap::Interrupt) => RulesError::Timeout(limits.call_timeout),
         _ => {
             let text = format!("{error:#}");
             if text.contains("forcing trap when growing memory") {
-                PluginError::OutOfMemory(limits.memory_bytes >> 20)
+                RulesError::OutOfMemory(limits.memory_bytes >> 20)
             } else {
-                PluginError::Trapped(text)
+                RulesError::Trapped(text)
             }
         }
     }

@@ -7,14 +7,14 @@ use rustc_hash::FxHashMap;
 
 /// Strings by handle, append-only: handles stay valid for the life of the job.
 #[derive(Debug, Default)]
-pub struct TextTable {
+pub(crate) struct TextTable {
     texts: Vec<Arc<str>>,
     handles: FxHashMap<Arc<str>, u32>,
 }
 
 impl TextTable {
     /// The handle of `text`, adding it on first sight.
-    pub fn intern(&mut self, text: &str) -> u32 {
+    pub(crate) fn intern(&mut self, text: &str) -> u32 {
         if let Some(&handle) = self.handles.get(text) {
             return handle;
         }
@@ -26,12 +26,12 @@ impl TextTable {
     }
 
     /// The string behind `handle`, if the table issued it.
-    pub fn get(&self, handle: u32) -> Option<&Arc<str>> {
+    pub(crate) fn get(&self, handle: u32) -> Option<&Arc<str>> {
         self.texts.get(handle as usize)
     }
 
     /// Every string, in handle order.
-    pub fn as_slice(&self) -> &[Arc<str>] {
+    pub(crate) fn as_slice(&self) -> &[Arc<str>] {
         &self.texts
     }
 }

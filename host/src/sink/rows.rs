@@ -1,4 +1,4 @@
-//! What the pipeline writes: finished sessions and rejected events.
+//! What a sink writes: finished sessions and rejected events.
 
 use std::sync::Arc;
 

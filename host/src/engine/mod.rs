@@ -1,0 +1,240 @@
+//! The engine: admits events (lateness, duplicates), orders each user's events,
+//! advances the watermark, and hands the rules one batch of many users at a time.
+//!
+//! Semantics (see README): event time is judged per partition ([`clock`]); a
+//! user's events wait until the watermark passes them and are then released to
+//! the rules in (time, event id) order ([`users`], [`dispatch`]), so the result
+//! does not depend on arrival order within the lateness bound, nor on how
+//! events are batched. [`snapshot`] is what a checkpoint takes and restores.
+//!
+//! The engine speaks the host's own contract types ([`crate::rules::contract`]);
+//! it knows nothing of WebAssembly.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::event::Event;
+use crate::rules::contract::{self, Batch};
+use crate::rules::{RulesError, RulesRuntime};
+use crate::sink::SessionRow;
+
+mod clock;
+mod dispatch;
+mod snapshot;
+mod text;
+mod users;
+
+pub use clock::EngineClocks;
+pub use snapshot::{EngineChanges, UserState};
+pub use users::PendingEvent;
+
+use clock::Clocks;
+use dispatch::InFlight;
+use text::TextTable;
+use users::Users;
+
+/// Namespace of session ids: `session_id = uuid_v5(NAMESPACE, "{uuid}:{start_ms}")`,
+/// so replays and re-runs write the same ids.
+pub const SESSION_ID_NAMESPACE: Uuid = Uuid::from_u128(0x5e55_10e1_2e00_4c0b_9d7a_62a1_0c5e_55d1);
+
+/// The deterministic id of the session of `uuid` that starts at `start_ms`.
+pub fn session_id(uuid: &str, start_ms: i64) -> String {
+    let name = format!("{uuid}:{start_ms}");
+    Uuid::new_v5(&SESSION_ID_NAMESPACE, name.as_bytes()).to_string()
+}
+
+/// Engine settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// How far behind its partition's greatest time an event may arrive.
+    pub allowed_lateness_ms: i64,
+    /// Upper bound on events per plugin call (a user's events are never split).
+    pub max_batch_events: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self { allowed_lateness_ms: 10 * 60_000, max_batch_events: 16_384 }
+    }
+}
+
+/// What became of an offered event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Queued for its user.
+    Accepted,
+    /// Dropped: this far (ms) behind what its partition or the watermark allows.
+    Late {
+        /// Milliseconds beyond the allowed lateness.
+        behind_ms: i64,
+    },
+    /// Dropped: the user already has an event with this id.
+    Duplicate,
+}
+
+/// Counters of a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Events queued for the rules.
+    pub accepted: u64,
+    /// Events dropped as late.
+    pub late: u64,
+    /// Events dropped as duplicates.
+    pub duplicates: u64,
+    /// Plugin calls made.
+    pub plugin_calls: u64,
+    /// Sessions the rules closed.
+    pub sessions_closed: u64,
+    /// Time spent inside plugin calls.
+    pub rules_time: std::time::Duration,
+}
+
+/// Why the engine could not go on.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The rules failed a batch. The batch is kept and retried by the next
+    /// [`Engine::advance`], for example with other rules.
+    #[error(transparent)]
+    Rules(#[from] RulesError),
+    /// State cannot be taken while a failed batch waits for a retry.
+    #[error("a failed batch is waiting for a retry")]
+    Busy,
+}
+
+/// The sessionization engine: everything between parsed events and the rules.
+pub struct Engine {
+    config: EngineConfig,
+    texts: TextTable,
+    users: Users,
+    clocks: Clocks,
+    /// Wake-up times the rules asked for, earliest first (stale ones skipped).
+    timers: BinaryHeap<Reverse<(i64, u32)>>,
+    in_flight: Vec<InFlight>,
+    stats: EngineStats,
+    /// Texts already handed out by [`Engine::take_changes`].
+    texts_taken: usize,
+    /// A few users of the latest batch, for dry runs of candidate rules.
+    sample: Option<Batch>,
+    /// Sessions closed by batches that succeeded before a later one failed:
+    /// handed out by the next successful [`Engine::advance`].
+    carried: Vec<SessionRow>,
+}
+
+impl Engine {
+    /// An empty engine.
+    pub fn new(config: EngineConfig) -> Self {
+        Self {
+            config,
+            texts: TextTable::default(),
+            users: Users::default(),
+            clocks: Clocks::new(config.allowed_lateness_ms),
+            timers: BinaryHeap::new(),
+            in_flight: Vec::new(),
+            stats: EngineStats::default(),
+            texts_taken: 0,
+            sample: None,
+            carried: Vec::new(),
+        }
+    }
+
+    /// Part of the latest batch the rules processed (its first users and their
+    /// events), for a dry run of new rules before they are swapped in.
+    pub fn sample_batch(&self) -> Option<&Batch> {
+        self.sample.as_ref()
+    }
+
+    /// The interned texts, which sampled batches refer to.
+    pub fn texts(&self) -> &[Arc<str>] {
+        self.texts.as_slice()
+    }
+
+    /// Declares the input's partitions: until each has delivered an event (or
+    /// is marked idle), the watermark waits for it.
+    pub fn register_partitions(&mut self, partitions: impl IntoIterator<Item = usize>) {
+        for p in partitions {
+            self.clocks.register(p);
+        }
+    }
+
+    /// Marks a partition idle (it stops holding the watermark back) or active.
+    pub fn set_idle(&mut self, partition: usize, idle: bool) {
+        self.clocks.set_idle(partition, idle);
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> EngineStats {
+        self.stats
+    }
+
+    /// The current watermark: every event still to be released is at or after it.
+    pub fn watermark(&self) -> i64 {
+        self.clocks.watermark()
+    }
+
+    /// Users held in memory (with an open session or queued events, or seen
+    /// since the last [`Engine::take_changes`]).
+    pub fn users_in_memory(&self) -> usize {
+        self.users.len()
+    }
+
+    /// Admits or drops one event that arrived on `partition`.
+    pub fn offer(&mut self, partition: usize, event: &Event<'_>) -> Admission {
+        let t = event.timestamp_ms;
+        if let Err(behind_ms) = self.clocks.observe(partition, t) {
+            self.stats.late += 1;
+            return Admission::Late { behind_ms };
+        }
+        let user = self.users.id_of(&event.uuid);
+        if let Some(id) = event.event_id.as_deref() {
+            if let Some(twin) = self.users.pending_twin(user, id) {
+                // Keep the earliest copy, so which copy arrived first does not matter.
+                if t < twin.event.timestamp_ms {
+                    twin.event.timestamp_ms = t;
+                }
+                self.stats.duplicates += 1;
+                self.users.mark_dirty(user);
+                return Admission::Duplicate;
+            }
+        }
+        let pending = PendingEvent {
+            event_id: event.event_id.as_deref().map(Arc::from),
+            event: contract::Event {
+                timestamp_ms: t,
+                page_name: event.page_name.as_deref().map(|p| self.texts.intern(p)),
+                event_name: event.event_name.as_deref().map(|n| self.texts.intern(n)),
+                event_type: event.event_type.as_deref().map(|n| self.texts.intern(n)),
+            },
+        };
+        self.users.queue(user, pending);
+        self.stats.accepted += 1;
+        Admission::Accepted
+    }
+
+    /// Moves the watermark to what the partitions allow, releases every event it
+    /// passed, wakes users whose sessions may have expired, and runs the rules on
+    /// them. With `end_of_input`, releases everything and closes every session.
+    /// Returns the sessions closed.
+    pub fn advance(
+        &mut self,
+        rules: &mut dyn RulesRuntime,
+        end_of_input: bool,
+    ) -> Result<Vec<SessionRow>, EngineError> {
+        let mut closed = std::mem::take(&mut self.carried);
+        // A batch that failed before is retried first, so nothing is lost.
+        if let Err(error) = self.drain_in_flight(rules, &mut closed) {
+            self.carried = closed;
+            return Err(error);
+        }
+        let watermark = self.clocks.advance();
+        let due = self.due_users(watermark, end_of_input);
+        self.queue_batches(due, end_of_input);
+        if let Err(error) = self.drain_in_flight(rules, &mut closed) {
+            self.carried = closed;
+            return Err(error);
+        }
+        Ok(closed)
+    }
+}

@@ -1,0 +1,176 @@
+//! The users the engine holds: each one's open session, the events waiting for
+//! the watermark, and the bookkeeping that finds users with work to do and
+//! users changed since the last checkpoint.
+
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+
+use super::text::TextTable;
+use crate::rules::contract::{Event, SessionState};
+
+/// An accepted event waiting for the watermark.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingEvent {
+    /// The producer's id, for duplicate detection.
+    pub event_id: Option<Arc<str>>,
+    /// The event as the rules will see it.
+    pub event: Event,
+}
+
+impl PendingEvent {
+    /// (time, event id), then the event's texts: events tied on time and id are
+    /// ordered by content, never by arrival, so arrival order cannot show.
+    pub(super) fn cmp(&self, other: &Self, texts: &TextTable) -> std::cmp::Ordering {
+        let text = |h: Option<u32>| h.and_then(|h| texts.get(h)).map(|t| &**t);
+        (self.event.timestamp_ms, self.event_id.as_deref())
+            .cmp(&(other.event.timestamp_ms, other.event_id.as_deref()))
+            .then_with(|| text(self.event.page_name).cmp(&text(other.event.page_name)))
+            .then_with(|| text(self.event.event_name).cmp(&text(other.event.event_name)))
+            .then_with(|| text(self.event.event_type).cmp(&text(other.event.event_type)))
+    }
+}
+
+/// Everything the engine keeps about one user.
+pub(super) struct UserSlot {
+    pub(super) uuid: Arc<str>,
+    /// The open session, as the rules left it (shared with checkpoint cuts).
+    pub(super) state: Option<Arc<SessionState>>,
+    /// Events not yet released, in arrival order.
+    pub(super) pending: Vec<PendingEvent>,
+    /// When the rules want to see this user again without events.
+    pub(super) wake_at: Option<i64>,
+    /// Whether the user is in [`Users::with_pending`].
+    listed: bool,
+    /// Whether the user changed since the last [`Users::take_dirty`].
+    dirty: bool,
+}
+
+/// Users by a dense id, reused after eviction.
+#[derive(Default)]
+pub(super) struct Users {
+    ids: FxHashMap<Arc<str>, u32>,
+    slots: Vec<UserSlot>,
+    /// Slots of evicted users, for reuse.
+    free: Vec<u32>,
+    /// Users with events waiting.
+    with_pending: Vec<u32>,
+    /// Users changed since the last [`Users::take_dirty`].
+    dirty: Vec<u32>,
+}
+
+impl Users {
+    /// Users held in memory.
+    pub(super) fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Every slot id ever handed out (evicted ones included).
+    pub(super) fn ids(&self) -> std::ops::Range<u32> {
+        0..self.slots.len() as u32
+    }
+
+    pub(super) fn slot(&self, user: u32) -> &UserSlot {
+        &self.slots[user as usize]
+    }
+
+    pub(super) fn slot_mut(&mut self, user: u32) -> &mut UserSlot {
+        &mut self.slots[user as usize]
+    }
+
+    /// The id of `uuid`, adding the user on first sight.
+    pub(super) fn id_of(&mut self, uuid: &str) -> u32 {
+        if let Some(&id) = self.ids.get(uuid) {
+            return id;
+        }
+        let uuid: Arc<str> = Arc::from(uuid);
+        let slot = UserSlot {
+            uuid: uuid.clone(),
+            state: None,
+            pending: Vec::new(),
+            wake_at: None,
+            listed: false,
+            dirty: false,
+        };
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.slots[id as usize] = slot;
+                id
+            }
+            None => {
+                self.slots.push(slot);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.ids.insert(uuid, id);
+        id
+    }
+
+    pub(super) fn mark_dirty(&mut self, user: u32) {
+        let slot = &mut self.slots[user as usize];
+        if !slot.dirty {
+            slot.dirty = true;
+            self.dirty.push(user);
+        }
+    }
+
+    /// The waiting event of `user` with this id, if any.
+    pub(super) fn pending_twin(&mut self, user: u32, event_id: &str) -> Option<&mut PendingEvent> {
+        self.slots[user as usize]
+            .pending
+            .iter_mut()
+            .find(|p| p.event_id.as_deref() == Some(event_id))
+    }
+
+    /// Queues an accepted event for `user`.
+    pub(super) fn queue(&mut self, user: u32, event: PendingEvent) {
+        let slot = &mut self.slots[user as usize];
+        if slot.pending.capacity() == 0 {
+            // Most users have one or two events waiting: the default first
+            // allocation (four) would dominate memory with many users.
+            slot.pending.reserve_exact(1);
+        }
+        slot.pending.push(event);
+        self.list(user);
+        self.mark_dirty(user);
+    }
+
+    /// Keeps `user` among those with events waiting, if it has any; otherwise not.
+    pub(super) fn list(&mut self, user: u32) {
+        let slot = &mut self.slots[user as usize];
+        if slot.pending.is_empty() {
+            slot.listed = false;
+        } else if !slot.listed {
+            slot.listed = true;
+            self.with_pending.push(user);
+        }
+    }
+
+    /// Users with events waiting; they are listed again by [`Users::list`].
+    pub(super) fn take_with_pending(&mut self) -> Vec<u32> {
+        let users = std::mem::take(&mut self.with_pending);
+        for &user in &users {
+            self.slots[user as usize].listed = false;
+        }
+        users
+    }
+
+    /// Users changed since the last call.
+    pub(super) fn take_dirty(&mut self) -> Vec<u32> {
+        let users = std::mem::take(&mut self.dirty);
+        for &user in &users {
+            self.slots[user as usize].dirty = false;
+        }
+        users
+    }
+
+    /// Drops `user` from memory (nothing open, nothing waiting) and returns its uuid.
+    pub(super) fn evict(&mut self, user: u32) -> Arc<str> {
+        let slot = &mut self.slots[user as usize];
+        self.ids.remove(&slot.uuid);
+        slot.wake_at = None;
+        self.free.push(user);
+        std::mem::replace(&mut slot.uuid, Arc::from(""))
+    }
+}

@@ -1,0 +1,231 @@
+//! Parsing and validating input records into events.
+//!
+//! A valid event is a JSON object with a non-empty string `uuid` and an
+//! `event_timestamp` of epoch milliseconds >= 0, given as a string of digits or a
+//! number. `event_id`, `page_name`, `booking_details` and `event_details{event_name,
+//! event_type, event_value}` are optional; unknown fields are ignored. Anything
+//! else is rejected with a [`Rejection`] that says what is wrong.
+
+use std::borrow::Cow;
+
+mod block;
+mod wire;
+
+pub(crate) use block::BlockRecord;
+pub use block::EventBlock;
+use wire::{Details, Value, Wire};
+
+/// One valid input event, borrowing from the record it was parsed from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event<'a> {
+    /// The user.
+    pub uuid: Cow<'a, str>,
+    /// Producer's id; events of one user with the same id count once.
+    pub event_id: Option<Cow<'a, str>>,
+    /// Event time, epoch milliseconds.
+    pub timestamp_ms: i64,
+    /// The page the event happened on.
+    pub page_name: Option<Cow<'a, str>>,
+    /// `event_details.event_name`.
+    pub event_name: Option<Cow<'a, str>>,
+    /// `event_details.event_type`.
+    pub event_type: Option<Cow<'a, str>>,
+}
+
+/// Why a record is not a valid event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// Not parseable JSON, or not a JSON object.
+    #[error("invalid JSON: {0}")]
+    InvalidJson(String),
+    /// The record is not valid UTF-8.
+    #[error("not UTF-8 text")]
+    NotUtf8,
+    /// A required field is absent or null.
+    #[error("missing {0}")]
+    Missing(&'static str),
+    /// A field has the wrong JSON type.
+    #[error("{field} must be {expected}, found {found}")]
+    WrongType {
+        /// The field.
+        field: &'static str,
+        /// What it must be.
+        expected: &'static str,
+        /// What the record had.
+        found: &'static str,
+    },
+    /// `uuid` is an empty string.
+    #[error("uuid is empty")]
+    EmptyUuid,
+    /// `event_timestamp` is not a non-negative whole number of milliseconds.
+    #[error("event_timestamp {0:?} is not epoch milliseconds >= 0")]
+    BadTimestamp(String),
+}
+
+/// Parses one record (a JSON line or a Kafka message value).
+pub fn parse(record: &[u8]) -> Result<Event<'_>, Rejection> {
+    // serde would also read a struct from a JSON array; events are objects only.
+    if record.trim_ascii_start().first() != Some(&b'{') {
+        return Err(if std::str::from_utf8(record).is_err() {
+            Rejection::NotUtf8
+        } else {
+            Rejection::InvalidJson("not a JSON object".into())
+        });
+    }
+    let wire: Wire<'_> = serde_json::from_slice(record).map_err(|e| {
+        if std::str::from_utf8(record).is_err() {
+            Rejection::NotUtf8
+        } else {
+            Rejection::InvalidJson(e.to_string())
+        }
+    })?;
+    let uuid = match wire.uuid {
+        Value::Str(s) if s.is_empty() => return Err(Rejection::EmptyUuid),
+        Value::Str(s) => s,
+        Value::Null => return Err(Rejection::Missing("uuid")),
+        other => return Err(wrong_type("uuid", "a string", &other)),
+    };
+    let timestamp_ms = match wire.event_timestamp {
+        Value::Str(s) => parse_digits(&s).ok_or_else(|| Rejection::BadTimestamp(s.into_owned()))?,
+        Value::Unsigned(n) => {
+            i64::try_from(n).map_err(|_| Rejection::BadTimestamp(n.to_string()))?
+        }
+        Value::Signed(n) => return Err(Rejection::BadTimestamp(n.to_string())),
+        Value::Float(f) => whole_ms(f).ok_or_else(|| Rejection::BadTimestamp(f.to_string()))?,
+        Value::Null => return Err(Rejection::Missing("event_timestamp")),
+        other => return Err(wrong_type("event_timestamp", "a string or number", &other)),
+    };
+    let event_id = match wire.event_id {
+        Value::Str(s) => Some(s),
+        Value::Unsigned(n) => Some(Cow::Owned(n.to_string())),
+        Value::Signed(n) => Some(Cow::Owned(n.to_string())),
+        Value::Null => None,
+        other => return Err(wrong_type("event_id", "a string or integer", &other)),
+    };
+    let page_name = optional_text("page_name", wire.page_name)?;
+    let (event_name, event_type) = match wire.event_details {
+        Details::Absent => (None, None),
+        Details::Object { event_name, event_type } => (
+            optional_text("event_details.event_name", event_name)?,
+            optional_text("event_details.event_type", event_type)?,
+        ),
+        Details::NotObject(found) => {
+            return Err(Rejection::WrongType {
+                field: "event_details",
+                expected: "an object",
+                found,
+            })
+        }
+    };
+    Ok(Event { uuid, event_id, timestamp_ms, page_name, event_name, event_type })
+}
+
+fn optional_text<'a>(
+    field: &'static str,
+    value: Value<'a>,
+) -> Result<Option<Cow<'a, str>>, Rejection> {
+    match value {
+        Value::Str(s) => Ok(Some(s)),
+        Value::Null => Ok(None),
+        other => Err(wrong_type(field, "a string", &other)),
+    }
+}
+
+fn wrong_type(field: &'static str, expected: &'static str, found: &Value<'_>) -> Rejection {
+    Rejection::WrongType { field, expected, found: found.kind() }
+}
+
+/// A string of ASCII digits that fits an i64.
+fn parse_digits(s: &str) -> Option<i64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// A float that is a whole, non-negative number of milliseconds (JSON like `1.7e12`).
+fn whole_ms(f: f64) -> Option<i64> {
+    // 2^53: beyond it a float no longer names one millisecond.
+    (f >= 0.0 && f.fract() == 0.0 && f < 9_007_199_254_740_992.0).then_some(f as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reject(line: &str) -> String {
+        match parse(line.as_bytes()) {
+            Ok(e) => panic!("accepted {line}: {e:?}"),
+            Err(r) => r.to_string(),
+        }
+    }
+
+    #[test]
+    fn accepts_string_or_number_timestamps_and_optional_fields() {
+        let e = parse(br#"{"uuid":"u1","event_timestamp":"1700000000000"}"#).unwrap();
+        assert_eq!((e.uuid.as_ref(), e.timestamp_ms, e.event_id), ("u1", 1_700_000_000_000, None));
+        let e = parse(
+            br#"{"uuid":"u1","event_id":7,"event_timestamp":0,"page_name":"home",
+                "booking_details":{"x":[1,2]},"event_details":{"event_name":"click",
+                "event_type":"ui","event_value":{"a":1}},"extra":true}"#,
+        )
+        .unwrap();
+        assert_eq!(e.timestamp_ms, 0);
+        assert_eq!(e.event_id.as_deref(), Some("7"));
+        assert_eq!(e.page_name.as_deref(), Some("home"));
+        assert_eq!(e.event_name.as_deref(), Some("click"));
+        assert_eq!(e.event_type.as_deref(), Some("ui"));
+        let e = parse(br#"{"uuid":"u","event_timestamp":1.7e12,"event_details":null}"#).unwrap();
+        assert_eq!(e.timestamp_ms, 1_700_000_000_000);
+    }
+
+    #[test]
+    fn escaped_strings_are_decoded() {
+        let e = parse(br#"{"uuid":"a\"b","event_timestamp":"5","page_name":"caf\u00e9"}"#).unwrap();
+        assert_eq!((e.uuid.as_ref(), e.page_name.as_deref()), ("a\"b", Some("café")));
+    }
+
+    #[test]
+    fn rejects_each_kind_of_malformed_record_with_its_reason() {
+        assert!(reject("not json").starts_with("invalid JSON"));
+        assert_eq!(reject(r#"["u", 1]"#), "invalid JSON: not a JSON object");
+        assert_eq!(reject("42"), "invalid JSON: not a JSON object");
+        assert!(reject(r#"{"uuid":"u","event_timestamp":1"#).starts_with("invalid JSON"));
+        assert_eq!(reject(r#"{"event_timestamp":1}"#), "missing uuid");
+        assert_eq!(reject(r#"{"uuid":null,"event_timestamp":1}"#), "missing uuid");
+        assert_eq!(reject(r#"{"uuid":"","event_timestamp":1}"#), "uuid is empty");
+        assert_eq!(
+            reject(r#"{"uuid":5,"event_timestamp":1}"#),
+            "uuid must be a string, found a number"
+        );
+        assert_eq!(reject(r#"{"uuid":"u"}"#), "missing event_timestamp");
+        for bad in [r#""-5""#, r#""12a""#, r#""""#, "-5", "1.5", r#""99999999999999999999""#] {
+            assert!(
+                reject(&format!(r#"{{"uuid":"u","event_timestamp":{bad}}}"#))
+                    .starts_with("event_timestamp"),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            reject(r#"{"uuid":"u","event_timestamp":true}"#),
+            "event_timestamp must be a string or number, found a boolean"
+        );
+        assert_eq!(
+            reject(r#"{"uuid":"u","event_timestamp":1,"page_name":3}"#),
+            "page_name must be a string, found a number"
+        );
+        assert_eq!(
+            reject(r#"{"uuid":"u","event_timestamp":1,"event_details":"x"}"#),
+            "event_details must be an object, found a string"
+        );
+        assert_eq!(
+            reject(r#"{"uuid":"u","event_timestamp":1,"event_details":{"event_name":[]}}"#),
+            "event_details.event_name must be a string, found an array"
+        );
+        assert_eq!(
+            reject(r#"{"uuid":"u","event_timestamp":1,"event_id":{}}"#),
+            "event_id must be a string or integer, found an object"
+        );
+        assert_eq!(parse(b"{\"uuid\":\"\xff\"}"), Err(Rejection::NotUtf8));
+    }
+}

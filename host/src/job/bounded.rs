@@ -1,0 +1,139 @@
+//! A bounded run: a file, through the engine and the rules, into the sink,
+//! with the run's counters. Parsing runs on a thread of its own.
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::ingest::ingest;
+use super::summary::RunSummary;
+use crate::engine::{Engine, EngineError};
+use crate::event::EventBlock;
+use crate::rules::RulesRuntime;
+use crate::sink::{RejectedEvent, SessionRow, Sink, SinkError};
+use crate::source::file::{FileSource, FileSourceError};
+
+/// Sessions staged in memory before a commit: bounds memory on huge inputs
+/// while keeping files per commit few.
+const COMMIT_EVERY_SESSIONS: usize = 1_000_000;
+
+/// Why a bounded run stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum BoundedError {
+    /// The input could not be read.
+    #[error(transparent)]
+    Source(#[from] FileSourceError),
+    /// The rules failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The output could not be written.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+}
+
+/// Records per block handed from the parsing thread to the engine.
+const BLOCK_RECORDS: usize = 8192;
+/// Blocks in flight between the threads: enough to keep both busy.
+const BLOCKS_IN_FLIGHT: usize = 4;
+
+/// Reads and parses `source` on its own thread, so parsing overlaps the engine.
+fn spawn_parser(
+    mut source: FileSource,
+) -> (mpsc::Receiver<Result<EventBlock, FileSourceError>>, thread::JoinHandle<()>) {
+    let (tx, rx) = mpsc::sync_channel(BLOCKS_IN_FLIGHT);
+    let handle = thread::spawn(move || {
+        let mut line = Vec::with_capacity(1024);
+        loop {
+            let mut block = EventBlock::with_capacity(BLOCK_RECORDS);
+            let mut done = false;
+            while block.len() < BLOCK_RECORDS {
+                match source.next_line(&mut line) {
+                    Ok(Some(position)) => block.push(0, position, &line),
+                    Ok(None) => {
+                        done = true;
+                        break;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                }
+            }
+            if (!block.is_empty() && tx.send(Ok(block)).is_err()) || done {
+                return;
+            }
+        }
+    });
+    (rx, handle)
+}
+
+/// Runs `source` to its end: every open session is closed and written to
+/// `sink`, whose commits carry `properties`.
+///
+/// Not async: plugin calls block (WASI's synchronous bindings run their own
+/// executor), so they must not run on an async task; `runtime` runs the commits.
+pub fn run_bounded(
+    runtime: &tokio::runtime::Handle,
+    source: FileSource,
+    engine: &mut Engine,
+    rules: &mut dyn RulesRuntime,
+    sink: &mut impl Sink,
+    properties: HashMap<String, String>,
+) -> Result<RunSummary, BoundedError> {
+    let started = Instant::now();
+    let source_name = source.name().to_owned();
+    let mut summary = RunSummary::default();
+    let mut out = Staged { sessions: Vec::new(), rejected: Vec::new(), properties };
+    let mut rules_time = Duration::ZERO;
+    let (blocks, parser) = spawn_parser(source);
+    for block in blocks.iter() {
+        let block = block?;
+        summary.read += block.len() as u64;
+        summary.rejected += ingest(&block, engine, &source_name, &mut out.rejected, |_| ());
+        let t = Instant::now();
+        out.sessions.extend(engine.advance(rules, false)?);
+        rules_time += t.elapsed();
+        if out.sessions.len() >= COMMIT_EVERY_SESSIONS {
+            out.commit(runtime, sink, &mut summary)?;
+        }
+    }
+    // The channel closed: the parser is done (or failed, which it reported above).
+    let _ = parser.join();
+    let t = Instant::now();
+    out.sessions.extend(engine.advance(rules, true)?);
+    rules_time += t.elapsed();
+    out.commit(runtime, sink, &mut summary)?;
+    summary.engine = engine.stats();
+    summary.elapsed = started.elapsed();
+    summary.advance_time = rules_time;
+    Ok(summary)
+}
+
+/// Output waiting for the next commit.
+struct Staged {
+    sessions: Vec<SessionRow>,
+    rejected: Vec<RejectedEvent>,
+    properties: HashMap<String, String>,
+}
+
+impl Staged {
+    fn commit(
+        &mut self,
+        runtime: &tokio::runtime::Handle,
+        sink: &mut impl Sink,
+        summary: &mut RunSummary,
+    ) -> Result<(), BoundedError> {
+        summary.sessions_written += self.sessions.len() as u64;
+        let stats = runtime.block_on(sink.commit(
+            &self.sessions,
+            &self.rejected,
+            self.properties.clone(),
+        ))?;
+        summary.commits += 1;
+        summary.session_files += stats.session_files as u64;
+        self.sessions.clear();
+        self.rejected.clear();
+        Ok(())
+    }
+}

@@ -1,0 +1,302 @@
+//! The job: wires source, engine, rules, sink, state and checkpoints together.
+//!
+//! Two runs share one ingest step ([`ingest`]): the bounded run
+//! ([`bounded::run_bounded`]) reads a file to its end and commits what it
+//! closed; the streaming run ([`streaming::run_streaming`]) polls Kafka and
+//! cuts checkpoints until stopped. [`run`] assembles either from a
+//! [`JobConfig`], as `sessionize run` does.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::admin::{self, AdminError};
+use crate::checkpoint::{CheckpointError, Checkpointer};
+use crate::engine::{Engine, EngineConfig};
+use crate::rules::contract::Settings;
+use crate::rules::lifecycle::{
+    deployed_before_restart, watch_plugin_file, ArchiveError, CheckpointedRules, RulesArchive,
+    RulesLifecycle, RulesLoader, RulesSlot,
+};
+use crate::rules::{ComponentLoader, ComponentRules, RulesError, RulesRuntime, SandboxLimits};
+use crate::sink::iceberg::{IcebergSink, SinkConfig};
+use crate::sink::SinkError;
+use crate::source::file::{FileSource, FileSourceError};
+use crate::source::kafka::{KafkaConfig, KafkaSource, KafkaSourceError};
+use crate::state::{StateError, StateStore};
+use crate::tools::generate::{generate, GeneratorConfig};
+
+pub mod bounded;
+mod ingest;
+pub mod streaming;
+mod summary;
+
+pub use summary::{RunSummary, Stalls, StreamSummary};
+
+/// The default rules component, built from `guest/default-rules`.
+#[cfg(embedded_rules)]
+const DEFAULT_RULES: Option<&[u8]> = Some(include_bytes!(env!("SESSIONIZE_DEFAULT_RULES")));
+#[cfg(not(embedded_rules))]
+const DEFAULT_RULES: Option<&[u8]> = None;
+
+/// Everything `sessionize run` configures.
+#[derive(Debug, Clone)]
+pub struct JobConfig {
+    /// The Iceberg tables.
+    pub sink: SinkConfig,
+    /// How far behind its partition's greatest time an event may arrive.
+    pub allowed_lateness: Duration,
+    /// What the rules are configured with.
+    pub settings: Settings,
+    /// Sandbox limits per rules instance.
+    pub limits: SandboxLimits,
+    /// `--plugin`, or the built-in default rules.
+    pub plugin: Option<PathBuf>,
+    /// Swap the rules whenever the `plugin` file is replaced (streaming).
+    pub plugin_watch: bool,
+    /// The durable state of a streaming job.
+    pub state_dir: PathBuf,
+    /// Kafka input.
+    pub kafka: KafkaConfig,
+    /// How the streaming loop paces itself.
+    pub stream: streaming::StreamConfig,
+    /// Where the admin endpoint listens.
+    pub admin_addr: SocketAddr,
+    /// The admin token; generated when absent.
+    pub admin_token: Option<String>,
+}
+
+/// What a job reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// A generated sample, once (`--test-mode` without Kafka).
+    Sample,
+    /// A file of JSON lines, or `-` for standard input.
+    File(PathBuf),
+    /// The Kafka topic.
+    Kafka,
+}
+
+/// What a job did.
+#[derive(Debug, Clone)]
+pub enum Summary {
+    /// A bounded run's counters.
+    Bounded(RunSummary),
+    /// A streaming run's counters.
+    Streaming(Box<StreamSummary>),
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Summary::Bounded(summary) => summary.fmt(f),
+            Summary::Streaming(summary) => summary.fmt(f),
+        }
+    }
+}
+
+/// Why a job could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The rules could not be loaded.
+    #[error("{context}")]
+    Rules {
+        /// Which rules.
+        context: String,
+        /// Why.
+        #[source]
+        source: RulesError,
+    },
+    /// No rules were given and none are built in.
+    #[error(
+        "this binary was built without the default rules: run guest/build.sh and rebuild, \
+         or pass --plugin PATH"
+    )]
+    NoDefaultRules,
+    /// The sample could not be generated.
+    #[error("generating the sample")]
+    Sample(#[source] std::io::Error),
+    /// The tables could not be opened.
+    #[error("opening the Iceberg tables in {warehouse}")]
+    Sink {
+        /// The warehouse.
+        warehouse: String,
+        /// Why.
+        #[source]
+        source: SinkError,
+    },
+    /// Signal handlers could not be installed.
+    #[error("installing signal handlers")]
+    Signals(#[source] std::io::Error),
+    /// The input file could not be read.
+    #[error(transparent)]
+    Input(#[from] FileSourceError),
+    /// Kafka could not be reached.
+    #[error(transparent)]
+    Kafka(#[from] KafkaSourceError),
+    /// The state directory could not be used.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The archive of deployed rules could not be used.
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    /// Recovery failed.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The admin endpoint could not start.
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    /// The bounded run failed.
+    #[error(transparent)]
+    Bounded(#[from] bounded::BoundedError),
+    /// The streaming run failed.
+    #[error(transparent)]
+    Streaming(#[from] streaming::StreamError),
+}
+
+/// Runs a job on `input`; a streaming job runs until SIGINT/SIGTERM (or the
+/// topic's end with `until_end`). Needs a multi-threaded tokio runtime: plugin
+/// calls block, and run off the async tasks.
+pub async fn run(config: &JobConfig, input: Input) -> Result<Summary, JobError> {
+    let source = match input {
+        Input::Sample => {
+            let mut sample = Vec::new();
+            generate(&GeneratorConfig::sample(), &mut sample).map_err(JobError::Sample)?;
+            FileSource::from_bytes("test-mode sample", sample)
+        }
+        Input::File(path) => FileSource::open(&path)?,
+        Input::Kafka => {
+            return run_kafka(config).await.map(|summary| Summary::Streaming(Box::new(summary)))
+        }
+    };
+    run_file(config, source).await.map(Summary::Bounded)
+}
+
+async fn run_file(config: &JobConfig, source: FileSource) -> Result<RunSummary, JobError> {
+    let loader = rules_loader(config)?;
+    // Plugin calls block: never on an async task.
+    let mut rules = tokio::task::block_in_place(|| given_rules(config, &loader))?;
+    tracing::info!(rules = rules.rule_version(), "rules loaded");
+    let mut sink = open_sink(config).await?;
+    let mut engine = Engine::new(engine_config(config));
+    let props = HashMap::from([
+        ("sessionize.rule-version".to_owned(), rules.rule_version().to_owned()),
+        ("sessionize.source".to_owned(), source.name().to_owned()),
+    ]);
+    let handle = tokio::runtime::Handle::current();
+    let summary = tokio::task::block_in_place(|| {
+        bounded::run_bounded(&handle, source, &mut engine, &mut rules, &mut sink, props)
+    })?;
+    Ok(summary)
+}
+
+/// The streaming job: Kafka to Iceberg with checkpoints.
+async fn run_kafka(config: &JobConfig) -> Result<StreamSummary, JobError> {
+    let loader = rules_loader(config)?;
+    let given = tokio::task::block_in_place(|| given_rules(config, &loader))?;
+    let archive = Arc::new(RulesArchive::open(&config.state_dir)?);
+    let mut slot = RulesSlot::new(given);
+    tracing::info!(rules = slot.rule_version(), "rules loaded");
+    let mut sink = open_sink(config).await?;
+    let store = StateStore::open(&config.state_dir)?;
+    let (mut checkpointer, resumed) =
+        Checkpointer::recover(store, &mut sink, engine_config(config)).await?;
+    checkpointer.set_given_rules(slot.rule_version());
+    let checkpointed = CheckpointedRules {
+        in_force: resumed.rule_version.clone(),
+        given: resumed.given_rules.clone(),
+    };
+    if let Some(live) = tokio::task::block_in_place(|| {
+        deployed_before_restart(&archive, &checkpointed, slot.rule_version()).and_then(|bytes| {
+            loader
+                .load(&bytes)
+                .map_err(|error| tracing::warn!(%error, "rules of the last checkpoint refused"))
+                .ok()
+        })
+    }) {
+        tracing::info!(rules = live.rule_version(), "resuming with the rules deployed live");
+        slot.resume(live);
+    }
+    tracing::info!(
+        checkpoint = resumed.checkpoint_id,
+        open_users = resumed.open_users,
+        offsets = ?resumed.offsets,
+        "state recovered"
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone()).map_err(JobError::Signals)?;
+    }
+    let (requests_tx, requests) = std::sync::mpsc::channel();
+    let token = config.admin_token.clone().unwrap_or_else(admin::new_token);
+    let addr = admin::serve(config.admin_addr, token.clone(), requests_tx.clone()).await?;
+    admin::publish_credentials(&config.state_dir, addr, &token)?;
+    if config.plugin_watch {
+        if let Some(path) = config.plugin.clone() {
+            watch_plugin_file(path, requests_tx);
+        }
+    }
+    let mut rules = RulesLifecycle::new(slot)
+        .accepting(requests)
+        .loading_with(loader.keeping_in(archive.clone()));
+    let handle = tokio::runtime::Handle::current();
+    let offsets = resumed.offsets.clone();
+    tokio::task::block_in_place(|| {
+        let source = KafkaSource::connect(&config.kafka, &offsets, Duration::from_secs(30))?;
+        let parts = streaming::StreamParts {
+            source,
+            engine: resumed.engine,
+            checkpointer,
+            rules: &mut rules,
+            sink: &mut sink,
+        };
+        let outcome =
+            streaming::run_streaming(&handle, parts, config.stream, offsets.clone(), &stop);
+        if let Err(streaming::StreamError::RulesFailed { rules, .. }) = &outcome {
+            // Not to be resumed on restart: the restart would fail the same way.
+            if let Err(error) = archive.mark_failed(rules) {
+                tracing::warn!(%error, "a restart may resume the failed rules");
+            }
+        }
+        Ok(outcome?)
+    })
+}
+
+fn engine_config(config: &JobConfig) -> EngineConfig {
+    EngineConfig {
+        allowed_lateness_ms: i64::try_from(config.allowed_lateness.as_millis()).unwrap_or(i64::MAX),
+        ..EngineConfig::default()
+    }
+}
+
+async fn open_sink(config: &JobConfig) -> Result<IcebergSink, JobError> {
+    IcebergSink::open(&config.sink).await.map_err(|source| JobError::Sink {
+        warehouse: config.sink.warehouse.display().to_string(),
+        source,
+    })
+}
+
+/// The loader every rules version of this job goes through.
+fn rules_loader(config: &JobConfig) -> Result<RulesLoader, JobError> {
+    let loader = ComponentLoader::new()
+        .map_err(|source| JobError::Rules { context: "starting wasmtime".into(), source })?;
+    Ok(RulesLoader::new(Arc::new(loader), config.settings.clone(), config.limits))
+}
+
+/// The rules the command line gives: `--plugin`, or the built-in default rules.
+fn given_rules(config: &JobConfig, loader: &RulesLoader) -> Result<ComponentRules, JobError> {
+    match (&config.plugin, DEFAULT_RULES) {
+        (Some(path), _) => loader.load_file(path).map_err(|source| JobError::Rules {
+            context: format!("loading plugin {}", path.display()),
+            source,
+        }),
+        (None, Some(bytes)) => loader.load(bytes).map_err(|source| JobError::Rules {
+            context: "loading the built-in default rules".into(),
+            source,
+        }),
+        (None, None) => Err(JobError::NoDefaultRules),
+    }
+}

@@ -1,0 +1,329 @@
+//! The streaming run: a [`StreamSource`] in, engine and rules, checkpoints into
+//! the state store and the sink, until stopped (or, with `until_end`, until the
+//! source's end as of the start).
+//!
+//! The event loop polls, ingests, runs the rules, serves rule changes and cuts
+//! checkpoints; the [`CheckpointThread`] beside it completes them, so the event
+//! flow stalls only for a cut. A change of rules is applied right after a cut:
+//! each checkpoint is processed by one rules version.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use super::ingest::ingest;
+use super::summary::StreamSummary;
+use crate::checkpoint::{
+    CheckpointError, CheckpointThread, Checkpointer, Completed, Cut, PendingCheckpoint,
+};
+use crate::engine::{Engine, EngineError};
+use crate::event::EventBlock;
+use crate::rules::lifecycle::{Change, RulesLifecycle};
+use crate::sink::Sink;
+use crate::source::StreamSource;
+use crate::state::StagedOutput;
+
+#[cfg(test)]
+mod tests;
+
+/// How the streaming loop paces itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamConfig {
+    /// Most messages taken per poll (`--max-events-per-batch`).
+    pub max_events_per_batch: usize,
+    /// Time between checkpoints (`--checkpoint-interval`).
+    pub checkpoint_interval: Duration,
+    /// A partition with no message for this long stops holding the watermark back.
+    pub idle_timeout: Duration,
+    /// Stop at the end of the topic as it was at start, closing every session.
+    pub until_end: bool,
+    /// Failed attempts at one batch before `on_rules_failure` applies.
+    pub rules_attempts: u32,
+    /// What happens when the rules keep failing a batch.
+    pub on_rules_failure: FaultPolicy,
+}
+
+/// What the job does when the rules fail the same batch `rules_attempts` times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultPolicy {
+    /// Go back to the previous rules version and retry; stop if there is none.
+    Rollback,
+    /// Stop at the last checkpoint (a restart resumes there).
+    Stop,
+}
+
+/// Why the streaming job stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The source failed.
+    #[error(transparent)]
+    Source(Box<dyn std::error::Error + Send + Sync>),
+    /// The rules failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// A checkpoint failed.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The rules kept failing a batch and the job stopped at its last checkpoint.
+    #[error(
+        "rules {rules} failed the same batch {attempts} times ({source}); the job stopped at \
+         its last checkpoint and resumes there on restart: fix the rules, or start with \
+         --plugin pointing at a version that works"
+    )]
+    RulesFailed {
+        /// The rule version that failed.
+        rules: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The last failure.
+        source: EngineError,
+    },
+}
+
+/// The parts a streaming run drives.
+pub struct StreamParts<'a, S, K> {
+    /// The input, positioned at the recovered offsets.
+    pub source: S,
+    /// The engine as recovered.
+    pub engine: Engine,
+    /// The checkpoint protocol.
+    pub checkpointer: Checkpointer,
+    /// The rules and the changes asked of them.
+    pub rules: &'a mut RulesLifecycle,
+    /// The output.
+    pub sink: &'a mut K,
+}
+
+/// Runs until `stop` is set (a final checkpoint keeps open sessions for the next
+/// run) or, with `until_end`, until the source's end as of the start.
+pub fn run_streaming<S: StreamSource, K: Sink + Send>(
+    runtime: &tokio::runtime::Handle,
+    parts: StreamParts<'_, S, K>,
+    config: StreamConfig,
+    start_offsets: BTreeMap<i32, i64>,
+    stop: &AtomicBool,
+) -> Result<StreamSummary, StreamError> {
+    let StreamParts { source, engine, checkpointer, rules, sink } = parts;
+    std::thread::scope(|scope| {
+        let checkpoints = CheckpointThread::start(scope, runtime, checkpointer, sink)?;
+        let now = Instant::now();
+        let job = EventLoop {
+            source_name: source.name(),
+            last_message: source.partitions().iter().map(|&p| (p, now)).collect(),
+            source,
+            engine,
+            rules,
+            checkpoints,
+            config,
+            start_offsets,
+            summary: StreamSummary::default(),
+            staged: StagedOutput::default(),
+            last_checkpoint: now,
+            oldest_staged: None,
+            failures: 0,
+            ends: None,
+        };
+        job.run(stop)
+    })
+}
+
+/// The event loop and what it keeps between iterations.
+struct EventLoop<'a, S> {
+    source: S,
+    source_name: String,
+    engine: Engine,
+    rules: &'a mut RulesLifecycle,
+    checkpoints: CheckpointThread,
+    config: StreamConfig,
+    start_offsets: BTreeMap<i32, i64>,
+    summary: StreamSummary,
+    /// When each partition last delivered, for idleness.
+    last_message: HashMap<i32, Instant>,
+    /// Output waiting for the next checkpoint.
+    staged: StagedOutput,
+    last_checkpoint: Instant,
+    /// When the oldest session waiting for the next checkpoint closed.
+    oldest_staged: Option<Instant>,
+    /// Failed attempts at the batch at the head of the engine's queue.
+    failures: u32,
+    /// Where the source ends, with `until_end`.
+    ends: Option<BTreeMap<i32, i64>>,
+}
+
+impl<S: StreamSource> EventLoop<'_, S> {
+    fn run(mut self, stop: &AtomicBool) -> Result<StreamSummary, StreamError> {
+        let started = Instant::now();
+        self.engine.register_partitions(self.source.partitions().iter().map(|&p| p as usize));
+        if self.config.until_end {
+            let ends = self.source.end_offsets(Duration::from_secs(30));
+            self.ends = Some(ends.map_err(|e| StreamError::Source(Box::new(e)))?);
+        }
+        loop {
+            self.poll();
+            self.take_completed()?;
+            if !self.run_rules()? {
+                continue;
+            }
+            self.rules.serve_requests(self.summary.read, self.summary.checkpoints);
+            let offsets = merged(&self.start_offsets, self.source.positions());
+            let at_end = self.at_end(&offsets);
+            if at_end {
+                self.staged.sessions.extend(self.engine.advance(self.rules.rules(), true)?);
+            }
+            let stopping = at_end || stop.load(Ordering::Relaxed);
+            // No change of rules after the final checkpoint: it would be
+            // answered as done yet not be recorded in any checkpoint.
+            let change = if stopping { None } else { self.rules.next_change() };
+            if stopping
+                || change.is_some()
+                || self.last_checkpoint.elapsed() >= self.config.checkpoint_interval
+            {
+                self.checkpoint(offsets, change)?;
+            }
+            if stopping {
+                break;
+            }
+        }
+        self.finish(started)
+    }
+
+    /// Reads what the source has, into the engine and the dead letters, and
+    /// marks partitions that have been silent too long as idle.
+    fn poll(&mut self) {
+        let max = self.config.max_events_per_batch;
+        let mut block = EventBlock::with_capacity(max.min(65_536));
+        self.source.poll_into(&mut block, max, Duration::from_millis(100));
+        self.summary.read += block.len() as u64;
+        let now = Instant::now();
+        let last_message = &mut self.last_message;
+        self.summary.rejected +=
+            ingest(&block, &mut self.engine, &self.source_name, &mut self.staged.rejected, |p| {
+                last_message.insert(p, now);
+            });
+        for (&p, &seen) in &self.last_message {
+            self.engine.set_idle(p as usize, now.duration_since(seen) >= self.config.idle_timeout);
+        }
+    }
+
+    /// Runs the rules on what the watermark released. A failed batch is kept
+    /// for the next iteration (returns false); after too many attempts the
+    /// fault policy applies.
+    fn run_rules(&mut self) -> Result<bool, StreamError> {
+        match self.engine.advance(self.rules.rules(), false) {
+            Ok(closed) => {
+                self.failures = 0;
+                if !closed.is_empty() && self.oldest_staged.is_none() {
+                    self.oldest_staged = Some(Instant::now());
+                }
+                self.staged.sessions.extend(closed);
+                Ok(true)
+            }
+            Err(error) => {
+                self.failures += 1;
+                let rules = self.rules.rule_version().to_owned();
+                tracing::error!(rules, %error, attempt = self.failures, "rules failed a batch; it is kept and retried");
+                if self.failures >= self.config.rules_attempts {
+                    self.give_up_on_rules(rules, error)?;
+                    self.failures = 0;
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    /// The rules failed a batch too often: roll back if the policy says so and
+    /// there is a version to go back to; otherwise stop (the checkpoint thread
+    /// still completes the checkpoints already cut).
+    fn give_up_on_rules(&mut self, rules: String, error: EngineError) -> Result<(), StreamError> {
+        if self.config.on_rules_failure == FaultPolicy::Rollback
+            && self.rules.roll_back_after_failure(error.to_string()).is_some()
+        {
+            return Ok(());
+        }
+        Err(StreamError::RulesFailed { rules, attempts: self.failures, source: error })
+    }
+
+    /// Whether every partition has been read up to where it ended at the start.
+    fn at_end(&self, offsets: &BTreeMap<i32, i64>) -> bool {
+        self.ends.as_ref().is_some_and(|ends| {
+            ends.iter().all(|(p, &end)| end <= 0 || offsets.get(p).is_some_and(|&o| o >= end))
+        })
+    }
+
+    /// Cuts a checkpoint at `offsets` and hands it to the checkpoint thread;
+    /// then, at that boundary, applies `change`.
+    fn checkpoint(
+        &mut self,
+        offsets: BTreeMap<i32, i64>,
+        change: Option<Change>,
+    ) -> Result<(), StreamError> {
+        let boundary = Instant::now();
+        let output = std::mem::take(&mut self.staged);
+        self.summary.sessions_written += output.sessions.len() as u64;
+        let pending =
+            PendingCheckpoint::cut(&mut self.engine, offsets, output, self.rules.rule_version())?;
+        self.checkpoints.submit(Cut { pending, oldest_closed: self.oldest_staged.take() })?;
+        self.summary.checkpoint_stalls.record(boundary.elapsed());
+        // At the checkpoint boundary: everything before it was cut by the old
+        // rules, everything after by the new.
+        if let Some(change) = change {
+            if let Some(took) = change.compile_time() {
+                self.summary.candidate_compiles.record(took);
+            }
+            let (texts, sample) = (self.engine.texts(), self.engine.sample_batch());
+            if let Some(pause) = self.rules.apply(change, texts, sample) {
+                self.summary.swap_pauses.record(pause);
+                self.summary.swap_stalls.record(boundary.elapsed());
+            }
+        }
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    /// Takes note of checkpoints the checkpoint thread has completed.
+    fn take_completed(&mut self) -> Result<(), StreamError> {
+        while let Some(completed) = self.checkpoints.try_completed() {
+            completed_checkpoint(&mut self.source, &mut self.summary, &self.engine, completed?);
+        }
+        Ok(())
+    }
+
+    /// Waits for the checkpoint thread to finish the last checkpoints.
+    fn finish(self, started: Instant) -> Result<StreamSummary, StreamError> {
+        let EventLoop { checkpoints, mut source, mut summary, engine, .. } = self;
+        for completed in checkpoints.finish() {
+            completed_checkpoint(&mut source, &mut summary, &engine, completed?);
+        }
+        summary.engine = engine.stats();
+        summary.elapsed = started.elapsed();
+        Ok(summary)
+    }
+}
+
+/// A checkpoint is durable and published: report its offsets to the source
+/// (for monitoring) and count it.
+fn completed_checkpoint(
+    source: &mut impl StreamSource,
+    summary: &mut StreamSummary,
+    engine: &Engine,
+    completed: Completed,
+) {
+    source.commit_consumed(&completed.offsets);
+    if let Some(closed) = completed.oldest_closed {
+        summary.max_visibility_latency = summary.max_visibility_latency.max(closed.elapsed());
+    }
+    summary.checkpoints += 1;
+    tracing::info!(
+        checkpoint = completed.id,
+        consumed = completed.offsets.values().sum::<i64>(),
+        users_in_memory = engine.users_in_memory(),
+        "checkpoint"
+    );
+}
+
+/// Offsets read so far, over the offsets the run started from.
+fn merged(start: &BTreeMap<i32, i64>, read: &BTreeMap<i32, i64>) -> BTreeMap<i32, i64> {
+    let mut all = start.clone();
+    all.extend(read.iter().map(|(&p, &o)| (p, o)));
+    all
+}

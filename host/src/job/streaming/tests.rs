@@ -1,0 +1,284 @@
+//! The event loop in-process, over a scripted source, an in-memory sink and
+//! the default rules compiled natively: end detection, a failing checkpoint,
+//! and rule changes at checkpoint boundaries.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc;
+
+use default_rules::DefaultRules;
+
+use super::*;
+use crate::checkpoint::{Checkpointer, RULE_VERSION_KEY};
+use crate::engine::EngineConfig;
+use crate::rules::contract::Settings;
+use crate::rules::lifecycle::{RulesAction, RulesRequest, RulesSlot};
+use crate::rules::NativeRules;
+use crate::sink::{CommitStats, RejectedEvent, SessionRow, SinkError};
+use crate::source::file::FileSource;
+use crate::state::StateStore;
+use crate::tools::generate::{generate, GeneratorConfig};
+
+/// Records per partition, served in order, a few at a time.
+struct ScriptedSource {
+    partitions: Vec<i32>,
+    records: BTreeMap<i32, Vec<Vec<u8>>>,
+    positions: BTreeMap<i32, i64>,
+    committed: Vec<BTreeMap<i32, i64>>,
+}
+
+impl ScriptedSource {
+    /// The lines of `events` over `partitions` partitions, keyed by user as a
+    /// producer would: a user's events stay on one partition, in order.
+    fn new(events: &[u8], partitions: i32) -> Self {
+        let mut records: BTreeMap<i32, Vec<Vec<u8>>> =
+            (0..partitions).map(|p| (p, Vec::new())).collect();
+        for line in events.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let key = crate::event::parse(line).map_or(0, |e| {
+                e.uuid.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
+            });
+            let p = (key % partitions as u32) as i32;
+            records.entry(p).or_default().push(line.to_vec());
+        }
+        Self {
+            partitions: (0..partitions).collect(),
+            records,
+            positions: BTreeMap::new(),
+            committed: Vec::new(),
+        }
+    }
+}
+
+impl StreamSource for ScriptedSource {
+    type Error = std::io::Error;
+
+    fn name(&self) -> String {
+        "scripted".into()
+    }
+
+    fn partitions(&self) -> &[i32] {
+        &self.partitions
+    }
+
+    fn poll_into(&mut self, block: &mut EventBlock, max: usize, _timeout: Duration) -> usize {
+        let mut added = 0;
+        while added < max {
+            let mut any = false;
+            for (&p, records) in &self.records {
+                let position = self.positions.entry(p).or_insert(0);
+                if let Some(record) = records.get(*position as usize) {
+                    block.push(p, *position, record);
+                    *position += 1;
+                    added += 1;
+                    any = true;
+                }
+            }
+            if !any {
+                break;
+            }
+        }
+        added
+    }
+
+    fn positions(&self) -> &BTreeMap<i32, i64> {
+        &self.positions
+    }
+
+    fn end_offsets(&self, _timeout: Duration) -> Result<BTreeMap<i32, i64>, Self::Error> {
+        Ok(self.records.iter().map(|(&p, r)| (p, r.len() as i64)).collect())
+    }
+
+    fn commit_consumed(&mut self, offsets: &BTreeMap<i32, i64>) {
+        self.committed.push(offsets.clone());
+    }
+}
+
+/// One commit: its sessions, dead letters and properties.
+type Commit = (Vec<SessionRow>, Vec<RejectedEvent>, HashMap<String, String>);
+
+/// Keeps every commit; fails every commit from `fail_from` on.
+#[derive(Default)]
+struct MemorySink {
+    commits: Vec<Commit>,
+    fail_from: Option<usize>,
+}
+
+impl MemorySink {
+    fn sessions(&self) -> Vec<SessionRow> {
+        self.commits.iter().flat_map(|(s, _, _)| s.iter().cloned()).collect()
+    }
+}
+
+impl Sink for MemorySink {
+    async fn commit(
+        &mut self,
+        sessions: &[SessionRow],
+        rejected: &[RejectedEvent],
+        properties: HashMap<String, String>,
+    ) -> Result<CommitStats, SinkError> {
+        if self.fail_from.is_some_and(|n| self.commits.len() + 1 >= n) {
+            return Err(SinkError::Config("the disk is on fire".into()));
+        }
+        self.commits.push((sessions.to_vec(), rejected.to_vec(), properties));
+        Ok(CommitStats::default())
+    }
+
+    async fn last_commit_properties(
+        &mut self,
+    ) -> Result<Option<HashMap<String, String>>, SinkError> {
+        Ok(self.commits.last().map(|(_, _, p)| p.clone()))
+    }
+
+    async fn last_rejected_commit_properties(
+        &mut self,
+    ) -> Result<Option<HashMap<String, String>>, SinkError> {
+        self.last_commit_properties().await
+    }
+}
+
+fn native(name: &str) -> NativeRules<DefaultRules> {
+    let settings = Settings {
+        inactivity_timeout_ms: 30 * 60_000,
+        max_duration_ms: 2 * 3_600_000,
+        params: vec![],
+    };
+    NativeRules::new(name, &settings).unwrap()
+}
+
+fn sample() -> Vec<u8> {
+    let mut lines = Vec::new();
+    generate(&GeneratorConfig { num_users: 200, ..GeneratorConfig::sample() }, &mut lines).unwrap();
+    lines
+}
+
+fn config() -> StreamConfig {
+    StreamConfig {
+        max_events_per_batch: 700,
+        checkpoint_interval: Duration::ZERO,
+        idle_timeout: Duration::from_secs(3600),
+        until_end: true,
+        rules_attempts: 3,
+        on_rules_failure: FaultPolicy::Rollback,
+    }
+}
+
+/// Runs a fresh job over `source` into `sink` to the source's end.
+fn run_to_end(
+    source: ScriptedSource,
+    sink: &mut MemorySink,
+    rules: &mut RulesLifecycle,
+) -> Result<StreamSummary, StreamError> {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
+    let store = StateStore::open(dir.path()).unwrap();
+    let (checkpointer, resumed) =
+        runtime.block_on(Checkpointer::recover(store, sink, EngineConfig::default())).unwrap();
+    let parts = StreamParts { source, engine: resumed.engine, checkpointer, rules, sink };
+    run_streaming(runtime.handle(), parts, config(), BTreeMap::new(), &AtomicBool::new(false))
+}
+
+fn sorted(mut rows: Vec<SessionRow>) -> Vec<SessionRow> {
+    rows.sort_by(|a, b| (&a.uuid, a.start_ms).cmp(&(&b.uuid, b.start_ms)));
+    rows
+}
+
+#[test]
+fn a_run_to_the_end_writes_what_the_bounded_run_writes() {
+    let events = sample();
+    let mut sink = MemorySink::default();
+    let mut rules = RulesLifecycle::new(RulesSlot::new(native("default")));
+    let summary = run_to_end(ScriptedSource::new(&events, 1), &mut sink, &mut rules).unwrap();
+
+    let mut bounded = MemorySink::default();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
+    let mut engine = Engine::new(EngineConfig::default());
+    let source = FileSource::from_bytes("scripted", events);
+    let expected = crate::job::bounded::run_bounded(
+        runtime.handle(),
+        source,
+        &mut engine,
+        &mut native("default"),
+        &mut bounded,
+        HashMap::new(),
+    )
+    .unwrap();
+
+    assert_eq!(summary.read, expected.read);
+    assert_eq!(summary.engine.accepted, expected.engine.accepted);
+    assert_eq!(summary.rejected, expected.rejected);
+    assert!(summary.checkpoints > 3, "{} checkpoints", summary.checkpoints);
+    assert_eq!(sorted(sink.sessions()), sorted(bounded.sessions()));
+    let dead: usize = sink.commits.iter().map(|(_, r, _)| r.len()).sum();
+    assert_eq!(dead as u64, expected.rejected + expected.engine.late);
+}
+
+#[test]
+fn every_event_is_accounted_for_over_several_partitions() {
+    let events = sample();
+    let source = ScriptedSource::new(&events, 3);
+    let ends = source.end_offsets(Duration::ZERO).unwrap();
+    let mut sink = MemorySink::default();
+    let mut rules = RulesLifecycle::new(RulesSlot::new(native("default")));
+    let summary = run_to_end(source, &mut sink, &mut rules).unwrap();
+    let e = summary.engine;
+    assert_eq!(summary.read, ends.values().sum::<i64>() as u64);
+    assert_eq!(summary.read, e.accepted + e.late + e.duplicates + summary.rejected);
+    let in_sessions: u64 = sink.sessions().iter().map(|s| u64::from(s.event_count)).sum();
+    assert_eq!(in_sessions, e.accepted);
+    // The last checkpoint's offsets are where every partition ended.
+    let last = sink.commits.last().unwrap();
+    let offsets: BTreeMap<i32, i64> =
+        serde_json::from_str::<HashMap<String, i64>>(&last.2[crate::checkpoint::OFFSETS_KEY])
+            .unwrap()
+            .into_iter()
+            .map(|(p, o)| (p.parse().unwrap(), o))
+            .collect();
+    assert_eq!(offsets, ends);
+}
+
+#[test]
+fn a_checkpoint_that_cannot_commit_stops_the_run_with_its_cause() {
+    let mut sink = MemorySink { fail_from: Some(3), ..MemorySink::default() };
+    let mut rules = RulesLifecycle::new(RulesSlot::new(native("default")));
+    let outcome = run_to_end(ScriptedSource::new(&sample(), 2), &mut sink, &mut rules);
+    let error = outcome.expect_err("the run must stop");
+    assert!(matches!(error, StreamError::Checkpoint(_)), "{error}");
+    assert!(error.to_string().contains("the disk is on fire"), "{error}");
+    assert_eq!(sink.commits.len(), 2, "the commits before the failure stand");
+}
+
+#[test]
+fn a_rollback_takes_effect_at_a_checkpoint_boundary() {
+    let mut slot = RulesSlot::new(native("first"));
+    slot.resume(native("second"));
+    let (requests_tx, requests) = mpsc::channel();
+    let mut rules = RulesLifecycle::new(slot).accepting(requests);
+    let (status_reply, status) = tokio::sync::oneshot::channel();
+    let (rollback_reply, rolled_back) = tokio::sync::oneshot::channel();
+    requests_tx.send(RulesRequest { action: RulesAction::Status, reply: status_reply }).unwrap();
+    requests_tx
+        .send(RulesRequest { action: RulesAction::Rollback, reply: rollback_reply })
+        .unwrap();
+    let (deploy_reply, deploy) = tokio::sync::oneshot::channel();
+    let deploy_request = RulesAction::Deploy("nowhere.wasm".into());
+    requests_tx.send(RulesRequest { action: deploy_request, reply: deploy_reply }).unwrap();
+
+    let mut sink = MemorySink::default();
+    let summary = run_to_end(ScriptedSource::new(&sample(), 1), &mut sink, &mut rules).unwrap();
+
+    assert_eq!(status.blocking_recv().unwrap().unwrap()["active"], "second+native");
+    assert_eq!(rolled_back.blocking_recv().unwrap().unwrap()["active"], "first+native");
+    assert!(deploy.blocking_recv().unwrap().is_err(), "no loader: no deploys");
+    assert_eq!(summary.swap_pauses.count(), 1);
+    // Each checkpoint was cut by one version: its rows and its snapshot agree.
+    let versions: Vec<&str> =
+        sink.commits.iter().map(|(_, _, p)| p[RULE_VERSION_KEY].as_str()).collect();
+    for (rows, _, props) in &sink.commits {
+        assert!(rows.iter().all(|r| *r.rule_version == props[RULE_VERSION_KEY]));
+    }
+    let switch = versions.iter().position(|v| *v == "first+native").unwrap();
+    assert!(switch > 0, "the first checkpoint was cut by the rules in force");
+    assert!(versions[..switch].iter().all(|v| *v == "second+native"));
+    assert!(versions[switch..].iter().all(|v| *v == "first+native"), "{versions:?}");
+    assert_eq!(rules.rule_version(), "first+native");
+}

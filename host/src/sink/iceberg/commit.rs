@@ -1,0 +1,49 @@
+//! Snapshots: appending data files in one transaction, and reading back what
+//! the latest snapshot says.
+
+use std::collections::HashMap;
+
+use iceberg::spec::DataFile;
+use iceberg::table::Table;
+use iceberg::transaction::{ApplyTransactionAction, Transaction};
+use iceberg::Catalog;
+use iceberg_catalog_sql::SqlCatalog;
+
+use super::IcebergContext;
+use crate::sink::SinkError;
+
+pub(super) async fn append(
+    catalog: &SqlCatalog,
+    table: &Table,
+    files: Vec<DataFile>,
+    properties: HashMap<String, String>,
+) -> Result<Table, SinkError> {
+    let context = || format!("committing to {}", table.identifier());
+    let tx = Transaction::new(table);
+    let tx = tx
+        .fast_append()
+        // The duplicate check reads every manifest of the table on each commit, a cost that
+        // grows with the table's history; file names here are unique per commit anyway.
+        .with_check_duplicate(false)
+        .add_data_files(files)
+        .set_snapshot_properties(properties)
+        .apply(tx)
+        .context(context)?;
+    tx.commit(catalog).await.context(context)
+}
+
+pub(super) async fn reload(catalog: &SqlCatalog, table: &Table) -> Result<Table, SinkError> {
+    catalog
+        .load_table(table.identifier())
+        .await
+        .context(|| format!("reloading table {}", table.identifier()))
+}
+
+pub(super) fn latest_properties(table: &Table) -> Option<HashMap<String, String>> {
+    // Snapshots come back in no particular order; the sequence number is the commit order.
+    table
+        .metadata()
+        .snapshots()
+        .max_by_key(|snapshot| snapshot.sequence_number())
+        .map(|snapshot| snapshot.summary().additional_properties.clone())
+}

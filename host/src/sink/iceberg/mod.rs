@@ -1,0 +1,304 @@
+//! Iceberg sink: appends finished sessions and rejected events to two Apache Iceberg
+//! tables kept in a local warehouse with a SQLite catalog.
+//!
+//! The layout is chosen so that other engines can read the tables without any setup:
+//! the catalog is `<warehouse>/catalog.db` under the catalog name [`CATALOG_NAME`], the
+//! tables live under `file://<warehouse>/<database>/<table>`, exactly where pyiceberg's
+//! `SqlCatalog("sessionize", uri="sqlite:///<warehouse>/catalog.db",
+//! warehouse="file://<warehouse>")` looks for them.
+//!
+//! The sessions table is partitioned by `identity(session_date)` and
+//! `truncate(10, user_hash_bucket)`, where `user_hash_bucket` is Iceberg's own
+//! `bucket[100]` of the user id. Partitioning directly by `bucket(100)` would write up to
+//! 100 files per day and commit, which floods small commits with tiny files; grouping the
+//! buckets by ten caps a commit at ten files per day while a filter on `user_hash_bucket`
+//! still prunes files through the truncate transform.
+//!
+//! One [`IcebergSink::commit`] makes one snapshot per table. The sessions snapshot is the
+//! commit point: it carries the caller's properties (checkpoint id, source offsets), which
+//! [`IcebergSink::last_commit_properties`] reads back after a restart.
+//!
+//! The parts follow iceberg-rust's own layering: `catalog` (the SQL catalog,
+//! namespace and tables), `schema` (columns, partition spec, checks), `batch`
+//! (rows to Arrow), `writer` (Parquet data files) and `commit` (snapshots).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use iceberg::table::Table;
+use iceberg::NamespaceIdent;
+use iceberg_catalog_sql::SqlCatalog;
+use uuid::Uuid;
+
+use super::{CommitStats, RejectedEvent, SessionRow, Sink, SinkError};
+
+mod batch;
+mod catalog;
+mod commit;
+mod schema;
+mod writer;
+
+pub use batch::{user_hash_bucket, user_hash_bucket_of};
+pub use catalog::{CATALOG_FILE, CATALOG_NAME};
+pub use schema::{BUCKET_GROUP_WIDTH, USER_HASH_BUCKETS};
+
+use batch::{rejected_batch, sessions_batch};
+use catalog::{ensure_namespace, ensure_table, open_catalog};
+use commit::{append, latest_properties, reload};
+use schema::{
+    check_columns, rejected_creation, rejected_schema, sessions_creation, sessions_schema,
+};
+use writer::write_data_files;
+
+/// Default namespace, used when the operator does not choose one.
+pub const DEFAULT_DATABASE: &str = "sessions";
+
+/// Default sessions table name, used when the operator does not choose one.
+pub const DEFAULT_TABLE: &str = "user_sessions";
+
+/// Default rejected-events table name, used when the operator does not choose one.
+pub const DEFAULT_REJECTED_TABLE: &str = "rejected_events";
+
+/// Snapshot summary key the sink adds to every sessions snapshot, so that a commit with no
+/// rows and no caller properties still records something (Iceberg refuses an empty append
+/// without properties).
+pub const PROP_SESSION_ROWS: &str = "sessionize.sink.session-rows";
+
+/// Snapshot summary key recording how many rejected events went with the commit.
+pub const PROP_REJECTED_ROWS: &str = "sessionize.sink.rejected-rows";
+
+/// Attaches "what were we doing" to iceberg-rust errors, whose messages describe the
+/// failure but not the step.
+pub(super) trait IcebergContext<T> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T, SinkError>;
+}
+
+impl<T> IcebergContext<T> for iceberg::Result<T> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T, SinkError> {
+        self.map_err(|source| SinkError::Iceberg { context: what(), source: Box::new(source) })
+    }
+}
+
+/// Where the sink keeps its tables. A plain struct so the CLI can fill it from flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkConfig {
+    /// Warehouse directory; created if missing. Holds the catalog and all table files.
+    pub warehouse: PathBuf,
+    /// Iceberg namespace of both tables.
+    pub database: String,
+    /// Name of the sessions table.
+    pub table: String,
+    /// Name of the rejected-events table (default [`DEFAULT_REJECTED_TABLE`]).
+    pub rejected_table: String,
+}
+
+impl SinkConfig {
+    /// Configuration with the default namespace and table names, so callers only have to
+    /// decide where the warehouse is.
+    pub fn new(warehouse: impl Into<PathBuf>) -> Self {
+        Self {
+            warehouse: warehouse.into(),
+            database: DEFAULT_DATABASE.to_string(),
+            table: DEFAULT_TABLE.to_string(),
+            rejected_table: DEFAULT_REJECTED_TABLE.to_string(),
+        }
+    }
+}
+
+/// Appends sessions and rejected events to their Iceberg tables, one snapshot per table and
+/// commit. Holds the catalog connection and the last known table metadata, so a commit does
+/// not have to rediscover the tables.
+#[derive(Debug)]
+pub struct IcebergSink {
+    catalog: SqlCatalog,
+    sessions: Table,
+    rejected: Table,
+    /// Set after a failed commit: the cached metadata may be stale (another writer may have
+    /// evolved the table), so the next commit reloads it first.
+    needs_refresh: bool,
+}
+
+impl IcebergSink {
+    /// Opens the sink's tables, creating whatever is missing (warehouse directory, SQLite
+    /// catalog, namespace, tables), so a first run needs no separate setup step.
+    pub async fn open(config: &SinkConfig) -> Result<Self, SinkError> {
+        for (what, name) in [
+            ("database", &config.database),
+            ("table", &config.table),
+            ("rejected_table", &config.rejected_table),
+        ] {
+            if name.trim().is_empty() {
+                return Err(SinkError::Config(format!("{what} name is empty")));
+            }
+        }
+        if config.table == config.rejected_table {
+            return Err(SinkError::Config(format!(
+                "sessions and rejected events would share the table {}",
+                config.table
+            )));
+        }
+
+        let (catalog, warehouse) = open_catalog(&config.warehouse).await?;
+
+        let namespace = NamespaceIdent::new(config.database.clone());
+        ensure_namespace(&catalog, &namespace).await?;
+
+        let sessions = ensure_table(&catalog, &namespace, &config.table, sessions_creation).await?;
+        check_columns(&sessions, &sessions_schema().context(|| "defining the schema".into())?)?;
+        let rejected =
+            ensure_table(&catalog, &namespace, &config.rejected_table, rejected_creation).await?;
+        check_columns(&rejected, &rejected_schema().context(|| "defining the schema".into())?)?;
+
+        tracing::info!(
+            warehouse = %warehouse.display(),
+            sessions = %sessions.identifier(),
+            rejected = %rejected.identifier(),
+            "Iceberg sink opened"
+        );
+        Ok(Self { catalog, sessions, rejected, needs_refresh: false })
+    }
+
+    /// Appends one batch of output. Rejected events are committed first and the sessions
+    /// snapshot last, because the sessions snapshot is the commit point that recovery reads:
+    /// a crash in between can at worst duplicate rejected events (their snapshot carries the
+    /// same `properties`, so duplicates are traceable), never lose sessions or mark
+    /// uncommitted input as done. The sessions table is committed even with no rows so the
+    /// checkpoint in `properties` is always recorded.
+    pub async fn commit(
+        &mut self,
+        sessions: &[SessionRow],
+        rejected: &[RejectedEvent],
+        properties: HashMap<String, String>,
+    ) -> Result<CommitStats, SinkError> {
+        let result = self.try_commit(sessions, rejected, properties).await;
+        self.needs_refresh = result.is_err();
+        result
+    }
+
+    async fn try_commit(
+        &mut self,
+        sessions: &[SessionRow],
+        rejected: &[RejectedEvent],
+        mut properties: HashMap<String, String>,
+    ) -> Result<CommitStats, SinkError> {
+        if self.needs_refresh {
+            self.refresh().await?;
+        }
+        properties.insert(PROP_SESSION_ROWS.to_string(), sessions.len().to_string());
+        properties.insert(PROP_REJECTED_ROWS.to_string(), rejected.len().to_string());
+
+        // A fresh prefix per commit keeps data file names unique: the file name generator
+        // numbers files from zero every time.
+        let prefix = random_uuid().to_string();
+
+        // Write every data file before committing anything, to keep the window in which
+        // only one of the two tables has the commit as short as possible.
+        let session_files = if sessions.is_empty() {
+            Vec::new()
+        } else {
+            let batch = sessions_batch(&self.sessions, sessions)?;
+            write_data_files(&self.sessions, batch, &prefix).await?
+        };
+        let rejected_files = if rejected.is_empty() {
+            Vec::new()
+        } else {
+            let batch = rejected_batch(&self.rejected, rejected, wall_clock_ms())?;
+            write_data_files(&self.rejected, batch, &prefix).await?
+        };
+        let stats = CommitStats {
+            session_files: session_files.len(),
+            rejected_files: rejected_files.len(),
+        };
+
+        if !rejected_files.is_empty() {
+            self.rejected =
+                append(&self.catalog, &self.rejected, rejected_files, properties.clone()).await?;
+        }
+        self.sessions = append(&self.catalog, &self.sessions, session_files, properties).await?;
+
+        tracing::debug!(
+            sessions = sessions.len(),
+            rejected = rejected.len(),
+            session_files = stats.session_files,
+            rejected_files = stats.rejected_files,
+            "Iceberg commit done"
+        );
+        Ok(stats)
+    }
+
+    /// Summary properties of the sessions table's latest snapshot (highest sequence
+    /// number), or `None` before the first commit. Recovery uses it to learn which
+    /// checkpoint was committed last; it reloads the table so it sees commits made by any
+    /// writer. Besides the caller's properties the map holds Iceberg's own summary keys
+    /// (`added-records`, `total-data-files`, ...).
+    pub async fn last_commit_properties(
+        &mut self,
+    ) -> Result<Option<HashMap<String, String>>, SinkError> {
+        self.sessions = reload(&self.catalog, &self.sessions).await?;
+        Ok(latest_properties(&self.sessions))
+    }
+
+    /// Same as [`Self::last_commit_properties`] for the rejected-events table, so recovery
+    /// can tell whether a crash happened between the two snapshots of one commit (rejected
+    /// committed, sessions not) and avoid writing those rejected events twice.
+    pub async fn last_rejected_commit_properties(
+        &mut self,
+    ) -> Result<Option<HashMap<String, String>>, SinkError> {
+        self.rejected = reload(&self.catalog, &self.rejected).await?;
+        Ok(latest_properties(&self.rejected))
+    }
+
+    /// The sessions table as last loaded, for callers that want to scan it or inspect its
+    /// metadata with iceberg-rust directly (tests, diagnostics).
+    pub fn sessions_table(&self) -> &Table {
+        &self.sessions
+    }
+
+    /// The rejected-events table as last loaded, for the same reasons as
+    /// [`Self::sessions_table`].
+    pub fn rejected_table(&self) -> &Table {
+        &self.rejected
+    }
+
+    async fn refresh(&mut self) -> Result<(), SinkError> {
+        self.sessions = reload(&self.catalog, &self.sessions).await?;
+        self.rejected = reload(&self.catalog, &self.rejected).await?;
+        self.needs_refresh = false;
+        Ok(())
+    }
+}
+
+impl Sink for IcebergSink {
+    async fn commit(
+        &mut self,
+        sessions: &[SessionRow],
+        rejected: &[RejectedEvent],
+        properties: HashMap<String, String>,
+    ) -> Result<CommitStats, SinkError> {
+        IcebergSink::commit(self, sessions, rejected, properties).await
+    }
+
+    async fn last_commit_properties(
+        &mut self,
+    ) -> Result<Option<HashMap<String, String>>, SinkError> {
+        IcebergSink::last_commit_properties(self).await
+    }
+
+    async fn last_rejected_commit_properties(
+        &mut self,
+    ) -> Result<Option<HashMap<String, String>>, SinkError> {
+        IcebergSink::last_rejected_commit_properties(self).await
+    }
+}
+
+fn random_uuid() -> Uuid {
+    uuid::Builder::from_random_bytes(rand::random()).into_uuid()
+}
+
+fn wall_clock_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
