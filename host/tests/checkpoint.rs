@@ -5,12 +5,17 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use default_rules::DefaultRules;
 use futures::TryStreamExt;
 use sessionize::checkpoint::{Checkpointer, CHECKPOINT_ID_KEY, JOB_ID_KEY};
-use sessionize::engine::{EngineChanges, EngineConfig};
+use sessionize::engine::{Engine, EngineChanges, EngineConfig};
+use sessionize::event::Event;
+use sessionize::rules::contract::Settings;
+use sessionize::rules::NativeRules;
 use sessionize::sink::iceberg::{IcebergSink, SinkConfig};
 use sessionize::sink::SessionRow;
 use sessionize::state::{CheckpointRecord, StagedOutput, StateStore};
+use sessionize::tools::generate::{generate, GeneratorConfig};
 
 fn row(uuid: &str, start_ms: i64) -> SessionRow {
     SessionRow {
@@ -101,4 +106,78 @@ async fn another_jobs_commits_are_not_mistaken_for_ours() {
     staged_checkpoint(&store);
     Checkpointer::recover(store, &mut sink, EngineConfig::default()).await.unwrap();
     assert_eq!(rows_in(&sink).await, 3);
+}
+
+fn rules() -> NativeRules<DefaultRules> {
+    let settings =
+        Settings { inactivity_timeout_ms: 1_800_000, max_duration_ms: 7_200_000, params: vec![] };
+    NativeRules::new("default-rules", &settings).unwrap()
+}
+
+/// Offers events in order, advancing every `every` events, then ends the input.
+fn run(events: &[Event<'_>], config: EngineConfig, every: usize) -> (Vec<SessionRow>, Engine) {
+    let mut engine = Engine::new(config);
+    let mut rules = rules();
+    let mut rows = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        engine.offer(0, e);
+        if (i + 1) % every.max(1) == 0 {
+            rows.extend(engine.advance(&mut rules, false).unwrap());
+        }
+    }
+    rows.extend(engine.advance(&mut rules, true).unwrap());
+    (rows, engine)
+}
+
+fn sorted(mut rows: Vec<SessionRow>) -> Vec<SessionRow> {
+    rows.sort_by(|a, b| (&a.uuid, a.start_ms).cmp(&(&b.uuid, b.start_ms)));
+    rows
+}
+
+/// Stopping at any point, storing the engine in the state store and restoring
+/// it gives the same sessions as never stopping.
+#[test]
+fn a_restored_engine_continues_exactly_where_it_stopped() {
+    let mut lines = Vec::new();
+    generate(
+        &GeneratorConfig { num_users: 50, rate: 5.0, ..GeneratorConfig::sample() },
+        &mut lines,
+    )
+    .unwrap();
+    let lines: Vec<&[u8]> = lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+    let events: Vec<Event<'_>> =
+        lines.iter().filter_map(|l| sessionize::event::parse(l).ok()).collect();
+    let config = EngineConfig::default();
+    let (uninterrupted, _) = run(&events, config, 97);
+
+    for stop_at in [1, 500, events.len() / 2, events.len() - 3] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let mut rules = rules();
+        let mut engine = Engine::new(config);
+        let mut rows = Vec::new();
+        for (i, e) in events[..stop_at].iter().enumerate() {
+            engine.offer(0, e);
+            if (i + 1) % 97 == 0 {
+                rows.extend(engine.advance(&mut rules, false).unwrap());
+            }
+        }
+        let changes = engine.take_changes().unwrap();
+        let record = CheckpointRecord { id: 1, clocks: engine.clocks(), ..Default::default() };
+        store.write_checkpoint(&changes, &record, &StagedOutput::default()).unwrap();
+        drop((engine, store));
+
+        let store = StateStore::open(dir.path()).unwrap();
+        let recovered = store.recover().unwrap();
+        let clocks = recovered.checkpoint.unwrap().clocks;
+        let mut engine = Engine::restore(config, recovered.texts, clocks, recovered.users);
+        for (i, e) in events[stop_at..].iter().enumerate() {
+            engine.offer(0, e);
+            if (stop_at + i + 1) % 97 == 0 {
+                rows.extend(engine.advance(&mut rules, false).unwrap());
+            }
+        }
+        rows.extend(engine.advance(&mut rules, true).unwrap());
+        assert_eq!(sorted(rows), sorted(uninterrupted.clone()), "stopped after {stop_at} events");
+    }
 }

@@ -209,17 +209,7 @@ async fn run_kafka(config: &JobConfig) -> Result<StreamSummary, JobError> {
         in_force: resumed.rule_version.clone(),
         given: resumed.given_rules.clone(),
     };
-    if let Some(live) = tokio::task::block_in_place(|| {
-        deployed_before_restart(&archive, &checkpointed, slot.rule_version()).and_then(|bytes| {
-            loader
-                .load(&bytes)
-                .map_err(|error| tracing::warn!(%error, "rules of the last checkpoint refused"))
-                .ok()
-        })
-    }) {
-        tracing::info!(rules = live.rule_version(), "resuming with the rules deployed live");
-        slot.resume(live);
-    }
+    tokio::task::block_in_place(|| resume_live_rules(&archive, &checkpointed, &loader, &mut slot));
     tracing::info!(
         checkpoint = resumed.checkpoint_id,
         open_users = resumed.open_users,
@@ -263,6 +253,26 @@ async fn run_kafka(config: &JobConfig) -> Result<StreamSummary, JobError> {
         }
         Ok(outcome?)
     })
+}
+
+/// Continues with the rules deployed live before a restart, if the last
+/// checkpoint was cut by them and the command line has not changed.
+fn resume_live_rules(
+    archive: &RulesArchive,
+    checkpointed: &CheckpointedRules,
+    loader: &RulesLoader,
+    slot: &mut RulesSlot,
+) {
+    let Some(bytes) = deployed_before_restart(archive, checkpointed, slot.rule_version()) else {
+        return;
+    };
+    match loader.load(&bytes) {
+        Ok(live) => {
+            tracing::info!(rules = live.rule_version(), "resuming with the rules deployed live");
+            slot.resume(live);
+        }
+        Err(error) => tracing::warn!(%error, "rules of the last checkpoint refused"),
+    }
 }
 
 fn engine_config(config: &JobConfig) -> EngineConfig {

@@ -9,9 +9,8 @@ use std::path::PathBuf;
 use arrow_schema::ArrowError;
 
 pub mod iceberg;
-mod rows;
 
-pub use rows::{RejectedEvent, SessionRow};
+pub use sessionize_core::rows::{RejectedEvent, SessionRow};
 
 /// Where sessions and dead letters go.
 ///

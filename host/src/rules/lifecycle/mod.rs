@@ -141,18 +141,18 @@ impl RulesLifecycle {
     ) -> Option<Duration> {
         let started = Instant::now();
         match change.0 {
-            ChangeKind::Rollback(reply) => {
-                let outcome = self.slot.rollback(Some("requested".into()));
-                let pause = outcome.is_ok().then(|| started.elapsed());
-                let answer = outcome
-                    .map(|version| {
-                        tracing::info!(rules = version, ?pause, "rules rolled back");
-                        serde_json::json!({ "active": version })
-                    })
-                    .map_err(|e| e.to_string());
-                let _ = reply.send(answer);
-                pause
-            }
+            ChangeKind::Rollback(reply) => match self.slot.rollback(Some("requested".into())) {
+                Ok(version) => {
+                    let pause = started.elapsed();
+                    tracing::info!(rules = version, ?pause, "rules rolled back");
+                    let _ = reply.send(Ok(serde_json::json!({ "active": version })));
+                    Some(pause)
+                }
+                Err(error) => {
+                    let _ = reply.send(Err(error.to_string()));
+                    None
+                }
+            },
             ChangeKind::Deploy(loaded, path, reply, _) => {
                 let outcome = loaded.and_then(|c| self.slot.deploy(c, texts, sample));
                 let (answer, pause) = match outcome {

@@ -44,7 +44,7 @@ enum BlockItem {
 
 /// One record of a block: an event, or a rejected record with its reason.
 #[derive(Debug)]
-pub(crate) enum BlockRecord<'a> {
+pub enum BlockRecord<'a> {
     /// A valid event read at (partition, position), with its raw text.
     Event(i32, i64, &'a str, Event<'a>),
     /// A record refused at (partition, position): its raw text and why.
@@ -115,7 +115,7 @@ impl EventBlock {
     }
 
     /// The records in input order.
-    pub(crate) fn records(&self) -> impl Iterator<Item = BlockRecord<'_>> + '_ {
+    pub fn records(&self) -> impl Iterator<Item = BlockRecord<'_>> + '_ {
         self.items.iter().map(move |item| match item {
             BlockItem::Event {
                 partition,

@@ -11,8 +11,7 @@ use std::borrow::Cow;
 mod block;
 mod wire;
 
-pub(crate) use block::BlockRecord;
-pub use block::EventBlock;
+pub use block::{BlockRecord, EventBlock};
 use wire::{Details, Value, Wire};
 
 /// One valid input event, borrowing from the record it was parsed from.

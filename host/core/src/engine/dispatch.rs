@@ -6,9 +6,9 @@ use std::cmp::Reverse;
 use std::sync::Arc;
 
 use super::{session_id, Engine, EngineError};
+use crate::rows::SessionRow;
 use crate::rules::contract::{Batch, BatchResult, UserSlice};
 use crate::rules::RulesRuntime;
-use crate::sink::SessionRow;
 
 /// A batch built for the rules and not yet applied, with the users it holds.
 pub(super) struct InFlight {

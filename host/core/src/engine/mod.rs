@@ -17,9 +17,9 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::event::Event;
+use crate::rows::SessionRow;
 use crate::rules::contract::{self, Batch};
 use crate::rules::{RulesError, RulesRuntime};
-use crate::sink::SessionRow;
 
 mod clock;
 mod dispatch;

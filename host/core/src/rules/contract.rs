@@ -1,6 +1,7 @@
 //! The rules contract (`wit/sessionize.wit`) as the host speaks it: plain Rust
 //! types, so the engine and the state store never see wasmtime's generated ones.
-//! [`super::wit`] converts at the component boundary, once per call.
+//! The host converts them to the generated WIT types at the component
+//! boundary, once per call.
 
 use serde::{Deserialize, Serialize};
 

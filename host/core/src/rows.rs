@@ -1,4 +1,5 @@
-//! What a sink writes: finished sessions and rejected events.
+//! What the engine hands a sink: finished sessions, and input records that did
+//! not become events, with their reasons.
 
 use std::sync::Arc;
 
