@@ -113,6 +113,7 @@ impl ComponentLoader {
             instance: None,
             rule_version: String::new(),
             texts_known: 0,
+            scratch: wit::empty_batch(),
         };
         let instance = rules.instance()?;
         let info = instance.info()?;
@@ -207,6 +208,8 @@ pub struct ComponentRules {
     instance: Option<Instance>,
     rule_version: String,
     texts_known: usize,
+    /// Where each batch is built in the generated form.
+    scratch: types::Batch,
 }
 
 impl ComponentRules {
@@ -269,7 +272,7 @@ impl RulesRuntime for ComponentRules {
         };
         batch.new_texts = unsent_texts(texts, known);
         instance.arm();
-        let outcome = wit::lend(batch, |batch| {
+        let outcome = wit::lend(batch, &mut self.scratch, |batch| {
             instance.bindings.sessionize_plugin_rules().call_process(&mut instance.store, batch)
         });
         // Before a trap drops the instance: a panic message is on stderr.
@@ -295,6 +298,7 @@ impl RulesRuntime for ComponentRules {
 
     fn release_instance(&mut self) {
         self.instance = None;
+        self.scratch = wit::empty_batch();
     }
 
     fn warm_up(&mut self) -> Result<(), RulesError> {

@@ -16,41 +16,48 @@ mod bindings {
 pub(super) use bindings::sessionize::plugin::{host, types};
 pub(super) use bindings::{SessionRules, SessionRulesPre};
 
-/// Runs `call` on `batch` in the generated form. The batch's session states
-/// move into it and back afterwards, so a failed call leaves `batch` as it was
-/// (a retry sends the same), and a successful one costs no copy of them.
-pub(super) fn lend<R>(batch: &mut contract::Batch, call: impl FnOnce(&types::Batch) -> R) -> R {
-    let users = batch
-        .users
-        .iter_mut()
-        .map(|u| types::UserSlice {
-            state: u.state.take().map(state_to_wit),
-            event_count: u.event_count,
-        })
-        .collect();
-    let events = batch
-        .events
-        .iter()
-        .map(|e| types::Event {
-            timestamp_ms: e.timestamp_ms,
-            page_name: e.page_name,
-            event_name: e.event_name,
-            event_type: e.event_type,
-        })
-        .collect();
-    let wit = types::Batch {
-        new_texts: std::mem::take(&mut batch.new_texts),
-        watermark: batch.watermark,
-        end_of_input: batch.end_of_input,
-        users,
-        events,
-    };
-    let outcome = call(&wit);
-    for (user, lent) in batch.users.iter_mut().zip(wit.users) {
+/// Runs `call` on `batch` in the generated form, built in `scratch` (reused
+/// from call to call, so the hot path allocates nothing once warm). The
+/// batch's session states move into it and back afterwards, so a failed call
+/// leaves `batch` as it was (a retry sends the same), and a successful one
+/// costs no copy of them.
+pub(super) fn lend<R>(
+    batch: &mut contract::Batch,
+    scratch: &mut types::Batch,
+    call: impl FnOnce(&types::Batch) -> R,
+) -> R {
+    scratch.new_texts = std::mem::take(&mut batch.new_texts);
+    scratch.watermark = batch.watermark;
+    scratch.end_of_input = batch.end_of_input;
+    scratch.users.clear();
+    scratch.users.extend(batch.users.iter_mut().map(|u| types::UserSlice {
+        state: u.state.take().map(state_to_wit),
+        event_count: u.event_count,
+    }));
+    scratch.events.clear();
+    scratch.events.extend(batch.events.iter().map(|e| types::Event {
+        timestamp_ms: e.timestamp_ms,
+        page_name: e.page_name,
+        event_name: e.event_name,
+        event_type: e.event_type,
+    }));
+    let outcome = call(scratch);
+    for (user, lent) in batch.users.iter_mut().zip(scratch.users.drain(..)) {
         user.state = lent.state.map(state_from_wit);
     }
-    batch.new_texts = wit.new_texts;
+    batch.new_texts = std::mem::take(&mut scratch.new_texts);
     outcome
+}
+
+/// An empty batch in the generated form, to build batches in.
+pub(super) fn empty_batch() -> types::Batch {
+    types::Batch {
+        new_texts: Vec::new(),
+        watermark: 0,
+        end_of_input: false,
+        users: Vec::new(),
+        events: Vec::new(),
+    }
 }
 
 /// The plugin's answer in the host's terms.
