@@ -114,22 +114,32 @@ fn rules() -> NativeRules<DefaultRules> {
     NativeRules::new("default-rules", &settings).unwrap()
 }
 
-/// Offers events in order, advancing every `every` events, then ends the input.
-fn run(events: &[Event<'_>], config: EngineConfig, every: usize) -> (Vec<SessionRow>, Engine) {
-    let mut engine = Engine::new(config);
+/// Offers `events` in order, advancing every 97 events, then ends the input.
+/// With `restart_at`, the engine is stored in a state store after that many
+/// events, dropped, and restored from the store to go on.
+fn sessions(events: &[Event<'_>], restart_at: Option<usize>) -> Vec<SessionRow> {
+    let config = EngineConfig::default();
+    let dir = tempfile::tempdir().unwrap();
     let mut rules = rules();
+    let mut engine = Engine::new(config);
     let mut rows = Vec::new();
     for (i, e) in events.iter().enumerate() {
+        if restart_at == Some(i) {
+            let store = StateStore::open(dir.path()).unwrap();
+            let changes = engine.take_changes().unwrap();
+            let record = CheckpointRecord { id: 1, clocks: engine.clocks(), ..Default::default() };
+            store.write_checkpoint(&changes, &record, &StagedOutput::default()).unwrap();
+            drop((engine, store));
+            let recovered = StateStore::open(dir.path()).unwrap().recover().unwrap();
+            let clocks = recovered.checkpoint.unwrap().clocks;
+            engine = Engine::restore(config, recovered.texts, clocks, recovered.users);
+        }
         engine.offer(0, e);
-        if (i + 1) % every.max(1) == 0 {
+        if (i + 1) % 97 == 0 {
             rows.extend(engine.advance(&mut rules, false).unwrap());
         }
     }
     rows.extend(engine.advance(&mut rules, true).unwrap());
-    (rows, engine)
-}
-
-fn sorted(mut rows: Vec<SessionRow>) -> Vec<SessionRow> {
     rows.sort_by(|a, b| (&a.uuid, a.start_ms).cmp(&(&b.uuid, b.start_ms)));
     rows
 }
@@ -147,37 +157,13 @@ fn a_restored_engine_continues_exactly_where_it_stopped() {
     let lines: Vec<&[u8]> = lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
     let events: Vec<Event<'_>> =
         lines.iter().filter_map(|l| sessionize::event::parse(l).ok()).collect();
-    let config = EngineConfig::default();
-    let (uninterrupted, _) = run(&events, config, 97);
-
+    let uninterrupted = sessions(&events, None);
+    assert!(uninterrupted.len() > 50, "{} sessions", uninterrupted.len());
     for stop_at in [1, 500, events.len() / 2, events.len() - 3] {
-        let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::open(dir.path()).unwrap();
-        let mut rules = rules();
-        let mut engine = Engine::new(config);
-        let mut rows = Vec::new();
-        for (i, e) in events[..stop_at].iter().enumerate() {
-            engine.offer(0, e);
-            if (i + 1) % 97 == 0 {
-                rows.extend(engine.advance(&mut rules, false).unwrap());
-            }
-        }
-        let changes = engine.take_changes().unwrap();
-        let record = CheckpointRecord { id: 1, clocks: engine.clocks(), ..Default::default() };
-        store.write_checkpoint(&changes, &record, &StagedOutput::default()).unwrap();
-        drop((engine, store));
-
-        let store = StateStore::open(dir.path()).unwrap();
-        let recovered = store.recover().unwrap();
-        let clocks = recovered.checkpoint.unwrap().clocks;
-        let mut engine = Engine::restore(config, recovered.texts, clocks, recovered.users);
-        for (i, e) in events[stop_at..].iter().enumerate() {
-            engine.offer(0, e);
-            if (stop_at + i + 1) % 97 == 0 {
-                rows.extend(engine.advance(&mut rules, false).unwrap());
-            }
-        }
-        rows.extend(engine.advance(&mut rules, true).unwrap());
-        assert_eq!(sorted(rows), sorted(uninterrupted.clone()), "stopped after {stop_at} events");
+        assert_eq!(
+            sessions(&events, Some(stop_at)),
+            uninterrupted,
+            "stopped after {stop_at} events"
+        );
     }
 }
