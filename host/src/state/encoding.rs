@@ -86,4 +86,21 @@ mod tests {
         let bytes = encode_user(&user).unwrap();
         assert_eq!(decode_user("u1", &bytes).unwrap(), user);
     }
+
+    /// Bytes the 0.1.0 host (before the reshape) wrote for a user with an open
+    /// session and one event waiting: the layout must not drift.
+    #[test]
+    fn a_user_written_by_the_first_layout_reads_back_and_encodes_the_same() {
+        let old =
+            hex::decode("0180897ac0b28101020200010001c28fdd020101026533c0c2cf0101020000").unwrap();
+        let user = decode_user("u1", &old).unwrap();
+        let state = user.state.as_deref().unwrap();
+        assert_eq!((state.start_ms, state.last_ms, state.event_count), (1_000_000, 1_060_000, 2));
+        assert_eq!(state.pages, [0, 1]);
+        assert_eq!(user.pending.len(), 1);
+        assert_eq!(user.pending[0].event_id.as_deref(), Some("e3"));
+        assert_eq!(user.pending[0].event.timestamp_ms, 1_700_000);
+        assert_eq!(user.pending[0].event.page_name, Some(2));
+        assert_eq!(encode_user(&user).unwrap(), old);
+    }
 }
