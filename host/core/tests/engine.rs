@@ -83,6 +83,42 @@ fn duplicates_count_once_whichever_copy_arrives_first() {
     assert_eq!(engine.stats().duplicates, 0);
 }
 
+/// A user with many events waiting (their duplicates are found through an
+/// index, not a scan) still counts each copy once, keeps the earliest copy,
+/// and goes on doing so after some of its events were released.
+#[test]
+fn a_hot_users_duplicates_count_once_before_and_after_a_release() {
+    let ids: Vec<String> = (0..200).map(|i| format!("e{i}")).collect();
+    let mut events = Vec::new();
+    // 100 events a minute apart; every one of them sent twice, the copy later.
+    for (i, id) in ids[..100].iter().enumerate() {
+        events.push(ev("bot", id, i as i64 * 1000, "home"));
+    }
+    for (i, id) in ids[..100].iter().enumerate().rev() {
+        events.push(ev("bot", id, i as i64 * 1000 + 500, "home"));
+    }
+    // Three hours later: the first hundred are released; then a hundred more,
+    // half of them sent twice, and a copy of the first claiming an earlier time.
+    for (i, id) in ids[100..].iter().enumerate() {
+        events.push(ev("bot", id, 3 * HOUR + i as i64 * 1000, "page"));
+        if i % 2 == 0 {
+            events.push(ev("bot", id, 3 * HOUR + i as i64 * 1000, "page"));
+        }
+    }
+    events.push(ev("bot", "e100", 3 * HOUR - 5000, "page"));
+    let (rows, engine) = run(&events, EngineConfig::default(), 7);
+    assert_eq!(engine.stats().duplicates, 100 + 50 + 1);
+    assert_eq!(rows.iter().map(|r| r.event_count).sum::<u32>(), 200);
+    let (one_by_one, _) = run(&events, EngineConfig::default(), 1);
+    assert_eq!(spans(&rows), spans(&one_by_one));
+    // The earliest copy of each event counts: the first session ends with the
+    // original e99, the second starts at the early copy of e100.
+    let starts: Vec<(i64, i64)> = rows.iter().map(|r| (r.start_ms, r.end_ms)).collect();
+    assert_eq!(starts.len(), 2, "{starts:?}");
+    assert!(starts.contains(&(0, 99_000)), "{starts:?}");
+    assert!(starts.contains(&(3 * HOUR - 5000, 3 * HOUR + 99_000)), "{starts:?}");
+}
+
 #[test]
 fn lateness_is_measured_against_the_greatest_time_seen_before() {
     let mut engine =

@@ -57,8 +57,7 @@ impl Engine {
         let mut batch = self.empty_batch(end_of_input);
         let mut users = Vec::new();
         for user in due {
-            let slot = self.users.slot_mut(user);
-            let mut events = std::mem::take(&mut slot.pending);
+            let mut events = self.users.take_pending(user);
             let texts = &self.texts;
             events.sort_by(|a, b| a.cmp(b, texts));
             let keep_from = if end_of_input {
@@ -66,7 +65,7 @@ impl Engine {
             } else {
                 events.partition_point(|p| p.event.timestamp_ms < watermark)
             };
-            slot.pending = events.split_off(keep_from);
+            self.users.slot_mut(user).pending = events.split_off(keep_from);
             self.users.list(user);
             if !batch.events.is_empty()
                 && batch.events.len() + events.len() > self.config.max_batch_events

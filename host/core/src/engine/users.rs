@@ -2,6 +2,7 @@
 //! the watermark, and the bookkeeping that finds users with work to do and
 //! users changed since the last checkpoint.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
@@ -32,6 +33,16 @@ impl PendingEvent {
     }
 }
 
+/// Waiting events from which a user's duplicate lookups go through an index
+/// instead of a scan: one hot user (a bot, an `anonymous` uuid) must not make
+/// duplicate detection quadratic, while most users, with a few events waiting,
+/// need no index at all.
+const INDEX_FROM: usize = 16;
+
+/// Event id -> position in a user's waiting events. Keyed by strings from
+/// outside, so hashed with a randomly seeded hasher (std's `RandomState`).
+type EventIndex = HashMap<Arc<str>, u32>;
+
 /// Everything the engine keeps about one user.
 pub(super) struct UserSlot {
     pub(super) uuid: Arc<str>,
@@ -39,6 +50,9 @@ pub(super) struct UserSlot {
     pub(super) state: Option<Arc<SessionState>>,
     /// Events not yet released, in arrival order.
     pub(super) pending: Vec<PendingEvent>,
+    /// Positions of `pending` by event id, once there are many; dropped
+    /// whenever `pending` is reordered ([`Users::take_pending`]).
+    index: Option<Box<EventIndex>>,
     /// When the rules want to see this user again without events.
     pub(super) wake_at: Option<i64>,
     /// Whether the user is in [`Users::with_pending`].
@@ -89,6 +103,7 @@ impl Users {
             uuid: uuid.clone(),
             state: None,
             pending: Vec::new(),
+            index: None,
             wake_at: None,
             listed: false,
             dirty: false,
@@ -117,10 +132,24 @@ impl Users {
 
     /// The waiting event of `user` with this id, if any.
     pub(super) fn pending_twin(&mut self, user: u32, event_id: &str) -> Option<&mut PendingEvent> {
-        self.slots[user as usize]
-            .pending
-            .iter_mut()
-            .find(|p| p.event_id.as_deref() == Some(event_id))
+        let slot = &mut self.slots[user as usize];
+        if slot.pending.len() < INDEX_FROM {
+            return slot.pending.iter_mut().find(|p| p.event_id.as_deref() == Some(event_id));
+        }
+        let pending = &slot.pending;
+        let index = slot.index.get_or_insert_with(|| {
+            let ids = pending.iter().enumerate();
+            Box::new(ids.filter_map(|(i, p)| Some((p.event_id.clone()?, i as u32))).collect())
+        });
+        let position = *index.get(event_id)?;
+        slot.pending.get_mut(position as usize)
+    }
+
+    /// Takes `user`'s waiting events out, to be reordered or released.
+    pub(super) fn take_pending(&mut self, user: u32) -> Vec<PendingEvent> {
+        let slot = &mut self.slots[user as usize];
+        slot.index = None;
+        std::mem::take(&mut slot.pending)
     }
 
     /// Queues an accepted event for `user`.
@@ -130,6 +159,9 @@ impl Users {
             // Most users have one or two events waiting: the default first
             // allocation (four) would dominate memory with many users.
             slot.pending.reserve_exact(1);
+        }
+        if let (Some(index), Some(id)) = (&mut slot.index, &event.event_id) {
+            index.insert(id.clone(), slot.pending.len() as u32);
         }
         slot.pending.push(event);
         self.list(user);
@@ -170,6 +202,7 @@ impl Users {
         let slot = &mut self.slots[user as usize];
         self.ids.remove(&slot.uuid);
         slot.wake_at = None;
+        slot.index = None;
         self.free.push(user);
         std::mem::replace(&mut slot.uuid, Arc::from(""))
     }
