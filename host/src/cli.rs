@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use sessionize::admin::AdminCall;
+use sessionize::engine::EngineConfig;
 use sessionize::job::streaming::{FaultPolicy, StreamConfig};
 use sessionize::job::{Input, JobConfig};
 use sessionize::rules::contract::Settings;
@@ -253,7 +254,10 @@ impl RunArgs {
                 table: self.iceberg_table.clone(),
                 rejected_table: "rejected_events".into(),
             },
-            allowed_lateness: self.allowed_lateness,
+            engine: EngineConfig {
+                allowed_lateness_ms: ms(self.allowed_lateness),
+                ..EngineConfig::default()
+            },
             settings: Settings {
                 inactivity_timeout_ms: ms(self.inactivity_timeout),
                 max_duration_ms: ms(self.max_session_duration),

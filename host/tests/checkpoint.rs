@@ -14,6 +14,7 @@ use sessionize::rules::contract::Settings;
 use sessionize::rules::NativeRules;
 use sessionize::sink::iceberg::{IcebergSink, SinkConfig};
 use sessionize::sink::SessionRow;
+use sessionize::sink::Sink;
 use sessionize::state::{CheckpointRecord, StagedOutput, StateStore};
 use sessionize::tools::generate::{generate, GeneratorConfig};
 

@@ -17,6 +17,7 @@ use rand::{Rng, SeedableRng};
 use sessionize::sink::iceberg::{
     user_hash_bucket, user_hash_bucket_of, IcebergSink, SinkConfig, PROP_SESSION_ROWS,
 };
+use sessionize::sink::Sink;
 use sessionize::sink::{RejectedEvent, SessionRow};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;

@@ -47,8 +47,8 @@ const DEFAULT_RULES: Option<&[u8]> = None;
 pub struct JobConfig {
     /// The Iceberg tables.
     pub sink: SinkConfig,
-    /// How far behind its partition's greatest time an event may arrive.
-    pub allowed_lateness: Duration,
+    /// Lateness and batching.
+    pub engine: EngineConfig,
     /// What the rules are configured with.
     pub settings: Settings,
     /// Sandbox limits per rules instance.
@@ -181,7 +181,7 @@ async fn run_file(config: &JobConfig, source: FileSource) -> Result<RunSummary, 
     let mut rules = tokio::task::block_in_place(|| given_rules(config, &loader))?;
     tracing::info!(rules = rules.rule_version(), "rules loaded");
     let mut sink = open_sink(config).await?;
-    let mut engine = Engine::new(engine_config(config));
+    let mut engine = Engine::new(config.engine);
     let props = HashMap::from([
         ("sessionize.rule-version".to_owned(), rules.rule_version().to_owned()),
         ("sessionize.source".to_owned(), source.name().to_owned()),
@@ -203,7 +203,7 @@ async fn run_kafka(config: &JobConfig) -> Result<StreamSummary, JobError> {
     let mut sink = open_sink(config).await?;
     let store = StateStore::open(&config.state_dir)?;
     let (mut checkpointer, resumed) =
-        Checkpointer::recover(store, &mut sink, engine_config(config)).await?;
+        Checkpointer::recover(store, &mut sink, config.engine).await?;
     checkpointer.set_given_rules(slot.rule_version());
     let checkpointed = CheckpointedRules {
         in_force: resumed.rule_version.clone(),
@@ -272,13 +272,6 @@ fn resume_live_rules(
             slot.resume(live);
         }
         Err(error) => tracing::warn!(%error, "rules of the last checkpoint refused"),
-    }
-}
-
-fn engine_config(config: &JobConfig) -> EngineConfig {
-    EngineConfig {
-        allowed_lateness_ms: i64::try_from(config.allowed_lateness.as_millis()).unwrap_or(i64::MAX),
-        ..EngineConfig::default()
     }
 }
 

@@ -159,23 +159,6 @@ impl IcebergSink {
         Ok(Self { catalog, sessions, rejected, needs_refresh: false })
     }
 
-    /// Appends one batch of output. Rejected events are committed first and the sessions
-    /// snapshot last, because the sessions snapshot is the commit point that recovery reads:
-    /// a crash in between can at worst duplicate rejected events (their snapshot carries the
-    /// same `properties`, so duplicates are traceable), never lose sessions or mark
-    /// uncommitted input as done. The sessions table is committed even with no rows so the
-    /// checkpoint in `properties` is always recorded.
-    pub async fn commit(
-        &mut self,
-        sessions: &[SessionRow],
-        rejected: &[RejectedEvent],
-        properties: HashMap<String, String>,
-    ) -> Result<CommitStats, SinkError> {
-        let result = self.try_commit(sessions, rejected, properties).await;
-        self.needs_refresh = result.is_err();
-        result
-    }
-
     async fn try_commit(
         &mut self,
         sessions: &[SessionRow],
@@ -227,28 +210,6 @@ impl IcebergSink {
         Ok(stats)
     }
 
-    /// Summary properties of the sessions table's latest snapshot (highest sequence
-    /// number), or `None` before the first commit. Recovery uses it to learn which
-    /// checkpoint was committed last; it reloads the table so it sees commits made by any
-    /// writer. Besides the caller's properties the map holds Iceberg's own summary keys
-    /// (`added-records`, `total-data-files`, ...).
-    pub async fn last_commit_properties(
-        &mut self,
-    ) -> Result<Option<HashMap<String, String>>, SinkError> {
-        self.sessions = reload(&self.catalog, &self.sessions).await?;
-        Ok(latest_properties(&self.sessions))
-    }
-
-    /// Same as [`Self::last_commit_properties`] for the rejected-events table, so recovery
-    /// can tell whether a crash happened between the two snapshots of one commit (rejected
-    /// committed, sessions not) and avoid writing those rejected events twice.
-    pub async fn last_rejected_commit_properties(
-        &mut self,
-    ) -> Result<Option<HashMap<String, String>>, SinkError> {
-        self.rejected = reload(&self.catalog, &self.rejected).await?;
-        Ok(latest_properties(&self.rejected))
-    }
-
     /// The sessions table as last loaded, for callers that want to scan it or inspect its
     /// metadata with iceberg-rust directly (tests, diagnostics).
     pub fn sessions_table(&self) -> &Table {
@@ -270,25 +231,43 @@ impl IcebergSink {
 }
 
 impl Sink for IcebergSink {
+    /// Appends one batch of output. Rejected events are committed first and the sessions
+    /// snapshot last, because the sessions snapshot is the commit point that recovery reads:
+    /// a crash in between can at worst duplicate rejected events (their snapshot carries the
+    /// same `properties`, so duplicates are traceable), never lose sessions or mark
+    /// uncommitted input as done. The sessions table is committed even with no rows so the
+    /// checkpoint in `properties` is always recorded.
     async fn commit(
         &mut self,
         sessions: &[SessionRow],
         rejected: &[RejectedEvent],
         properties: HashMap<String, String>,
     ) -> Result<CommitStats, SinkError> {
-        IcebergSink::commit(self, sessions, rejected, properties).await
+        let result = self.try_commit(sessions, rejected, properties).await;
+        self.needs_refresh = result.is_err();
+        result
     }
 
+    /// Summary properties of the sessions table's latest snapshot (highest sequence
+    /// number), or `None` before the first commit. Recovery uses it to learn which
+    /// checkpoint was committed last; it reloads the table so it sees commits made by any
+    /// writer. Besides the caller's properties the map holds Iceberg's own summary keys
+    /// (`added-records`, `total-data-files`, ...).
     async fn last_commit_properties(
         &mut self,
     ) -> Result<Option<HashMap<String, String>>, SinkError> {
-        IcebergSink::last_commit_properties(self).await
+        self.sessions = reload(&self.catalog, &self.sessions).await?;
+        Ok(latest_properties(&self.sessions))
     }
 
+    /// Same as [`Self::last_commit_properties`] for the rejected-events table, so recovery
+    /// can tell whether a crash happened between the two snapshots of one commit (rejected
+    /// committed, sessions not) and avoid writing those rejected events twice.
     async fn last_rejected_commit_properties(
         &mut self,
     ) -> Result<Option<HashMap<String, String>>, SinkError> {
-        IcebergSink::last_rejected_commit_properties(self).await
+        self.rejected = reload(&self.catalog, &self.rejected).await?;
+        Ok(latest_properties(&self.rejected))
     }
 }
 
