@@ -11,7 +11,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${SESSIONIZE_CACHE:-$HOME/.cache/sessionize}"
 DIST="$ROOT/guest/dist"
-PLUGINS=(default-rules logout-rules faulty)
+PLUGINS=(default-rules logout-rules faulty chaos)
 mkdir -p "$DIST"
 
 if rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then

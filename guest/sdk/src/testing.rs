@@ -20,6 +20,11 @@ impl<R: Rules> NativePlugin<R> {
     pub fn process(&mut self, batch: Batch) -> Result<BatchResult, String> {
         crate::fold::process(&self.rules, &mut self.texts, batch)
     }
+
+    /// Empties the text table, as a fresh instance's would be.
+    pub fn forget_texts(&mut self) {
+        self.texts = TextTable::default();
+    }
 }
 
 /// An event for a test: a time and, optionally, a page.

@@ -2,7 +2,7 @@
 //! a time budget per call, and WASI with no files, no network and no environment.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -13,9 +13,11 @@ use wasmtime::{Config, Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::contract::{Batch, BatchResult, Settings};
-use super::sandbox::{GuestOutput, Sandbox};
+use sessionize_core::rules::{check_plugin_info, CheckScratch};
+
+use super::sandbox::{clip, GuestOutput, LogBudget, Sandbox};
 use super::wit::{self, host, types, SessionRules, SessionRulesPre};
-use super::{check_result, unsent_texts, RulesError, RulesRuntime};
+use super::{check_result, RulesError, RulesRuntime, Texts, TextsSent};
 
 /// How often the epoch advances: the granularity of the per-call time budget.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -112,11 +114,15 @@ impl ComponentLoader {
             limits,
             instance: None,
             rule_version: String::new(),
-            texts_known: 0,
+            texts_sent: TextsSent::default(),
             scratch: wit::empty_batch(),
+            check: CheckScratch::default(),
+            log_lines_dropped: Arc::default(),
         };
         let instance = rules.instance()?;
         let info = instance.info()?;
+        // The name and version go into every row and snapshot summary.
+        check_plugin_info(&info.name, &info.version)?;
         let rule_version = format!("{}@{}+{hash}", info.name, info.version);
         instance.store.data_mut().plugin = Arc::from(rule_version.as_str());
         instance.log_output(false);
@@ -142,6 +148,8 @@ struct PluginHost {
     limits: StoreLimits,
     /// The rule version, for the log; empty while the plugin is being loaded.
     plugin: Arc<str>,
+    /// Lines the plugin may still log in this call.
+    log_budget: LogBudget,
 }
 
 impl WasiView for PluginHost {
@@ -154,7 +162,11 @@ impl types::Host for PluginHost {}
 
 impl host::Host for PluginHost {
     fn log(&mut self, level: types::LogLevel, message: String) {
+        if !self.log_budget.take() {
+            return;
+        }
         let plugin = &*self.plugin;
+        let message = clip(&message);
         match level {
             types::LogLevel::Error => tracing::error!(plugin, "{message}"),
             types::LogLevel::Warn => tracing::warn!(plugin, "{message}"),
@@ -181,15 +193,20 @@ impl Instance {
         info
     }
 
-    /// Passes what the plugin printed on to the host log. While a plugin is
-    /// being loaded its output waits for its name, unless loading `failed`.
-    fn log_output(&self, failed: bool) {
-        let host = self.store.data();
-        if !host.plugin.is_empty() {
-            host.output.log(&host.plugin);
+    /// Passes what the plugin printed on to the host log, and ends the call's
+    /// log budget. While a plugin is being loaded its output waits for its
+    /// name, unless loading `failed`.
+    fn log_output(&mut self, failed: bool) {
+        let host = self.store.data_mut();
+        let plugin = if !host.plugin.is_empty() {
+            host.plugin.clone()
         } else if failed {
-            host.output.log("plugin being loaded");
-        }
+            Arc::from("plugin being loaded")
+        } else {
+            return;
+        };
+        host.output.log(&plugin, &mut host.log_budget);
+        host.log_budget.end_call(&plugin);
     }
 
     /// Sets the time budget for the next call.
@@ -207,16 +224,27 @@ pub struct ComponentRules {
     /// `None` after a trap: rebuilt on the next call.
     instance: Option<Instance>,
     rule_version: String,
-    texts_known: usize,
+    /// What the instance's text table holds.
+    texts_sent: TextsSent,
     /// Where each batch is built in the generated form.
     scratch: types::Batch,
+    /// The buffers of the checks every answer gets.
+    check: CheckScratch,
+    /// Log lines dropped over the budget, by every instance so far.
+    log_lines_dropped: Arc<AtomicU64>,
 }
 
 impl ComponentRules {
+    /// Log lines the plugin sent beyond its budget per call, and the host
+    /// dropped, since the rules were loaded.
+    pub fn log_lines_dropped(&self) -> u64 {
+        self.log_lines_dropped.load(Ordering::Relaxed)
+    }
+
     /// The instance, building and configuring a fresh one if the last trapped.
     fn instance(&mut self) -> Result<&mut Instance, RulesError> {
         if self.instance.is_none() {
-            self.texts_known = 0;
+            self.texts_sent = TextsSent::default();
             let sandbox = Sandbox::new();
             let host = PluginHost {
                 wasi: sandbox.wasi,
@@ -229,6 +257,7 @@ impl ComponentRules {
                     .trap_on_grow_failure(true)
                     .build(),
                 plugin: Arc::from(self.rule_version.as_str()),
+                log_budget: LogBudget::new(self.log_lines_dropped.clone()),
             };
             let mut store = Store::new(&self.loader.engine, host);
             store.limiter(|host| &mut host.limits);
@@ -258,19 +287,19 @@ impl RulesRuntime for ComponentRules {
         &self.rule_version
     }
 
-    fn process(
-        &mut self,
-        texts: &[Arc<str>],
-        batch: &mut Batch,
-    ) -> Result<BatchResult, RulesError> {
+    fn process(&mut self, texts: Texts<'_>, batch: &mut Batch) -> Result<BatchResult, RulesError> {
         let limits = self.limits;
+        if self.texts_sent.is_stale(texts) {
+            // The only way to empty an instance's table (and give back its
+            // memory) is a fresh instance.
+            self.instance = None;
+        }
         // Build first: a rebuilt instance starts with an empty text table.
         self.instance()?;
-        let known = self.texts_known;
         let Some(instance) = self.instance.as_mut() else {
             return Err(RulesError::Trapped("instance vanished".into()));
         };
-        batch.new_texts = unsent_texts(texts, known);
+        batch.new_texts = self.texts_sent.unsent(texts);
         instance.arm();
         let outcome = wit::lend(batch, &mut self.scratch, |batch| {
             instance.bindings.sessionize_plugin_rules().call_process(&mut instance.store, batch)
@@ -279,14 +308,16 @@ impl RulesRuntime for ComponentRules {
         instance.log_output(outcome.is_err());
         match outcome {
             Ok(Ok(result)) => {
+                // The guest answered, so its table took the new texts, whether
+                // or not the answer passes.
+                self.texts_sent.took(texts);
                 let result = wit::result_from_wit(result);
-                check_result(batch, &result)?;
-                self.texts_known = texts.len();
+                check_result(&mut self.check, texts, batch, &result)?;
                 Ok(result)
             }
             Ok(Err(message)) => {
                 // The guest answered, so its table did take the new texts.
-                self.texts_known = texts.len();
+                self.texts_sent.took(texts);
                 Err(RulesError::Failed(message))
             }
             Err(e) => {

@@ -2,8 +2,13 @@
 //! machine or the moment. No files, no network, no environment; clocks frozen
 //! at the epoch and randomness from a fixed seed, so replaying input after a
 //! crash closes the same sessions; stdout and stderr captured for the host log.
+//! What a plugin logs (through the `log` import, stdout and stderr) is held to
+//! a budget of lines per call ([`LogBudget`]): a flood costs the host one
+//! summary line, and is counted.
 
+use std::borrow::Cow;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -18,6 +23,14 @@ use wasmtime_wasi::WasiCtx;
 /// Most bytes of stdout or stderr kept per call; the rest is counted, not kept,
 /// so a chatty plugin cannot grow the host's memory.
 const OUTPUT_KEPT: usize = 64 << 10;
+
+/// Most lines a plugin may send to the host log in one call, through the `log`
+/// import, stdout and stderr together: a plugin that logs per event would
+/// otherwise write the host log full, and slow every batch down with it.
+pub(super) const LOG_LINES_PER_CALL: u32 = 100;
+
+/// Longest log line passed on, in bytes; the rest of a line is cut.
+pub(super) const LOG_LINE_BYTES: usize = 1024;
 
 /// The seed behind the plugin's random numbers: the same stream in every
 /// instance (a rebuilt instance starts it again).
@@ -53,15 +66,79 @@ pub(super) struct GuestOutput {
 
 impl GuestOutput {
     /// Sends what the plugin wrote to the host log, one event per line,
-    /// under the plugin's name.
-    pub(super) fn log(&self, plugin: &str) {
+    /// under the plugin's name, within `budget`.
+    pub(super) fn log(&self, plugin: &str, budget: &mut LogBudget) {
         for line in self.stdout.take_lines() {
-            tracing::info!(plugin, stream = "stdout", "{line}");
+            if budget.take() {
+                let line = clip(&line);
+                tracing::info!(plugin, stream = "stdout", "{line}");
+            }
         }
         for line in self.stderr.take_lines() {
-            tracing::warn!(plugin, stream = "stderr", "{line}");
+            if budget.take() {
+                let line = clip(&line);
+                tracing::warn!(plugin, stream = "stderr", "{line}");
+            }
         }
     }
+}
+
+/// How many log lines a plugin instance has left in the current call, and
+/// how many it was refused.
+#[derive(Debug, Default)]
+pub(super) struct LogBudget {
+    used: u32,
+    dropped: u64,
+    /// Lines dropped over the life of the rules (shared by the instances a
+    /// runtime builds, so that a rebuilt instance does not reset it).
+    total_dropped: Arc<AtomicU64>,
+}
+
+impl LogBudget {
+    /// A budget that adds what it drops to `total_dropped`.
+    pub(super) fn new(total_dropped: Arc<AtomicU64>) -> Self {
+        Self { used: 0, dropped: 0, total_dropped }
+    }
+
+    /// Whether one more line fits in this call; if not, it is counted.
+    pub(super) fn take(&mut self) -> bool {
+        if self.used < LOG_LINES_PER_CALL {
+            self.used += 1;
+            true
+        } else {
+            self.dropped += 1;
+            false
+        }
+    }
+
+    /// Ends a call: says in one line how many lines were dropped, if any, and
+    /// starts the next call's budget.
+    pub(super) fn end_call(&mut self, plugin: &str) {
+        if self.dropped > 0 {
+            let dropped = self.dropped;
+            tracing::warn!(
+                plugin,
+                dropped,
+                "plugin logged {dropped} more lines in one call than the {LOG_LINES_PER_CALL} passed on; dropped"
+            );
+            self.total_dropped.fetch_add(dropped, Ordering::Relaxed);
+        }
+        self.used = 0;
+        self.dropped = 0;
+    }
+}
+
+/// `line`, cut to [`LOG_LINE_BYTES`] (at a character boundary) with a note of
+/// what was cut.
+pub(super) fn clip(line: &str) -> Cow<'_, str> {
+    if line.len() <= LOG_LINE_BYTES {
+        return Cow::Borrowed(line);
+    }
+    let mut cut = LOG_LINE_BYTES;
+    while !line.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    Cow::Owned(format!("{}... ({} more bytes)", &line[..cut], line.len() - cut))
 }
 
 #[derive(Default)]

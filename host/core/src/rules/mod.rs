@@ -1,13 +1,19 @@
 //! The rules as the engine calls them: the contract's records in plain Rust
 //! ([`contract`]), the [`RulesRuntime`] trait every runtime implements, and
 //! [`NativeRules`], rules compiled into the process (tests, benchmark baseline).
-//! The WebAssembly runtime lives in the host crate.
+//! [`check_result`] is what every runtime checks in a plugin's answer before
+//! the engine may apply it. The WebAssembly runtime lives in the host crate.
 
 use std::sync::Arc;
 
+mod check;
 pub mod contract;
 mod native;
 
+pub use check::{
+    check_plugin_info, check_result, CheckScratch, Rule, MAX_END_REASON_BYTES,
+    MAX_PLUGIN_NAME_BYTES, MAX_STATE_DATA_BYTES,
+};
 pub use native::NativeRules;
 
 /// Why rules could not be loaded or could not process a batch.
@@ -39,7 +45,8 @@ pub enum RulesError {
     /// The plugin trapped (panicked, hit unreachable, ...).
     #[error("plugin trapped: {0}")]
     Trapped(String),
-    /// The plugin broke the contract (for example, wrong number of outcomes).
+    /// The plugin's answer (or name) broke a rule of the contract: the message
+    /// names the [`Rule`] and the user. Nothing of the answer was applied.
     #[error("plugin broke the contract: {0}")]
     Contract(String),
 }
@@ -50,12 +57,13 @@ pub trait RulesRuntime: Send {
     fn rule_version(&self) -> &str;
 
     /// Applies the rules to `batch`, first sending the strings of `texts` the
-    /// instance has not seen (the runtime fills `batch.new_texts`). On error
-    /// nothing of the batch took effect, `batch` is as it was, and the runtime
-    /// is ready for the next call (a trapped instance is rebuilt).
+    /// instance has not seen (the runtime fills `batch.new_texts`); texts of
+    /// another generation than the instance's mean it starts a new table. On
+    /// error nothing of the batch took effect, `batch` is as it was, and the
+    /// runtime is ready for the next call (a trapped instance is rebuilt).
     fn process(
         &mut self,
-        texts: &[Arc<str>],
+        texts: Texts<'_>,
         batch: &mut contract::Batch,
     ) -> Result<contract::BatchResult, RulesError>;
 
@@ -69,27 +77,50 @@ pub trait RulesRuntime: Send {
     }
 }
 
-/// The strings of `texts` from handle `known` on: what an instance that has
-/// seen `known` texts must receive next (for runtimes).
-pub fn unsent_texts(texts: &[Arc<str>], known: usize) -> Vec<String> {
-    texts.get(known..).unwrap_or_default().iter().map(|t| t.to_string()).collect()
+/// The engine's text table as the rules see it: strings by handle, and the
+/// generation the handles belong to.
+///
+/// The engine drops texts nothing refers to any more and renumbers the rest
+/// (page names can be URLs that never repeat); handles sent under an earlier
+/// generation then mean nothing, and an instance that holds them must start a
+/// new table.
+#[derive(Debug, Clone, Copy)]
+pub struct Texts<'a> {
+    /// Strings by handle.
+    pub strings: &'a [Arc<str>],
+    /// Bumped each time handles are renumbered.
+    pub generation: u64,
 }
 
-/// Checks the outcome count against the batch, so a buggy plugin cannot make the
-/// host misattribute sessions (for runtimes).
-pub fn check_result(
-    batch: &contract::Batch,
-    result: &contract::BatchResult,
-) -> Result<(), RulesError> {
-    if result.users.len() != batch.users.len() {
-        return Err(RulesError::Contract(format!(
-            "{} outcomes for {} users",
-            result.users.len(),
-            batch.users.len()
-        )));
+impl<'a> Texts<'a> {
+    /// Texts of the first generation (tests, and runtimes fed by hand).
+    pub fn first(strings: &'a [Arc<str>]) -> Self {
+        Self { strings, generation: 0 }
     }
-    if let Some(bad) = result.closed.iter().find(|c| c.user as usize >= batch.users.len()) {
-        return Err(RulesError::Contract(format!("closed session for unknown user {}", bad.user)));
+}
+
+/// How much of the engine's text table an instance holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TextsSent {
+    generation: u64,
+    count: usize,
+}
+
+impl TextsSent {
+    /// Whether the instance's table belongs to another generation than `texts`
+    /// and must be started afresh.
+    pub fn is_stale(&self, texts: Texts<'_>) -> bool {
+        self.count > 0 && self.generation != texts.generation
     }
-    Ok(())
+
+    /// The strings the instance must receive next.
+    pub fn unsent(&self, texts: Texts<'_>) -> Vec<String> {
+        let from = if self.generation == texts.generation { self.count } else { 0 };
+        texts.strings.get(from..).unwrap_or_default().iter().map(|t| t.to_string()).collect()
+    }
+
+    /// Notes that the instance took every string of `texts`.
+    pub fn took(&mut self, texts: Texts<'_>) {
+        *self = Self { generation: texts.generation, count: texts.strings.len() };
+    }
 }

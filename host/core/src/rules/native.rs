@@ -1,8 +1,6 @@
 //! Rules compiled into the host: the same Rust rules as the component, without
 //! the sandbox, to measure what the component boundary costs.
 
-use std::sync::Arc;
-
 use sessionize_sdk::contract as sdk;
 use sessionize_sdk::testing::NativePlugin;
 use sessionize_sdk::{Rules, Settings};
@@ -11,13 +9,14 @@ use super::contract::{
     Batch, BatchResult, ClosedSession, EndReason, SessionState, Settings as JobSettings,
     UserOutcome,
 };
-use super::{check_result, unsent_texts, RulesError, RulesRuntime};
+use super::{check_result, CheckScratch, RulesError, RulesRuntime, Texts, TextsSent};
 
 /// A [`Rules`] type called directly, behind the same interface as a component.
 pub struct NativeRules<R> {
     plugin: NativePlugin<R>,
     rule_version: String,
-    texts_known: usize,
+    texts_sent: TextsSent,
+    check: CheckScratch,
 }
 
 impl<R: Rules + Send> NativeRules<R> {
@@ -29,7 +28,12 @@ impl<R: Rules + Send> NativeRules<R> {
             sdk_settings = sdk_settings.with_param(key, value);
         }
         let plugin = NativePlugin::new(&sdk_settings).map_err(RulesError::Refused)?;
-        Ok(Self { plugin, rule_version: format!("{name}+native"), texts_known: 0 })
+        Ok(Self {
+            plugin,
+            rule_version: format!("{name}+native"),
+            texts_sent: TextsSent::default(),
+            check: CheckScratch::default(),
+        })
     }
 }
 
@@ -38,13 +42,12 @@ impl<R: Rules + Send> RulesRuntime for NativeRules<R> {
         &self.rule_version
     }
 
-    fn process(
-        &mut self,
-        texts: &[Arc<str>],
-        batch: &mut Batch,
-    ) -> Result<BatchResult, RulesError> {
+    fn process(&mut self, texts: Texts<'_>, batch: &mut Batch) -> Result<BatchResult, RulesError> {
+        if self.texts_sent.is_stale(texts) {
+            self.plugin.forget_texts();
+        }
         let sdk_batch = sdk::Batch {
-            new_texts: unsent_texts(texts, self.texts_known),
+            new_texts: self.texts_sent.unsent(texts),
             watermark: batch.watermark,
             end_of_input: batch.end_of_input,
             users: batch
@@ -66,7 +69,7 @@ impl<R: Rules + Send> RulesRuntime for NativeRules<R> {
                 })
                 .collect(),
         };
-        self.texts_known = texts.len();
+        self.texts_sent.took(texts);
         let result = self.plugin.process(sdk_batch).map_err(RulesError::Failed)?;
         let result = BatchResult {
             users: result
@@ -92,7 +95,7 @@ impl<R: Rules + Send> RulesRuntime for NativeRules<R> {
                 })
                 .collect(),
         };
-        check_result(batch, &result)?;
+        check_result(&mut self.check, texts, batch, &result)?;
         Ok(result)
     }
 }
