@@ -18,6 +18,7 @@ use anyhow::{bail, Context, Result};
 use default_rules::DefaultRules;
 use sessionize::engine::{Engine, EngineConfig};
 use sessionize::job::bounded::run_bounded;
+use sessionize::job::Intake;
 use sessionize::rules::{ComponentLoader, NativeRules, RulesRuntime, SandboxLimits};
 use sessionize::sink::iceberg::{IcebergSink, SinkConfig};
 use sessionize::source::file::FileSource;
@@ -86,6 +87,7 @@ fn run_variant(variant: &str, input: &Path) -> Result<()> {
     let summary = run_bounded(
         runtime.handle(),
         source,
+        &Intake::default(),
         &mut engine,
         rules.as_mut(),
         &mut sink,

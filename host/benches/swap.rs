@@ -22,7 +22,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use sessionize::job::streaming::{run_streaming, StreamParts};
 use sessionize::job::{Stalls, StreamSummary};
 use sessionize::rules::lifecycle::{
-    RulesAction, RulesLifecycle, RulesLoader, RulesRequest, RulesSlot,
+    Candidate, RulesAction, RulesLifecycle, RulesLoader, RulesRequest, RulesSlot,
 };
 use sessionize::rules::{ComponentLoader, SandboxLimits};
 use sessionize::source::file::FileSource;
@@ -56,8 +56,8 @@ struct Admin(mpsc::Sender<RulesRequest>);
 
 impl Admin {
     fn ask(&self, action: RulesAction) -> Result<serde_json::Value> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        self.0.send(RulesRequest { action, reply }).map_err(|_| anyhow!("the job has stopped"))?;
+        let (request, answer) = RulesRequest::new(action, Duration::from_secs(600));
+        self.0.send(request).map_err(|_| anyhow!("the job has stopped"))?;
         answer.blocking_recv().map_err(|_| anyhow!("the job has stopped"))?.map_err(|e| anyhow!(e))
     }
 
@@ -141,7 +141,7 @@ fn drive(admin: &Admin, versions: &[PathBuf], swaps: u64, sent: u64) -> Result<(
     for i in 0..swaps {
         let path = &versions[i as usize % versions.len()];
         admin
-            .ask(RulesAction::Deploy(path.clone()))
+            .ask(RulesAction::Deploy(Candidate::File(path.clone())))
             .with_context(|| format!("deploying {}", path.display()))?;
     }
     let swaps_end = admin.progress()?;

@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use sessionize::checkpoint::{Checkpointer, Resumed};
 use sessionize::engine::EngineConfig;
 use sessionize::job::streaming::{FaultPolicy, StreamConfig};
+use sessionize::job::Intake;
 use sessionize::rules::contract::Settings;
 use sessionize::sink::iceberg::{IcebergSink, SinkConfig};
 use sessionize::source::kafka::{KafkaConfig, KafkaSource};
@@ -108,5 +109,7 @@ pub fn stream_config(until_end: bool) -> StreamConfig {
         until_end,
         rules_attempts: 3,
         on_rules_failure: FaultPolicy::Rollback,
+        intake: Intake::default(),
+        max_partition_drift: Duration::from_secs(600),
     }
 }

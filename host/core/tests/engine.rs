@@ -5,7 +5,9 @@ use std::collections::HashMap;
 
 use default_rules::DefaultRules;
 use proptest::prelude::*;
-use sessionize_core::engine::{session_id, Admission, Engine, EngineConfig};
+use sessionize_core::engine::{
+    session_id, Admission, Engine, EngineChanges, EngineConfig, UserState,
+};
 use sessionize_core::event::Event;
 use sessionize_core::rows::SessionRow;
 use sessionize_core::rules::contract::Settings;
@@ -119,6 +121,78 @@ fn a_hot_users_duplicates_count_once_before_and_after_a_release() {
     assert!(starts.contains(&(3 * HOUR - 5000, 3 * HOUR + 99_000)), "{starts:?}");
 }
 
+/// What a state store keeps of an engine's changes (the host's redb store
+/// follows the same rules).
+#[derive(Default)]
+struct Store {
+    texts: Vec<String>,
+    users: HashMap<String, UserState>,
+}
+
+impl Store {
+    fn apply(&mut self, changes: EngineChanges) {
+        if changes.replace_texts {
+            self.texts.clear();
+        }
+        assert_eq!(changes.first_text as usize, self.texts.len(), "a gap in the text table");
+        self.texts.extend(changes.new_texts.iter().map(|t| t.to_string()));
+        for uuid in changes.deletes {
+            self.users.remove(&*uuid);
+        }
+        for user in changes.upserts {
+            self.users.insert(user.uuid.to_string(), user);
+        }
+    }
+}
+
+/// Page names that never repeat (URLs with query strings) do not make the
+/// text table grow for the life of the job: texts no open session or waiting
+/// event refers to are dropped, the rest renumbered, and neither the sessions
+/// nor a restart from what was checkpointed after a renumbering can tell.
+#[test]
+fn distinct_page_names_do_not_grow_the_text_table() {
+    // Users of ten events each, a tenth of a second apart: at any time about
+    // 25,000 events (30 min idle + 10 min lateness) belong to open sessions.
+    let total = 300_000;
+    let events: Vec<(String, String, i64, String)> = (0..total)
+        .map(|i| {
+            let page = format!("https://shop.example/item?id={i}&ref=campaign-{}", i % 97);
+            (format!("user{}", i / 10), format!("e{i}"), i as i64 * 100, page)
+        })
+        .collect();
+    let config = EngineConfig::default();
+    let mut engine = Engine::new(config);
+    let mut rules = rules();
+    let mut store = Store::default();
+    let (mut rows, mut largest, mut restarted) = (Vec::new(), 0, false);
+    for (i, (u, id, t, p)) in events.iter().enumerate() {
+        engine.offer(0, &ev(u, id, *t, p));
+        if (i + 1) % 1_000 == 0 {
+            rows.extend(engine.advance(&mut rules, false).unwrap());
+            largest = largest.max(engine.texts().strings.len());
+            store.apply(engine.take_changes().unwrap());
+            if engine.texts().generation > 0 && !restarted {
+                // A restart from the store, right after a renumbering.
+                restarted = true;
+                let users = std::mem::take(&mut store.users);
+                engine = Engine::restore(
+                    config,
+                    store.texts.clone(),
+                    engine.clocks(),
+                    users.values().cloned(),
+                );
+                store.users = users;
+                rules = self::rules();
+            }
+        }
+    }
+    rows.extend(engine.advance(&mut rules, true).unwrap());
+    assert!(restarted, "the table was never compacted");
+    assert!(largest < 100_000, "the table held {largest} texts at once");
+    assert_eq!(rows.iter().map(|r| r.event_count as usize).sum::<usize>(), total);
+    assert_eq!(spans(&rows), reference(&events, config.allowed_lateness_ms));
+}
+
 #[test]
 fn lateness_is_measured_against_the_greatest_time_seen_before() {
     let mut engine =
@@ -130,6 +204,26 @@ fn lateness_is_measured_against_the_greatest_time_seen_before() {
     // Another partition has its own clock.
     assert_eq!(engine.offer(1, &ev("v", "4", 0, "")), Admission::Accepted);
     assert_eq!(engine.stats().late, 1);
+}
+
+/// An event stamped ahead of the wall clock (within the job's bound) does not
+/// make the present late: it waits for its time and joins its user's session.
+#[test]
+fn an_event_from_the_future_waits_instead_of_making_the_present_late() {
+    let now = 10 * HOUR;
+    let mut engine = Engine::new(EngineConfig::default());
+    engine.limit_clocks_to(now);
+    let mut rules = rules();
+    assert_eq!(engine.offer(0, &ev("fast", "", now + 50 * MIN, "ahead")), Admission::Accepted);
+    for i in 0..10 {
+        let e = ev("u", "", now - 5 * MIN + i * 30_000, "home");
+        assert_eq!(engine.offer(0, &e), Admission::Accepted, "event {i}");
+    }
+    let early = engine.advance(&mut rules, false).unwrap();
+    assert!(early.is_empty(), "{early:?}");
+    let rows = engine.advance(&mut rules, true).unwrap();
+    assert_eq!(rows.iter().map(|r| r.event_count).sum::<u32>(), 11);
+    assert_eq!(engine.stats().late, 0);
 }
 
 #[test]

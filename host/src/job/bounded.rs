@@ -6,10 +6,10 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::ingest::ingest;
+use super::ingest::{ingest, Intake};
 use super::summary::RunSummary;
 use crate::engine::{Engine, EngineError};
-use crate::event::EventBlock;
+use crate::event::{EventBlock, EventLimits};
 use crate::rules::RulesRuntime;
 use crate::sink::{RejectedEvent, SessionRow, Sink, SinkError};
 use crate::source::file::{FileSource, FileSourceError};
@@ -40,16 +40,20 @@ const BLOCKS_IN_FLIGHT: usize = 4;
 /// Reads and parses `source` on its own thread, so parsing overlaps the engine.
 fn spawn_parser(
     mut source: FileSource,
+    limits: EventLimits,
 ) -> (mpsc::Receiver<Result<EventBlock, FileSourceError>>, thread::JoinHandle<()>) {
     let (tx, rx) = mpsc::sync_channel(BLOCKS_IN_FLIGHT);
     let handle = thread::spawn(move || {
         let mut line = Vec::with_capacity(1024);
         loop {
-            let mut block = EventBlock::with_capacity(BLOCK_RECORDS);
+            let mut block = EventBlock::new(BLOCK_RECORDS, limits);
             let mut done = false;
             while block.len() < BLOCK_RECORDS {
-                match source.next_line(&mut line) {
-                    Ok(Some(position)) => block.push(0, position, &line),
+                match source.next_line(&mut line, limits.max_record_bytes) {
+                    Ok(Some(read)) if read.bytes > line.len() => {
+                        block.push_oversized(0, read.number, &line, read.bytes)
+                    }
+                    Ok(Some(read)) => block.push(0, read.number, &line),
                     Ok(None) => {
                         done = true;
                         break;
@@ -76,6 +80,7 @@ fn spawn_parser(
 pub fn run_bounded(
     runtime: &tokio::runtime::Handle,
     source: FileSource,
+    intake: &Intake,
     engine: &mut Engine,
     rules: &mut dyn RulesRuntime,
     sink: &mut impl Sink,
@@ -86,11 +91,11 @@ pub fn run_bounded(
     let mut summary = RunSummary::default();
     let mut out = Staged { sessions: Vec::new(), rejected: Vec::new(), properties };
     let mut rules_time = Duration::ZERO;
-    let (blocks, parser) = spawn_parser(source);
+    let (blocks, parser) = spawn_parser(source, intake.limits);
     for block in blocks.iter() {
         let block = block?;
         summary.read += block.len() as u64;
-        summary.rejected += ingest(&block, engine, &source_name, &mut out.rejected, |_| ());
+        summary.rejected += ingest(&block, intake, engine, &source_name, &mut out.rejected, |_| ());
         let t = Instant::now();
         out.sessions.extend(engine.advance(rules, false)?);
         rules_time += t.elapsed();

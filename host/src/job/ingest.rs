@@ -1,20 +1,46 @@
 //! The ingest step both runs share: a block of parsed records into the engine,
 //! and every record that is not accepted into the dead letters with its reason.
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 use crate::engine::{Admission, Engine};
-use crate::event::{BlockRecord, EventBlock};
+use crate::event::{BlockRecord, EventBlock, EventLimits};
 use crate::sink::RejectedEvent;
 
-/// Offers the events of `block` to `engine`; rejected records and late events
-/// go to `dead_letters`, named after `source`. `seen` hears the partition of
-/// every record. Returns how many records were not valid events.
+/// What the job admits beyond a well-formed event: bounds on records and
+/// fields, and how far ahead of the wall clock an event may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Intake {
+    /// Record and field sizes.
+    pub limits: EventLimits,
+    /// Events further ahead of the wall clock are refused (`--max-future-skew`):
+    /// a timestamp in micro- or nanoseconds would otherwise hold its
+    /// partition's clock years ahead.
+    pub max_future_skew: Duration,
+}
+
+impl Default for Intake {
+    fn default() -> Self {
+        Self { limits: EventLimits::default(), max_future_skew: Duration::from_secs(3600) }
+    }
+}
+
+/// Offers the events of `block` to `engine`; rejected records, events too far
+/// in the future and late events go to `dead_letters`, named after `source`.
+/// `seen` hears the partition of every record. Returns how many records were
+/// not admitted as events (malformed, too large, from the future).
 pub(crate) fn ingest(
     block: &EventBlock,
+    intake: &Intake,
     engine: &mut Engine,
     source: &str,
     dead_letters: &mut Vec<RejectedEvent>,
     mut seen: impl FnMut(i32),
 ) -> u64 {
+    let now_ms = wall_clock_ms();
+    let skew_ms = i64::try_from(intake.max_future_skew.as_millis()).unwrap_or(i64::MAX);
+    let horizon = now_ms.saturating_add(skew_ms);
+    engine.limit_clocks_to(now_ms);
     let mut rejected = 0;
     let dead_letter = |partition, position, raw: &str, reason: String| RejectedEvent {
         raw: raw.to_owned(),
@@ -27,6 +53,12 @@ pub(crate) fn ingest(
         match record {
             BlockRecord::Event(partition, position, raw, event) => {
                 seen(partition);
+                if event.timestamp_ms > horizon {
+                    rejected += 1;
+                    let reason = from_the_future(event.timestamp_ms, intake.max_future_skew);
+                    dead_letters.push(dead_letter(partition, position, raw, reason));
+                    continue;
+                }
                 if let Admission::Late { behind_ms } = engine.offer(partition as usize, &event) {
                     let reason = format!("late: {behind_ms} ms beyond the allowed lateness");
                     dead_letters.push(dead_letter(partition, position, raw, reason));
@@ -40,4 +72,69 @@ pub(crate) fn ingest(
         }
     }
     rejected
+}
+
+fn wall_clock_ms() -> i64 {
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Why an event too far ahead is refused, naming the likely unit mistake:
+/// epoch milliseconds today are about 1.8e12, microseconds 1.8e15,
+/// nanoseconds 1.8e18.
+fn from_the_future(timestamp_ms: i64, skew: Duration) -> String {
+    let hint = match timestamp_ms {
+        t if t >= 100_000_000_000_000_000 => ": it looks like nanoseconds, not milliseconds",
+        t if t >= 100_000_000_000_000 => ": it looks like microseconds, not milliseconds",
+        _ => "",
+    };
+    format!(
+        "event_timestamp {timestamp_ms} is more than {} ahead of the wall clock \
+         (--max-future-skew){hint}",
+        humantime::format_duration(skew)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::EngineConfig;
+
+    fn run(lines: &[String]) -> (Vec<RejectedEvent>, u64, Engine) {
+        let mut block = EventBlock::new(lines.len(), EventLimits::default());
+        for (i, line) in lines.iter().enumerate() {
+            block.push(0, i as i64, line.as_bytes());
+        }
+        let mut engine = Engine::new(EngineConfig::default());
+        let mut dead = Vec::new();
+        let rejected = ingest(&block, &Intake::default(), &mut engine, "t", &mut dead, |_| ());
+        (dead, rejected, engine)
+    }
+
+    fn line(t: i64) -> String {
+        format!(r#"{{"uuid":"u","event_timestamp":{t}}}"#)
+    }
+
+    #[test]
+    fn timestamps_too_far_ahead_are_refused_naming_the_likely_unit() {
+        let now = wall_clock_ms();
+        let lines = [line(now * 1000), line(now * 1_000_000), line(now + 2 * 3_600_000), line(now)];
+        let (dead, rejected, engine) = run(&lines);
+        assert_eq!((rejected, engine.stats().accepted), (3, 1));
+        let reasons: Vec<&str> = dead.iter().map(|d| d.reason.as_str()).collect();
+        assert!(reasons[0].ends_with("1h ahead of the wall clock (--max-future-skew): it looks like microseconds, not milliseconds"), "{reasons:?}");
+        assert!(reasons[1].ends_with("it looks like nanoseconds, not milliseconds"), "{reasons:?}");
+        assert!(reasons[2].ends_with("ahead of the wall clock (--max-future-skew)"), "{reasons:?}");
+        assert_eq!(dead[2].position, 2);
+    }
+
+    #[test]
+    fn a_microsecond_timestamp_does_not_make_later_events_late() {
+        let now = wall_clock_ms();
+        let mut lines = vec![line(now * 1000)];
+        lines.extend((0..10).map(|i| line(now - 60_000 + i * 1000)));
+        let (dead, _, engine) = run(&lines);
+        assert_eq!(dead.len(), 1);
+        assert_eq!((engine.stats().accepted, engine.stats().late), (10, 0));
+    }
 }

@@ -7,13 +7,12 @@
 //! [`JobConfig`], as `sessionize run` does.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::admin::{self, AdminError};
+use crate::admin::{self, AdminConfig, AdminError};
 use crate::checkpoint::{CheckpointError, Checkpointer};
 use crate::engine::{Engine, EngineConfig};
 use crate::rules::contract::Settings;
@@ -34,6 +33,7 @@ mod ingest;
 pub mod streaming;
 mod summary;
 
+pub use ingest::Intake;
 pub use summary::{RunSummary, Stalls, StreamSummary};
 
 /// The default rules component, built from `guest/default-rules`.
@@ -61,12 +61,13 @@ pub struct JobConfig {
     pub state_dir: PathBuf,
     /// Kafka input.
     pub kafka: KafkaConfig,
-    /// How the streaming loop paces itself.
+    /// What both runs admit (`stream.intake`), and how the streaming loop
+    /// paces itself.
     pub stream: streaming::StreamConfig,
-    /// Where the admin endpoint listens.
-    pub admin_addr: SocketAddr,
-    /// The admin token; generated when absent.
-    pub admin_token: Option<String>,
+    /// The admin endpoint of a streaming job.
+    pub admin: AdminConfig,
+    /// The largest rules component the job takes, from a file or uploaded.
+    pub max_component_bytes: u64,
 }
 
 /// What a job reads.
@@ -188,13 +189,16 @@ async fn run_file(config: &JobConfig, source: FileSource) -> Result<RunSummary, 
     ]);
     let handle = tokio::runtime::Handle::current();
     let summary = tokio::task::block_in_place(|| {
-        bounded::run_bounded(&handle, source, &mut engine, &mut rules, &mut sink, props)
+        let intake = &config.stream.intake;
+        bounded::run_bounded(&handle, source, intake, &mut engine, &mut rules, &mut sink, props)
     })?;
     Ok(summary)
 }
 
 /// The streaming job: Kafka to Iceberg with checkpoints.
 async fn run_kafka(config: &JobConfig) -> Result<StreamSummary, JobError> {
+    // Before anything starts: an endpoint the operator did not mean to expose.
+    admin::check_addr(&config.admin)?;
     let loader = rules_loader(config)?;
     let given = tokio::task::block_in_place(|| given_rules(config, &loader))?;
     let archive = Arc::new(RulesArchive::open(&config.state_dir)?);
@@ -221,12 +225,13 @@ async fn run_kafka(config: &JobConfig) -> Result<StreamSummary, JobError> {
         signal_hook::flag::register(signal, stop.clone()).map_err(JobError::Signals)?;
     }
     let (requests_tx, requests) = std::sync::mpsc::channel();
-    let token = config.admin_token.clone().unwrap_or_else(admin::new_token);
-    let addr = admin::serve(config.admin_addr, token.clone(), requests_tx.clone()).await?;
+    let token = config.admin.token.clone().unwrap_or_else(admin::new_token);
+    let addr = admin::serve(&config.admin, &token, config.max_component_bytes, requests_tx.clone())
+        .await?;
     admin::publish_credentials(&config.state_dir, addr, &token)?;
     if config.plugin_watch {
         if let Some(path) = config.plugin.clone() {
-            watch_plugin_file(path, requests_tx);
+            watch_plugin_file(path, requests_tx, config.admin.request_timeout);
         }
     }
     let mut rules = RulesLifecycle::new(slot)
@@ -286,7 +291,8 @@ async fn open_sink(config: &JobConfig) -> Result<IcebergSink, JobError> {
 fn rules_loader(config: &JobConfig) -> Result<RulesLoader, JobError> {
     let loader = ComponentLoader::new()
         .map_err(|source| JobError::Rules { context: "starting wasmtime".into(), source })?;
-    Ok(RulesLoader::new(Arc::new(loader), config.settings.clone(), config.limits))
+    Ok(RulesLoader::new(Arc::new(loader), config.settings.clone(), config.limits)
+        .taking_at_most(config.max_component_bytes))
 }
 
 /// The rules the command line gives: `--plugin`, or the built-in default rules.

@@ -132,6 +132,10 @@ pub struct StreamSummary {
     pub swap_stalls: Stalls,
     /// Compiling each deployed candidate, on a thread of its own (not a stall).
     pub candidate_compiles: Stalls,
+    /// Most events waiting for the watermark at once: what memory follows.
+    pub peak_waiting: u64,
+    /// Times a partition was paused for running ahead of the others.
+    pub partition_pauses: u64,
 }
 
 impl std::fmt::Display for StreamSummary {
@@ -142,6 +146,11 @@ impl std::fmt::Display for StreamSummary {
             "checkpoints:       {} (sessions visible in Iceberg at most {:.2?} after closing; \
              event flow stalled {})",
             self.checkpoints, self.max_visibility_latency, self.checkpoint_stalls
+        )?;
+        writeln!(
+            f,
+            "waiting events:    at most {} (partitions paused for running ahead: {} times)",
+            self.peak_waiting, self.partition_pauses
         )?;
         if self.swap_pauses.count() > 0 {
             writeln!(

@@ -14,6 +14,15 @@ pub struct FileSourceError {
     source: io::Error,
 }
 
+/// A line read by [`FileSource::next_line`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Line {
+    /// Its number, from 1: the record's position.
+    pub number: i64,
+    /// Its whole length, of which the buffer may hold only the start.
+    pub bytes: usize,
+}
+
 /// A bounded source of JSON lines: one partition, positions are line numbers.
 pub struct FileSource {
     name: String,
@@ -52,24 +61,47 @@ impl FileSource {
         &self.name
     }
 
-    /// Reads the next non-blank line into `buf` (cleared first) and returns its
-    /// line number, or `None` at the end.
-    pub fn next_line(&mut self, buf: &mut Vec<u8>) -> Result<Option<i64>, FileSourceError> {
+    /// Reads the next non-blank line into `buf` (cleared first), keeping at most
+    /// `max_bytes + 1` of it: a line without an end (a corrupt file, a binary
+    /// dump) must not fill memory. `None` at the end.
+    pub fn next_line(
+        &mut self,
+        buf: &mut Vec<u8>,
+        max_bytes: usize,
+    ) -> Result<Option<Line>, FileSourceError> {
         loop {
             buf.clear();
-            let read = self
-                .reader
-                .read_until(b'\n', buf)
-                .map_err(|source| FileSourceError { path: self.name.clone(), source })?;
-            if read == 0 {
+            let mut bytes = 0;
+            let mut ended = false;
+            while !ended {
+                let available = self
+                    .reader
+                    .fill_buf()
+                    .map_err(|source| FileSourceError { path: self.name.clone(), source })?;
+                if available.is_empty() {
+                    break;
+                }
+                let (take, found) = match memchr::memchr(b'\n', available) {
+                    Some(at) => (at + 1, true),
+                    None => (available.len(), false),
+                };
+                let room = (max_bytes + 1).saturating_sub(buf.len());
+                buf.extend_from_slice(&available[..take.min(room)]);
+                self.reader.consume(take);
+                bytes += take;
+                ended = found;
+            }
+            if bytes == 0 {
                 return Ok(None);
             }
             self.line += 1;
+            let whole = buf.len() == bytes;
             while matches!(buf.last(), Some(b'\n' | b'\r')) {
                 buf.pop();
             }
-            if !buf.iter().all(u8::is_ascii_whitespace) {
-                return Ok(Some(self.line));
+            let bytes = if whole { buf.len() } else { bytes - usize::from(ended) };
+            if !whole || !buf.iter().all(u8::is_ascii_whitespace) {
+                return Ok(Some(Line { number: self.line, bytes }));
             }
         }
     }

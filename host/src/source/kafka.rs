@@ -138,6 +138,16 @@ impl KafkaSource {
     }
 }
 
+impl KafkaSource {
+    fn partition_list(&self, partitions: &[i32]) -> TopicPartitionList {
+        let mut list = TopicPartitionList::new();
+        for &p in partitions {
+            list.add_partition(&self.config.topic, p);
+        }
+        list
+    }
+}
+
 impl StreamSource for KafkaSource {
     type Error = KafkaSourceError;
 
@@ -197,6 +207,22 @@ impl StreamSource for KafkaSource {
             ends.insert(p, high);
         }
         Ok(ends)
+    }
+
+    /// Pauses fetching `partitions`. librdkafka drops what it prefetched for
+    /// them and, on resume, fetches from the next offset not yet delivered.
+    fn pause(&mut self, partitions: &[i32]) -> Result<(), KafkaSourceError> {
+        let list = self.partition_list(partitions);
+        self.consumer
+            .pause(&list)
+            .map_err(|source| KafkaSourceError::Kafka { what: "pause", source })
+    }
+
+    fn resume(&mut self, partitions: &[i32]) -> Result<(), KafkaSourceError> {
+        let list = self.partition_list(partitions);
+        self.consumer
+            .resume(&list)
+            .map_err(|source| KafkaSourceError::Kafka { what: "resume", source })
     }
 
     /// Commits `offsets` (next offsets to read) to the consumer group. Only for

@@ -38,4 +38,12 @@ pub trait StreamSource {
     /// Reports `offsets` as consumed (for monitoring; a checkpoint, not this,
     /// is what a restart resumes from).
     fn commit_consumed(&mut self, offsets: &BTreeMap<i32, i64>);
+
+    /// Stops delivering `partitions` until they are resumed; reading goes on
+    /// where it stopped. The run pauses partitions that run ahead of the
+    /// others (watermark alignment).
+    fn pause(&mut self, partitions: &[i32]) -> Result<(), Self::Error>;
+
+    /// Delivers `partitions` again.
+    fn resume(&mut self, partitions: &[i32]) -> Result<(), Self::Error>;
 }

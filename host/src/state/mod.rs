@@ -89,11 +89,27 @@ pub struct StateStore {
 }
 
 impl StateStore {
-    /// Opens (creating if needed) the store in `dir/state.redb`.
+    /// Opens (creating if needed) the store in `dir/state.redb`. A directory
+    /// it creates is owner-only (it holds open sessions and the admin token);
+    /// an existing one that others can enter is used, with a warning.
     pub fn open(dir: &Path) -> Result<Self, StateError> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         let path = dir.join("state.redb");
         let name = path.display().to_string();
-        std::fs::create_dir_all(dir).map_err(|e| storage(&name, e))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| storage(&name, e))?;
+        let mode = std::fs::metadata(dir).map_err(|e| storage(&name, e))?.permissions().mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                dir = %dir.display(),
+                mode = format!("{:o}", mode & 0o777),
+                "the state directory is open to other users, and it holds open sessions and \
+                 the admin token: chmod 700 it"
+            );
+        }
         let db = Database::create(&path).map_err(|e| storage(&name, e))?;
         let store = Self { db, path: name };
         // Create the tables so that reads of a fresh store find them.
@@ -203,6 +219,10 @@ impl StateStore {
                 users.remove(&**uuid).map_err(|e| self.fail(e))?;
             }
             let mut texts = txn.open_table(TEXTS).map_err(|e| self.fail(e))?;
+            if changes.replace_texts {
+                // Renumbered: the users written above refer to the new handles.
+                texts.retain(|_, _| false).map_err(|e| self.fail(e))?;
+            }
             for (i, text) in changes.new_texts.iter().enumerate() {
                 texts.insert(changes.first_text + i as u32, &**text).map_err(|e| self.fail(e))?;
             }

@@ -83,7 +83,7 @@ pub fn produce(
     let mut sent = 0u64;
     let started = Instant::now();
     let mut first_event: Option<i64> = None;
-    while source.next_line(&mut line)?.is_some() {
+    while source.next_line(&mut line, usize::MAX - 1)?.is_some() {
         let key = event::parse(&line).ok().map(|e| (e.uuid.into_owned(), e.timestamp_ms));
         if let (true, Some((_, t))) = (pace, &key) {
             let first = *first_event.get_or_insert(*t);

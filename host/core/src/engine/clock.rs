@@ -4,6 +4,10 @@
 //! greatest time seen before it on its partition, or behind the watermark. The
 //! watermark is the least, over partitions, of (greatest time seen − allowed
 //! lateness), and never goes back.
+//!
+//! A partition's clock never runs ahead of the ceiling the job sets (the wall
+//! clock): one event stamped an hour ahead would otherwise make every event of
+//! the present late. Such an event is accepted and waits for its time.
 
 use serde::{Deserialize, Serialize};
 
@@ -32,13 +36,15 @@ struct PartitionClock {
 #[derive(Debug)]
 pub(super) struct Clocks {
     lateness_ms: i64,
+    /// The most a partition's clock may read.
+    ceiling: i64,
     partitions: Vec<PartitionClock>,
     watermark: i64,
 }
 
 impl Clocks {
     pub(super) fn new(lateness_ms: i64) -> Self {
-        Self { lateness_ms, partitions: Vec::new(), watermark: i64::MIN }
+        Self { lateness_ms, ceiling: i64::MAX, partitions: Vec::new(), watermark: i64::MIN }
     }
 
     fn clock(&mut self, partition: usize) -> &mut PartitionClock {
@@ -57,6 +63,11 @@ impl Clocks {
         self.clock(partition).idle = idle;
     }
 
+    /// Caps partition clocks at `now_ms` from here on.
+    pub(super) fn set_ceiling(&mut self, now_ms: i64) {
+        self.ceiling = now_ms;
+    }
+
     pub(super) fn watermark(&self) -> i64 {
         self.watermark
     }
@@ -66,6 +77,7 @@ impl Clocks {
     pub(super) fn observe(&mut self, partition: usize, t: i64) -> Result<(), i64> {
         let watermark = self.watermark;
         let lateness = self.lateness_ms;
+        let seen = t.min(self.ceiling);
         let clock = self.clock(partition);
         clock.registered = true;
         clock.idle = false;
@@ -73,7 +85,7 @@ impl Clocks {
         if t < floor || t < watermark {
             return Err(floor.max(watermark).saturating_sub(t));
         }
-        clock.max_seen = Some(clock.max_seen.map_or(t, |max| max.max(t)));
+        clock.max_seen = Some(clock.max_seen.map_or(seen, |max| max.max(seen)));
         Ok(())
     }
 
@@ -96,6 +108,17 @@ impl Clocks {
             self.watermark = self.watermark.max(allowed);
         }
         self.watermark
+    }
+
+    /// Active partitions whose clock is more than `drift_ms` ahead of the
+    /// slowest one (the one the watermark waits for). An active partition that
+    /// has delivered nothing yet holds the watermark at its start, so every
+    /// partition that has is ahead until it delivers or goes idle.
+    pub(super) fn ahead(&self, drift_ms: i64) -> impl Iterator<Item = usize> + '_ {
+        let active = || self.partitions.iter().enumerate().filter(|(_, p)| p.registered && !p.idle);
+        let slowest = active().map(|(_, p)| p.max_seen.unwrap_or(i64::MIN)).min();
+        let limit = slowest.unwrap_or(i64::MAX).saturating_add(drift_ms);
+        active().filter(move |(_, p)| p.max_seen.is_some_and(|t| t > limit)).map(|(i, _)| i)
     }
 
     /// What a checkpoint keeps.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::{session_id, Engine, EngineError};
 use crate::rows::SessionRow;
 use crate::rules::contract::{Batch, BatchResult, UserSlice};
-use crate::rules::RulesRuntime;
+use crate::rules::{RulesRuntime, Texts};
 
 /// A batch built for the rules and not yet applied, with the users it holds.
 pub(super) struct InFlight {
@@ -78,6 +78,7 @@ impl Engine {
             // Unshared unless a checkpoint still holds it; only then copied.
             let state = slot.state.take().map(Arc::unwrap_or_clone);
             batch.users.push(UserSlice { state, event_count: events.len() as u32 });
+            self.waiting = self.waiting.saturating_sub(events.len() as u64);
             batch.events.extend(events.into_iter().map(|p| p.event));
             slot.wake_at = None;
             users.push(user);
@@ -108,7 +109,9 @@ impl Engine {
             self.stats.plugin_calls += 1;
             self.sample = Some(sample_of(&flight.batch));
             let started = std::time::Instant::now();
-            let result = rules.process(self.texts.as_slice(), &mut flight.batch);
+            let texts =
+                Texts { strings: self.texts.as_slice(), generation: self.texts.generation() };
+            let result = rules.process(texts, &mut flight.batch);
             self.stats.rules_time += started.elapsed();
             let result = result?;
             let flight = self.in_flight.remove(0);

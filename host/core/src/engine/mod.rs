@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::event::Event;
 use crate::rows::SessionRow;
 use crate::rules::contract::{self, Batch};
-use crate::rules::{RulesError, RulesRuntime};
+use crate::rules::{RulesError, RulesRuntime, Texts};
 
 mod clock;
 mod dispatch;
@@ -114,8 +114,13 @@ pub struct Engine {
     timers: BinaryHeap<Reverse<(i64, u32)>>,
     in_flight: Vec<InFlight>,
     stats: EngineStats,
+    /// Accepted events not yet released to the rules.
+    waiting: u64,
     /// Texts already handed out by [`Engine::take_changes`].
     texts_taken: usize,
+    /// Whether the table was compacted since the last [`Engine::take_changes`],
+    /// so the stored one must be replaced rather than extended.
+    texts_renumbered: bool,
     /// A few users of the latest batch, for dry runs of candidate rules.
     sample: Option<Batch>,
     /// Sessions closed by batches that succeeded before a later one failed:
@@ -134,7 +139,9 @@ impl Engine {
             timers: BinaryHeap::new(),
             in_flight: Vec::new(),
             stats: EngineStats::default(),
+            waiting: 0,
             texts_taken: 0,
+            texts_renumbered: false,
             sample: None,
             carried: Vec::new(),
         }
@@ -147,8 +154,8 @@ impl Engine {
     }
 
     /// The interned texts, which sampled batches refer to.
-    pub fn texts(&self) -> &[Arc<str>] {
-        self.texts.as_slice()
+    pub fn texts(&self) -> Texts<'_> {
+        Texts { strings: self.texts.as_slice(), generation: self.texts.generation() }
     }
 
     /// Declares the input's partitions: until each has delivered an event (or
@@ -162,6 +169,26 @@ impl Engine {
     /// Marks a partition idle (it stops holding the watermark back) or active.
     pub fn set_idle(&mut self, partition: usize, idle: bool) {
         self.clocks.set_idle(partition, idle);
+    }
+
+    /// Keeps partition clocks at or before `now_ms`, the wall clock: an event
+    /// stamped ahead of it (a producer's clock running fast) is accepted and
+    /// waits for its time, instead of making every event of the present late.
+    pub fn limit_clocks_to(&mut self, now_ms: i64) {
+        self.clocks.set_ceiling(now_ms);
+    }
+
+    /// Partitions whose clock runs more than `drift_ms` ahead of the slowest
+    /// active one. Reading them further only piles up events that wait for
+    /// the watermark: the job pauses them until the others catch up
+    /// (watermark alignment), which bounds memory when one partition lags.
+    pub fn partitions_ahead(&self, drift_ms: i64) -> Vec<usize> {
+        self.clocks.ahead(drift_ms).collect()
+    }
+
+    /// Events accepted and not yet handed to the rules.
+    pub fn events_waiting(&self) -> u64 {
+        self.waiting
     }
 
     /// Counters so far.
@@ -210,6 +237,7 @@ impl Engine {
         };
         self.users.queue(user, pending);
         self.stats.accepted += 1;
+        self.waiting += 1;
         Admission::Accepted
     }
 
@@ -235,6 +263,51 @@ impl Engine {
             self.carried = closed;
             return Err(error);
         }
+        if self.texts.wants_compaction() {
+            self.compact_texts();
+        }
         Ok(closed)
+    }
+
+    /// Drops the texts no open session and no waiting event refers to, and
+    /// renumbers the rest everywhere. Only between batches: none is in flight.
+    fn compact_texts(&mut self) {
+        let mut live = vec![false; self.texts.as_slice().len()];
+        let mut mark = |h: u32| {
+            if let Some(flag) = live.get_mut(h as usize) {
+                *flag = true;
+            }
+        };
+        for user in self.users.ids() {
+            let slot = self.users.slot(user);
+            for event in slot.pending.iter().map(|p| &p.event) {
+                event.page_name.into_iter().for_each(&mut mark);
+                event.event_name.into_iter().for_each(&mut mark);
+                event.event_type.into_iter().for_each(&mut mark);
+            }
+            if let Some(state) = &slot.state {
+                state.pages.iter().copied().for_each(&mut mark);
+            }
+        }
+        let renumbered = self.texts.compact(&live);
+        let new = |h: &mut u32| *h = renumbered.get(*h as usize).copied().unwrap_or(u32::MAX);
+        for user in self.users.ids() {
+            let slot = self.users.slot_mut(user);
+            if slot.pending.is_empty() && slot.state.is_none() {
+                continue;
+            }
+            for event in slot.pending.iter_mut().map(|p| &mut p.event) {
+                let texts = [&mut event.page_name, &mut event.event_name, &mut event.event_type];
+                texts.into_iter().flatten().for_each(new);
+            }
+            if let Some(state) = &mut slot.state {
+                Arc::make_mut(state).pages.iter_mut().for_each(new);
+            }
+            self.users.mark_dirty(user);
+        }
+        // The sample refers to old handles; the next batch takes a new one.
+        self.sample = None;
+        self.texts_taken = 0;
+        self.texts_renumbered = true;
     }
 }

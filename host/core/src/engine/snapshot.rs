@@ -34,6 +34,9 @@ pub struct EngineChanges {
     pub deletes: Vec<Arc<str>>,
     /// Handle of the first new text.
     pub first_text: u32,
+    /// The text table was renumbered: the stored one is to be replaced by
+    /// `new_texts` (and every user holding a text is among `upserts`).
+    pub replace_texts: bool,
     /// Texts interned since the last checkpoint, in handle order.
     pub new_texts: Vec<Arc<str>>,
 }
@@ -50,6 +53,7 @@ impl Engine {
         let mut changes = EngineChanges {
             first_text: self.texts_taken as u32,
             new_texts: self.texts.as_slice()[self.texts_taken..].to_vec(),
+            replace_texts: std::mem::take(&mut self.texts_renumbered),
             ..EngineChanges::default()
         };
         self.texts_taken = self.texts.as_slice().len();
@@ -93,6 +97,7 @@ impl Engine {
             let slot = engine.users.slot_mut(user);
             slot.state = stored.state;
             slot.wake_at = stored.wake_at;
+            engine.waiting += stored.pending.len() as u64;
             slot.pending = stored.pending;
             if let Some(at) = slot.wake_at {
                 engine.timers.push(Reverse((at, user)));

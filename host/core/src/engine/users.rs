@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use super::text::TextTable;
@@ -64,7 +63,9 @@ pub(super) struct UserSlot {
 /// Users by a dense id, reused after eviction.
 #[derive(Default)]
 pub(super) struct Users {
-    ids: FxHashMap<Arc<str>, u32>,
+    /// Keyed by uuids from outside: std's randomly seeded hasher, so crafted
+    /// uuids cannot make every lookup collide.
+    ids: HashMap<Arc<str>, u32>,
     slots: Vec<UserSlot>,
     /// Slots of evicted users, for reuse.
     free: Vec<u32>,
@@ -205,5 +206,19 @@ impl Users {
         slot.index = None;
         self.free.push(user);
         std::mem::replace(&mut slot.uuid, Arc::from(""))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hash::BuildHasher;
+
+    use super::*;
+
+    #[test]
+    fn user_maps_are_seeded_differently() {
+        // A fixed hasher would let one crafted set of uuids collide in every job.
+        let (a, b) = (Users::default(), Users::default());
+        assert_ne!(a.ids.hasher().hash_one("uuid"), b.ids.hasher().hash_one("uuid"));
     }
 }

@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use super::{parse, Event, Rejection};
+use super::{Event, EventLimits, Rejection};
 
 /// A run of parsed records with their strings copied into one buffer: parsing
 /// happens on another thread than the engine, and a block crosses over without an
@@ -12,6 +12,7 @@ use super::{parse, Event, Rejection};
 pub struct EventBlock {
     text: String,
     items: Vec<BlockItem>,
+    limits: EventLimits,
 }
 
 /// A string stored in a block's buffer.
@@ -52,9 +53,13 @@ pub enum BlockRecord<'a> {
 }
 
 impl EventBlock {
-    /// An empty block with room for `records` records.
-    pub fn with_capacity(records: usize) -> Self {
-        Self { text: String::with_capacity(records * 64), items: Vec::with_capacity(records) }
+    /// An empty block with room for `records` records, parsed within `limits`.
+    pub fn new(records: usize, limits: EventLimits) -> Self {
+        Self {
+            text: String::with_capacity(records * 64),
+            items: Vec::with_capacity(records),
+            limits,
+        }
     }
 
     /// Records in the block.
@@ -69,10 +74,13 @@ impl EventBlock {
 
     /// Parses `record` (read at `position` of `partition`) and keeps the outcome.
     pub fn push(&mut self, partition: i32, position: i64, record: &[u8]) {
+        if record.len() > self.limits.max_record_bytes {
+            return self.push_oversized(partition, position, record, record.len());
+        }
         // The record goes into the buffer once; fields that parsed without
         // escapes point into it, only unescaped copies are added.
         let raw = self.store(&String::from_utf8_lossy(record));
-        let item = match parse(record) {
+        let item = match self.limits.parse(record) {
             Ok(event) => {
                 let base = record.as_ptr() as usize;
                 let inside = |b: &str| {
@@ -101,6 +109,16 @@ impl EventBlock {
             Err(reason) => BlockItem::Rejected { partition, position, raw, reason },
         };
         self.items.push(item);
+    }
+
+    /// Keeps a record of `bytes` bytes, over the limit, as rejected; of its
+    /// text only `prefix` (up to the limit) is kept for the dead letters.
+    pub fn push_oversized(&mut self, partition: i32, position: i64, prefix: &[u8], bytes: usize) {
+        let limit = self.limits.max_record_bytes;
+        let kept = &prefix[..prefix.len().min(limit)];
+        let raw = self.store(&String::from_utf8_lossy(kept));
+        let reason = Rejection::RecordTooLarge { bytes, limit };
+        self.items.push(BlockItem::Rejected { partition, position, raw, reason });
     }
 
     fn store(&mut self, s: &str) -> Span {

@@ -4,7 +4,8 @@
 //! `event_timestamp` of epoch milliseconds >= 0, given as a string of digits or a
 //! number. `event_id`, `page_name`, `booking_details` and `event_details{event_name,
 //! event_type, event_value}` are optional; unknown fields are ignored. Anything
-//! else is rejected with a [`Rejection`] that says what is wrong.
+//! else is rejected with a [`Rejection`] that says what is wrong, and so is a
+//! record or a field larger than its [`EventLimits`].
 
 use std::borrow::Cow;
 
@@ -59,9 +60,76 @@ pub enum Rejection {
     /// `event_timestamp` is not a non-negative whole number of milliseconds.
     #[error("event_timestamp {0:?} is not epoch milliseconds >= 0")]
     BadTimestamp(String),
+    /// The whole record is larger than the limit.
+    #[error("record of {bytes} bytes is over the limit of {limit} (--max-record-bytes)")]
+    RecordTooLarge {
+        /// The record's size.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// One field is longer than the limit.
+    #[error("{field} of {bytes} bytes is over the limit of {limit} ({flag})")]
+    FieldTooLong {
+        /// The field.
+        field: &'static str,
+        /// Its length.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+        /// The flag that sets the limit.
+        flag: &'static str,
+    },
 }
 
-/// Parses one record (a JSON line or a Kafka message value).
+/// Upper bounds on what one record may carry. A producer's bug (a 5 MB page
+/// name, a body pasted into a uuid) must reach neither memory for long nor the
+/// table: such a record is rejected with the bound it broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventLimits {
+    /// A whole record: a JSON line or a Kafka message value.
+    pub max_record_bytes: usize,
+    /// `uuid`.
+    pub max_uuid_bytes: usize,
+    /// Each other string: `event_id`, `page_name`, `event_details.event_name`
+    /// and `event_type`.
+    pub max_text_bytes: usize,
+}
+
+impl Default for EventLimits {
+    fn default() -> Self {
+        Self { max_record_bytes: 1 << 20, max_uuid_bytes: 256, max_text_bytes: 8 << 10 }
+    }
+}
+
+impl EventLimits {
+    /// Parses one record (a JSON line or a Kafka message value) within these limits.
+    pub fn parse<'a>(&self, record: &'a [u8]) -> Result<Event<'a>, Rejection> {
+        if record.len() > self.max_record_bytes {
+            return Err(Rejection::RecordTooLarge {
+                bytes: record.len(),
+                limit: self.max_record_bytes,
+            });
+        }
+        let event = parse(record)?;
+        let check = |field, text: Option<&Cow<'_, str>>, limit, flag| match text {
+            Some(t) if t.len() > limit => {
+                Err(Rejection::FieldTooLong { field, bytes: t.len(), limit, flag })
+            }
+            _ => Ok(()),
+        };
+        check("uuid", Some(&event.uuid), self.max_uuid_bytes, "--max-uuid-bytes")?;
+        let text = self.max_text_bytes;
+        check("event_id", event.event_id.as_ref(), text, "--max-text-bytes")?;
+        check("page_name", event.page_name.as_ref(), text, "--max-text-bytes")?;
+        check("event_details.event_name", event.event_name.as_ref(), text, "--max-text-bytes")?;
+        check("event_details.event_type", event.event_type.as_ref(), text, "--max-text-bytes")?;
+        Ok(event)
+    }
+}
+
+/// Parses one record (a JSON line or a Kafka message value), with no bound on
+/// its size: the job parses through [`EventLimits::parse`].
 pub fn parse(record: &[u8]) -> Result<Event<'_>, Rejection> {
     // serde would also read a struct from a JSON array; events are objects only.
     if record.trim_ascii_start().first() != Some(&b'{') {
@@ -226,5 +294,36 @@ mod tests {
             "event_id must be a string or integer, found an object"
         );
         assert_eq!(parse(b"{\"uuid\":\"\xff\"}"), Err(Rejection::NotUtf8));
+    }
+
+    #[test]
+    fn records_and_fields_over_their_limits_are_rejected_with_the_limit() {
+        let limits = EventLimits { max_record_bytes: 200, max_uuid_bytes: 8, max_text_bytes: 16 };
+        let line = |uuid: &str, page: &str| {
+            format!(r#"{{"uuid":"{uuid}","event_timestamp":1,"page_name":"{page}"}}"#)
+        };
+        let reject = |line: &str| limits.parse(line.as_bytes()).unwrap_err().to_string();
+        assert!(limits.parse(line("12345678", "0123456789abcdef").as_bytes()).is_ok());
+        assert_eq!(
+            reject(&line("123456789", "home")),
+            "uuid of 9 bytes is over the limit of 8 (--max-uuid-bytes)"
+        );
+        assert_eq!(
+            reject(&line("u", "0123456789abcdefg")),
+            "page_name of 17 bytes is over the limit of 16 (--max-text-bytes)"
+        );
+        // Escapes count as what they decode to.
+        assert!(limits
+            .parse(line("u", r"\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9").as_bytes())
+            .is_ok());
+        let long = format!(r#"{{"uuid":"u","event_timestamp":1,"x":"{}"}}"#, "a".repeat(200));
+        assert_eq!(
+            reject(&long),
+            format!("record of {} bytes is over the limit of 200 (--max-record-bytes)", long.len())
+        );
+        let id = r#"{"uuid":"u","event_timestamp":1,"event_id":"0123456789abcdefg"}"#;
+        assert!(reject(id).starts_with("event_id of 17 bytes"));
+        let name = r#"{"uuid":"u","event_timestamp":1,"event_details":{"event_type":"0123456789abcdefg"}}"#;
+        assert!(reject(name).starts_with("event_details.event_type of 17 bytes"));
     }
 }

@@ -7,11 +7,11 @@
 //! flow stalls only for a cut. A change of rules is applied right after a cut:
 //! each checkpoint is processed by one rules version.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::ingest::ingest;
+use super::ingest::{ingest, Intake};
 use super::summary::StreamSummary;
 use crate::checkpoint::{
     CheckpointError, CheckpointThread, Checkpointer, Completed, Cut, PendingCheckpoint,
@@ -41,6 +41,11 @@ pub struct StreamConfig {
     pub rules_attempts: u32,
     /// What happens when the rules keep failing a batch.
     pub on_rules_failure: FaultPolicy,
+    /// Record and field bounds, and the future-skew bound.
+    pub intake: Intake,
+    /// A partition whose clock runs further ahead of the slowest one is
+    /// paused until it catches up (`--max-partition-drift`).
+    pub max_partition_drift: Duration,
 }
 
 /// What the job does when the rules fail the same batch `rules_attempts` times.
@@ -122,6 +127,7 @@ pub fn run_streaming<S: StreamSource, K: Sink + Send>(
             oldest_staged: None,
             failures: 0,
             ends: None,
+            paused: BTreeSet::new(),
         };
         job.run(stop)
     })
@@ -148,6 +154,8 @@ struct EventLoop<'a, S> {
     failures: u32,
     /// Where the source ends, with `until_end`.
     ends: Option<BTreeMap<i32, i64>>,
+    /// Partitions paused for running ahead of the others.
+    paused: BTreeSet<i32>,
 }
 
 impl<S: StreamSource> EventLoop<'_, S> {
@@ -162,6 +170,7 @@ impl<S: StreamSource> EventLoop<'_, S> {
             self.poll();
             self.take_completed()?;
             if !self.run_rules()? {
+                self.serve_requests_while_failing();
                 continue;
             }
             self.rules.serve_requests(self.summary.read, self.summary.checkpoints);
@@ -191,17 +200,70 @@ impl<S: StreamSource> EventLoop<'_, S> {
     /// marks partitions that have been silent too long as idle.
     fn poll(&mut self) {
         let max = self.config.max_events_per_batch;
-        let mut block = EventBlock::with_capacity(max.min(65_536));
+        let mut block = EventBlock::new(max.min(65_536), self.config.intake.limits);
         self.source.poll_into(&mut block, max, Duration::from_millis(100));
         self.summary.read += block.len() as u64;
         let now = Instant::now();
         let last_message = &mut self.last_message;
-        self.summary.rejected +=
-            ingest(&block, &mut self.engine, &self.source_name, &mut self.staged.rejected, |p| {
+        let intake = self.config.intake;
+        self.summary.rejected += ingest(
+            &block,
+            &intake,
+            &mut self.engine,
+            &self.source_name,
+            &mut self.staged.rejected,
+            |p| {
                 last_message.insert(p, now);
-            });
+            },
+        );
+        let offsets = merged(&self.start_offsets, self.source.positions());
         for (&p, &seen) in &self.last_message {
-            self.engine.set_idle(p as usize, now.duration_since(seen) >= self.config.idle_timeout);
+            // A paused partition is silent because it was paused; one read to
+            // its end in a run to the end has nothing more to say.
+            let silent =
+                now.duration_since(seen) >= self.config.idle_timeout && !self.paused.contains(&p);
+            let finished = self
+                .ends
+                .as_ref()
+                .and_then(|ends| ends.get(&p))
+                .is_some_and(|&end| end <= 0 || offsets.get(&p).is_some_and(|&o| o >= end));
+            self.engine.set_idle(p as usize, silent || finished);
+        }
+        self.summary.peak_waiting = self.summary.peak_waiting.max(self.engine.events_waiting());
+        self.align_partitions(now);
+    }
+
+    /// Pauses the partitions that run too far ahead of the slowest, and
+    /// resumes those that no longer do: without it, one lagging partition
+    /// holds the watermark back while the others pile up waiting events
+    /// without limit.
+    fn align_partitions(&mut self, now: Instant) {
+        let drift = i64::try_from(self.config.max_partition_drift.as_millis()).unwrap_or(i64::MAX);
+        let ahead: BTreeSet<i32> =
+            self.engine.partitions_ahead(drift).into_iter().map(|p| p as i32).collect();
+        let resume: Vec<i32> = self.paused.difference(&ahead).copied().collect();
+        let pause: Vec<i32> = ahead.difference(&self.paused).copied().collect();
+        if !resume.is_empty() {
+            match self.source.resume(&resume) {
+                Ok(()) => {
+                    for p in &resume {
+                        self.paused.remove(p);
+                        self.last_message.insert(*p, now);
+                    }
+                    tracing::debug!(partitions = ?resume, "resumed: the others caught up");
+                }
+                Err(error) => tracing::warn!(%error, "resuming partitions failed; retried"),
+            }
+        }
+        if !pause.is_empty() {
+            match self.source.pause(&pause) {
+                Ok(()) => {
+                    self.summary.partition_pauses += pause.len() as u64;
+                    self.paused.extend(&pause);
+                    tracing::debug!(partitions = ?pause, "paused: ahead of the slowest partition");
+                }
+                Err(error) => tracing::warn!(%error, "pausing partitions failed; retried"),
+            }
         }
     }
 
@@ -241,6 +303,24 @@ impl<S: StreamSource> EventLoop<'_, S> {
             return Ok(());
         }
         Err(StreamError::RulesFailed { rules, attempts: self.failures, source: error })
+    }
+
+    /// While the rules fail a batch no checkpoint can be cut (the batch waits
+    /// for its retry), so a change of rules cannot wait for a boundary: it is
+    /// applied at once, as a rollback after failures is, and the new rules get
+    /// the batch with a fresh count of attempts. This is how an operator
+    /// rescues a job whose rules keep failing: by deploying fixed ones.
+    fn serve_requests_while_failing(&mut self) {
+        self.rules.serve_requests(self.summary.read, self.summary.checkpoints);
+        let Some(change) = self.rules.next_change() else { return };
+        if let Some(took) = change.compile_time() {
+            self.summary.candidate_compiles.record(took);
+        }
+        let (texts, sample) = (self.engine.texts(), self.engine.sample_batch());
+        if let Some(pause) = self.rules.apply(change, texts, sample) {
+            self.summary.swap_pauses.record(pause);
+            self.failures = 0;
+        }
     }
 
     /// Whether every partition has been read up to where it ended at the start.

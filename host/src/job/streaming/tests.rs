@@ -2,7 +2,7 @@
 //! the default rules compiled natively: end detection, a failing checkpoint,
 //! and rule changes at checkpoint boundaries.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
 
@@ -12,7 +12,7 @@ use super::*;
 use crate::checkpoint::{Checkpointer, RULE_VERSION_KEY};
 use crate::engine::EngineConfig;
 use crate::rules::contract::Settings;
-use crate::rules::lifecycle::{RulesAction, RulesRequest, RulesSlot};
+use crate::rules::lifecycle::{Candidate, RulesAction, RulesRequest, RulesSlot};
 use crate::rules::NativeRules;
 use crate::sink::{CommitStats, RejectedEvent, SessionRow, SinkError};
 use crate::source::file::FileSource;
@@ -25,6 +25,7 @@ struct ScriptedSource {
     records: BTreeMap<i32, Vec<Vec<u8>>>,
     positions: BTreeMap<i32, i64>,
     committed: Vec<BTreeMap<i32, i64>>,
+    paused: BTreeSet<i32>,
 }
 
 impl ScriptedSource {
@@ -45,6 +46,7 @@ impl ScriptedSource {
             records,
             positions: BTreeMap::new(),
             committed: Vec::new(),
+            paused: BTreeSet::new(),
         }
     }
 }
@@ -65,6 +67,9 @@ impl StreamSource for ScriptedSource {
         while added < max {
             let mut any = false;
             for (&p, records) in &self.records {
+                if self.paused.contains(&p) {
+                    continue;
+                }
                 let position = self.positions.entry(p).or_insert(0);
                 if let Some(record) = records.get(*position as usize) {
                     block.push(p, *position, record);
@@ -90,6 +95,16 @@ impl StreamSource for ScriptedSource {
 
     fn commit_consumed(&mut self, offsets: &BTreeMap<i32, i64>) {
         self.committed.push(offsets.clone());
+    }
+
+    fn pause(&mut self, partitions: &[i32]) -> Result<(), Self::Error> {
+        self.paused.extend(partitions);
+        Ok(())
+    }
+
+    fn resume(&mut self, partitions: &[i32]) -> Result<(), Self::Error> {
+        self.paused.retain(|p| !partitions.contains(p));
+        Ok(())
     }
 }
 
@@ -159,6 +174,8 @@ fn config() -> StreamConfig {
         until_end: true,
         rules_attempts: 3,
         on_rules_failure: FaultPolicy::Rollback,
+        intake: Intake::default(),
+        max_partition_drift: Duration::from_secs(600),
     }
 }
 
@@ -168,13 +185,23 @@ fn run_to_end(
     sink: &mut MemorySink,
     rules: &mut RulesLifecycle,
 ) -> Result<StreamSummary, StreamError> {
+    run_to_end_with(source, sink, rules, config())
+}
+
+/// [`run_to_end`] with another pace or fault policy.
+fn run_to_end_with(
+    source: ScriptedSource,
+    sink: &mut MemorySink,
+    rules: &mut RulesLifecycle,
+    config: StreamConfig,
+) -> Result<StreamSummary, StreamError> {
     let dir = tempfile::tempdir().unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
     let store = StateStore::open(dir.path()).unwrap();
     let (checkpointer, resumed) =
         runtime.block_on(Checkpointer::recover(store, sink, EngineConfig::default())).unwrap();
     let parts = StreamParts { source, engine: resumed.engine, checkpointer, rules, sink };
-    run_streaming(runtime.handle(), parts, config(), BTreeMap::new(), &AtomicBool::new(false))
+    run_streaming(runtime.handle(), parts, config, BTreeMap::new(), &AtomicBool::new(false))
 }
 
 fn sorted(mut rows: Vec<SessionRow>) -> Vec<SessionRow> {
@@ -196,6 +223,7 @@ fn a_run_to_the_end_writes_what_the_bounded_run_writes() {
     let expected = crate::job::bounded::run_bounded(
         runtime.handle(),
         source,
+        &Intake::default(),
         &mut engine,
         &mut native("default"),
         &mut bounded,
@@ -210,6 +238,81 @@ fn a_run_to_the_end_writes_what_the_bounded_run_writes() {
     assert_eq!(sorted(sink.sessions()), sorted(bounded.sessions()));
     let dead: usize = sink.commits.iter().map(|(_, r, _)| r.len()).sum();
     assert_eq!(dead as u64, expected.rejected + expected.engine.late);
+}
+
+/// Four partitions of 4,000 events a second apart; partition 0 an hour of
+/// event time behind the other three.
+fn one_partition_an_hour_behind() -> (ScriptedSource, Vec<u8>) {
+    let t0: i64 = 1_750_000_000_000;
+    let mut source = ScriptedSource::new(b"", 4);
+    let mut all: Vec<(i64, Vec<u8>)> = Vec::new();
+    for p in 0..4 {
+        let start = if p == 0 { t0 - 3_600_000 } else { t0 };
+        for i in 0..4_000i64 {
+            let t = start + i * 1000;
+            let line =
+                format!(r#"{{"uuid":"u{p}-{}","event_id":"{i}","event_timestamp":{t}}}"#, i % 50);
+            source.records.entry(p).or_default().push(line.clone().into_bytes());
+            all.push((t, line.into_bytes()));
+        }
+    }
+    all.sort();
+    let file = all.into_iter().flat_map(|(_, mut l)| {
+        l.push(b'\n');
+        l
+    });
+    (source, file.collect())
+}
+
+/// Watermark alignment: with one partition an hour behind, the others are
+/// paused rather than read ahead, so the events waiting for the watermark
+/// stay few; without it they pile up. Either way the sessions are the
+/// bounded run's.
+#[test]
+fn partitions_running_ahead_are_paused_until_the_lagging_one_catches_up() {
+    let run = |drift: Duration| {
+        let (source, file) = one_partition_an_hour_behind();
+        let mut sink = MemorySink::default();
+        let mut rules = RulesLifecycle::new(RulesSlot::new(native("default")));
+        let config =
+            StreamConfig { max_events_per_batch: 100, max_partition_drift: drift, ..config() };
+        let summary = run_to_end_with(source, &mut sink, &mut rules, config).unwrap();
+        (summary, spans(sink.sessions()), file)
+    };
+    // End reasons aside: where the end of input meets the watermark, the
+    // topic's final watermark is the least over its partitions, the file's is one.
+    fn spans(rows: Vec<SessionRow>) -> Vec<(String, i64, i64, u32)> {
+        let mut spans: Vec<_> =
+            rows.into_iter().map(|r| (r.uuid, r.start_ms, r.end_ms, r.event_count)).collect();
+        spans.sort();
+        spans
+    }
+    let (aligned, sessions, file) = run(Duration::from_secs(120));
+    let (unaligned, unaligned_sessions, _) = run(Duration::from_secs(1 << 30));
+
+    // 600 events of partition 0 within the lateness, the others' 12 minutes
+    // (drift + lateness) at most, and a poll's worth.
+    assert!(aligned.peak_waiting < 3_500, "{} waiting at most", aligned.peak_waiting);
+    assert!(aligned.partition_pauses >= 3, "{} pauses", aligned.partition_pauses);
+    assert!(unaligned.peak_waiting > 8_000, "{} waiting at most", unaligned.peak_waiting);
+    assert_eq!(unaligned.partition_pauses, 0);
+
+    let mut bounded = MemorySink::default();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
+    let mut engine = Engine::new(EngineConfig::default());
+    crate::job::bounded::run_bounded(
+        runtime.handle(),
+        FileSource::from_bytes("file", file),
+        &Intake::default(),
+        &mut engine,
+        &mut native("default"),
+        &mut bounded,
+        HashMap::new(),
+    )
+    .unwrap();
+    assert_eq!(aligned.engine.late, 0);
+    assert_eq!(sessions, spans(bounded.sessions()));
+    assert_eq!(unaligned_sessions, sessions);
 }
 
 #[test]
@@ -253,15 +356,14 @@ fn a_rollback_takes_effect_at_a_checkpoint_boundary() {
     slot.resume(native("second"));
     let (requests_tx, requests) = mpsc::channel();
     let mut rules = RulesLifecycle::new(slot).accepting(requests);
-    let (status_reply, status) = tokio::sync::oneshot::channel();
-    let (rollback_reply, rolled_back) = tokio::sync::oneshot::channel();
-    requests_tx.send(RulesRequest { action: RulesAction::Status, reply: status_reply }).unwrap();
-    requests_tx
-        .send(RulesRequest { action: RulesAction::Rollback, reply: rollback_reply })
-        .unwrap();
-    let (deploy_reply, deploy) = tokio::sync::oneshot::channel();
-    let deploy_request = RulesAction::Deploy("nowhere.wasm".into());
-    requests_tx.send(RulesRequest { action: deploy_request, reply: deploy_reply }).unwrap();
+    let ask = |action| {
+        let (request, answer) = RulesRequest::new(action, Duration::from_secs(300));
+        requests_tx.send(request).unwrap();
+        answer
+    };
+    let status = ask(RulesAction::Status);
+    let rolled_back = ask(RulesAction::Rollback);
+    let deploy = ask(RulesAction::Deploy(Candidate::File("nowhere.wasm".into())));
 
     let mut sink = MemorySink::default();
     let summary = run_to_end(ScriptedSource::new(&sample(), 1), &mut sink, &mut rules).unwrap();
@@ -281,4 +383,66 @@ fn a_rollback_takes_effect_at_a_checkpoint_boundary() {
     assert!(versions[..switch].iter().all(|v| *v == "second+native"));
     assert!(versions[switch..].iter().all(|v| *v == "first+native"), "{versions:?}");
     assert_eq!(rules.rule_version(), "first+native");
+}
+
+/// Rules that fail every batch, and say when they are first asked.
+struct FailingRules(Option<mpsc::Sender<()>>);
+
+impl crate::rules::RulesRuntime for FailingRules {
+    fn rule_version(&self) -> &str {
+        "failing@1"
+    }
+
+    fn process(
+        &mut self,
+        _: crate::rules::Texts<'_>,
+        _: &mut crate::rules::contract::Batch,
+    ) -> Result<crate::rules::contract::BatchResult, crate::rules::RulesError> {
+        if let Some(called) = self.0.take() {
+            let _ = called.send(());
+        }
+        Err(crate::rules::RulesError::Failed("always".into()))
+    }
+}
+
+#[test]
+fn requests_are_served_while_the_rules_keep_failing_a_batch() {
+    let (called_tx, called) = mpsc::channel();
+    let mut slot = RulesSlot::new(native("first"));
+    slot.resume(FailingRules(Some(called_tx)));
+    let (requests_tx, requests) = mpsc::channel();
+    let job = std::thread::spawn(move || {
+        let mut rules = RulesLifecycle::new(slot).accepting(requests);
+        let mut sink = MemorySink::default();
+        // Retried without end: only the operator can rescue this job.
+        let config = StreamConfig {
+            rules_attempts: u32::MAX,
+            on_rules_failure: FaultPolicy::Stop,
+            ..config()
+        };
+        let summary =
+            run_to_end_with(ScriptedSource::new(&sample(), 2), &mut sink, &mut rules, config);
+        (summary, sink)
+    });
+    called.recv_timeout(Duration::from_secs(60)).expect("the failing rules were called");
+    let (request, mut rolled_back) =
+        RulesRequest::new(RulesAction::Rollback, Duration::from_secs(300));
+    requests_tx.send(request).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let answer = loop {
+        match rolled_back.try_recv() {
+            Ok(answer) => break answer,
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {
+                assert!(Instant::now() < deadline, "no answer while the rules were failing");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(error) => panic!("the job dropped the request: {error}"),
+        }
+    };
+    assert_eq!(answer.unwrap()["active"], "first+native");
+    let (summary, sink) = job.join().unwrap();
+    let summary = summary.expect("the rescued job runs to the end");
+    let in_sessions: u64 = sink.sessions().iter().map(|s| u64::from(s.event_count)).sum();
+    assert_eq!(in_sessions, summary.engine.accepted, "the failed batch was kept, not lost");
+    assert!(sink.sessions().iter().all(|s| &*s.rule_version == "first+native"));
 }
