@@ -168,3 +168,68 @@ fn a_restored_engine_continues_exactly_where_it_stopped() {
         );
     }
 }
+
+/// Output an earlier version staged without checking it: a session whose
+/// count does not fit the table, and one that starts in the year 262,200
+/// (iceberg-rust's date partitioning cannot format it).
+fn staged_unwritable_checkpoint(store: &StateStore) {
+    let record = CheckpointRecord {
+        id: 1,
+        offsets: BTreeMap::from([(0, 10)]),
+        rule_version: "test@1".into(),
+        ..Default::default()
+    };
+    let mut huge_count = row("huge-count", 0);
+    huge_count.event_count = u32::MAX;
+    let output = StagedOutput {
+        sessions: vec![row("a", 0), huge_count, row("far-start", 8_212_000_000_000_000)],
+        rejected: vec![],
+    };
+    store.write_checkpoint(&EngineChanges::default(), &record, &output).unwrap();
+}
+
+async fn dead_letter_reasons(sink: &IcebergSink) -> Vec<String> {
+    let batches: Vec<_> = sink
+        .rejected_table()
+        .scan()
+        .build()
+        .unwrap()
+        .to_arrow()
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let mut reasons = Vec::new();
+    for batch in &batches {
+        let column = batch.column_by_name("reason").unwrap();
+        let column = column.as_any().downcast_ref::<arrow_array::StringArray>().unwrap();
+        reasons.extend(column.iter().flatten().map(str::to_owned));
+    }
+    reasons
+}
+
+/// A restart must not fail forever on staged output the sink cannot store: it
+/// is dead-lettered, the rest is published, and the job resumes.
+#[tokio::test]
+async fn staged_output_the_sink_cannot_store_does_not_block_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = IcebergSink::open(&SinkConfig::new(dir.path().join("wh"))).await.unwrap();
+    let store = StateStore::open(&dir.path().join("state")).unwrap();
+    staged_unwritable_checkpoint(&store);
+
+    let (_, resumed) =
+        Checkpointer::recover(store, &mut sink, EngineConfig::default()).await.unwrap();
+
+    assert_eq!(resumed.checkpoint_id, 1);
+    assert_eq!(rows_in(&sink).await, 1);
+    let reasons = dead_letter_reasons(&sink).await;
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("huge-count") && r.contains("event_count")));
+    assert!(reasons.iter().any(|r| r.contains("far-start") && r.contains("start")));
+    // Published once: a second restart finds nothing staged.
+    let store = StateStore::open(&dir.path().join("state")).unwrap();
+    Checkpointer::recover(store, &mut sink, EngineConfig::default()).await.unwrap();
+    assert_eq!(rows_in(&sink).await, 1);
+    assert_eq!(dead_letter_reasons(&sink).await.len(), 2);
+}

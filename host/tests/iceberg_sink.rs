@@ -15,10 +15,11 @@ use parquet::basic::Compression;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use rand::{Rng, SeedableRng};
 use sessionize::sink::iceberg::{
-    user_hash_bucket, user_hash_bucket_of, IcebergSink, SinkConfig, PROP_SESSION_ROWS,
+    user_hash_bucket, user_hash_bucket_of, IcebergSink, SinkConfig, EARLIEST_SESSION_MS,
+    LATEST_SESSION_MS, MAX_BATCH_TEXT_BYTES, PROP_SESSION_ROWS,
 };
 use sessionize::sink::Sink;
-use sessionize::sink::{RejectedEvent, SessionRow};
+use sessionize::sink::{RejectedEvent, SessionRow, SinkError};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -397,5 +398,88 @@ async fn files_per_commit_for_ten_thousand_sessions_over_three_days() -> TestRes
 
     let rows: usize = scan(sink.sessions_table()).await?.iter().map(RecordBatch::num_rows).sum();
     assert_eq!(rows, 21_100);
+    Ok(())
+}
+
+/// A session the checkpoint did not check first (in the year 262,200, past
+/// what iceberg-rust's date partitioning can format) is an error of the
+/// commit, not a panic of the thread that commits.
+#[tokio::test]
+async fn a_commit_refuses_an_unwritable_session_without_panicking() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut sink = IcebergSink::open(&SinkConfig::new(dir.path())).await?;
+    let far = session("u", "far", 8_212_000_000_000_000, 1000, &["home"]);
+    let commit = tokio::spawn(async move { sink.commit(&[far], &[], properties("1")).await });
+    let outcome = commit.await.map_err(|panic| format!("the commit panicked: {panic}"))?;
+    let error = outcome.err().ok_or("the commit succeeded")?;
+    assert!(error.to_string().contains("far"), "{error}");
+    Ok(())
+}
+
+/// What the sink says it can store, it stores: the first and last millisecond
+/// of the years 1 to 9999 and the largest count round-trip; one step beyond
+/// each is refused, and so is more text than a batch holds.
+#[tokio::test]
+async fn the_sink_stores_exactly_the_rows_its_check_accepts() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut sink = IcebergSink::open(&SinkConfig::new(dir.path())).await?;
+    let mut first = session("u1", "first", EARLIEST_SESSION_MS, 0, &["home"]);
+    first.event_count = i32::MAX as u32;
+    let last = session("u2", "last", LATEST_SESSION_MS, 0, &["home"]);
+    for row in [&first, &last] {
+        sink.check_session(row)?;
+    }
+    sink.commit(&[first.clone(), last.clone()], &[], properties("1")).await?;
+    let read = read_sessions(&scan(sink.sessions_table()).await?);
+    assert_eq!((read["first"].start_ms, read["first"].event_count), (first.start_ms, i32::MAX));
+    assert_eq!(read["first"].date, -719_162);
+    assert_eq!((read["last"].start_ms, read["last"].date), (LATEST_SESSION_MS, 2_932_896));
+
+    let mut before = first.clone();
+    before.start_ms -= 1;
+    let mut after = last.clone();
+    after.end_ms += 1;
+    let mut counted = last.clone();
+    counted.event_count = i32::MAX as u32 + 1;
+    // Text is counted, not copied: one page shared by every entry.
+    let page: Arc<str> = Arc::from("p".repeat(1 << 20));
+    let mut wordy = last.clone();
+    wordy.pages = vec![page; MAX_BATCH_TEXT_BYTES / (1 << 20) + 1];
+    for (row, expected) in [
+        (&before, "start time"),
+        (&after, "end time"),
+        (&counted, "event_count 2147483648"),
+        (&wordy, "bytes of text"),
+    ] {
+        let refused = sink.check_session(row).err().ok_or(expected)?;
+        assert!(refused.to_string().contains(expected), "{refused}");
+    }
+    Ok(())
+}
+
+/// One commit with more page text than an Arrow string array can address
+/// (2 GiB) is written in several batches, not a panic of the commit.
+#[tokio::test]
+async fn a_commit_with_more_text_than_one_arrow_array_holds_is_written() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut sink = IcebergSink::open(&SinkConfig::new(dir.path())).await?;
+    let page: Arc<str> = Arc::from("0123456789abcdef".repeat(1 << 16));
+    let sessions: Vec<SessionRow> = (0..2100)
+        .map(|i| {
+            let mut row = session(&format!("user-{i}"), &format!("s{i}"), MARCH_1_MS, 1000, &[]);
+            row.pages = vec![page.clone()];
+            row
+        })
+        .collect();
+    let commit = tokio::spawn(async move {
+        sink.commit(&sessions, &[], properties("1")).await?;
+        Ok::<_, SinkError>(sink)
+    });
+    let sink = commit.await.map_err(|panic| format!("the commit panicked: {panic}"))??;
+    let snapshot = sink.sessions_table().metadata().current_snapshot().ok_or("no snapshot")?;
+    assert_eq!(
+        snapshot.summary().additional_properties.get("added-records").map(String::as_str),
+        Some("2100")
+    );
     Ok(())
 }

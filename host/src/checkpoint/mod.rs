@@ -17,14 +17,26 @@
 //! offsets and, being deterministic, closes the same sessions again. A crash
 //! between 1 and 3 leaves staged output: recovery publishes it, and step 2's
 //! check makes that idempotent. So every session reaches Iceberg exactly once.
+//!
+//! Before step 1, sessions the sink says it cannot store ([`Sink::check_session`])
+//! become dead letters with their reason: staged, such a row would fail its
+//! commit, and every restart's, for ever. Step 2 is retried with backoff while
+//! the sink's error may clear by itself (a locked catalog, a full disk), up to
+//! a [`SinkRetryPolicy`]'s budget; each attempt redoes the check of what the
+//! tables already hold, so a retry never writes anything twice. An error that
+//! lasts stops the job at the checkpoint, which step 1 made durable.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 use crate::engine::{Engine, EngineChanges, EngineClocks, EngineConfig, EngineError};
-use crate::sink::{Sink, SinkError};
+use crate::sink::{divert_unwritable, Sink, SinkError, SinkRetries, SinkRetryPolicy};
 use crate::state::{CheckpointRecord, StagedOutput, StateError, StateStore};
 
 mod thread;
+
+#[cfg(test)]
+mod tests;
 
 pub(crate) use thread::{CheckpointThread, Completed, Cut};
 
@@ -46,6 +58,24 @@ pub enum CheckpointError {
     /// The Iceberg commit failed (the checkpoint is durable; a restart publishes it).
     #[error(transparent)]
     Sink(#[from] SinkError),
+    /// The sink kept failing with an error that may have cleared, for the
+    /// whole retry budget.
+    #[error(
+        "the sink still failed after {attempts} attempts over {}; stopping at checkpoint \
+         {checkpoint}, which is saved and is published when the job restarts",
+        humantime::format_duration(*.waited)
+    )]
+    SinkUnavailable {
+        /// The checkpoint whose output could not be published.
+        checkpoint: u64,
+        /// Attempts made.
+        attempts: u32,
+        /// Time from the first attempt to the last failure, to the millisecond.
+        waited: Duration,
+        /// The last failure.
+        #[source]
+        source: SinkError,
+    },
     /// The engine could not hand over its state.
     #[error(transparent)]
     Engine(#[from] EngineError),
@@ -109,6 +139,7 @@ pub struct Checkpointer {
     job_id: String,
     last_id: u64,
     given_rules: String,
+    sink_retry: SinkRetryPolicy,
 }
 
 impl Checkpointer {
@@ -122,9 +153,17 @@ impl Checkpointer {
         let job_id = store.job_id()?;
         let recovered = store.recover()?;
         let checkpoint = recovered.checkpoint.unwrap_or_default();
-        let mut this = Self { store, job_id, last_id: checkpoint.id, given_rules: String::new() };
-        if let Some(staged) = recovered.staged {
+        let mut this = Self {
+            store,
+            job_id,
+            last_id: checkpoint.id,
+            given_rules: String::new(),
+            sink_retry: SinkRetryPolicy::default(),
+        };
+        if let Some(mut staged) = recovered.staged {
             tracing::info!(checkpoint = checkpoint.id, "publishing output staged before a stop");
+            // Staged by a version that did not check its rows yet.
+            dead_letter_unwritable(sink, checkpoint.id, &mut staged);
             this.publish(sink, &checkpoint, &staged).await?;
         }
         let open_users = recovered.users.len();
@@ -146,6 +185,12 @@ impl Checkpointer {
         self.given_rules = rule_version.to_owned();
     }
 
+    /// How publishing retries a failing sink from now on (by default
+    /// [`SinkRetryPolicy::default`]).
+    pub fn set_sink_retry(&mut self, policy: SinkRetryPolicy) {
+        self.sink_retry = policy;
+    }
+
     /// Makes a cut checkpoint durable and publishes it (steps 1 to 3 of the
     /// module docs). Checkpoints must be completed in the order they were cut.
     pub(crate) async fn complete(
@@ -153,7 +198,7 @@ impl Checkpointer {
         sink: &mut impl Sink,
         pending: PendingCheckpoint,
     ) -> Result<u64, CheckpointError> {
-        let PendingCheckpoint { changes, offsets, clocks, rule_version, output } = pending;
+        let PendingCheckpoint { changes, offsets, clocks, rule_version, mut output } = pending;
         let record = CheckpointRecord {
             id: self.last_id + 1,
             offsets,
@@ -161,6 +206,7 @@ impl Checkpointer {
             rule_version,
             given_rules: self.given_rules.clone(),
         };
+        dead_letter_unwritable(sink, record.id, &mut output);
         self.store.write_checkpoint(&changes, &record, &output)?;
         drop(changes);
         self.last_id = record.id;
@@ -168,14 +214,49 @@ impl Checkpointer {
         Ok(record.id)
     }
 
-    /// Commits a checkpoint's output to Iceberg unless it is already there, then
-    /// drops it from the store.
+    /// Commits a checkpoint's output to Iceberg unless it is already there,
+    /// retrying while the sink's error may clear, then drops it from the store.
     async fn publish(
         &mut self,
         sink: &mut impl Sink,
         record: &CheckpointRecord,
         output: &StagedOutput,
     ) -> Result<(), CheckpointError> {
+        let mut retries = SinkRetries::new(self.sink_retry);
+        while let Err(error) = self.commit_unless_held(sink, record, output).await {
+            let Some(delay) = retries.after_failure(&error) else {
+                if !error.is_transient() {
+                    return Err(error.into());
+                }
+                return Err(CheckpointError::SinkUnavailable {
+                    checkpoint: record.id,
+                    attempts: retries.attempts(),
+                    waited: whole_millis(retries.elapsed()),
+                    source: error,
+                });
+            };
+            tracing::warn!(
+                checkpoint = record.id,
+                attempt = retries.attempts(),
+                retry_in = %humantime::format_duration(whole_millis(delay)),
+                %error,
+                "publishing to the sink failed; retrying"
+            );
+            tokio::time::sleep(delay).await;
+        }
+        self.store.clear_staged(record.id)?;
+        Ok(())
+    }
+
+    /// One attempt at step 2. It reads what the tables hold first, every time:
+    /// an earlier attempt may have committed the dead letters, or all of it,
+    /// before it failed.
+    async fn commit_unless_held(
+        &self,
+        sink: &mut impl Sink,
+        record: &CheckpointRecord,
+        output: &StagedOutput,
+    ) -> Result<(), SinkError> {
         let holds = |props: Option<HashMap<String, String>>| {
             props.is_some_and(|p| {
                 p.get(JOB_ID_KEY) == Some(&self.job_id)
@@ -185,21 +266,40 @@ impl Checkpointer {
         };
         if holds(Sink::last_commit_properties(sink).await?) {
             tracing::info!(checkpoint = record.id, "output already in Iceberg");
-        } else {
-            // The sink commits dead letters before sessions: a crash between
-            // the two leaves the dead letters in, so they are not repeated.
-            let rejected_done = holds(Sink::last_rejected_commit_properties(sink).await?);
-            let rejected = if rejected_done { &[][..] } else { &output.rejected[..] };
-            let props = HashMap::from([
-                (CHECKPOINT_ID_KEY.to_owned(), record.id.to_string()),
-                (JOB_ID_KEY.to_owned(), self.job_id.clone()),
-                (RULE_VERSION_KEY.to_owned(), record.rule_version.clone()),
-                (OFFSETS_KEY.to_owned(), offsets_json(&record.offsets)),
-            ]);
-            Sink::commit(sink, &output.sessions, rejected, props).await?;
+            return Ok(());
         }
-        self.store.clear_staged(record.id)?;
+        // The sink commits dead letters before sessions: a crash between
+        // the two leaves the dead letters in, so they are not repeated.
+        let rejected_done = holds(Sink::last_rejected_commit_properties(sink).await?);
+        let rejected = if rejected_done { &[][..] } else { &output.rejected[..] };
+        let props = HashMap::from([
+            (CHECKPOINT_ID_KEY.to_owned(), record.id.to_string()),
+            (JOB_ID_KEY.to_owned(), self.job_id.clone()),
+            (RULE_VERSION_KEY.to_owned(), record.rule_version.clone()),
+            (OFFSETS_KEY.to_owned(), offsets_json(&record.offsets)),
+        ]);
+        Sink::commit(sink, &output.sessions, rejected, props).await?;
         Ok(())
+    }
+}
+
+/// `duration` to the millisecond, for messages.
+fn whole_millis(duration: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Turns the sessions `sink` cannot store into dead letters of the same output.
+fn dead_letter_unwritable(sink: &impl Sink, checkpoint: u64, output: &mut StagedOutput) {
+    let moved = divert_unwritable(sink, &mut output.sessions, &mut output.rejected);
+    if moved > 0 {
+        let first = output.rejected.len() - moved;
+        let first = output.rejected.get(first).map(|dead| dead.reason.as_str()).unwrap_or_default();
+        tracing::warn!(
+            checkpoint,
+            sessions = moved,
+            first,
+            "sessions the sink cannot store are written as dead letters"
+        );
     }
 }
 

@@ -9,8 +9,21 @@ use std::path::PathBuf;
 use arrow_schema::ArrowError;
 
 pub mod iceberg;
+mod retry;
 
+pub use retry::{SinkRetryPolicy, DEFAULT_SINK_RETRY_BUDGET};
 pub use sessionize_core::rows::{RejectedEvent, SessionRow};
+
+pub(crate) use retry::SinkRetries;
+
+/// `source` of the dead letter that replaces a session the sink cannot store.
+pub const UNWRITABLE_SESSION_SOURCE: &str = "session";
+
+/// `partition` of such a dead letter: it is no input record.
+pub const UNWRITABLE_SESSION_PARTITION: i32 = -1;
+
+/// `position` of such a dead letter.
+pub const UNWRITABLE_SESSION_POSITION: i64 = -1;
 
 /// Where sessions and dead letters go.
 ///
@@ -38,6 +51,80 @@ pub trait Sink {
     async fn last_rejected_commit_properties(
         &mut self,
     ) -> Result<Option<HashMap<String, String>>, SinkError>;
+
+    /// Whether [`Sink::commit`] can store `row`. The checkpoint asks before it
+    /// stages a row: a row that fails its commit would fail every retry and
+    /// every restart. By default every row can be stored.
+    fn check_session(&self, row: &SessionRow) -> Result<(), UnwritableRow> {
+        let _ = row;
+        Ok(())
+    }
+}
+
+/// Why a sink cannot store a session.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnwritableRow {
+    /// A time outside the range the table's readers can represent.
+    #[error("{which} time {ms} ms is outside the years {first_year} to {last_year}")]
+    TimeOutOfRange {
+        /// `start` or `end`.
+        which: &'static str,
+        /// The time, epoch milliseconds.
+        ms: i64,
+        /// The first year the table takes.
+        first_year: i32,
+        /// The last year the table takes.
+        last_year: i32,
+    },
+    /// An event count the column's type cannot hold.
+    #[error("event_count {count} exceeds the column's maximum {max}")]
+    CountOutOfRange {
+        /// The count.
+        count: u32,
+        /// The largest count the column holds.
+        max: u32,
+    },
+    /// More text than one Arrow string array can hold.
+    #[error("the session holds {bytes} bytes of text, more than the {max} one batch can hold")]
+    TooMuchText {
+        /// The bytes of text (user id, session id, pages, reasons).
+        bytes: usize,
+        /// The most one batch holds.
+        max: usize,
+    },
+}
+
+/// Moves the sessions `sink` cannot store to `rejected`, each as a dead letter
+/// holding the session as JSON and the reason; returns how many moved.
+pub(crate) fn divert_unwritable(
+    sink: &impl Sink,
+    sessions: &mut Vec<SessionRow>,
+    rejected: &mut Vec<RejectedEvent>,
+) -> usize {
+    let before = rejected.len();
+    sessions.retain(|row| match sink.check_session(row) {
+        Ok(()) => true,
+        Err(reason) => {
+            rejected.push(unwritable_dead_letter(row, &reason));
+            false
+        }
+    });
+    rejected.len() - before
+}
+
+fn unwritable_dead_letter(row: &SessionRow, reason: &UnwritableRow) -> RejectedEvent {
+    RejectedEvent {
+        // A session of plain strings and numbers always serializes; the debug
+        // form is only a fallback that keeps the session in view.
+        raw: serde_json::to_string(row).unwrap_or_else(|_| format!("{row:?}")),
+        reason: format!(
+            "session {} of user {} cannot be stored: {reason}",
+            row.session_id, row.uuid
+        ),
+        source: UNWRITABLE_SESSION_SOURCE.to_owned(),
+        partition: UNWRITABLE_SESSION_PARTITION,
+        position: UNWRITABLE_SESSION_POSITION,
+    }
 }
 
 /// What one commit wrote, so the pipeline can watch for small-file build-up (iceberg-rust
@@ -98,13 +185,40 @@ pub enum SinkError {
         detail: String,
     },
     /// A row holds a value the table cannot store.
-    #[error("session {session_id} of user {uuid} cannot be stored: {detail}")]
+    #[error("session {session_id} of user {uuid} cannot be stored: {reason}")]
     InvalidRow {
         /// The session's user.
         uuid: String,
         /// The session.
         session_id: String,
         /// What is out of range.
-        detail: String,
+        reason: UnwritableRow,
     },
+}
+
+impl SinkError {
+    /// Whether the failure may clear by itself, so the same call is worth
+    /// retrying: a locked catalog, a full disk, a lost commit race.
+    /// iceberg-rust reports catalog and storage failures as `Unexpected`, with
+    /// no finer kind, so all of them count; the retry budget bounds the cost
+    /// of one that does not clear. Schema, configuration and row errors never
+    /// heal on their own.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SinkError::Iceberg { source, .. } => {
+                source.retryable()
+                    || matches!(
+                        source.kind(),
+                        ::iceberg::ErrorKind::Unexpected
+                            | ::iceberg::ErrorKind::CatalogCommitConflicts
+                    )
+            }
+            SinkError::Warehouse { .. }
+            | SinkError::NonUtf8Path(_)
+            | SinkError::Config(_)
+            | SinkError::Arrow { .. }
+            | SinkError::Schema { .. }
+            | SinkError::InvalidRow { .. } => false,
+        }
+    }
 }

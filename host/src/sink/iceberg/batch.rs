@@ -17,7 +17,7 @@ use iceberg::ErrorKind;
 
 use super::schema::*;
 use super::IcebergContext;
-use crate::sink::{RejectedEvent, SessionRow, SinkError};
+use crate::sink::{RejectedEvent, SessionRow, SinkError, UnwritableRow};
 
 const MS_PER_DAY: i64 = 86_400_000;
 
@@ -87,73 +87,152 @@ fn assemble_batch(
         .map_err(|source| SinkError::Arrow { table: table.identifier().to_string(), source })
 }
 
-fn session_date(row: &SessionRow) -> Result<i32, SinkError> {
-    i32::try_from(row.start_ms.div_euclid(MS_PER_DAY)).map_err(|_| SinkError::InvalidRow {
-        uuid: row.uuid.clone(),
-        session_id: row.session_id.clone(),
-        detail: format!("start {} ms is outside the date range", row.start_ms),
-    })
+/// The earliest session time the table takes: 0001-01-01T00:00:00Z. Spark, and
+/// pyiceberg through Python's `datetime`, read dates of the years 1 to 9999
+/// only; iceberg-rust's own partitioning panics past the year 262143.
+pub const EARLIEST_SESSION_MS: i64 = -62_135_596_800_000;
+
+/// The latest session time the table takes: 9999-12-31T23:59:59.999Z.
+pub const LATEST_SESSION_MS: i64 = 253_402_300_799_999;
+
+/// Most text (all string columns together) in one sessions batch. Arrow's string
+/// arrays address their bytes with `i32`, and building past that panics; batches
+/// of at most this stay far from it and bound a batch's memory. A session with
+/// more text than this alone is refused.
+pub const MAX_BATCH_TEXT_BYTES: usize = 64 << 20;
+
+/// Whether the sessions table can store `row`: times the table's readers can
+/// represent, a count that fits the `int` column, text that fits a batch.
+pub(super) fn check_session(row: &SessionRow) -> Result<(), UnwritableRow> {
+    for (which, ms) in [("start", row.start_ms), ("end", row.end_ms)] {
+        if !(EARLIEST_SESSION_MS..=LATEST_SESSION_MS).contains(&ms) {
+            return Err(UnwritableRow::TimeOutOfRange {
+                which,
+                ms,
+                first_year: 1,
+                last_year: 9999,
+            });
+        }
+    }
+    let max = i32::MAX.unsigned_abs();
+    if row.event_count > max {
+        return Err(UnwritableRow::CountOutOfRange { count: row.event_count, max });
+    }
+    let bytes = text_bytes(row);
+    if bytes > MAX_BATCH_TEXT_BYTES {
+        return Err(UnwritableRow::TooMuchText { bytes, max: MAX_BATCH_TEXT_BYTES });
+    }
+    Ok(())
 }
 
-/// Builds the sessions batch sorted by (date, bucket, uuid, start) so each data file holds
-/// a contiguous key range: tight min/max statistics for pruning and better compression.
-pub(super) fn sessions_batch(
-    table: &Table,
-    sessions: &[SessionRow],
-) -> Result<RecordBatch, SinkError> {
-    let uuids = StringArray::from_iter_values(sessions.iter().map(|s| s.uuid.as_str()));
-    let buckets = user_hash_bucket(&uuids)?;
-    let dates = sessions.iter().map(session_date).collect::<Result<Vec<_>, _>>()?;
+/// Bytes the row adds to the batch's string arrays.
+fn text_bytes(row: &SessionRow) -> usize {
+    let pages: usize = row.pages.iter().map(|page| page.len()).sum();
+    row.uuid.len() + row.session_id.len() + row.end_reason.len() + row.rule_version.len() + pages
+}
 
-    let mut order: Vec<usize> = (0..sessions.len()).collect();
-    let key = |i: usize| {
-        let s = &sessions[i];
-        (dates[i], buckets.value(i), s.uuid.as_str(), s.start_ms, s.session_id.as_str())
-    };
-    order.sort_unstable_by(|&a, &b| key(a).cmp(&key(b)));
-    let rows: Vec<&SessionRow> = order.iter().map(|&i| &sessions[i]).collect();
+/// Splits rows into consecutive runs of at most `max` bytes of text each (a row
+/// larger than `max` alone makes a run of its own); returns where each run but
+/// the first starts.
+fn run_starts(bytes: impl Iterator<Item = usize>, max: usize) -> Vec<usize> {
+    let mut starts = Vec::new();
+    let mut in_run = 0usize;
+    for (i, row_bytes) in bytes.enumerate() {
+        if in_run > 0 && in_run.saturating_add(row_bytes) > max {
+            starts.push(i);
+            in_run = 0;
+        }
+        in_run = in_run.saturating_add(row_bytes);
+    }
+    starts
+}
 
-    let mut event_counts = Vec::with_capacity(rows.len());
-    for row in &rows {
-        event_counts.push(i32::try_from(row.event_count).map_err(|_| SinkError::InvalidRow {
+/// A session with its partition values, in the order it is written.
+struct Placed<'a> {
+    row: &'a SessionRow,
+    date: i32,
+    bucket: i32,
+}
+
+/// The sessions as batches of at most `max_text` bytes of text, sorted by (date,
+/// bucket, uuid, start) so each data file holds a contiguous key range: tight
+/// min/max statistics for pruning and better compression. Every row is checked
+/// first, so nothing the writer would choke on reaches it. Batches are built
+/// one at a time, as the writer takes them.
+pub(super) fn sessions_batches<'a>(
+    table: &'a Table,
+    sessions: &'a [SessionRow],
+    max_text: usize,
+) -> Result<impl Iterator<Item = Result<RecordBatch, SinkError>> + 'a, SinkError> {
+    for row in sessions {
+        check_session(row).map_err(|reason| SinkError::InvalidRow {
             uuid: row.uuid.clone(),
             session_id: row.session_id.clone(),
-            detail: format!("event_count {} exceeds the int column", row.event_count),
-        })?);
+            reason,
+        })?;
     }
+    let uuids = StringArray::from_iter_values(sessions.iter().map(|s| s.uuid.as_str()));
+    let buckets = user_hash_bucket(&uuids)?;
+    let mut placed: Vec<Placed<'a>> = sessions
+        .iter()
+        .enumerate()
+        .map(|(i, row)| Placed {
+            row,
+            date: row.start_ms.div_euclid(MS_PER_DAY) as i32,
+            bucket: buckets.value(i),
+        })
+        .collect();
+    let key = |p: &Placed<'a>| {
+        (p.date, p.bucket, p.row.uuid.as_str(), p.row.start_ms, p.row.session_id.as_str())
+    };
+    placed.sort_unstable_by(|a, b| key(a).cmp(&key(b)));
 
+    let mut ends = run_starts(placed.iter().map(|p| text_bytes(p.row)), max_text);
+    ends.push(placed.len());
+    let mut start = 0;
+    Ok(ends.into_iter().map(move |end| {
+        let run = &placed[start..end];
+        start = end;
+        sessions_batch(table, run)
+    }))
+}
+
+fn sessions_batch(table: &Table, rows: &[Placed<'_>]) -> Result<RecordBatch, SinkError> {
     assemble_batch(table, rows.len(), |field| {
         let array: ArrayRef = match field.name().as_str() {
-            COL_UUID => Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.uuid))),
+            COL_UUID => Arc::new(StringArray::from_iter_values(rows.iter().map(|p| &p.row.uuid))),
             COL_SESSION_ID => {
-                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.session_id)))
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|p| &p.row.session_id)))
             }
-            COL_START_MS => Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.start_ms))),
-            COL_END_MS => Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.end_ms))),
+            COL_START_MS => {
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|p| p.row.start_ms)))
+            }
+            COL_END_MS => Arc::new(Int64Array::from_iter_values(rows.iter().map(|p| p.row.end_ms))),
             COL_DURATION => Arc::new(Float64Array::from_iter_values(
-                rows.iter().map(|r| r.end_ms.saturating_sub(r.start_ms) as f64 / 1000.0),
+                rows.iter().map(|p| p.row.end_ms.saturating_sub(p.row.start_ms) as f64 / 1000.0),
             )),
-            COL_EVENT_COUNT => Arc::new(Int32Array::from(event_counts.clone())),
-            COL_PAGES => Arc::new(pages_array(table, field, &rows)?),
-            COL_DATE => Arc::new(Date32Array::from_iter_values(order.iter().map(|&i| dates[i]))),
-            COL_BUCKET => {
-                Arc::new(Int32Array::from_iter_values(order.iter().map(|&i| buckets.value(i))))
-            }
+            // Checked to fit: the cast cannot wrap.
+            COL_EVENT_COUNT => Arc::new(Int32Array::from_iter_values(
+                rows.iter().map(|p| p.row.event_count as i32),
+            )),
+            COL_PAGES => Arc::new(pages_array(table, field, rows)?),
+            COL_DATE => Arc::new(Date32Array::from_iter_values(rows.iter().map(|p| p.date))),
+            COL_BUCKET => Arc::new(Int32Array::from_iter_values(rows.iter().map(|p| p.bucket))),
             COL_END_REASON => {
-                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.end_reason)))
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|p| &p.row.end_reason)))
             }
             COL_RULE_VERSION => {
-                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &*r.rule_version)))
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|p| &*p.row.rule_version)))
             }
             COL_START_TS => {
                 let timezone = match field.data_type() {
                     DataType::Timestamp(_, timezone) => timezone.clone(),
                     _ => None,
                 };
-                // Null rather than a failed commit for starts beyond the microsecond range.
+                // Checked to be in range: the product cannot overflow.
                 Arc::new(
-                    TimestampMicrosecondArray::from_iter(
-                        rows.iter().map(|r| r.start_ms.checked_mul(1000)),
+                    TimestampMicrosecondArray::from_iter_values(
+                        rows.iter().map(|p| p.row.start_ms.saturating_mul(1000)),
                     )
                     .with_timezone_opt(timezone),
                 )
@@ -169,7 +248,7 @@ pub(super) fn sessions_batch(
 fn pages_array(
     table: &Table,
     field: &Field,
-    rows: &[&SessionRow],
+    rows: &[Placed<'_>],
 ) -> Result<arrow_array::ListArray, SinkError> {
     let element: FieldRef = match field.data_type() {
         DataType::List(element) => element.clone(),
@@ -180,12 +259,12 @@ fn pages_array(
             })
         }
     };
-    let pages: usize = rows.iter().map(|r| r.pages.len()).sum();
+    let pages: usize = rows.iter().map(|p| p.row.pages.len()).sum();
     let mut builder =
         ListBuilder::with_capacity(StringBuilder::with_capacity(pages, pages * 16), rows.len())
             .with_field(element);
-    for row in rows {
-        for page in &row.pages {
+    for placed in rows {
+        for page in &placed.row.pages {
             builder.values().append_value(page);
         }
         builder.append(true);
@@ -218,4 +297,17 @@ pub(super) fn rejected_batch(
         };
         Ok(Some(array))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::run_starts;
+
+    #[test]
+    fn runs_hold_at_most_the_text_limit_and_an_oversized_row_stands_alone() {
+        assert_eq!(run_starts([4, 4, 4, 4].into_iter(), 8), [2]);
+        assert_eq!(run_starts([4, 5, 3, 20, 1].into_iter(), 8), [1, 3, 4]);
+        assert_eq!(run_starts([8].into_iter(), 8), Vec::<usize>::new());
+        assert_eq!(run_starts(std::iter::empty(), 8), Vec::<usize>::new());
+    }
 }

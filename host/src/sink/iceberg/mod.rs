@@ -31,7 +31,7 @@ use iceberg::NamespaceIdent;
 use iceberg_catalog_sql::SqlCatalog;
 use uuid::Uuid;
 
-use super::{CommitStats, RejectedEvent, SessionRow, Sink, SinkError};
+use super::{CommitStats, RejectedEvent, SessionRow, Sink, SinkError, UnwritableRow};
 
 mod batch;
 mod catalog;
@@ -39,11 +39,14 @@ mod commit;
 mod schema;
 mod writer;
 
-pub use batch::{user_hash_bucket, user_hash_bucket_of};
+pub use batch::{
+    user_hash_bucket, user_hash_bucket_of, EARLIEST_SESSION_MS, LATEST_SESSION_MS,
+    MAX_BATCH_TEXT_BYTES,
+};
 pub use catalog::{CATALOG_FILE, CATALOG_NAME};
 pub use schema::{BUCKET_GROUP_WIDTH, USER_HASH_BUCKETS};
 
-use batch::{rejected_batch, sessions_batch};
+use batch::{check_session, rejected_batch, sessions_batches};
 use catalog::{ensure_namespace, ensure_table, open_catalog};
 use commit::{append, latest_properties, reload};
 use schema::{
@@ -180,14 +183,14 @@ impl IcebergSink {
         let session_files = if sessions.is_empty() {
             Vec::new()
         } else {
-            let batch = sessions_batch(&self.sessions, sessions)?;
-            write_data_files(&self.sessions, batch, &prefix).await?
+            let batches = sessions_batches(&self.sessions, sessions, MAX_BATCH_TEXT_BYTES)?;
+            write_data_files(&self.sessions, batches, &prefix).await?
         };
         let rejected_files = if rejected.is_empty() {
             Vec::new()
         } else {
-            let batch = rejected_batch(&self.rejected, rejected, wall_clock_ms())?;
-            write_data_files(&self.rejected, batch, &prefix).await?
+            let batch = rejected_batch(&self.rejected, rejected, wall_clock_ms());
+            write_data_files(&self.rejected, [batch], &prefix).await?
         };
         let stats = CommitStats {
             session_files: session_files.len(),
@@ -268,6 +271,13 @@ impl Sink for IcebergSink {
     ) -> Result<Option<HashMap<String, String>>, SinkError> {
         self.rejected = reload(&self.catalog, &self.rejected).await?;
         Ok(latest_properties(&self.rejected))
+    }
+
+    /// Times in the years 1 to 9999 ([`EARLIEST_SESSION_MS`] to
+    /// [`LATEST_SESSION_MS`]), a count that fits the `int` column, and at most
+    /// [`MAX_BATCH_TEXT_BYTES`] of text.
+    fn check_session(&self, row: &SessionRow) -> Result<(), UnwritableRow> {
+        check_session(row)
     }
 }
 

@@ -24,11 +24,12 @@ fn writer_properties() -> WriterProperties {
     WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).build()
 }
 
-/// Writes one batch as Parquet data files of `table`: split by the table's current
-/// partition spec and fanned out to one rolling file writer per partition.
+/// Writes batches as Parquet data files of `table`: each split by the table's
+/// current partition spec and fanned out to one rolling file writer per
+/// partition, so all batches of one commit share files.
 pub(super) async fn write_data_files(
     table: &Table,
-    batch: RecordBatch,
+    batches: impl IntoIterator<Item = Result<RecordBatch, SinkError>>,
     prefix: &str,
 ) -> Result<Vec<DataFile>, SinkError> {
     let ident = table.identifier();
@@ -48,15 +49,19 @@ pub(super) async fn write_data_files(
 
     if spec.is_unpartitioned() {
         let mut writer = builder.build(None).await.context(context)?;
-        writer.write(batch).await.context(context)?;
+        for batch in batches {
+            writer.write(batch?).await.context(context)?;
+        }
         return writer.close().await.context(context);
     }
 
     let splitter = RecordBatchPartitionSplitter::try_new_with_computed_values(schema, spec)
         .context(context)?;
     let mut writer = FanoutWriter::new(builder);
-    for (partition, part) in splitter.split(&batch).context(context)? {
-        writer.write(partition, part).await.context(context)?;
+    for batch in batches {
+        for (partition, part) in splitter.split(&batch?).context(context)? {
+            writer.write(partition, part).await.context(context)?;
+        }
     }
     writer.close().await.context(context)
 }
