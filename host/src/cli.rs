@@ -8,10 +8,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use sessionize::admin::AdminCall;
+use sessionize::admin::{AdminCall, AdminConfig};
 use sessionize::engine::EngineConfig;
+use sessionize::event::EventLimits;
 use sessionize::job::streaming::{FaultPolicy, StreamConfig};
-use sessionize::job::{Input, JobConfig};
+use sessionize::job::{Input, Intake, JobConfig};
 use sessionize::rules::contract::Settings;
 use sessionize::rules::SandboxLimits;
 use sessionize::sink::iceberg::SinkConfig;
@@ -76,6 +77,9 @@ pub struct JobAddress {
     /// The admin token (default: read from the state directory).
     #[arg(long, env = "SESSIONIZE_ADMIN_TOKEN")]
     pub admin_token: Option<String>,
+    /// How long to wait for the job's answer: seconds, or with a unit (2m).
+    #[arg(long, default_value = "120", value_parser = seconds)]
+    pub timeout: Duration,
 }
 
 /// `sessionize produce`.
@@ -87,8 +91,8 @@ pub struct ProduceArgs {
     /// Topic to write to.
     #[arg(long, env = "KAFKA_TOPIC", default_value = "clickstream")]
     pub topic: String,
-    /// Partitions of the topic, if it has to be created.
-    #[arg(long, default_value_t = 4)]
+    /// Partitions of the topic, if it has to be created (1 to 10000).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(i32).range(1..=10_000))]
     pub partitions: i32,
     /// Send the lines of this file (gzip too, `-` for stdin) instead of
     /// generating events.
@@ -117,9 +121,9 @@ pub struct RunArgs {
     /// job itself resumes from its checkpoints).
     #[arg(long, default_value = "sessionize")]
     pub kafka_group: String,
-    /// Most Kafka messages taken per batch.
-    #[arg(long, default_value_t = 50_000)]
-    pub max_events_per_batch: usize,
+    /// Most Kafka messages taken per batch (1 to 1000000).
+    #[arg(long, default_value_t = 50_000, value_parser = u32_in(1..=1_000_000))]
+    pub max_events_per_batch: u32,
     /// Time between checkpoints: seconds, or with a unit (500ms, 1m).
     #[arg(long, default_value = "30", value_parser = seconds)]
     pub checkpoint_interval: Duration,
@@ -131,12 +135,25 @@ pub struct RunArgs {
     #[arg(long, env = "SESSIONIZE_STATE_DIR", default_value = "./state")]
     pub state_dir: PathBuf,
     /// Admin endpoint address (`sessionize plugin ...`); port 0 picks a free
-    /// one. The address is written to <state-dir>/admin.addr.
+    /// one. The address is written to <state-dir>/admin.addr. Loopback only,
+    /// unless --admin-allow-remote.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub admin_addr: std::net::SocketAddr,
     /// Admin token (default: generated, written to <state-dir>/admin.token, 0600).
     #[arg(long, env = "SESSIONIZE_ADMIN_TOKEN")]
     pub admin_token: Option<String>,
+    /// Accept an --admin-addr beyond loopback (plain HTTP: anyone who reaches
+    /// it with the token can change the rules).
+    #[arg(long)]
+    pub admin_allow_remote: bool,
+    /// How long an admin request may take to be applied before the client is
+    /// told it was not: seconds, or with a unit (2m).
+    #[arg(long, default_value = "60", value_parser = seconds)]
+    pub admin_timeout: Duration,
+    /// Largest rules component the job takes (an upload through `plugin
+    /// deploy`, or the --plugin file), MiB (1 to 4096).
+    #[arg(long, default_value_t = 64, value_parser = u32_in(1..=4096))]
+    pub max_component_mib: u32,
     /// Watch the --plugin file and hot-swap the rules when it changes.
     #[arg(long, requires = "plugin")]
     pub plugin_watch: bool,
@@ -167,21 +184,42 @@ pub struct RunArgs {
     /// with a unit.
     #[arg(long, default_value = "10", value_parser = minutes)]
     pub allowed_lateness: Duration,
+    /// A Kafka partition whose event time runs further ahead of the slowest
+    /// one is paused until the others catch up, so one lagging partition
+    /// cannot make the job hold the others' events without limit: minutes,
+    /// or with a unit.
+    #[arg(long, default_value = "10", value_parser = minutes)]
+    pub max_partition_drift: Duration,
+    /// Events stamped further ahead of the wall clock are dead-lettered (a
+    /// timestamp in micro- or nanoseconds): minutes, or with a unit.
+    /// Backfills of past data are unaffected.
+    #[arg(long, default_value = "1h", value_parser = minutes)]
+    pub max_future_skew: Duration,
+    /// Largest record (JSON line or Kafka message) accepted, bytes; larger
+    /// ones are dead-lettered.
+    #[arg(long, default_value_t = 1 << 20, value_parser = u32_in(256..=(64 << 20)))]
+    pub max_record_bytes: u32,
+    /// Longest uuid accepted, bytes.
+    #[arg(long, default_value_t = 256, value_parser = u32_in(1..=65_536))]
+    pub max_uuid_bytes: u32,
+    /// Longest event id, page name, event name or type accepted, bytes.
+    #[arg(long, default_value_t = 8192, value_parser = u32_in(1..=(1 << 20)))]
+    pub max_text_bytes: u32,
     /// Rules component (.wasm); default: the built-in default rules.
     #[arg(long, value_name = "PATH")]
     pub plugin: Option<PathBuf>,
     /// A parameter for the rules plugin, `key=value` (repeatable).
     #[arg(long = "plugin-param", value_name = "KEY=VALUE", value_parser = key_value)]
     pub plugin_params: Vec<(String, String)>,
-    /// Memory limit of the rules plugin, MiB.
-    #[arg(long, default_value_t = 64)]
-    pub plugin_memory_mib: usize,
+    /// Memory limit of the rules plugin, MiB (1 to 4096).
+    #[arg(long, default_value_t = 64, value_parser = u32_in(1..=4096))]
+    pub plugin_memory_mib: u32,
     /// Time budget of one plugin call: seconds, or with a unit (500ms).
     #[arg(long, default_value = "5", value_parser = seconds)]
     pub plugin_timeout: Duration,
     /// Attempts at a batch the rules keep failing (trap, time budget, memory)
     /// before --on-plugin-failure applies.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 3, value_parser = u32_in(1..=u64::from(u32::MAX)))]
     pub plugin_attempts: u32,
     /// When the rules keep failing a batch: roll back to the previous version
     /// (stopping if there is none), or stop at the last checkpoint.
@@ -206,8 +244,8 @@ pub struct GenerateArgs {
 /// Generator settings shared by `generate` and `produce`.
 #[derive(Debug, Args)]
 pub struct GeneratorArgs {
-    /// Distinct users.
-    #[arg(long, default_value_t = 1000)]
+    /// Distinct users (at least 1).
+    #[arg(long, default_value_t = 1000, value_parser = u32_in(1..=u64::from(u32::MAX)))]
     pub num_users: u32,
     /// Events per second of event time, across all users.
     #[arg(long, default_value_t = 100.0)]
@@ -264,7 +302,8 @@ impl RunArgs {
                 params: self.plugin_params.clone(),
             },
             limits: SandboxLimits {
-                memory_bytes: self.plugin_memory_mib << 20,
+                // At most 4096 MiB (the parser checks): fits a usize.
+                memory_bytes: (self.plugin_memory_mib as usize) << 20,
                 call_timeout: self.plugin_timeout,
             },
             plugin: self.plugin.clone(),
@@ -276,7 +315,7 @@ impl RunArgs {
                 group: self.kafka_group.clone(),
             },
             stream: StreamConfig {
-                max_events_per_batch: self.max_events_per_batch.max(1),
+                max_events_per_batch: self.max_events_per_batch as usize,
                 checkpoint_interval: self.checkpoint_interval,
                 idle_timeout: self.idle_timeout,
                 until_end: self.test_mode,
@@ -285,9 +324,23 @@ impl RunArgs {
                     OnPluginFailure::Rollback => FaultPolicy::Rollback,
                     OnPluginFailure::Stop => FaultPolicy::Stop,
                 },
+                intake: Intake {
+                    limits: EventLimits {
+                        max_record_bytes: self.max_record_bytes as usize,
+                        max_uuid_bytes: self.max_uuid_bytes as usize,
+                        max_text_bytes: self.max_text_bytes as usize,
+                    },
+                    max_future_skew: self.max_future_skew,
+                },
+                max_partition_drift: self.max_partition_drift,
             },
-            admin_addr: self.admin_addr,
-            admin_token: self.admin_token.clone(),
+            admin: AdminConfig {
+                addr: self.admin_addr,
+                token: self.admin_token.clone(),
+                allow_remote: self.admin_allow_remote,
+                request_timeout: self.admin_timeout,
+            },
+            max_component_bytes: u64::from(self.max_component_mib) << 20,
         }
     }
 }
@@ -336,12 +389,13 @@ impl GeneratorArgs {
 
 fn with_unit(text: &str, unit: Duration) -> Result<Duration, String> {
     let text = text.trim();
+    let too_large = || format!("{text} {} is too large", unit_name(unit));
     if let Ok(n) = text.parse::<u64>() {
-        return Ok(unit * n as u32);
+        return n.checked_mul(unit.as_secs()).map(Duration::from_secs).ok_or_else(too_large);
     }
     if let Ok(n) = text.parse::<f64>() {
         if n.is_finite() && n >= 0.0 {
-            return Ok(unit.mul_f64(n));
+            return Duration::try_from_secs_f64(n * unit.as_secs_f64()).map_err(|_| too_large());
         }
     }
     humantime::parse_duration(text).map_err(|e| {
@@ -404,6 +458,39 @@ mod tests {
     }
 
     #[test]
+    fn large_durations_are_kept_or_refused_never_wrapped() {
+        // 2^32 minutes: once truncated to zero minutes, then refused as zero.
+        assert_eq!(minutes("4294967296"), Ok(Duration::from_secs(60 << 32)));
+        assert!(seconds("1e30").unwrap_err().contains("too large"));
+        assert!(hours("18446744073709551615").unwrap_err().contains("too large"));
+    }
+
+    #[test]
+    fn counts_and_sizes_are_range_checked_by_the_parser() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(["sessionize", "run", "--test-mode"].iter().chain(args))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        for (flag, value, allowed) in [
+            ("--plugin-memory-mib", "0", "1..=4096"),
+            ("--plugin-memory-mib", "4097", "1..=4096"),
+            ("--max-component-mib", "0", "1..=4096"),
+            ("--max-events-per-batch", "0", "1..=1000000"),
+            ("--plugin-attempts", "0", "1.."),
+        ] {
+            let error = parse(&[flag, value]).unwrap_err();
+            assert!(error.contains(&format!("{value} is not in {allowed}")), "{error}");
+        }
+        assert!(parse(&["--plugin-memory-mib", "4096"]).is_ok());
+        let error = Cli::try_parse_from(["sessionize", "produce", "--partitions", "0"])
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("1..=10000"), "{error}");
+    }
+
+    #[test]
     fn plugin_params_are_key_value() {
         assert_eq!(key_value("logout_page=bye"), Ok(("logout_page".into(), "bye".into())));
         assert!(key_value("=x").is_err());
@@ -418,4 +505,10 @@ pub enum OnPluginFailure {
     Rollback,
     /// Stop at the last checkpoint.
     Stop,
+}
+
+/// A `u32` flag's parser that checks the range on the number as given, so a
+/// value past `u32::MAX` is told the allowed range too, not only "too large".
+fn u32_in(range: impl std::ops::RangeBounds<u64>) -> clap::builder::RangedU64ValueParser<u32> {
+    clap::builder::RangedU64ValueParser::new().range(range)
 }

@@ -39,10 +39,28 @@ fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", error_chain(&error));
             ExitCode::FAILURE
         }
     }
+}
+
+/// `error` and its causes, `: `-separated, each said once: a cause whose text
+/// an earlier message already contains (many errors print their source, and
+/// return it as their source too) is left out.
+fn error_chain(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let message = cause.to_string();
+        if message.is_empty() || text.contains(&message) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&message);
+    }
+    text
 }
 
 /// `sessionize run`.
@@ -69,7 +87,8 @@ fn run(args: &RunArgs) -> Result<()> {
 /// `sessionize plugin ...`.
 fn plugin_command(command: &PluginCommand) -> Result<()> {
     let (call, job) = command.call();
-    let answer = sessionize::admin::ask_job(&job.state_dir, job.admin_token.as_deref(), &call)?;
+    let token = job.admin_token.as_deref();
+    let answer = sessionize::admin::ask_job(&job.state_dir, token, &call, job.timeout)?;
     println!("{}", serde_json::to_string_pretty(&answer).unwrap_or_default());
     Ok(())
 }
@@ -122,4 +141,24 @@ fn generate_command(args: &GenerateArgs) -> Result<()> {
     };
     tracing::info!(written, "events generated");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("opening the tables: {source}")]
+    struct PrintsItsSource {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let locked = std::io::Error::other("database is locked");
+        let error = anyhow::Error::new(PrintsItsSource { source: locked }).context("starting");
+        assert_eq!(error_chain(&error), "starting: opening the tables: database is locked");
+        let plain = anyhow!("no such file").context("cannot read x").context("loading");
+        assert_eq!(error_chain(&plain), "loading: cannot read x: no such file");
+    }
 }

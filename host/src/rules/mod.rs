@@ -15,5 +15,5 @@ mod sandbox;
 mod wit;
 
 pub use component::{ComponentLoader, ComponentRules, SandboxLimits};
-use sessionize_core::rules::{check_result, unsent_texts};
-pub use sessionize_core::rules::{contract, NativeRules, RulesError, RulesRuntime};
+use sessionize_core::rules::{check_result, TextsSent};
+pub use sessionize_core::rules::{contract, NativeRules, RulesError, RulesRuntime, Texts};

@@ -1,20 +1,20 @@
 //! The rules in force and how they change while a job runs, all in one place:
 //!
 //! - requests ([`RulesRequest`]) arrive from the admin endpoint or the plugin
-//!   watcher ([`watch_plugin_file`]);
-//! - a deploy is compiled and configured on a thread of its own ([`RulesLoader`]),
-//!   then waits as a [`Change`] for the next checkpoint boundary;
+//!   watcher ([`watch_plugin_file`]), each with a deadline;
+//! - deploys and rollbacks go through one compile thread in the order they were
+//!   accepted: a deploy is compiled and configured there ([`RulesLoader`]), and
+//!   each waits as a [`Change`] for the next checkpoint boundary;
 //! - at the boundary the job applies it: a dry run on a sample of the latest
 //!   batch, then the switch ([`RulesSlot`], which keeps versions for rollback);
 //! - deployed components are kept in the state directory ([`RulesArchive`]) so
 //!   a restart can resume with them ([`deployed_before_restart`]).
 
-use std::path::PathBuf;
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::rules::contract::Batch;
-use crate::rules::{ComponentRules, RulesError, RulesRuntime};
+use crate::rules::{ComponentRules, RulesError, RulesRuntime, Texts};
 
 mod archive;
 mod loader;
@@ -24,11 +24,17 @@ mod slot;
 mod watch;
 
 pub use archive::{ArchiveError, RulesArchive};
-pub use loader::RulesLoader;
-pub use request::{Reply, RulesAction, RulesRequest};
+pub(crate) use loader::{mib_text, read_component};
+pub use loader::{RulesLoader, DEFAULT_MAX_COMPONENT_BYTES};
+use request::PendingReply;
+pub use request::{Answer, Candidate, Refusal, Reply, RulesAction, RulesRequest};
 pub use resume::{deployed_before_restart, CheckpointedRules};
 pub use slot::{RulesSlot, SwapEvent};
 pub use watch::watch_plugin_file;
+
+/// Deploys and rollbacks that may wait for the compile thread; more are
+/// refused, so that uploads cannot pile up in memory.
+const QUEUE_LEN: usize = 8;
 
 /// A change of rules waiting for the next checkpoint boundary.
 pub struct Change(ChangeKind);
@@ -44,10 +50,25 @@ impl Change {
 }
 
 enum ChangeKind {
-    /// A compiled (or refused) component, and how long compiling took.
-    Deploy(Box<Result<ComponentRules, RulesError>>, PathBuf, Reply, Duration),
+    /// A compiled (or refused) component, its name, and how long compiling took.
+    Deploy(Box<Result<ComponentRules, RulesError>>, String, PendingReply, Duration),
     /// Back to the previous version.
-    Rollback(Reply),
+    Rollback(PendingReply),
+}
+
+/// A request waiting for the compile thread.
+enum Queued {
+    Deploy(Candidate, PendingReply),
+    Rollback(PendingReply),
+}
+
+impl Queued {
+    fn refuse(self, why: String) {
+        let why = Refusal::Refused(why);
+        match self {
+            Queued::Deploy(_, reply) | Queued::Rollback(reply) => reply.send(Err(why)),
+        }
+    }
 }
 
 /// The rules of a running job, and the changes asked of them.
@@ -55,6 +76,8 @@ pub struct RulesLifecycle {
     slot: RulesSlot,
     requests: Option<mpsc::Receiver<RulesRequest>>,
     loader: Option<RulesLoader>,
+    /// To the compile thread, started with the first deploy or rollback.
+    queue: Option<mpsc::SyncSender<Queued>>,
     changes_tx: mpsc::Sender<Change>,
     changes: mpsc::Receiver<Change>,
 }
@@ -63,7 +86,7 @@ impl RulesLifecycle {
     /// Rules that change only by rollback after failures.
     pub fn new(slot: RulesSlot) -> Self {
         let (changes_tx, changes) = mpsc::channel();
-        Self { slot, requests: None, loader: None, changes_tx, changes }
+        Self { slot, requests: None, loader: None, queue: None, changes_tx, changes }
     }
 
     /// Also takes `requests` (deploys need [`RulesLifecycle::loading_with`]).
@@ -88,39 +111,56 @@ impl RulesLifecycle {
         self.slot.rule_version()
     }
 
-    /// Answers status requests at once, queues rollbacks, and starts compiling
-    /// deploy candidates on threads of their own. `events_read` and
+    /// Answers status requests at once and queues deploys and rollbacks, in
+    /// the order they were accepted, for the compile thread. `events_read` and
     /// `checkpoints` go into the status.
     pub fn serve_requests(&mut self, events_read: u64, checkpoints: u64) {
         let Some(requests) = &self.requests else { return };
+        let mut queued = Vec::new();
         while let Ok(request) = requests.try_recv() {
-            match request.action {
-                RulesAction::Status => {
-                    let _ = request.reply.send(Ok(serde_json::json!({
-                        "active": self.slot.rule_version(),
-                        "history": self.slot.history().collect::<Vec<_>>(),
-                        "events_read": events_read,
-                        "checkpoints": checkpoints,
-                    })));
+            let (action, reply) = PendingReply::of(request);
+            match action {
+                RulesAction::Status => reply.send(Ok(serde_json::json!({
+                    "active": self.slot.rule_version(),
+                    "history": self.slot.history().collect::<Vec<_>>(),
+                    "events_read": events_read,
+                    "checkpoints": checkpoints,
+                }))),
+                RulesAction::Rollback => queued.push(Queued::Rollback(reply)),
+                RulesAction::Deploy(_) if self.loader.is_none() => {
+                    reply.send(Err("this job takes no deploys".into()));
                 }
-                RulesAction::Rollback => {
-                    let _ = self.changes_tx.send(Change(ChangeKind::Rollback(request.reply)));
-                }
-                RulesAction::Deploy(path) => {
-                    let Some(loader) = self.loader.clone() else {
-                        let _ = request.reply.send(Err("this job takes no deploys".into()));
-                        continue;
-                    };
-                    let changes = self.changes_tx.clone();
-                    let reply = request.reply;
-                    std::thread::spawn(move || {
-                        let started = Instant::now();
-                        let loaded = loader.load_file(&path);
-                        let took = started.elapsed();
-                        let change = ChangeKind::Deploy(Box::new(loaded), path, reply, took);
-                        let _ = changes.send(Change(change));
-                    });
-                }
+                RulesAction::Deploy(candidate) => queued.push(Queued::Deploy(candidate, reply)),
+            }
+        }
+        for request in queued {
+            self.enqueue(request);
+        }
+    }
+
+    /// Hands `request` to the compile thread (started on first use), or
+    /// refuses it when too many wait.
+    fn enqueue(&mut self, request: Queued) {
+        if self.queue.is_none() {
+            let (queue, waiting) = mpsc::sync_channel(QUEUE_LEN);
+            let (loader, changes) = (self.loader.clone(), self.changes_tx.clone());
+            let started = std::thread::Builder::new()
+                .name("rules-compile".into())
+                .spawn(move || compile_in_order(loader, waiting, changes));
+            if let Err(error) = started {
+                request.refuse(format!("cannot start the compile thread: {error}"));
+                return;
+            }
+            self.queue = Some(queue);
+        }
+        let Some(queue) = &self.queue else { return };
+        match queue.try_send(request) {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Full(request)) => request.refuse(format!(
+                "{QUEUE_LEN} requests are already waiting to be applied: try again once they are"
+            )),
+            Err(mpsc::TrySendError::Disconnected(request)) => {
+                request.refuse("the compile thread has stopped".into());
             }
         }
     }
@@ -130,50 +170,62 @@ impl RulesLifecycle {
         self.changes.try_recv().ok()
     }
 
-    /// Applies `change` at a checkpoint boundary and answers its request.
-    /// A candidate gets a dry run on `sample` (over `texts`) first. Returns how
-    /// long the switch held up the event flow, if the rules changed.
+    /// Applies `change` at a checkpoint boundary and answers its request,
+    /// unless its deadline has passed. A candidate gets a dry run on `sample`
+    /// (over `texts`) first. Returns how long the switch held up the event
+    /// flow, if the rules changed.
     pub fn apply(
         &mut self,
         change: Change,
-        texts: &[Arc<str>],
+        texts: Texts<'_>,
         sample: Option<&Batch>,
     ) -> Option<Duration> {
         let started = Instant::now();
         match change.0 {
-            ChangeKind::Rollback(reply) => match self.slot.rollback(Some("requested".into())) {
-                Ok(version) => {
-                    let pause = started.elapsed();
-                    tracing::info!(rules = version, ?pause, "rules rolled back");
-                    let _ = reply.send(Ok(serde_json::json!({ "active": version })));
-                    Some(pause)
+            ChangeKind::Rollback(reply) => {
+                if let Some(why) = reply.expired() {
+                    tracing::warn!(%why, "rollback not applied");
+                    reply.send(Err(why));
+                    return None;
                 }
-                Err(error) => {
-                    let _ = reply.send(Err(error.to_string()));
-                    None
+                match self.slot.rollback(Some("requested".into())) {
+                    Ok(version) => {
+                        let pause = started.elapsed();
+                        tracing::info!(rules = version, ?pause, "rules rolled back");
+                        reply.send(Ok(serde_json::json!({ "active": version })));
+                        Some(pause)
+                    }
+                    Err(error) => {
+                        reply.send(Err(error.to_string().into()));
+                        None
+                    }
                 }
-            },
-            ChangeKind::Deploy(loaded, path, reply, _) => {
+            }
+            ChangeKind::Deploy(loaded, name, reply, _) => {
+                if let Some(why) = reply.expired() {
+                    tracing::warn!(candidate = name, %why, "deploy not applied");
+                    reply.send(Err(why));
+                    return None;
+                }
                 let outcome = loaded.and_then(|c| self.slot.deploy(c, texts, sample));
                 let (answer, pause) = match outcome {
                     Ok(version) => {
                         // The event flow waits only for the dry run and the switch.
                         let pause = started.elapsed();
-                        tracing::info!(rules = version, path = %path.display(), ?pause, "rules swapped");
+                        tracing::info!(rules = version, candidate = name, ?pause, "rules swapped");
                         (Ok(serde_json::json!({ "active": version })), Some(pause))
                     }
                     Err(error) => {
-                        self.slot.refused(&path.display().to_string(), &error);
-                        tracing::warn!(path = %path.display(), %error, "candidate rules refused");
+                        self.slot.refused(&name, &error);
+                        tracing::warn!(candidate = name, %error, "candidate rules refused");
                         let message = format!(
-                            "{} refused: {error}; {} stays active",
-                            path.display(),
+                            "{name} refused: {error}; {} stays active",
                             self.slot.rule_version()
                         );
-                        (Err(message), None)
+                        (Err(message.into()), None)
                     }
                 };
-                let _ = reply.send(answer);
+                reply.send(answer);
                 pause
             }
         }
@@ -186,6 +238,38 @@ impl RulesLifecycle {
         let version = self.slot.rollback(Some(failure)).ok()?;
         tracing::warn!(failed, rules = version, "rolled back after repeated failures");
         Some(version)
+    }
+}
+
+/// The compile thread: takes deploys and rollbacks in the order they were
+/// accepted and hands them on as changes in that order, a deploy once compiled.
+fn compile_in_order(
+    loader: Option<RulesLoader>,
+    waiting: mpsc::Receiver<Queued>,
+    changes: mpsc::Sender<Change>,
+) {
+    for request in waiting {
+        let change = match request {
+            Queued::Rollback(reply) => ChangeKind::Rollback(reply),
+            Queued::Deploy(candidate, reply) => {
+                // Not worth compiling: the answer would be "not applied" anyway.
+                if let Some(why) = reply.expired() {
+                    reply.send(Err(why));
+                    continue;
+                }
+                let name = candidate.name();
+                let Some(loader) = &loader else {
+                    reply.send(Err("this job takes no deploys".into()));
+                    continue;
+                };
+                let started = Instant::now();
+                let loaded = loader.load_candidate(candidate);
+                ChangeKind::Deploy(Box::new(loaded), name, reply, started.elapsed())
+            }
+        };
+        if changes.send(Change(change)).is_err() {
+            return;
+        }
     }
 }
 

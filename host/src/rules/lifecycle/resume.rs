@@ -31,15 +31,21 @@ pub fn deployed_before_restart(
         );
         return None;
     }
-    let bytes = archive.find(in_force);
-    if bytes.is_none() {
-        tracing::warn!(
-            checkpointed = in_force,
-            given,
-            "rules of the last checkpoint not in the state directory: using the rules given"
-        );
+    match archive.find(in_force) {
+        Ok(Some(bytes)) => Some(bytes),
+        Ok(None) => {
+            tracing::warn!(
+                checkpointed = in_force,
+                given,
+                "rules of the last checkpoint not in the state directory: using the rules given"
+            );
+            None
+        }
+        Err(error) => {
+            tracing::warn!(checkpointed = in_force, given, %error, "using the rules given");
+            None
+        }
     }
-    bytes
 }
 
 #[cfg(test)]

@@ -2,13 +2,12 @@
 //! back, without the engine noticing (it only sees [`RulesRuntime`]).
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 
 use crate::rules::contract::{Batch, BatchResult};
-use crate::rules::{RulesError, RulesRuntime};
+use crate::rules::{RulesError, RulesRuntime, Texts};
 
 /// Rules of any runtime, as the slot keeps them.
 type BoxedRules = Box<dyn RulesRuntime>;
@@ -71,7 +70,7 @@ impl RulesSlot {
     pub fn deploy(
         &mut self,
         candidate: impl RulesRuntime + 'static,
-        texts: &[Arc<str>],
+        texts: Texts<'_>,
         sample: Option<&Batch>,
     ) -> Result<String, RulesError> {
         let mut candidate: BoxedRules = Box::new(candidate);
@@ -146,11 +145,7 @@ impl RulesRuntime for RulesSlot {
         self.active.rule_version()
     }
 
-    fn process(
-        &mut self,
-        texts: &[Arc<str>],
-        batch: &mut Batch,
-    ) -> Result<BatchResult, RulesError> {
+    fn process(&mut self, texts: Texts<'_>, batch: &mut Batch) -> Result<BatchResult, RulesError> {
         self.active.process(texts, batch)
     }
 }

@@ -4,10 +4,12 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use super::{RulesAction, RulesRequest};
+use super::{Candidate, RulesAction, RulesRequest};
 
-/// Polls the plugin file on a thread of its own; a changed file is deployed.
-pub fn watch_plugin_file(path: PathBuf, requests: mpsc::Sender<RulesRequest>) {
+/// Polls the plugin file on a thread of its own; a changed file is deployed
+/// (read by the compile thread, within the job's size limit), and must be
+/// applied within `timeout`.
+pub fn watch_plugin_file(path: PathBuf, requests: mpsc::Sender<RulesRequest>, timeout: Duration) {
     let stamp = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.modified().ok(), m.len()));
     std::thread::spawn(move || {
         let mut last = stamp(&path);
@@ -23,11 +25,9 @@ pub fn watch_plugin_file(path: PathBuf, requests: mpsc::Sender<RulesRequest>) {
                 continue;
             }
             last = now;
-            let (reply, answer) = tokio::sync::oneshot::channel();
-            if requests
-                .send(RulesRequest { action: RulesAction::Deploy(path.clone()), reply })
-                .is_err()
-            {
+            let action = RulesAction::Deploy(Candidate::File(path.clone()));
+            let (request, answer) = RulesRequest::new(action, timeout);
+            if requests.send(request).is_err() {
                 return;
             }
             match answer.blocking_recv() {
