@@ -7,7 +7,6 @@
 //! a pass over the engine's state, paid for by the texts added since the last.
 
 use std::collections::HashMap;
-use std::hash::RandomState;
 use std::sync::Arc;
 
 /// No compaction below these, so a table that small is never rebuilt.
@@ -20,7 +19,7 @@ pub(crate) struct TextTable {
     texts: Vec<Arc<str>>,
     /// Keyed by strings from outside: a randomly seeded hasher, so crafted
     /// keys cannot make every lookup collide.
-    handles: HashMap<Arc<str>, u32, RandomState>,
+    handles: HashMap<Arc<str>, u32, ahash::RandomState>,
     bytes: usize,
     /// Bumped by each compaction: handles of another generation mean nothing.
     generation: u64,
@@ -123,7 +122,6 @@ mod tests {
 
     #[test]
     fn tables_are_seeded_differently() {
-        use std::hash::BuildHasher;
         let (a, b) = (TextTable::default(), TextTable::default());
         assert_ne!(a.handles.hasher().hash_one("page"), b.handles.hasher().hash_one("page"));
     }

@@ -39,8 +39,8 @@ impl PendingEvent {
 const INDEX_FROM: usize = 16;
 
 /// Event id -> position in a user's waiting events. Keyed by strings from
-/// outside, so hashed with a randomly seeded hasher (std's `RandomState`).
-type EventIndex = HashMap<Arc<str>, u32>;
+/// outside, so hashed with a randomly seeded hasher.
+type EventIndex = HashMap<Arc<str>, u32, ahash::RandomState>;
 
 /// Everything the engine keeps about one user.
 pub(super) struct UserSlot {
@@ -63,9 +63,9 @@ pub(super) struct UserSlot {
 /// Users by a dense id, reused after eviction.
 #[derive(Default)]
 pub(super) struct Users {
-    /// Keyed by uuids from outside: std's randomly seeded hasher, so crafted
+    /// Keyed by uuids from outside: a randomly seeded hasher, so crafted
     /// uuids cannot make every lookup collide.
-    ids: HashMap<Arc<str>, u32>,
+    ids: HashMap<Arc<str>, u32, ahash::RandomState>,
     slots: Vec<UserSlot>,
     /// Slots of evicted users, for reuse.
     free: Vec<u32>,
@@ -211,8 +211,6 @@ impl Users {
 
 #[cfg(test)]
 mod tests {
-    use std::hash::BuildHasher;
-
     use super::*;
 
     #[test]
