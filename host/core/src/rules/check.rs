@@ -15,6 +15,9 @@
 //! time, so such a time would wake the user again on every advance without
 //! the watermark moving, a busy loop, for an answer no correct rule needs
 //! (the SDK asks for the millisecond after the session's expiry).
+//!
+//! (One file of about 500 lines plus its unit tests: the rules and their checks
+//! share one pass over the answer and one scratch, and read best side by side.)
 
 use std::fmt;
 
