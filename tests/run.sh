@@ -36,6 +36,16 @@ if [ ! -x "$TANSU_ROOT/bin/tansu" ]; then
 fi
 export TANSU_BIN="$TANSU_ROOT/bin/tansu"
 
+step "S3-compatible server (s3s-fs) for the object storage tests"
+S3S_ROOT="$CACHE/s3s"
+if [ ! -x "$S3S_ROOT/bin/s3s-fs" ]; then
+    # A real filesystem-backed S3 server from crates.io (MinIO is not reachable
+    # here); 0.14.1 is the newest that builds with Rust 1.95.
+    CARGO_TARGET_DIR="$CACHE/s3s-build" cargo install s3s-fs --version 0.14.1 --locked \
+        --features binary --root "$S3S_ROOT"
+fi
+export S3S_BIN="$S3S_ROOT/bin/s3s-fs"
+
 step "python rules component (componentize-py)"
 (cd guest/python-rules && "$VENV/bin/componentize-py" -d ../../wit -w session-rules \
     componentize app -o ../dist/python_rules.wasm)

@@ -15,9 +15,12 @@ use sessionize::job::streaming::{FaultPolicy, StreamConfig};
 use sessionize::job::{Input, Intake, JobConfig};
 use sessionize::rules::contract::Settings;
 use sessionize::rules::SandboxLimits;
-use sessionize::sink::iceberg::SinkConfig;
 use sessionize::source::kafka::KafkaConfig;
 use sessionize::tools::generate::GeneratorConfig;
+
+mod table;
+
+pub use table::TableArgs;
 
 /// Real-time user sessionization: clickstream in, one row per session out, with
 /// the session rules in a hot-swappable WebAssembly component.
@@ -165,15 +168,9 @@ pub struct RunArgs {
     /// --kafka-servers, consume what is in the topic now, flush, and stop.
     #[arg(long)]
     pub test_mode: bool,
-    /// Iceberg warehouse directory (holds catalog.db and the tables).
-    #[arg(long, env = "ICEBERG_WAREHOUSE", default_value = "./warehouse")]
-    pub warehouse: PathBuf,
-    /// Iceberg namespace.
-    #[arg(long, default_value = "sessions")]
-    pub iceberg_database: String,
-    /// Iceberg table for sessions.
-    #[arg(long, default_value = "user_sessions")]
-    pub iceberg_table: String,
+    /// Where the tables are.
+    #[command(flatten)]
+    pub table: TableArgs,
     /// Silence that ends a session: minutes, or with a unit (45m, 90s, 1h).
     #[arg(long, default_value = "30", value_parser = minutes)]
     pub inactivity_timeout: Duration,
@@ -286,12 +283,7 @@ impl RunArgs {
     pub fn job_config(&self) -> JobConfig {
         let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         JobConfig {
-            sink: SinkConfig {
-                warehouse: self.warehouse.clone(),
-                database: self.iceberg_database.clone(),
-                table: self.iceberg_table.clone(),
-                rejected_table: "rejected_events".into(),
-            },
+            sink: self.table.sink_config(),
             engine: EngineConfig {
                 allowed_lateness_ms: ms(self.allowed_lateness),
                 ..EngineConfig::default()

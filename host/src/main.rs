@@ -23,8 +23,9 @@ fn main() -> ExitCode {
         Command::Produce(_) => "info",
         Command::Plugin(_) => "warn",
     };
-    let filter = EnvFilter::try_from_env("SESSIONIZE_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(format!("{log_level},iceberg=warn,sqlx=warn")));
+    let filter = EnvFilter::try_from_env("SESSIONIZE_LOG").unwrap_or_else(|_| {
+        EnvFilter::new(format!("{log_level},iceberg=warn,sqlx=warn,opendal=error"))
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -76,9 +77,7 @@ fn run(args: &RunArgs) -> Result<()> {
     if let Summary::Bounded(_) = summary {
         println!(
             "table:             {}.{} in {}",
-            config.sink.database,
-            config.sink.table,
-            config.sink.warehouse.display()
+            config.sink.database, config.sink.table, config.sink.warehouse
         );
     }
     Ok(())

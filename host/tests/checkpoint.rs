@@ -109,6 +109,29 @@ async fn another_jobs_commits_are_not_mistaken_for_ours() {
     assert_eq!(rows_in(&sink).await, 3);
 }
 
+#[tokio::test]
+async fn a_commit_by_another_writer_after_ours_does_not_hide_ours() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = IcebergSink::open(&SinkConfig::new(dir.path().join("wh"))).await.unwrap();
+    let store = StateStore::open(&dir.path().join("state")).unwrap();
+    let job_id = store.job_id().unwrap();
+    let (_, output) = staged_checkpoint(&store);
+    // Our commit went through and the process died before dropping the staged
+    // copy; meanwhile another writer (a second job, a compaction) committed.
+    let ours = HashMap::from([
+        (CHECKPOINT_ID_KEY.to_owned(), "1".to_owned()),
+        (JOB_ID_KEY.to_owned(), job_id),
+    ]);
+    sink.commit(&output.sessions, &[], ours).await.unwrap();
+    let theirs = HashMap::from([
+        (CHECKPOINT_ID_KEY.to_owned(), "40".to_owned()),
+        (JOB_ID_KEY.to_owned(), "another-job".to_owned()),
+    ]);
+    sink.commit(&[row("other", 0)], &[], theirs).await.unwrap();
+    Checkpointer::recover(store, &mut sink, EngineConfig::default()).await.unwrap();
+    assert_eq!(rows_in(&sink).await, 3);
+}
+
 fn rules() -> NativeRules<DefaultRules> {
     let settings =
         Settings { inactivity_timeout_ms: 1_800_000, max_duration_ms: 7_200_000, params: vec![] };

@@ -78,10 +78,14 @@ fn session(uuid: &str, id: &str, start_ms: i64, duration_ms: i64, pages: &[&str]
     }
 }
 
+/// The property by which the tests' writer finds its own commits.
+const JOB: (&str, &str) = ("sessionize.job-id", "test-job");
+
 fn properties(checkpoint: &str) -> HashMap<String, String> {
     HashMap::from([
         ("sessionize.checkpoint-id".to_string(), checkpoint.to_string()),
         ("sessionize.offsets.clicks.0".to_string(), "42".to_string()),
+        (JOB.0.to_string(), JOB.1.to_string()),
     ])
 }
 
@@ -190,7 +194,11 @@ async fn commit_round_trips_and_reopen_reuses_tables() -> TestResult {
     let config = SinkConfig::new(&warehouse);
 
     let mut sink = IcebergSink::open(&config).await?;
-    assert_eq!(sink.last_commit_properties().await?, None, "fresh table has no snapshot");
+    assert_eq!(
+        sink.last_commit_properties(JOB.0, JOB.1).await?,
+        None,
+        "fresh table has no snapshot"
+    );
 
     let known_uuid = "2f1c7d3e-0b8a-4c55-9e31-6a0d6a1b2c3d";
     let mut sessions = vec![
@@ -262,22 +270,23 @@ async fn commit_round_trips_and_reopen_reuses_tables() -> TestResult {
     assert!(rejected_at >= before_ms.as_millis() as i64, "rejected_at_ms {rejected_at}");
 
     // Snapshot properties.
-    let props = sink.last_commit_properties().await?.ok_or("no snapshot after commit")?;
+    let props =
+        sink.last_commit_properties(JOB.0, JOB.1).await?.ok_or("no snapshot after commit")?;
     assert_eq!(props.get("sessionize.checkpoint-id").map(String::as_str), Some("cp-1"));
     assert_eq!(props.get("sessionize.offsets.clicks.0").map(String::as_str), Some("42"));
     assert_eq!(props.get(PROP_SESSION_ROWS), Some(&sessions.len().to_string()));
     let rejected_props =
-        sink.last_rejected_commit_properties().await?.ok_or("no rejected snapshot")?;
+        sink.last_rejected_commit_properties(JOB.0, JOB.1).await?.ok_or("no rejected snapshot")?;
     assert_eq!(rejected_props.get("sessionize.checkpoint-id").map(String::as_str), Some("cp-1"));
 
     // An empty commit still records its checkpoint; the rejected table is left alone.
     let rejected_snapshots = sink.rejected_table().metadata().snapshots().len();
     let stats = sink.commit(&[], &[], properties("cp-2")).await?;
     assert_eq!((stats.session_files, stats.rejected_files), (0, 0));
-    let props = sink.last_commit_properties().await?.ok_or("no snapshot")?;
+    let props = sink.last_commit_properties(JOB.0, JOB.1).await?.ok_or("no snapshot")?;
     assert_eq!(props.get("sessionize.checkpoint-id").map(String::as_str), Some("cp-2"));
     assert_eq!(sink.sessions_table().metadata().snapshots().len(), 2);
-    assert_eq!(sink.last_rejected_commit_properties().await?, Some(rejected_props));
+    assert_eq!(sink.last_rejected_commit_properties(JOB.0, JOB.1).await?, Some(rejected_props));
     assert_eq!(sink.rejected_table().metadata().snapshots().len(), rejected_snapshots);
 
     // Even with no caller properties the sink's own keys make the empty append valid.
@@ -319,7 +328,8 @@ async fn commit_round_trips_and_reopen_reuses_tables() -> TestResult {
     let mut reopened = IcebergSink::open(&config).await?;
     assert_eq!(reopened.sessions_table().metadata().uuid(), sessions_uuid);
     assert_eq!(reopened.rejected_table().metadata().uuid(), rejected_uuid);
-    let props = reopened.last_commit_properties().await?.ok_or("snapshot lost on reopen")?;
+    let props =
+        reopened.last_commit_properties(JOB.0, JOB.1).await?.ok_or("snapshot lost on reopen")?;
     assert_eq!(props.get("sessionize.checkpoint-id").map(String::as_str), Some("cp-3"));
     assert_eq!(read_sessions(&scan(reopened.sessions_table()).await?), read);
 

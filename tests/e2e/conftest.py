@@ -19,10 +19,10 @@ def binary() -> Path:
 def run(binary):
     """Runs the binary; returns the completed process (output captured)."""
 
-    def _run(*args, stdin=None, check=True):
+    def _run(*args, stdin=None, check=True, env=None):
         proc = subprocess.run(
             [str(binary), *map(str, args)],
-            input=stdin, capture_output=True, timeout=600,
+            input=stdin, capture_output=True, timeout=600, env=env,
         )
         if check and proc.returncode != 0:
             raise AssertionError(f"sessionize {args} failed:\n{proc.stderr.decode()}")
@@ -51,3 +51,28 @@ SESSION_COLUMNS = [
 def read_table(warehouse: Path, name: str = "sessions.user_sessions") -> list:
     """Every row of a table, as dicts."""
     return catalog(warehouse).load_table(name).scan().to_arrow().to_pylist()
+
+
+@pytest.fixture(scope="session")
+def object_store(tmp_path_factory):
+    """An S3-compatible server (s3s-fs) for the whole test session."""
+    from lakehouse import ObjectStore
+    store = ObjectStore(tmp_path_factory.mktemp("s3") / "root")
+    yield store
+    store.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server for the whole test session."""
+    from lakehouse import Postgres
+    server = Postgres()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def lakehouse(object_store, postgres):
+    """A fresh bucket and catalog database for one test."""
+    from lakehouse import Lakehouse
+    return Lakehouse(object_store, postgres)

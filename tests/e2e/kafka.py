@@ -57,11 +57,13 @@ class Broker:
 class Job:
     """`sessionize run` against the broker, in the background, logging to a file."""
 
-    def __init__(self, binary, broker, topic, warehouse, state, *extra):
+    def __init__(self, binary, broker, topic, warehouse, state, *extra, env=None):
+        """`warehouse` is a directory, or the flags of a lakehouse."""
         self.log = Path(str(state) + ".log")
+        tables = warehouse if isinstance(warehouse, list) else ["--warehouse", str(warehouse)]
         self.args = [str(binary), "run", "--kafka-servers", broker.servers, "--kafka-topic", topic,
-                     "--warehouse", str(warehouse), "--state-dir", str(state), *map(str, extra)]
-        env = dict(os.environ, SESSIONIZE_LOG="warn,sessionize=info", NO_COLOR="1")
+                     *tables, "--state-dir", str(state), *map(str, extra)]
+        env = dict(env or os.environ, SESSIONIZE_LOG="warn,sessionize=info", NO_COLOR="1")
         self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE,
                                      stderr=open(self.log, "ab"), env=env)
 

@@ -216,6 +216,13 @@ impl Checkpointer {
 
     /// Commits a checkpoint's output to Iceberg unless it is already there,
     /// retrying while the sink's error may clear, then drops it from the store.
+    ///
+    /// The loop is reload -> check -> commit, until a check finds the output:
+    /// the catalog's compare-and-swap is the only lock between writers, a lost
+    /// race is an error worth retrying, and only a check that reads the table
+    /// can tell whether an attempt landed (iceberg-rust's own retry would
+    /// re-apply the append without asking, and a catalog may report a commit
+    /// that did not land).
     async fn publish(
         &mut self,
         sink: &mut impl Sink,
@@ -223,7 +230,20 @@ impl Checkpointer {
         output: &StagedOutput,
     ) -> Result<(), CheckpointError> {
         let mut retries = SinkRetries::new(self.sink_retry);
-        while let Err(error) = self.commit_unless_held(sink, record, output).await {
+        let mut committed = false;
+        loop {
+            let error = match self.commit_unless_held(sink, record, output).await {
+                Ok(Published::Held) => break,
+                Ok(Published::Committed) if committed => {
+                    SinkError::CommitNotVisible { checkpoint: record.id }
+                }
+                Ok(Published::Committed) => {
+                    committed = true;
+                    continue;
+                }
+                Err(error) => error,
+            };
+            committed = false;
             let Some(delay) = retries.after_failure(&error) else {
                 if !error.is_transient() {
                     return Err(error.into());
@@ -248,29 +268,27 @@ impl Checkpointer {
         Ok(())
     }
 
-    /// One attempt at step 2. It reads what the tables hold first, every time:
-    /// an earlier attempt may have committed the dead letters, or all of it,
-    /// before it failed.
+    /// One pass of the publish loop. It reads what the tables hold first,
+    /// every time: an earlier attempt, or an earlier run, may have committed
+    /// the dead letters, or all of it.
     async fn commit_unless_held(
         &self,
         sink: &mut impl Sink,
         record: &CheckpointRecord,
         output: &StagedOutput,
-    ) -> Result<(), SinkError> {
+    ) -> Result<Published, SinkError> {
         let holds = |props: Option<HashMap<String, String>>| {
             props.is_some_and(|p| {
-                p.get(JOB_ID_KEY) == Some(&self.job_id)
-                    && p.get(CHECKPOINT_ID_KEY).and_then(|id| id.parse::<u64>().ok())
-                        >= Some(record.id)
+                p.get(CHECKPOINT_ID_KEY).and_then(|id| id.parse::<u64>().ok()) >= Some(record.id)
             })
         };
-        if holds(Sink::last_commit_properties(sink).await?) {
-            tracing::info!(checkpoint = record.id, "output already in Iceberg");
-            return Ok(());
+        if holds(Sink::last_commit_properties(sink, JOB_ID_KEY, &self.job_id).await?) {
+            return Ok(Published::Held);
         }
         // The sink commits dead letters before sessions: a crash between
         // the two leaves the dead letters in, so they are not repeated.
-        let rejected_done = holds(Sink::last_rejected_commit_properties(sink).await?);
+        let rejected_done =
+            holds(Sink::last_rejected_commit_properties(sink, JOB_ID_KEY, &self.job_id).await?);
         let rejected = if rejected_done { &[][..] } else { &output.rejected[..] };
         let props = HashMap::from([
             (CHECKPOINT_ID_KEY.to_owned(), record.id.to_string()),
@@ -279,8 +297,16 @@ impl Checkpointer {
             (OFFSETS_KEY.to_owned(), offsets_json(&record.offsets)),
         ]);
         Sink::commit(sink, &output.sessions, rejected, props).await?;
-        Ok(())
+        Ok(Published::Committed)
     }
+}
+
+/// What one pass of the publish loop found or did.
+enum Published {
+    /// The sessions table holds the checkpoint.
+    Held,
+    /// The output was committed; the next pass checks that it landed.
+    Committed,
 }
 
 /// `duration` to the millisecond, for messages.

@@ -207,17 +207,32 @@ impl Sink for ScriptedSink {
 
     async fn last_commit_properties(
         &mut self,
+        key: &str,
+        value: &str,
     ) -> Result<Option<HashMap<String, String>>, SinkError> {
         failure(self.next_call())?;
-        Ok(self.sessions.last().map(|(_, props)| props.clone()))
+        Ok(latest_with(&self.sessions, key, value))
     }
 
     async fn last_rejected_commit_properties(
         &mut self,
+        key: &str,
+        value: &str,
     ) -> Result<Option<HashMap<String, String>>, SinkError> {
         failure(self.next_call())?;
-        Ok(self.rejected.last().map(|(_, props)| props.clone()))
+        Ok(latest_with(&self.rejected, key, value))
     }
+}
+
+fn latest_with<T>(
+    commits: &[(T, HashMap<String, String>)],
+    key: &str,
+    value: &str,
+) -> Option<HashMap<String, String>> {
+    let ours = |(_, props): &&(T, HashMap<String, String>)| {
+        props.get(key).map(String::as_str) == Some(value)
+    };
+    commits.iter().rev().find(ours).map(|(_, props)| props.clone())
 }
 
 /// Retries within milliseconds, so the tests do not wait out real delays.

@@ -281,10 +281,9 @@ fn resume_live_rules(
 }
 
 async fn open_sink(config: &JobConfig) -> Result<IcebergSink, JobError> {
-    IcebergSink::open(&config.sink).await.map_err(|source| JobError::Sink {
-        warehouse: config.sink.warehouse.display().to_string(),
-        source,
-    })
+    IcebergSink::open(&config.sink)
+        .await
+        .map_err(|source| JobError::Sink { warehouse: config.sink.warehouse.to_string(), source })
 }
 
 /// The loader every rules version of this job goes through.

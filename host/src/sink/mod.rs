@@ -30,6 +30,10 @@ pub const UNWRITABLE_SESSION_POSITION: i64 = -1;
 /// One [`Sink::commit`] is atomic per table, and the sessions commit is the
 /// commit point: its properties are what [`Sink::last_commit_properties`]
 /// reads back after a restart. Dead letters are committed first.
+///
+/// Several writers may share the tables (jobs, table maintenance), so a
+/// writer finds its own last commit by a property only it writes, never by
+/// taking the table's latest.
 // The futures are only ever run with `block_on`, so no `Send` bound is needed.
 #[allow(async_fn_in_trait)]
 pub trait Sink {
@@ -42,14 +46,19 @@ pub trait Sink {
         properties: HashMap<String, String>,
     ) -> Result<CommitStats, SinkError>;
 
-    /// The properties of the latest sessions commit by any writer, if any.
+    /// The properties of the latest sessions commit whose properties map
+    /// `key` to `value`, if any.
     async fn last_commit_properties(
         &mut self,
+        key: &str,
+        value: &str,
     ) -> Result<Option<HashMap<String, String>>, SinkError>;
 
-    /// The properties of the latest dead-letter commit by any writer, if any.
+    /// The same for the dead-letter table.
     async fn last_rejected_commit_properties(
         &mut self,
+        key: &str,
+        value: &str,
     ) -> Result<Option<HashMap<String, String>>, SinkError>;
 
     /// Whether [`Sink::commit`] can store `row`. The checkpoint asks before it
@@ -167,6 +176,18 @@ pub enum SinkError {
         #[source]
         source: Box<::iceberg::Error>,
     },
+    /// The object store or the catalog's database failed in a way that has
+    /// a known cure.
+    #[error("{context}: {hint} ({source})")]
+    Backend {
+        /// What the sink was doing.
+        context: String,
+        /// What to do about it.
+        hint: &'static str,
+        /// The error reported by iceberg-rust.
+        #[source]
+        source: Box<::iceberg::Error>,
+    },
     /// Building an Arrow batch failed, usually because the table's schema changed type.
     #[error("cannot build the Arrow batch for table {table}: {source}")]
     Arrow {
@@ -183,6 +204,12 @@ pub enum SinkError {
         table: String,
         /// What does not match.
         detail: String,
+    },
+    /// A commit reported success, but reading the table back does not find it.
+    #[error("the commit of checkpoint {checkpoint} reported success but is not in the table")]
+    CommitNotVisible {
+        /// The checkpoint committed.
+        checkpoint: u64,
     },
     /// A row holds a value the table cannot store.
     #[error("session {session_id} of user {uuid} cannot be stored: {reason}")]
@@ -205,7 +232,7 @@ impl SinkError {
     /// heal on their own.
     pub fn is_transient(&self) -> bool {
         match self {
-            SinkError::Iceberg { source, .. } => {
+            SinkError::Iceberg { source, .. } | SinkError::Backend { source, .. } => {
                 source.retryable()
                     || matches!(
                         source.kind(),
@@ -213,6 +240,7 @@ impl SinkError {
                             | ::iceberg::ErrorKind::CatalogCommitConflicts
                     )
             }
+            SinkError::CommitNotVisible { .. } => true,
             SinkError::Warehouse { .. }
             | SinkError::NonUtf8Path(_)
             | SinkError::Config(_)

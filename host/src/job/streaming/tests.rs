@@ -140,14 +140,21 @@ impl Sink for MemorySink {
 
     async fn last_commit_properties(
         &mut self,
+        key: &str,
+        value: &str,
     ) -> Result<Option<HashMap<String, String>>, SinkError> {
-        Ok(self.commits.last().map(|(_, _, p)| p.clone()))
+        let ours = |(_, _, p): &&(_, _, HashMap<String, String>)| {
+            p.get(key).map(String::as_str) == Some(value)
+        };
+        Ok(self.commits.iter().rev().find(ours).map(|(_, _, p)| p.clone()))
     }
 
     async fn last_rejected_commit_properties(
         &mut self,
+        key: &str,
+        value: &str,
     ) -> Result<Option<HashMap<String, String>>, SinkError> {
-        self.last_commit_properties().await
+        self.last_commit_properties(key, value).await
     }
 }
 

@@ -1,10 +1,10 @@
-//! The SQL catalog on SQLite inside the warehouse, and the namespace and tables in it.
+//! The SQL catalog (SQLite inside a local warehouse by default, or a shared
+//! PostgreSQL), and the namespace and tables in it.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::fmt;
+use std::str::FromStr;
 
-use iceberg::io::LocalFsStorageFactory;
 use iceberg::table::Table;
 use iceberg::{Catalog, CatalogBuilder, ErrorKind, NamespaceIdent, TableCreation, TableIdent};
 use iceberg_catalog_sql::{
@@ -12,6 +12,7 @@ use iceberg_catalog_sql::{
     SQL_CATALOG_PROP_WAREHOUSE,
 };
 
+use super::storage::Storage;
 use super::IcebergContext;
 use crate::sink::SinkError;
 
@@ -20,42 +21,110 @@ use crate::sink::SinkError;
 /// would see no tables.
 pub const CATALOG_NAME: &str = "sessionize";
 
-/// File name of the SQLite catalog inside the warehouse, so that the warehouse directory
-/// alone is enough to find everything.
+/// File name of the SQLite catalog inside a local warehouse, so that the warehouse
+/// directory alone is enough to find everything.
 pub const CATALOG_FILE: &str = "catalog.db";
 
-/// Opens (creating) the warehouse directory and its SQLite catalog; returns the
-/// catalog and the warehouse's absolute path.
-pub(super) async fn open_catalog(warehouse: &Path) -> Result<(SqlCatalog, PathBuf), SinkError> {
-    let warehouse = prepare_warehouse(warehouse)?;
-    let warehouse_str =
-        warehouse.to_str().ok_or_else(|| SinkError::NonUtf8Path(warehouse.clone()))?;
-    let catalog_path = format!("{}/{CATALOG_FILE}", warehouse_str.trim_end_matches('/'));
-    let props = HashMap::from([
-        (
-            SQL_CATALOG_PROP_URI.to_string(),
-            format!("sqlite://{}?mode=rwc", encode_sqlite_path(&catalog_path)),
-        ),
-        (
-            SQL_CATALOG_PROP_WAREHOUSE.to_string(),
-            format!("file://{}", warehouse_str.trim_end_matches('/')),
-        ),
-        (SQL_CATALOG_PROP_BIND_STYLE.to_string(), SqlBindStyle::QMark.to_string()),
-    ]);
-    let catalog = SqlCatalogBuilder::default()
-        .with_storage_factory(Arc::new(LocalFsStorageFactory))
-        .load(CATALOG_NAME, props)
-        .await
-        .context(|| format!("opening the SQLite catalog {catalog_path}"))?;
-    Ok((catalog, warehouse))
+/// Which SQL catalog holds the tables' metadata pointers.
+#[derive(Clone, PartialEq, Eq)]
+pub enum CatalogUri {
+    /// `sqlite://path`: one machine's writers.
+    Sqlite(String),
+    /// `postgres://` or `postgresql://`: shared by writers and readers anywhere.
+    Postgres(String),
 }
 
-fn prepare_warehouse(path: &Path) -> Result<PathBuf, SinkError> {
-    let io_error = |source| SinkError::Warehouse { path: path.to_path_buf(), source };
-    std::fs::create_dir_all(path).map_err(io_error)?;
-    // Table locations are stored as absolute `file://` URLs so that readers started from
-    // another working directory find the files.
-    std::fs::canonicalize(path).map_err(io_error)
+/// A catalog URI the sink cannot use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "catalog {0:?}: use sqlite:///path/catalog.db or postgres://user@host:port/database \
+     (an Iceberg REST catalog is not supported: no REST catalog server could be tested here)"
+)]
+pub struct CatalogUriError(String);
+
+impl FromStr for CatalogUri {
+    type Err = CatalogUriError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text.starts_with("sqlite:") {
+            Ok(CatalogUri::Sqlite(text.to_owned()))
+        } else if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            Ok(CatalogUri::Postgres(text.to_owned()))
+        } else {
+            Err(CatalogUriError(redact_password(text)))
+        }
+    }
+}
+
+// The URI may hold a password.
+impl fmt::Display for CatalogUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CatalogUri::Sqlite(uri) | CatalogUri::Postgres(uri) => {
+                f.write_str(&redact_password(uri))
+            }
+        }
+    }
+}
+
+impl fmt::Debug for CatalogUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CatalogUri({self})")
+    }
+}
+
+/// `scheme://user:secret@host` -> `scheme://user:***@host`.
+fn redact_password(uri: &str) -> String {
+    let Some((scheme, rest)) = uri.split_once("://") else { return uri.to_owned() };
+    let Some((credentials, host)) = rest.split_once('@') else { return uri.to_owned() };
+    match credentials.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => uri.to_owned(),
+    }
+}
+
+/// Opens the catalog: `catalog`, or SQLite at `<warehouse>/catalog.db` when
+/// none is given and the warehouse is local.
+pub(super) async fn open_catalog(
+    storage: &Storage,
+    catalog: Option<&CatalogUri>,
+) -> Result<SqlCatalog, SinkError> {
+    let (uri, bind_style) = match (catalog, storage.local_directory()) {
+        (Some(CatalogUri::Sqlite(uri)), _) => (sqlite_creating(uri), SqlBindStyle::QMark),
+        (Some(CatalogUri::Postgres(uri)), _) => (uri.clone(), SqlBindStyle::DollarNumeric),
+        (None, Some(directory)) => {
+            let path = format!("{}/{CATALOG_FILE}", directory.trim_end_matches('/'));
+            (format!("sqlite://{}?mode=rwc", encode_sqlite_path(&path)), SqlBindStyle::QMark)
+        }
+        (None, None) => {
+            return Err(SinkError::Config(format!(
+                "the warehouse {} is not a local directory, so the catalog cannot live in it: \
+                 give --catalog-uri (postgres://... to share it, or sqlite:///path/catalog.db)",
+                storage.location
+            )))
+        }
+    };
+    let shown = catalog.map_or_else(|| uri.clone(), ToString::to_string);
+    let mut props = storage.props.clone();
+    props.insert(SQL_CATALOG_PROP_URI.to_string(), uri);
+    props.insert(SQL_CATALOG_PROP_WAREHOUSE.to_string(), storage.location.clone());
+    props.insert(SQL_CATALOG_PROP_BIND_STYLE.to_string(), bind_style.to_string());
+    SqlCatalogBuilder::default()
+        .with_storage_factory(storage.factory.clone())
+        .load(CATALOG_NAME, props)
+        .await
+        .context(|| format!("opening the catalog {shown}"))
+}
+
+/// sqlx opens an SQLite file only if it exists unless asked to create it.
+fn sqlite_creating(uri: &str) -> String {
+    if uri.contains("mode=") {
+        uri.to_owned()
+    } else if uri.contains('?') {
+        format!("{uri}&mode=rwc")
+    } else {
+        format!("{uri}?mode=rwc")
+    }
 }
 
 /// sqlx percent-decodes the SQLite file name and splits it at `?`, so those characters must
@@ -114,5 +183,20 @@ pub(super) async fn ensure_table(
             context: format!("creating table {ident}"),
             source: Box::new(source),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalog_uris_parse_and_hide_passwords() {
+        let pg: CatalogUri = "postgres://job:s3cret@db:5432/lake".parse().unwrap();
+        assert_eq!(pg.to_string(), "postgres://job:***@db:5432/lake");
+        assert!(matches!("sqlite:///tmp/c.db".parse(), Ok(CatalogUri::Sqlite(_))));
+        let rest = "https://user:pw@catalog/api".parse::<CatalogUri>().unwrap_err();
+        assert!(!rest.to_string().contains("pw@"), "{rest}");
+        assert_eq!(sqlite_creating("sqlite:///c.db"), "sqlite:///c.db?mode=rwc");
     }
 }

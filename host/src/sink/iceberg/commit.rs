@@ -32,6 +32,32 @@ pub(super) async fn append(
     tx.commit(catalog).await.context(context)
 }
 
+/// Sets whichever of `properties` the table lacks or holds otherwise (a table
+/// created by an older version), and returns the table as committed.
+pub(super) async fn ensure_properties(
+    catalog: &SqlCatalog,
+    table: Table,
+    properties: &HashMap<String, String>,
+) -> Result<Table, SinkError> {
+    let current = table.metadata().properties();
+    let missing: Vec<_> = properties
+        .iter()
+        .filter(|(key, value)| current.get(*key) != Some(*value))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
+    if missing.is_empty() {
+        return Ok(table);
+    }
+    let context = || format!("setting the properties of {}", table.identifier());
+    let tx = Transaction::new(&table);
+    let mut update = tx.update_table_properties();
+    for (key, value) in missing {
+        update = update.set(key, value);
+    }
+    let tx = update.apply(tx).context(context)?;
+    tx.commit(catalog).await.context(context)
+}
+
 pub(super) async fn reload(catalog: &SqlCatalog, table: &Table) -> Result<Table, SinkError> {
     catalog
         .load_table(table.identifier())
@@ -39,11 +65,21 @@ pub(super) async fn reload(catalog: &SqlCatalog, table: &Table) -> Result<Table,
         .context(|| format!("reloading table {}", table.identifier()))
 }
 
-pub(super) fn latest_properties(table: &Table) -> Option<HashMap<String, String>> {
+/// The summary properties of the latest snapshot whose properties map `key`
+/// to `value`. Every snapshot is searched, not only the current one's
+/// ancestry, because expiry may have removed the snapshots between.
+pub(super) fn latest_properties_with(
+    table: &Table,
+    key: &str,
+    value: &str,
+) -> Option<HashMap<String, String>> {
     // Snapshots come back in no particular order; the sequence number is the commit order.
     table
         .metadata()
         .snapshots()
+        .filter(|snapshot| {
+            snapshot.summary().additional_properties.get(key).map(String::as_str) == Some(value)
+        })
         .max_by_key(|snapshot| snapshot.sequence_number())
         .map(|snapshot| snapshot.summary().additional_properties.clone())
 }

@@ -1,11 +1,11 @@
 //! Iceberg sink: appends finished sessions and rejected events to two Apache Iceberg
-//! tables kept in a local warehouse with a SQLite catalog.
+//! tables, in a local warehouse with a SQLite catalog by default, or on S3 with a
+//! shared PostgreSQL catalog.
 //!
 //! The layout is chosen so that other engines can read the tables without any setup:
-//! the catalog is `<warehouse>/catalog.db` under the catalog name [`CATALOG_NAME`], the
-//! tables live under `file://<warehouse>/<database>/<table>`, exactly where pyiceberg's
-//! `SqlCatalog("sessionize", uri="sqlite:///<warehouse>/catalog.db",
-//! warehouse="file://<warehouse>")` looks for them.
+//! the catalog is `<warehouse>/catalog.db` (or `--catalog-uri`) under the catalog name
+//! [`CATALOG_NAME`], the tables live under `<warehouse>/<database>/<table>`, exactly
+//! where pyiceberg's `SqlCatalog("sessionize", uri=..., warehouse=...)` looks for them.
 //!
 //! The sessions table is partitioned by `identity(session_date)` and
 //! `truncate(10, user_hash_bucket)`, where `user_hash_bucket` is Iceberg's own
@@ -23,7 +23,6 @@
 //! (rows to Arrow), `writer` (Parquet data files) and `commit` (snapshots).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use iceberg::table::Table;
@@ -37,21 +36,25 @@ mod batch;
 mod catalog;
 mod commit;
 mod schema;
+mod storage;
 mod writer;
 
 pub use batch::{
     user_hash_bucket, user_hash_bucket_of, EARLIEST_SESSION_MS, LATEST_SESSION_MS,
     MAX_BATCH_TEXT_BYTES,
 };
-pub use catalog::{CATALOG_FILE, CATALOG_NAME};
+pub use catalog::{CatalogUri, CatalogUriError, CATALOG_FILE, CATALOG_NAME};
 pub use schema::{BUCKET_GROUP_WIDTH, USER_HASH_BUCKETS};
+pub use storage::{S3Options, Warehouse, WarehouseError};
 
 use batch::{check_session, rejected_batch, sessions_batches};
 use catalog::{ensure_namespace, ensure_table, open_catalog};
-use commit::{append, latest_properties, reload};
+use commit::{append, ensure_properties, latest_properties_with, reload};
 use schema::{
     check_columns, rejected_creation, rejected_schema, sessions_creation, sessions_schema,
+    table_properties,
 };
+use storage::{hinted_error, Storage};
 use writer::write_data_files;
 
 /// Default namespace, used when the operator does not choose one.
@@ -79,15 +82,21 @@ pub(super) trait IcebergContext<T> {
 
 impl<T> IcebergContext<T> for iceberg::Result<T> {
     fn context(self, what: impl FnOnce() -> String) -> Result<T, SinkError> {
-        self.map_err(|source| SinkError::Iceberg { context: what(), source: Box::new(source) })
+        self.map_err(|source| hinted_error(what(), source))
     }
 }
 
 /// Where the sink keeps its tables. A plain struct so the CLI can fill it from flags.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SinkConfig {
-    /// Warehouse directory; created if missing. Holds the catalog and all table files.
-    pub warehouse: PathBuf,
+    /// Where every table file goes; a local directory is created if missing
+    /// and holds the default SQLite catalog.
+    pub warehouse: Warehouse,
+    /// The catalog; `None` for SQLite at `<warehouse>/catalog.db`, which only
+    /// a local warehouse can hold.
+    pub catalog: Option<CatalogUri>,
+    /// How to reach an `s3://` warehouse.
+    pub s3: S3Options,
     /// Iceberg namespace of both tables.
     pub database: String,
     /// Name of the sessions table.
@@ -99,9 +108,11 @@ pub struct SinkConfig {
 impl SinkConfig {
     /// Configuration with the default namespace and table names, so callers only have to
     /// decide where the warehouse is.
-    pub fn new(warehouse: impl Into<PathBuf>) -> Self {
+    pub fn new(warehouse: impl Into<Warehouse>) -> Self {
         Self {
             warehouse: warehouse.into(),
+            catalog: None,
+            s3: S3Options::default(),
             database: DEFAULT_DATABASE.to_string(),
             table: DEFAULT_TABLE.to_string(),
             rejected_table: DEFAULT_REJECTED_TABLE.to_string(),
@@ -142,19 +153,23 @@ impl IcebergSink {
             )));
         }
 
-        let (catalog, warehouse) = open_catalog(&config.warehouse).await?;
+        let storage = Storage::new(&config.warehouse, &config.s3)?;
+        let catalog = open_catalog(&storage, config.catalog.as_ref()).await?;
+        storage.probe().await?;
 
         let namespace = NamespaceIdent::new(config.database.clone());
         ensure_namespace(&catalog, &namespace).await?;
 
         let sessions = ensure_table(&catalog, &namespace, &config.table, sessions_creation).await?;
         check_columns(&sessions, &sessions_schema().context(|| "defining the schema".into())?)?;
+        let sessions = ensure_properties(&catalog, sessions, &table_properties()).await?;
         let rejected =
             ensure_table(&catalog, &namespace, &config.rejected_table, rejected_creation).await?;
         check_columns(&rejected, &rejected_schema().context(|| "defining the schema".into())?)?;
+        let rejected = ensure_properties(&catalog, rejected, &table_properties()).await?;
 
         tracing::info!(
-            warehouse = %warehouse.display(),
+            warehouse = %storage.location,
             sessions = %sessions.identifier(),
             rejected = %rejected.identifier(),
             "Iceberg sink opened"
@@ -251,16 +266,19 @@ impl Sink for IcebergSink {
         result
     }
 
-    /// Summary properties of the sessions table's latest snapshot (highest sequence
-    /// number), or `None` before the first commit. Recovery uses it to learn which
-    /// checkpoint was committed last; it reloads the table so it sees commits made by any
-    /// writer. Besides the caller's properties the map holds Iceberg's own summary keys
+    /// Summary properties of the latest sessions snapshot whose properties map
+    /// `key` to `value` (one writer's latest commit), or `None` if it has none.
+    /// Recovery uses it to learn which checkpoint its job committed last; it
+    /// reloads the table so it sees commits made by any process. Besides the
+    /// caller's properties the map holds Iceberg's own summary keys
     /// (`added-records`, `total-data-files`, ...).
     async fn last_commit_properties(
         &mut self,
+        key: &str,
+        value: &str,
     ) -> Result<Option<HashMap<String, String>>, SinkError> {
         self.sessions = reload(&self.catalog, &self.sessions).await?;
-        Ok(latest_properties(&self.sessions))
+        Ok(latest_properties_with(&self.sessions, key, value))
     }
 
     /// Same as [`Self::last_commit_properties`] for the rejected-events table, so recovery
@@ -268,9 +286,11 @@ impl Sink for IcebergSink {
     /// committed, sessions not) and avoid writing those rejected events twice.
     async fn last_rejected_commit_properties(
         &mut self,
+        key: &str,
+        value: &str,
     ) -> Result<Option<HashMap<String, String>>, SinkError> {
         self.rejected = reload(&self.catalog, &self.rejected).await?;
-        Ok(latest_properties(&self.rejected))
+        Ok(latest_properties_with(&self.rejected, key, value))
     }
 
     /// Times in the years 1 to 9999 ([`EARLIEST_SESSION_MS`] to

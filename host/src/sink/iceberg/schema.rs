@@ -145,10 +145,17 @@ pub(super) fn rejected_creation(name: &str) -> iceberg::Result<TableCreation> {
         .build())
 }
 
-/// Recorded so that other writers (pyiceberg, Spark) compress like this sink does;
-/// iceberg-rust itself ignores the property, hence [`writer_properties`].
+/// The compression codec is recorded so that other writers (pyiceberg, Spark)
+/// compress like this sink does; iceberg-rust itself ignores the property,
+/// hence [`writer_properties`]. iceberg-rust's own commit retry is off: it
+/// would re-apply an append on a table another writer moved without the
+/// job's check whether its checkpoint already landed, so the checkpoint's
+/// publish loop retries instead.
 pub(super) fn table_properties() -> HashMap<String, String> {
-    HashMap::from([("write.parquet.compression-codec".to_string(), "zstd".to_string())])
+    HashMap::from([
+        ("write.parquet.compression-codec".to_string(), "zstd".to_string()),
+        ("commit.retry.num-retries".to_string(), "0".to_string()),
+    ])
 }
 
 /// Fails early, with the column's name, when an existing table was created differently (or

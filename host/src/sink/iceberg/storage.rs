@@ -1,0 +1,358 @@
+//! Where the tables' files live: a local directory or an S3 bucket, through
+//! iceberg-rust's own storage layer (`iceberg-storage-opendal` for S3), and
+//! the sentences that turn a storage failure into what to do about it.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use iceberg::io::{
+    FileIOBuilder, LocalFsStorageFactory, StorageFactory, S3_ACCESS_KEY_ID, S3_ENDPOINT,
+    S3_PATH_STYLE_ACCESS, S3_REGION, S3_SECRET_ACCESS_KEY, S3_SESSION_TOKEN,
+};
+use iceberg_storage_opendal::OpenDalStorageFactory;
+
+use crate::sink::SinkError;
+
+/// Where the warehouse is: the root under which every table's data and
+/// metadata files go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Warehouse {
+    /// A local directory (created if missing).
+    Local(PathBuf),
+    /// A bucket and a key prefix in S3 or an S3-compatible store.
+    S3 {
+        /// The bucket; it must exist.
+        bucket: String,
+        /// Key prefix inside the bucket, without leading or trailing `/`.
+        prefix: String,
+    },
+}
+
+/// A warehouse location the sink cannot use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WarehouseError {
+    /// A URL scheme other than `file` and `s3`.
+    #[error("warehouse {0:?}: only a local path, file:///path or s3://bucket/prefix is supported")]
+    Scheme(String),
+    /// `s3://` without a bucket.
+    #[error("warehouse {0:?} names no bucket: write s3://bucket or s3://bucket/prefix")]
+    NoBucket(String),
+}
+
+impl FromStr for Warehouse {
+    type Err = WarehouseError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if let Some(rest) = text.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(WarehouseError::NoBucket(text.to_owned()));
+            }
+            return Ok(Warehouse::S3 {
+                bucket: bucket.to_owned(),
+                prefix: prefix.trim_matches('/').to_owned(),
+            });
+        }
+        if let Some(path) = text.strip_prefix("file://") {
+            return Ok(Warehouse::Local(PathBuf::from(path)));
+        }
+        // `C:\...` and plain relative paths have no `://`.
+        if text.contains("://") {
+            return Err(WarehouseError::Scheme(text.to_owned()));
+        }
+        Ok(Warehouse::Local(PathBuf::from(text)))
+    }
+}
+
+impl fmt::Display for Warehouse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Warehouse::Local(path) => write!(f, "{}", path.display()),
+            Warehouse::S3 { bucket, prefix } if prefix.is_empty() => write!(f, "s3://{bucket}"),
+            Warehouse::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+        }
+    }
+}
+
+impl From<PathBuf> for Warehouse {
+    fn from(path: PathBuf) -> Self {
+        Warehouse::Local(path)
+    }
+}
+
+impl From<&Path> for Warehouse {
+    fn from(path: &Path) -> Self {
+        Warehouse::Local(path.to_path_buf())
+    }
+}
+
+impl From<&PathBuf> for Warehouse {
+    fn from(path: &PathBuf) -> Self {
+        Warehouse::Local(path.clone())
+    }
+}
+
+/// How to reach an S3-compatible store. Every field left empty falls back
+/// to the AWS SDK's usual sources (environment, profile), through opendal.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct S3Options {
+    /// Endpoint URL of an S3-compatible store (`http://127.0.0.1:9000`).
+    pub endpoint: Option<String>,
+    /// Region the requests are signed for.
+    pub region: Option<String>,
+    /// Address buckets as `endpoint/bucket` rather than `bucket.endpoint`,
+    /// which most S3-compatible stores need.
+    pub path_style: bool,
+    /// Access key id.
+    pub access_key_id: Option<String>,
+    /// Secret access key.
+    pub secret_access_key: Option<String>,
+    /// Session token of temporary credentials.
+    pub session_token: Option<String>,
+}
+
+// Keeps the secret out of logs and error reports.
+impl fmt::Debug for S3Options {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Options")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("path_style", &self.path_style)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "<redacted>"))
+            .field("session_token", &self.session_token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// The warehouse as an Iceberg location, the storage factory that reaches it
+/// and the FileIO properties it needs.
+pub(super) struct Storage {
+    /// `file:///abs/path` or `s3://bucket/prefix`.
+    pub(super) location: String,
+    pub(super) factory: Arc<dyn StorageFactory>,
+    pub(super) props: HashMap<String, String>,
+}
+
+impl Storage {
+    /// Resolves `warehouse` (creating a local directory) with `s3`'s settings.
+    pub(super) fn new(warehouse: &Warehouse, s3: &S3Options) -> Result<Self, SinkError> {
+        match warehouse {
+            Warehouse::Local(path) => {
+                let path = prepare_directory(path)?;
+                let text = path.to_str().ok_or_else(|| SinkError::NonUtf8Path(path.clone()))?;
+                Ok(Self {
+                    location: format!("file://{}", text.trim_end_matches('/')),
+                    factory: Arc::new(LocalFsStorageFactory),
+                    props: HashMap::new(),
+                })
+            }
+            Warehouse::S3 { .. } => {
+                let mut props = HashMap::new();
+                let mut set = |key: &str, value: &Option<String>| {
+                    if let Some(value) = value {
+                        props.insert(key.to_owned(), value.clone());
+                    }
+                };
+                set(S3_ENDPOINT, &s3.endpoint);
+                set(S3_REGION, &s3.region);
+                set(S3_ACCESS_KEY_ID, &s3.access_key_id);
+                set(S3_SECRET_ACCESS_KEY, &s3.secret_access_key);
+                set(S3_SESSION_TOKEN, &s3.session_token);
+                let path_style =
+                    s3.path_style || s3.endpoint.as_deref().is_some_and(names_no_domain);
+                props.insert(S3_PATH_STYLE_ACCESS.to_owned(), path_style.to_string());
+                Ok(Self {
+                    location: warehouse.to_string(),
+                    factory: Arc::new(OpenDalStorageFactory::S3 {
+                        customized_credential_load: None,
+                    }),
+                    props,
+                })
+            }
+        }
+    }
+
+    /// The local directory, if the warehouse is one.
+    pub(super) fn local_directory(&self) -> Option<&str> {
+        self.location.strip_prefix("file://")
+    }
+
+    /// Writes, reads back and deletes a small object, so that wrong
+    /// credentials, a missing bucket or an unreachable endpoint stop the job
+    /// at start with a sentence, not at its first commit.
+    pub(super) async fn probe(&self) -> Result<(), SinkError> {
+        if self.local_directory().is_some() {
+            return Ok(());
+        }
+        let io = FileIOBuilder::new(self.factory.clone()).with_props(self.props.clone()).build();
+        let path = format!("{}/.sessionize/probe-{}", self.location, uuid::Uuid::new_v4().simple());
+        let context = || format!("writing a test object to {}", self.location);
+        let result = async {
+            let output = io.new_output(&path)?;
+            output.write(Bytes::from_static(b"sessionize")).await?;
+            io.new_input(&path)?.read().await?;
+            io.delete(&path).await
+        }
+        .await;
+        result.map_err(|source| hinted_error(context(), source))
+    }
+}
+
+/// Whether an endpoint URL's host is an IP address or `localhost`, where
+/// `bucket.host` cannot resolve, so only path-style addressing can work (the
+/// AWS SDKs decide the same way).
+fn names_no_domain(endpoint: &str) -> bool {
+    let rest = endpoint.split_once("://").map_or(endpoint, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => return v6.contains(']'),
+        None => authority.rsplit_once(':').map_or(authority, |(host, _)| host),
+    };
+    host == "localhost" || host.parse::<std::net::Ipv4Addr>().is_ok()
+}
+
+fn prepare_directory(path: &Path) -> Result<PathBuf, SinkError> {
+    let io_error = |source| SinkError::Warehouse { path: path.to_path_buf(), source };
+    std::fs::create_dir_all(path).map_err(io_error)?;
+    // Table locations are stored as absolute `file://` URLs so that readers started from
+    // another working directory find the files.
+    std::fs::canonicalize(path).map_err(io_error)
+}
+
+/// What to do about a failure of the object store or the catalog's
+/// database, when its text says what it is. opendal and sqlx report these
+/// only as text (an S3 error code, a PostgreSQL message), so matching the
+/// text is all there is; each table applies only to its own layer's errors.
+pub(crate) fn failure_hint(message: &str) -> Option<&'static str> {
+    const STORE: &[(&[&str], &str)] = &[
+        (
+            &["RequestTimeTooSkewed", "RequestExpired"],
+            "the store refused the request's time: set this machine's clock right (NTP) and \
+             start again",
+        ),
+        (
+            &["InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "PermissionDenied"],
+            "the store refused the credentials: check AWS_ACCESS_KEY_ID and \
+             AWS_SECRET_ACCESS_KEY (and that the key may read and write the bucket)",
+        ),
+        (
+            &["NoSuchBucket"],
+            "the bucket does not exist: create it, or fix the bucket in --warehouse",
+        ),
+        (
+            &["error sending request", "Connection refused", "dns error", "timed out"],
+            "the store cannot be reached: check --s3-endpoint (AWS_ENDPOINT_URL) and that the \
+             store is running",
+        ),
+    ];
+    const CATALOG: &[(&[&str], &str)] = &[
+        (
+            &["password authentication failed", "no password supplied", "role \""],
+            "the catalog database refused the user: check the user and password in --catalog-uri",
+        ),
+        (
+            &["database \""],
+            "the catalog database does not exist: create it (createdb) or fix --catalog-uri",
+        ),
+        (
+            &["pool timed out", "Connection refused", "error communicating with database"],
+            "the catalog database cannot be reached: check the host and port in --catalog-uri \
+             and that the server is running",
+        ),
+    ];
+    let hints = if message.contains("sqlx") {
+        CATALOG
+    } else if message.contains("service: s3") || message.contains("S3Error") {
+        STORE
+    } else {
+        return None;
+    };
+    hints
+        .iter()
+        .find(|(needles, _)| needles.iter().any(|needle| message.contains(needle)))
+        .map(|(_, hint)| *hint)
+}
+
+/// An iceberg-rust error, with a hint when its layer's failure is known.
+pub(super) fn hinted_error(context: String, source: iceberg::Error) -> SinkError {
+    match failure_hint(&full_message(&source)) {
+        Some(hint) => SinkError::Backend { context, hint, source: Box::new(source) },
+        None => SinkError::Iceberg { context, source: Box::new(source) },
+    }
+}
+
+/// The error's message with its sources, where the store's own words are.
+pub(crate) fn full_message(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warehouses_parse_from_paths_and_urls() {
+        assert_eq!("./wh".parse(), Ok(Warehouse::Local("./wh".into())));
+        assert_eq!("file:///tmp/wh".parse(), Ok(Warehouse::Local("/tmp/wh".into())));
+        assert_eq!(
+            "s3://lake/teams/web/".parse(),
+            Ok(Warehouse::S3 { bucket: "lake".into(), prefix: "teams/web".into() })
+        );
+        assert_eq!(
+            "s3://lake".parse::<Warehouse>().map(|w| w.to_string()),
+            Ok("s3://lake".to_owned())
+        );
+        assert!(matches!("s3:///x".parse::<Warehouse>(), Err(WarehouseError::NoBucket(_))));
+        assert!(matches!("gs://lake".parse::<Warehouse>(), Err(WarehouseError::Scheme(_))));
+    }
+
+    #[test]
+    fn endpoints_without_a_domain_need_path_style() {
+        assert!(names_no_domain("http://127.0.0.1:9000"));
+        assert!(names_no_domain("http://localhost:9000/"));
+        assert!(names_no_domain("http://[::1]:9000"));
+        assert!(!names_no_domain("https://s3.eu-west-1.amazonaws.com"));
+        assert!(!names_no_domain("https://minio.internal:9000"));
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let options = S3Options {
+            secret_access_key: Some("hunter2".into()),
+            session_token: Some("tok".into()),
+            ..S3Options::default()
+        };
+        let text = format!("{options:?}");
+        assert!(!text.contains("hunter2") && !text.contains("tok\""), "{text}");
+    }
+
+    #[test]
+    fn store_and_catalog_errors_get_a_sentence() {
+        let hint = |message| failure_hint(message).unwrap_or_default();
+        let skew = "PermissionDenied (persistent), service: s3 => S3Error { code: \
+                    \"RequestTimeTooSkewed\" }";
+        assert!(hint(skew).contains("clock"));
+        assert!(hint("service: s3 => S3Error { code: \"NoSuchBucket\" }").contains("bucket"));
+        let refused = "service: s3 ... tcp connect error: Connection refused";
+        assert!(hint(refused).contains("--s3-endpoint"));
+        let pool =
+            "hitting sqlx error, source: pool timed out while waiting for an open connection";
+        assert!(hint(pool).contains("--catalog-uri"));
+        let missing = "sqlx error, source: error returned from database: database \"x\" does not \
+                       exist";
+        assert!(hint(missing).contains("createdb"));
+        assert_eq!(failure_hint("disk full"), None);
+    }
+}
