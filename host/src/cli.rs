@@ -20,7 +20,7 @@ use sessionize::tools::generate::GeneratorConfig;
 
 mod table;
 
-pub use table::TableArgs;
+pub use table::{MaintainArgs, TableArgs};
 
 /// Real-time user sessionization: clickstream in, one row per session out, with
 /// the session rules in a hot-swappable WebAssembly component.
@@ -41,6 +41,9 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Send clickstream to a Kafka topic, keyed by uuid (creates the topic).
     Produce(ProduceArgs),
+    /// Compact the tables' small files and expire old snapshots (safe while
+    /// jobs write to them).
+    Maintain(Box<MaintainArgs>),
     /// Manage the rules of a running job: deploy, status, rollback.
     #[command(subcommand)]
     Plugin(PluginCommand),

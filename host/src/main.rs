@@ -9,8 +9,9 @@ use anyhow::{anyhow, Context, Result};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use cli::{Cli, Command, GenerateArgs, PluginCommand, ProduceArgs, RunArgs};
+use cli::{Cli, Command, GenerateArgs, MaintainArgs, PluginCommand, ProduceArgs, RunArgs};
 use sessionize::job::{self, Summary};
+use sessionize::sink::iceberg::maintain::TableMaintenance;
 use sessionize::source::file::FileSource;
 use sessionize::tools::generate::generate;
 use sessionize::tools::produce::{ensure_topic, produce};
@@ -22,6 +23,7 @@ fn main() -> ExitCode {
         Command::Generate(_) => "warn",
         Command::Produce(_) => "info",
         Command::Plugin(_) => "warn",
+        Command::Maintain(_) => "info",
     };
     let filter = EnvFilter::try_from_env("SESSIONIZE_LOG").unwrap_or_else(|_| {
         EnvFilter::new(format!("{log_level},iceberg=warn,sqlx=warn,opendal=error"))
@@ -36,6 +38,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate_command(&args),
         Command::Produce(args) => produce_command(&args),
         Command::Plugin(command) => plugin_command(&command),
+        Command::Maintain(args) => maintain_command(&args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -64,13 +67,19 @@ fn error_chain(error: &anyhow::Error) -> String {
     text
 }
 
-/// `sessionize run`.
-fn run(args: &RunArgs) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+/// The async runtime of `run` and `maintain` (two workers: the heavy work
+/// runs on the job's own threads).
+fn two_thread_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .context("starting the async runtime")?;
+        .context("starting the async runtime")
+}
+
+/// `sessionize run`.
+fn run(args: &RunArgs) -> Result<()> {
+    let runtime = two_thread_runtime()?;
     let config = args.job_config();
     let summary = runtime.block_on(job::run(&config, args.input()))?;
     println!("{summary}");
@@ -81,6 +90,51 @@ fn run(args: &RunArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `sessionize maintain`.
+fn maintain_command(args: &MaintainArgs) -> Result<()> {
+    let runtime = two_thread_runtime()?;
+    let config = args.table.sink_config();
+    runtime.block_on(async {
+        let tables = TableMaintenance::open(&config)
+            .await
+            .with_context(|| format!("opening the tables in {}", config.warehouse))?;
+        if !args.no_compaction {
+            for report in tables.compact(args.compaction()).await? {
+                println!(
+                    "compacted {}: {} files in {} partitions -> {} files ({} rows, {} -> {} \
+                     bytes, {} -> {} manifests, {} lost races)",
+                    report.table,
+                    report.files_removed,
+                    report.partitions,
+                    report.files_added,
+                    report.rows,
+                    report.bytes_removed,
+                    report.bytes_added,
+                    report.manifests.0,
+                    report.manifests.1,
+                    report.lost_races
+                );
+            }
+        }
+        if !args.no_expiry {
+            for report in tables.expire(&args.expiry()).await? {
+                println!(
+                    "expired {}: {} -> {} snapshots; deleted {} data files ({} bytes), {} \
+                     manifests and lists, {} metadata files",
+                    report.table,
+                    report.snapshots.0,
+                    report.snapshots.1,
+                    report.data_files_deleted,
+                    report.bytes_deleted,
+                    report.manifests_deleted,
+                    report.metadata_files_deleted
+                );
+            }
+        }
+        Ok(())
+    })
 }
 
 /// `sessionize plugin ...`.

@@ -1,6 +1,9 @@
-//! The flags that say where the tables are, shared by `run` and `maintain`.
+//! The flags that say where the tables are, shared by `run` and `maintain`,
+//! and `maintain`'s own.
 
 use clap::Args;
+use sessionize::checkpoint::JOB_ID_KEY;
+use sessionize::sink::iceberg::maintain::{CompactionOptions, ExpiryOptions};
 use sessionize::sink::iceberg::{CatalogUri, S3Options, SinkConfig, Warehouse};
 
 /// Where the Iceberg tables are: warehouse, catalog, object store, names.
@@ -53,6 +56,54 @@ impl TableArgs {
             database: self.iceberg_database.clone(),
             table: self.iceberg_table.clone(),
             rejected_table: "rejected_events".into(),
+        }
+    }
+}
+
+/// `sessionize maintain`: compaction and snapshot expiry, safe beside running jobs.
+#[derive(Debug, Args)]
+pub struct MaintainArgs {
+    /// Where the tables are.
+    #[command(flatten)]
+    pub table: TableArgs,
+    /// Size compaction cuts new data files at, MiB; files at least this
+    /// large are left alone (1 to 4096).
+    #[arg(long, default_value_t = 128, value_parser = super::u32_in(1..=4096))]
+    pub target_file_mib: u32,
+    /// Compact a partition once it holds this many smaller files (2 or more).
+    #[arg(long, default_value_t = 5, value_parser = super::u32_in(2..=1_000_000))]
+    pub min_input_files: u32,
+    /// Expire snapshots older than this: hours, or with a unit (30m, 7d).
+    /// Every snapshot stays in the table's metadata file, which each commit
+    /// rewrites, so a job that commits every few seconds wants this short.
+    #[arg(long, default_value = "1d", value_parser = super::hours)]
+    pub keep_snapshots_for: std::time::Duration,
+    /// Keep at least the newest this many snapshots whatever their age.
+    #[arg(long, default_value_t = 100, value_parser = super::u32_in(1..=1_000_000))]
+    pub keep_snapshots: u32,
+    /// Do not compact.
+    #[arg(long)]
+    pub no_compaction: bool,
+    /// Do not expire snapshots or delete files.
+    #[arg(long)]
+    pub no_expiry: bool,
+}
+
+impl MaintainArgs {
+    /// What compaction rewrites.
+    pub fn compaction(&self) -> CompactionOptions {
+        CompactionOptions {
+            target_file_bytes: u64::from(self.target_file_mib) << 20,
+            min_input_files: self.min_input_files as usize,
+        }
+    }
+
+    /// What expiry keeps.
+    pub fn expiry(&self) -> ExpiryOptions {
+        ExpiryOptions {
+            older_than: self.keep_snapshots_for,
+            retain_last: self.keep_snapshots as usize,
+            writer_key: JOB_ID_KEY.to_owned(),
         }
     }
 }

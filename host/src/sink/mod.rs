@@ -188,6 +188,15 @@ pub enum SinkError {
         #[source]
         source: Box<::iceberg::Error>,
     },
+    /// A statement of the sink's own on the catalog's database failed.
+    #[error("{context}: {source}")]
+    CatalogDatabase {
+        /// What the sink was doing.
+        context: String,
+        /// The database error.
+        #[source]
+        source: sqlx::Error,
+    },
     /// Building an Arrow batch failed, usually because the table's schema changed type.
     #[error("cannot build the Arrow batch for table {table}: {source}")]
     Arrow {
@@ -224,6 +233,12 @@ pub enum SinkError {
 }
 
 impl SinkError {
+    /// Whether a commit lost the catalog's compare-and-swap to another writer.
+    pub fn is_lost_race(&self) -> bool {
+        matches!(self, SinkError::Iceberg { source, .. }
+            if source.kind() == ::iceberg::ErrorKind::CatalogCommitConflicts)
+    }
+
     /// Whether the failure may clear by itself, so the same call is worth
     /// retrying: a locked catalog, a full disk, a lost commit race.
     /// iceberg-rust reports catalog and storage failures as `Unexpected`, with
@@ -240,7 +255,7 @@ impl SinkError {
                             | ::iceberg::ErrorKind::CatalogCommitConflicts
                     )
             }
-            SinkError::CommitNotVisible { .. } => true,
+            SinkError::CommitNotVisible { .. } | SinkError::CatalogDatabase { .. } => true,
             SinkError::Warehouse { .. }
             | SinkError::NonUtf8Path(_)
             | SinkError::Config(_)

@@ -34,10 +34,15 @@ impl Default for SinkRetryPolicy {
     }
 }
 
+/// Lost commit races in a row retried at once, before they wait like any
+/// other failure.
+const QUICK_RACE_RETRIES: u32 = 50;
+
 /// The attempts at one operation under a [`SinkRetryPolicy`].
 pub(crate) struct SinkRetries {
     delays: <ExponentialBuilder as BackoffBuilder>::Backoff,
     attempts: u32,
+    races: u32,
     started: Instant,
 }
 
@@ -51,13 +56,22 @@ impl SinkRetries {
             .without_max_times()
             .with_jitter()
             .build();
-        Self { delays, attempts: 0, started: Instant::now() }
+        Self { delays, attempts: 0, races: 0, started: Instant::now() }
     }
 
     /// After a failed attempt: how long to wait before the next one, or `None`
     /// when `error` cannot clear by itself or the budget is spent.
+    ///
+    /// A commit race lost to another writer is no failing sink: the table
+    /// moved on, and the next attempt, on the new head, is retried after a
+    /// few random milliseconds rather than a growing wait (which would leave
+    /// a writer committing less often than its rivals behind for good).
     pub(crate) fn after_failure(&mut self, error: &SinkError) -> Option<Duration> {
         self.attempts += 1;
+        if error.is_lost_race() && self.races < QUICK_RACE_RETRIES {
+            self.races += 1;
+            return Some(Duration::from_millis(rand::random::<u64>() % 20));
+        }
         if error.is_transient() {
             self.delays.next()
         } else {

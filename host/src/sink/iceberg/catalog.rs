@@ -83,12 +83,22 @@ fn redact_password(uri: &str) -> String {
     }
 }
 
+/// How to reach the catalog's database directly, for the statements
+/// iceberg-catalog-sql has no API for.
+#[derive(Debug, Clone)]
+pub(super) struct CatalogConnection {
+    /// The sqlx URI.
+    pub(super) uri: String,
+    /// PostgreSQL (`$1` placeholders) rather than SQLite (`?`).
+    pub(super) postgres: bool,
+}
+
 /// Opens the catalog: `catalog`, or SQLite at `<warehouse>/catalog.db` when
 /// none is given and the warehouse is local.
 pub(super) async fn open_catalog(
     storage: &Storage,
     catalog: Option<&CatalogUri>,
-) -> Result<SqlCatalog, SinkError> {
+) -> Result<(SqlCatalog, CatalogConnection), SinkError> {
     let (uri, bind_style) = match (catalog, storage.local_directory()) {
         (Some(CatalogUri::Sqlite(uri)), _) => (sqlite_creating(uri), SqlBindStyle::QMark),
         (Some(CatalogUri::Postgres(uri)), _) => (uri.clone(), SqlBindStyle::DollarNumeric),
@@ -105,15 +115,18 @@ pub(super) async fn open_catalog(
         }
     };
     let shown = catalog.map_or_else(|| uri.clone(), ToString::to_string);
+    let connection =
+        CatalogConnection { uri: uri.clone(), postgres: bind_style == SqlBindStyle::DollarNumeric };
     let mut props = storage.props.clone();
     props.insert(SQL_CATALOG_PROP_URI.to_string(), uri);
     props.insert(SQL_CATALOG_PROP_WAREHOUSE.to_string(), storage.location.clone());
     props.insert(SQL_CATALOG_PROP_BIND_STYLE.to_string(), bind_style.to_string());
-    SqlCatalogBuilder::default()
+    let catalog = SqlCatalogBuilder::default()
         .with_storage_factory(storage.factory.clone())
         .load(CATALOG_NAME, props)
         .await
-        .context(|| format!("opening the catalog {shown}"))
+        .context(|| format!("opening the catalog {shown}"))?;
+    Ok((catalog, connection))
 }
 
 /// sqlx opens an SQLite file only if it exists unless asked to create it.

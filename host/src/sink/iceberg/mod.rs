@@ -35,6 +35,7 @@ use super::{CommitStats, RejectedEvent, SessionRow, Sink, SinkError, UnwritableR
 mod batch;
 mod catalog;
 mod commit;
+pub mod maintain;
 mod schema;
 mod storage;
 mod writer;
@@ -154,19 +155,21 @@ impl IcebergSink {
         }
 
         let storage = Storage::new(&config.warehouse, &config.s3)?;
-        let catalog = open_catalog(&storage, config.catalog.as_ref()).await?;
-        storage.probe().await?;
-
-        let namespace = NamespaceIdent::new(config.database.clone());
-        ensure_namespace(&catalog, &namespace).await?;
-
-        let sessions = ensure_table(&catalog, &namespace, &config.table, sessions_creation).await?;
-        check_columns(&sessions, &sessions_schema().context(|| "defining the schema".into())?)?;
-        let sessions = ensure_properties(&catalog, sessions, &table_properties()).await?;
-        let rejected =
-            ensure_table(&catalog, &namespace, &config.rejected_table, rejected_creation).await?;
-        check_columns(&rejected, &rejected_schema().context(|| "defining the schema".into())?)?;
-        let rejected = ensure_properties(&catalog, rejected, &table_properties()).await?;
+        let mut races = 0;
+        let (catalog, sessions, rejected) = loop {
+            match open_tables(&storage, config).await {
+                Ok(opened) => break opened,
+                // Jobs starting together on a new catalog race to create its
+                // schema and tables; the loser finds them made on a retry.
+                Err(error) if races < MAX_CREATION_RACES && is_creation_race(&error) => {
+                    races += 1;
+                    tracing::debug!(%error, "lost a race to create the catalog or tables");
+                    let pause = 20 + rand::random::<u64>() % 200;
+                    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                }
+                Err(error) => return Err(error),
+            }
+        };
 
         tracing::info!(
             warehouse = %storage.location,
@@ -199,13 +202,13 @@ impl IcebergSink {
             Vec::new()
         } else {
             let batches = sessions_batches(&self.sessions, sessions, MAX_BATCH_TEXT_BYTES)?;
-            write_data_files(&self.sessions, batches, &prefix).await?
+            write_data_files(&self.sessions, batches, &prefix, None).await?
         };
         let rejected_files = if rejected.is_empty() {
             Vec::new()
         } else {
             let batch = rejected_batch(&self.rejected, rejected, wall_clock_ms());
-            write_data_files(&self.rejected, [batch], &prefix).await?
+            write_data_files(&self.rejected, [batch], &prefix, None).await?
         };
         let stats = CommitStats {
             session_files: session_files.len(),
@@ -301,11 +304,50 @@ impl Sink for IcebergSink {
     }
 }
 
+/// Retries of [`IcebergSink::open`] after losing a creation race.
+const MAX_CREATION_RACES: u32 = 8;
+
+/// Opens the catalog, checks the storage, and creates what is missing.
+async fn open_tables(
+    storage: &Storage,
+    config: &SinkConfig,
+) -> Result<(SqlCatalog, Table, Table), SinkError> {
+    let (catalog, _) = open_catalog(storage, config.catalog.as_ref()).await?;
+    storage.probe().await?;
+
+    let namespace = NamespaceIdent::new(config.database.clone());
+    ensure_namespace(&catalog, &namespace).await?;
+
+    let sessions = ensure_table(&catalog, &namespace, &config.table, sessions_creation).await?;
+    check_columns(&sessions, &sessions_schema().context(|| "defining the schema".into())?)?;
+    let sessions = ensure_properties(&catalog, sessions, &table_properties()).await?;
+    let rejected =
+        ensure_table(&catalog, &namespace, &config.rejected_table, rejected_creation).await?;
+    check_columns(&rejected, &rejected_schema().context(|| "defining the schema".into())?)?;
+    let rejected = ensure_properties(&catalog, rejected, &table_properties()).await?;
+    Ok((catalog, sessions, rejected))
+}
+
+/// Whether `error` is another process creating the same catalog schema,
+/// namespace or table first (iceberg-catalog-sql reports a unique-key
+/// violation, not `TableAlreadyExists`), or changing a table's properties
+/// first.
+fn is_creation_race(error: &SinkError) -> bool {
+    let SinkError::Iceberg { source, .. } = error else { return false };
+    if source.kind() == ::iceberg::ErrorKind::CatalogCommitConflicts {
+        return true;
+    }
+    let message = storage::full_message(source.as_ref());
+    message.contains("duplicate key value violates unique constraint")
+        || message.contains("UNIQUE constraint failed")
+}
+
 fn random_uuid() -> Uuid {
     uuid::Builder::from_random_bytes(rand::random()).into_uuid()
 }
 
-fn wall_clock_ms() -> i64 {
+/// Milliseconds since the epoch by the wall clock.
+pub(super) fn wall_clock_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

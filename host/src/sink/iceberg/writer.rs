@@ -3,7 +3,7 @@
 
 use arrow_array::RecordBatch;
 use iceberg::arrow::RecordBatchPartitionSplitter;
-use iceberg::spec::{DataFile, DataFileFormat};
+use iceberg::spec::{DataFile, DataFileFormat, TableProperties};
 use iceberg::table::Table;
 use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
 use iceberg::writer::file_writer::location_generator::{
@@ -26,11 +26,13 @@ fn writer_properties() -> WriterProperties {
 
 /// Writes batches as Parquet data files of `table`: each split by the table's
 /// current partition spec and fanned out to one rolling file writer per
-/// partition, so all batches of one commit share files.
+/// partition, so all batches of one commit share files. A file is closed once
+/// it reaches `target_file_bytes` (by default the table property's default).
 pub(super) async fn write_data_files(
     table: &Table,
     batches: impl IntoIterator<Item = Result<RecordBatch, SinkError>>,
     prefix: &str,
+    target_file_bytes: Option<usize>,
 ) -> Result<Vec<DataFile>, SinkError> {
     let ident = table.identifier();
     let context = || format!("writing data files of {ident}");
@@ -39,8 +41,9 @@ pub(super) async fn write_data_files(
     let spec = metadata.default_partition_spec().clone();
 
     let parquet = ParquetWriterBuilder::new(writer_properties(), schema.clone());
-    let rolling = RollingFileWriterBuilder::new_with_default_file_size(
+    let rolling = RollingFileWriterBuilder::new(
         parquet,
+        target_file_bytes.unwrap_or(TableProperties::PROPERTY_WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT),
         table.file_io().clone(),
         DefaultLocationGenerator::new(metadata).context(context)?,
         DefaultFileNameGenerator::new(prefix.to_string(), None, DataFileFormat::Parquet),
