@@ -12,7 +12,7 @@ use sessionize::admin::{AdminCall, AdminConfig};
 use sessionize::engine::EngineConfig;
 use sessionize::event::EventLimits;
 use sessionize::job::streaming::{FaultPolicy, StreamConfig};
-use sessionize::job::{Input, Intake, JobConfig};
+use sessionize::job::{Input, Intake, JobConfig, MaintenanceSchedule};
 use sessionize::rules::contract::Settings;
 use sessionize::rules::SandboxLimits;
 use sessionize::source::kafka::KafkaConfig;
@@ -20,7 +20,7 @@ use sessionize::tools::generate::GeneratorConfig;
 
 mod table;
 
-pub use table::{MaintainArgs, TableArgs};
+pub use table::{MaintainArgs, MaintenanceArgs, TableArgs};
 
 /// Real-time user sessionization: clickstream in, one row per session out, with
 /// the session rules in a hot-swappable WebAssembly component.
@@ -174,6 +174,13 @@ pub struct RunArgs {
     /// Where the tables are.
     #[command(flatten)]
     pub table: TableArgs,
+    /// Compact and expire the tables this often while streaming, on a thread
+    /// of its own (as `sessionize maintain` does): minutes, or with a unit.
+    #[arg(long, value_parser = minutes)]
+    pub maintain_every: Option<Duration>,
+    /// What --maintain-every does.
+    #[command(flatten)]
+    pub maintenance: MaintenanceArgs,
     /// Silence that ends a session: minutes, or with a unit (45m, 90s, 1h).
     #[arg(long, default_value = "30", value_parser = minutes)]
     pub inactivity_timeout: Duration,
@@ -336,6 +343,12 @@ impl RunArgs {
                 request_timeout: self.admin_timeout,
             },
             max_component_bytes: u64::from(self.max_component_mib) << 20,
+            maintenance: self.maintain_every.map(|every| MaintenanceSchedule {
+                every,
+                compaction: (!self.maintenance.no_compaction)
+                    .then(|| self.maintenance.compaction()),
+                expiry: (!self.maintenance.no_expiry).then(|| self.maintenance.expiry()),
+            }),
         }
     }
 }

@@ -100,8 +100,8 @@ fn maintain_command(args: &MaintainArgs) -> Result<()> {
         let tables = TableMaintenance::open(&config)
             .await
             .with_context(|| format!("opening the tables in {}", config.warehouse))?;
-        if !args.no_compaction {
-            for report in tables.compact(args.compaction()).await? {
+        if !args.maintenance.no_compaction {
+            for report in tables.compact(args.maintenance.compaction()).await? {
                 println!(
                     "compacted {}: {} files in {} partitions -> {} files ({} rows, {} -> {} \
                      bytes, {} -> {} manifests, {} lost races)",
@@ -118,8 +118,8 @@ fn maintain_command(args: &MaintainArgs) -> Result<()> {
                 );
             }
         }
-        if !args.no_expiry {
-            for report in tables.expire(&args.expiry()).await? {
+        if !args.maintenance.no_expiry {
+            for report in tables.expire(&args.maintenance.expiry()).await? {
                 println!(
                     "expired {}: {} -> {} snapshots; deleted {} data files ({} bytes), {} \
                      manifests and lists, {} metadata files",

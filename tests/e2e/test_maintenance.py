@@ -93,3 +93,36 @@ def test_maintenance_during_a_streaming_run_loses_and_doubles_nothing(
     assert maintained >= 2, "no compaction ran while the job was committing"
     print(f"{maintained} compactions during the run")
     assert_same_tables(lakehouse, tmp_path / "reference")
+
+
+def test_a_job_maintains_its_own_tables_when_asked(run, binary, broker, tmp_path):
+    events = tmp_path / "events.jsonl"
+    generate(run, events, "--num-users", "1000", "--rate", "0.3", "--duration", "2d",
+             "--late-rate", "0", "--seed", "9", "--events", "15000")
+    produce(run, broker, "clicks", events)
+    Job(binary, broker, "clicks", tmp_path / "reference", tmp_path / "ref-state",
+        "--kafka-group", "reference", "--test-mode", *COMMON).wait()
+
+    maintained = ("--maintain-every", "300ms", "--min-input-files", "2",
+                  "--keep-snapshots-for", "1ms", "--keep-snapshots", "2")
+    job = Job(binary, broker, "clicks", tmp_path / "wh", tmp_path / "state", *COMMON,
+              "--max-events-per-batch", "100", *maintained)
+    job.wait_consumed(sum(1 for _ in open(events)))
+    deadline = time.time() + 30
+    log = lambda: job.log.read_text()
+    while "snapshot expiry" not in log() and time.time() < deadline:
+        time.sleep(0.2)
+    job.proc.send_signal(signal.SIGTERM)
+    job.wait()
+    Job(binary, broker, "clicks", tmp_path / "wh", tmp_path / "state", "--test-mode",
+        *COMMON).wait()
+
+    compactions = [line for line in log().splitlines()
+                   if "compaction" in line and "files_removed=0" not in line]
+    assert compactions, log()[-3000:]
+    assert as_rows(read_table(tmp_path / "wh")) == as_rows(read_table(tmp_path / "reference"))
+    expiries = [line for line in log().splitlines() if "snapshot expiry" in line
+                and "user_sessions" in line]
+    counts = [(int(line.split("snapshots_before=")[1].split()[0]),
+               int(line.split("snapshots_after=")[1].split()[0])) for line in expiries]
+    assert any(after < before for before, after in counts), counts

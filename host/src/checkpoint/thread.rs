@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::mpsc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{CheckpointError, Checkpointer, PendingCheckpoint};
 use crate::sink::Sink;
@@ -24,6 +24,8 @@ pub(crate) struct Completed {
     pub(crate) offsets: BTreeMap<i32, i64>,
     /// When the oldest session it published closed.
     pub(crate) oldest_closed: Option<Instant>,
+    /// How long completing it took (state write and Iceberg commit).
+    pub(crate) took: Duration,
 }
 
 /// The thread that completes checkpoints, in the order they were cut.
@@ -48,12 +50,14 @@ impl CheckpointThread {
             .spawn_scoped(scope, move || {
                 for cut in queue {
                     let offsets = cut.pending.offsets().clone();
+                    let started = Instant::now();
                     let outcome = runtime.block_on(checkpointer.complete(sink, cut.pending));
                     let failed = outcome.is_err();
                     let _ = done.send(outcome.map(|id| Completed {
                         id,
                         offsets,
                         oldest_closed: cut.oldest_closed,
+                        took: started.elapsed(),
                     }));
                     if failed {
                         // Later checkpoints build on this one: stop here.

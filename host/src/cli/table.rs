@@ -66,6 +66,14 @@ pub struct MaintainArgs {
     /// Where the tables are.
     #[command(flatten)]
     pub table: TableArgs,
+    /// What maintenance does.
+    #[command(flatten)]
+    pub maintenance: MaintenanceArgs,
+}
+
+/// What maintenance does: `maintain`'s, and `run --maintain-every`'s.
+#[derive(Debug, Args)]
+pub struct MaintenanceArgs {
     /// Size compaction cuts new data files at, MiB; files at least this
     /// large are left alone (1 to 4096).
     #[arg(long, default_value_t = 128, value_parser = super::u32_in(1..=4096))]
@@ -89,7 +97,7 @@ pub struct MaintainArgs {
     pub no_expiry: bool,
 }
 
-impl MaintainArgs {
+impl MaintenanceArgs {
     /// What compaction rewrites.
     pub fn compaction(&self) -> CompactionOptions {
         CompactionOptions {

@@ -30,10 +30,12 @@ use crate::tools::generate::{generate, GeneratorConfig};
 
 pub mod bounded;
 mod ingest;
+mod maintenance;
 pub mod streaming;
 mod summary;
 
 pub use ingest::Intake;
+pub use maintenance::MaintenanceSchedule;
 pub use summary::{RunSummary, Stalls, StreamSummary};
 
 /// The default rules component, built from `guest/default-rules`.
@@ -68,6 +70,8 @@ pub struct JobConfig {
     pub admin: AdminConfig,
     /// The largest rules component the job takes, from a file or uploaded.
     pub max_component_bytes: u64,
+    /// Table maintenance a streaming job runs itself, if any.
+    pub maintenance: Option<MaintenanceSchedule>,
 }
 
 /// What a job reads.
@@ -111,6 +115,9 @@ pub enum JobError {
         #[source]
         source: RulesError,
     },
+    /// The table maintenance thread could not start.
+    #[error("cannot start table maintenance: {0}")]
+    Maintenance(String),
     /// No rules were given and none are built in.
     #[error(
         "this binary was built without the default rules: run guest/build.sh and rebuild, \
@@ -205,6 +212,13 @@ async fn run_kafka(config: &JobConfig) -> Result<StreamSummary, JobError> {
     let mut slot = RulesSlot::new(given);
     tracing::info!(rules = slot.rule_version(), "rules loaded");
     let mut sink = open_sink(config).await?;
+    let _maintenance = match &config.maintenance {
+        Some(schedule) => Some(
+            maintenance::MaintenanceThread::start(config.sink.clone(), schedule.clone())
+                .map_err(|e| JobError::Maintenance(e.to_string()))?,
+        ),
+        None => None,
+    };
     let store = StateStore::open(&config.state_dir)?;
     let (mut checkpointer, resumed) =
         Checkpointer::recover(store, &mut sink, config.engine).await?;

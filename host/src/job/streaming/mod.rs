@@ -389,14 +389,17 @@ fn completed_checkpoint(
     completed: Completed,
 ) {
     source.commit_consumed(&completed.offsets);
-    if let Some(closed) = completed.oldest_closed {
-        summary.max_visibility_latency = summary.max_visibility_latency.max(closed.elapsed());
+    let visible_after = completed.oldest_closed.map(|closed| closed.elapsed());
+    if let Some(latency) = visible_after {
+        summary.max_visibility_latency = summary.max_visibility_latency.max(latency);
     }
     summary.checkpoints += 1;
     tracing::info!(
         checkpoint = completed.id,
         consumed = completed.offsets.values().sum::<i64>(),
         users_in_memory = engine.users_in_memory(),
+        took_ms = completed.took.as_millis(),
+        visible_after_ms = visible_after.map(|latency| latency.as_millis()),
         "checkpoint"
     );
 }
