@@ -10,7 +10,7 @@
 //! between writing and committing) are not found this way; that needs a
 //! listing of the storage, which iceberg-rust's FileIO does not offer.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use iceberg::spec::{ManifestContentType, SnapshotRef};
@@ -95,9 +95,14 @@ pub(super) async fn expire(
     };
     report.snapshots.1 = after.metadata().snapshots().len();
 
-    // What the kept snapshots use, and what every snapshot before used.
-    let kept = referenced(&after, after.metadata().snapshots()).await?;
-    let all = referenced(&before, before.metadata().snapshots()).await?;
+    // What the kept snapshots use, and what every snapshot before used; each
+    // manifest list and manifest is read once.
+    let mut index = FileIndex::default();
+    for snapshot in before.metadata().snapshots().chain(after.metadata().snapshots()) {
+        index.add(&after, snapshot).await?;
+    }
+    let all = index.referenced(before.metadata().snapshots());
+    let kept = index.referenced(after.metadata().snapshots());
     for (path, size) in all.data.iter().filter(|(path, _)| !kept.live_data.contains(path)) {
         if delete(&after, path).await {
             report.data_files_deleted += 1;
@@ -156,36 +161,67 @@ struct Referenced {
     metadata: HashSet<String>,
 }
 
-async fn referenced<'a>(
-    table: &Table,
-    snapshots: impl Iterator<Item = &'a SnapshotRef>,
-) -> Result<Referenced, SinkError> {
-    let context = || format!("reading the manifests of {}", table.identifier());
-    let mut out = Referenced::default();
-    let mut seen_data = HashSet::new();
-    for snapshot in snapshots {
-        out.metadata.insert(snapshot.manifest_list().to_owned());
+/// The manifest lists and manifests of snapshots, read once each.
+#[derive(Default)]
+struct FileIndex {
+    /// Per snapshot id: its manifest list and the manifests in it.
+    snapshots: HashMap<i64, (String, Vec<String>)>,
+    /// Per data manifest: its entries' paths, sizes and liveness.
+    manifests: HashMap<String, Vec<(String, u64, bool)>>,
+}
+
+impl FileIndex {
+    async fn add(&mut self, table: &Table, snapshot: &SnapshotRef) -> Result<(), SinkError> {
+        if self.snapshots.contains_key(&snapshot.snapshot_id()) {
+            return Ok(());
+        }
+        let context = || format!("reading the manifests of {}", table.identifier());
         let list = table.manifest_list_reader(snapshot).load().await.context(context)?;
+        let mut manifests = Vec::new();
         for manifest in list.entries() {
-            if !out.metadata.insert(manifest.manifest_path.clone()) {
-                continue; // read already, through another snapshot
-            }
-            if manifest.content != ManifestContentType::Data {
+            manifests.push(manifest.manifest_path.clone());
+            if manifest.content != ManifestContentType::Data
+                || self.manifests.contains_key(&manifest.manifest_path)
+            {
                 continue;
             }
             let loaded = manifest.load_manifest(table.file_io()).await.context(context)?;
-            for entry in loaded.entries() {
-                let path = entry.file_path().to_owned();
-                if entry.is_alive() {
-                    out.live_data.insert(path.clone());
+            let entries = loaded
+                .entries()
+                .iter()
+                .map(|e| (e.file_path().to_owned(), e.file_size_in_bytes(), e.is_alive()))
+                .collect();
+            self.manifests.insert(manifest.manifest_path.clone(), entries);
+        }
+        let list_path = snapshot.manifest_list().to_owned();
+        self.snapshots.insert(snapshot.snapshot_id(), (list_path, manifests));
+        Ok(())
+    }
+
+    fn referenced<'a>(&self, snapshots: impl Iterator<Item = &'a SnapshotRef>) -> Referenced {
+        let mut out = Referenced::default();
+        let mut seen_data = HashSet::new();
+        for snapshot in snapshots {
+            let Some((list, manifests)) = self.snapshots.get(&snapshot.snapshot_id()) else {
+                continue;
+            };
+            out.metadata.insert(list.clone());
+            for manifest in manifests {
+                if !out.metadata.insert(manifest.clone()) {
+                    continue;
                 }
-                if seen_data.insert(path.clone()) {
-                    out.data.push((path, entry.file_size_in_bytes()));
+                for (path, size, alive) in self.manifests.get(manifest).into_iter().flatten() {
+                    if *alive {
+                        out.live_data.insert(path.clone());
+                    }
+                    if seen_data.insert(path.clone()) {
+                        out.data.push((path.clone(), *size));
+                    }
                 }
             }
         }
+        out
     }
-    Ok(out)
 }
 
 /// Deletes one file no snapshot uses; a failure leaves it for the next run.
