@@ -122,14 +122,15 @@ fn maintain_command(args: &MaintainArgs) -> Result<()> {
             for report in tables.expire(&args.maintenance.expiry()).await? {
                 println!(
                     "expired {}: {} -> {} snapshots; deleted {} data files ({} bytes), {} \
-                     manifests and lists, {} metadata files",
+                     manifests and lists, {} metadata files, {} orphan files",
                     report.table,
                     report.snapshots.0,
                     report.snapshots.1,
                     report.data_files_deleted,
                     report.bytes_deleted,
                     report.manifests_deleted,
-                    report.metadata_files_deleted
+                    report.metadata_files_deleted,
+                    report.orphans_deleted
                 );
             }
         }

@@ -89,7 +89,8 @@ def main():
     run("generate", "--output", events, "--num-users", args.users, "--rate", args.rate,
         "--duration", f"{args.hours}h", "--late-rate", "0", "--seed", "7")
     count = sum(1 for _ in open(events))
-    per_checkpoint = int(args.rate * 30)
+    # The generator's rate is of visits' first events; measure the real one.
+    per_checkpoint = int(count / (args.hours * 3600) * 30)
     scale = 24 / args.hours
     print(f"{count} events over {args.hours} h of event time, {per_checkpoint} events "
           f"(30 s) per checkpoint; per-day figures scale by {scale:g}")

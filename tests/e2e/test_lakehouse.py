@@ -9,6 +9,8 @@ import signal
 import time
 import zlib
 
+from pyiceberg.catalog.sql import SqlCatalog
+
 from conftest import SESSION_COLUMNS, read_table
 from kafka import Job
 from test_streaming import broker, generate, produce  # noqa: F401  (fixture)
@@ -154,3 +156,18 @@ def test_store_failures_say_what_to_do(run, lakehouse, tmp_path):
     assert "the catalog database does not exist: create it (createdb)" in wrong_db
     for text in (wrong_key, unreachable, no_catalog, rest, wrong_db):
         assert "panicked" not in text and len(text.strip().splitlines()[-1]) < 2000
+
+
+def test_a_catalog_uri_puts_the_sqlite_catalog_where_it_says(run, tmp_path):
+    events = tmp_path / "events.jsonl"
+    generate(run, events, "--num-users", "200", "--rate", "20", "--duration", "2h",
+             "--seed", "2", "--events", "3000")
+    uri = f"sqlite:///{tmp_path}/shared-catalog.db"
+    run("run", "--input", events, "--warehouse", tmp_path / "wh", "--catalog-uri", uri)
+    run("run", "--input", events, "--warehouse", tmp_path / "default")
+
+    assert (tmp_path / "shared-catalog.db").is_file()
+    assert not (tmp_path / "wh" / "catalog.db").exists()
+    rows = SqlCatalog("sessionize", uri=uri, warehouse=f"file://{tmp_path}/wh").load_table(
+        "sessions.user_sessions").scan().to_arrow().to_pylist()
+    assert len(rows) > 50 and as_rows(rows) == as_rows(read_table(tmp_path / "default"))

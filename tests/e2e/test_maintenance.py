@@ -2,6 +2,7 @@
 snapshot expiry keep every row exactly once, keep what job recovery reads, and
 are safe while a job commits to the same table (on S3 + PostgreSQL)."""
 
+import os
 import signal
 import time
 
@@ -126,3 +127,44 @@ def test_a_job_maintains_its_own_tables_when_asked(run, binary, broker, tmp_path
     counts = [(int(line.split("snapshots_before=")[1].split()[0]),
                int(line.split("snapshots_after=")[1].split()[0])) for line in expiries]
     assert any(after < before for before, after in counts), counts
+
+
+def strays(data_dir, age_seconds):
+    """A file a crashed writer would leave: written, never committed."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    old, new = data_dir / "crashed-old.parquet", data_dir / "crashed-new.parquet"
+    for stray in (old, new):
+        stray.write_bytes(b"PAR1 not committed")
+    then = time.time() - age_seconds
+    os.utime(old, (then, then))
+    return old, new
+
+
+def test_orphan_files_older_than_the_age_are_deleted(run, lakehouse, tmp_path):
+    events = tmp_path / "events.jsonl"
+    generate(run, events, "--num-users", "300", "--rate", "20", "--duration", "3h",
+             "--seed", "12", "--events", "5000")
+    local = tmp_path / "wh"
+    run("run", "--input", events, "--warehouse", local)
+    run("run", "--input", events, *lakehouse.flags, "--state-dir", tmp_path / "state",
+        env=lakehouse.env)
+    rows = as_rows(read_table(local))
+    two_days = 2 * 86400
+    tables = {
+        "local": (["--warehouse", local], None, local / "sessions/user_sessions"),
+        "s3": (lakehouse.flags, lakehouse.env,
+               lakehouse.store.root / lakehouse.bucket / "warehouse/sessions/user_sessions"),
+    }
+    for name, (flags, env, location) in tables.items():
+        old, new = strays(location / "data" / "session_date=2025-01-01", two_days)
+        old_metadata, _ = strays(location / "metadata", two_days)
+        refused = run("maintain", *flags, "--orphans-older-than", "1m", env=env, check=False)
+        assert refused.returncode != 0 and b"at least 10m" in refused.stderr
+
+        out = run("maintain", *flags, "--no-compaction", "--orphans-older-than", "1d",
+                  env=env).stdout.decode()
+        line = next(line for line in out.splitlines() if "expired sessions.user_sessions" in line)
+        assert line.endswith(", 2 orphan files"), (name, out)
+        assert not old.exists() and not old_metadata.exists() and new.exists(), name
+        table_rows = read_table(local) if name == "local" else lakehouse.read()
+        assert as_rows(table_rows) == rows, name

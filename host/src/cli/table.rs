@@ -89,6 +89,14 @@ pub struct MaintenanceArgs {
     /// Keep at least the newest this many snapshots whatever their age.
     #[arg(long, default_value_t = 100, value_parser = super::u32_in(1..=1_000_000))]
     pub keep_snapshots: u32,
+    /// Delete files under the tables that nothing references (left by a
+    /// writer that died before committing them) once they are this old: hours,
+    /// or with a unit; at least 10m, as younger ones may be a commit in flight.
+    #[arg(long, default_value = "3d", value_parser = orphan_age)]
+    pub orphans_older_than: std::time::Duration,
+    /// Do not look for orphan files.
+    #[arg(long)]
+    pub no_orphans: bool,
     /// Do not compact.
     #[arg(long)]
     pub no_compaction: bool,
@@ -112,6 +120,16 @@ impl MaintenanceArgs {
             older_than: self.keep_snapshots_for,
             retain_last: self.keep_snapshots as usize,
             writer_key: JOB_ID_KEY.to_owned(),
+            orphans_older_than: (!self.no_orphans).then_some(self.orphans_older_than),
         }
     }
+}
+
+/// An orphan age of at least ten minutes.
+fn orphan_age(text: &str) -> Result<std::time::Duration, String> {
+    let age = super::hours(text)?;
+    if age < std::time::Duration::from_secs(600) {
+        return Err("must be at least 10m: a younger file may belong to a commit in flight".into());
+    }
+    Ok(age)
 }

@@ -7,8 +7,10 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use iceberg::io::{
     FileIOBuilder, LocalFsStorageFactory, StorageFactory, S3_ACCESS_KEY_ID, S3_ENDPOINT,
     S3_PATH_STYLE_ACCESS, S3_REGION, S3_SECRET_ACCESS_KEY, S3_SESSION_TOKEN,
@@ -136,6 +138,8 @@ pub(super) struct Storage {
     pub(super) location: String,
     pub(super) factory: Arc<dyn StorageFactory>,
     pub(super) props: HashMap<String, String>,
+    /// The bucket and how to reach it, for listing (FileIO cannot list).
+    s3: Option<(String, S3Options)>,
 }
 
 impl Storage {
@@ -149,9 +153,10 @@ impl Storage {
                     location: format!("file://{}", text.trim_end_matches('/')),
                     factory: Arc::new(LocalFsStorageFactory),
                     props: HashMap::new(),
+                    s3: None,
                 })
             }
-            Warehouse::S3 { .. } => {
+            Warehouse::S3 { bucket, .. } => {
                 let mut props = HashMap::new();
                 let mut set = |key: &str, value: &Option<String>| {
                     if let Some(value) = value {
@@ -172,6 +177,7 @@ impl Storage {
                         customized_credential_load: None,
                     }),
                     props,
+                    s3: Some((bucket.clone(), S3Options { path_style, ..s3.clone() })),
                 })
             }
         }
@@ -214,6 +220,105 @@ fn names_no_domain(endpoint: &str) -> bool {
         None => authority.rsplit_once(':').map_or(authority, |(host, _)| host),
     };
     host == "localhost" || host.parse::<std::net::Ipv4Addr>().is_ok()
+}
+
+impl Storage {
+    /// Every file under `location` (a table's), with its last modification.
+    pub(super) async fn list(
+        &self,
+        location: &str,
+    ) -> Result<Vec<(String, SystemTime)>, SinkError> {
+        let listing_error =
+            |detail: String| SinkError::Config(format!("listing {location}: {detail}"));
+        match &self.s3 {
+            None => {
+                let root = location
+                    .strip_prefix("file://")
+                    .ok_or_else(|| listing_error("not a local location".into()))?;
+                let mut files = Vec::new();
+                let mut directories = vec![PathBuf::from(root)];
+                while let Some(directory) = directories.pop() {
+                    let entries = match std::fs::read_dir(&directory) {
+                        Ok(entries) => entries,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(listing_error(e.to_string())),
+                    };
+                    for entry in entries {
+                        let entry = entry.map_err(|e| listing_error(e.to_string()))?;
+                        let kind = entry.file_type().map_err(|e| listing_error(e.to_string()))?;
+                        if kind.is_dir() {
+                            directories.push(entry.path());
+                        } else if kind.is_file() {
+                            let modified = entry
+                                .metadata()
+                                .and_then(|m| m.modified())
+                                .map_err(|e| listing_error(e.to_string()))?;
+                            let Some(path) = entry.path().to_str().map(str::to_owned) else {
+                                continue; // not a name the table could reference
+                            };
+                            files.push((format!("file://{path}"), modified));
+                        }
+                    }
+                }
+                Ok(files)
+            }
+            Some((bucket, options)) => {
+                let prefix = location
+                    .strip_prefix(&format!("s3://{bucket}/"))
+                    .ok_or_else(|| listing_error("not in the warehouse's bucket".into()))?;
+                let operator =
+                    s3_operator(bucket, options).map_err(|e| listing_error(e.to_string()))?;
+                let mut lister = operator
+                    .lister_with(&format!("{}/", prefix.trim_end_matches('/')))
+                    .recursive(true)
+                    .await
+                    .map_err(|e| listing_error(e.to_string()))?;
+                let mut files = Vec::new();
+                while let Some(entry) = lister.next().await {
+                    let entry = entry.map_err(|e| listing_error(e.to_string()))?;
+                    if !entry.metadata().is_file() {
+                        continue;
+                    }
+                    let modified = match entry.metadata().last_modified() {
+                        Some(modified) => modified,
+                        None => operator
+                            .stat(entry.path())
+                            .await
+                            .map_err(|e| listing_error(e.to_string()))?
+                            .last_modified()
+                            .ok_or_else(|| listing_error("the store gives no times".into()))?,
+                    };
+                    files.push((format!("s3://{bucket}/{}", entry.path()), modified.into()));
+                }
+                Ok(files)
+            }
+        }
+    }
+}
+
+/// An opendal operator on `bucket`, configured as iceberg-storage-opendal
+/// configures its own from the same settings.
+fn s3_operator(bucket: &str, options: &S3Options) -> opendal::Result<opendal::Operator> {
+    let mut builder = opendal::services::S3::default().bucket(bucket).root("/");
+    if let Some(endpoint) = &options.endpoint {
+        builder = builder.endpoint(endpoint);
+    }
+    if let Some(region) = &options.region {
+        builder = builder.region(region);
+    }
+    if let Some(key) = &options.access_key_id {
+        builder = builder.access_key_id(key);
+    }
+    if let Some(secret) = &options.secret_access_key {
+        builder = builder.secret_access_key(secret);
+    }
+    if let Some(token) = &options.session_token {
+        builder = builder.session_token(token);
+    }
+    if !options.path_style {
+        builder = builder.enable_virtual_host_style();
+    }
+    Ok(opendal::Operator::new(builder)?.finish())
 }
 
 fn prepare_directory(path: &Path) -> Result<PathBuf, SinkError> {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
 use iceberg::spec::{
-    DataFile, Manifest, ManifestContentType, ManifestEntryRef, ManifestFile, ManifestListWriter,
+    DataFile, ManifestContentType, ManifestEntryRef, ManifestFile, ManifestListWriter,
     ManifestWriterBuilder, Operation, Snapshot, Struct, Summary, TableMetadataBuilder, MAIN_BRANCH,
 };
 use iceberg::table::Table;
@@ -32,12 +32,15 @@ use crate::sink::SinkError;
 /// Snapshot summary key marking a snapshot made by table maintenance.
 pub const MAINTENANCE_KEY: &str = "sessionize.maintenance";
 
+/// Manifests read at once (each is a request to the store).
+const READS_IN_FLIGHT: usize = 16;
+
 /// Swaps tried before compaction gives up on a table that keeps moving.
 const MAX_SWAPS: u32 = 100;
 
-/// Manifests read so far, by path: they never change, so a retry on a new
-/// head reads only the manifests committed since.
-type ManifestCache = HashMap<String, Arc<Manifest>>;
+/// The live entries of the manifests read so far, by path: manifests never
+/// change, so a retry on a new head reads only the manifests committed since.
+type ManifestCache = HashMap<String, Arc<Vec<ManifestEntryRef>>>;
 
 /// What compaction rewrites.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,7 +145,10 @@ pub(super) async fn compact(
     report.files_added = added.len();
 
     let mut table = table;
-    let mut manifests = ManifestCache::default();
+    let mut manifests: ManifestCache = live
+        .iter()
+        .map(|(manifest, entries)| (manifest.manifest_path.clone(), Arc::new(entries.clone())))
+        .collect();
     loop {
         let attempt = std::time::Instant::now();
         let outcome = swap_in(pointer, &table, &replaced, &added, &mut manifests, &mut report);
@@ -220,20 +226,21 @@ async fn swap_in(
         let affected = manifest.content == ManifestContentType::Data
             && manifest.partition_spec_id == metadata.default_partition_spec_id()
             && {
-                let entries = match manifests.get(&manifest.manifest_path) {
-                    Some(entries) => entries.clone(),
+                let live = match manifests.get(&manifest.manifest_path) {
+                    Some(live) => live.clone(),
                     None => {
-                        let loaded = Arc::new(manifest.load_manifest(io).await.context(context)?);
-                        manifests.insert(manifest.manifest_path.clone(), loaded.clone());
-                        loaded
+                        let loaded = manifest.load_manifest(io).await.context(context)?;
+                        let live: Vec<ManifestEntryRef> =
+                            loaded.entries().iter().filter(|e| e.is_alive()).cloned().collect();
+                        let live = Arc::new(live);
+                        manifests.insert(manifest.manifest_path.clone(), live.clone());
+                        live
                     }
                 };
-                let live: Vec<&ManifestEntryRef> =
-                    entries.entries().iter().filter(|e| e.is_alive()).collect();
                 let hits = live.iter().filter(|e| replaced.contains(e.file_path())).count();
                 if hits > 0 {
                     found += hits;
-                    for entry in live {
+                    for entry in live.iter() {
                         let file = entry.data_file().clone();
                         let seq = entry.sequence_number().unwrap_or(0);
                         let file_seq = entry.file_sequence_number.or(Some(seq));
@@ -313,16 +320,17 @@ pub(super) async fn live_entries(
 ) -> Result<Vec<(ManifestFile, Vec<ManifestEntryRef>)>, SinkError> {
     let context = || format!("reading the manifests of {}", table.identifier());
     let list = table.manifest_list_reader(snapshot).load().await.context(context)?;
-    let mut out = Vec::new();
-    for manifest in list.entries() {
-        if manifest.content != ManifestContentType::Data {
-            continue;
-        }
-        let loaded = manifest.load_manifest(table.file_io()).await.context(context)?;
-        let live = loaded.entries().iter().filter(|e| e.is_alive()).cloned().collect();
-        out.push((manifest.clone(), live));
-    }
-    Ok(out)
+    let data = list.entries().iter().filter(|m| m.content == ManifestContentType::Data);
+    futures::stream::iter(data)
+        .map(|manifest| async move {
+            let loaded = manifest.load_manifest(table.file_io()).await?;
+            let live = loaded.entries().iter().filter(|e| e.is_alive()).cloned().collect();
+            Ok::<_, iceberg::Error>((manifest.clone(), live))
+        })
+        .buffered(READS_IN_FLIGHT)
+        .try_collect()
+        .await
+        .context(context)
 }
 
 /// Every row of the files at `paths`, as of `snapshot_id`.

@@ -7,23 +7,29 @@
 //! by reachability (Iceberg's own expiry cleanup): every manifest list,
 //! manifest and data file the expired snapshots used that no kept snapshot
 //! uses any more. Files no snapshot ever referenced (a writer that crashed
-//! between writing and committing) are not found this way; that needs a
-//! listing of the storage, which iceberg-rust's FileIO does not offer.
+//! between writing and committing) are found by listing the table's location
+//! (with opendal, as iceberg-rust's FileIO cannot list) and go once older
+//! than a safety age.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures::{stream, StreamExt, TryStreamExt};
 use iceberg::spec::{ManifestContentType, SnapshotRef};
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, ErrorKind, TableIdent};
 use iceberg_catalog_sql::SqlCatalog;
 
+use super::super::storage::Storage;
 use super::super::{wall_clock_ms, IcebergContext};
 use crate::sink::SinkError;
 
 /// Commit races tried before expiry gives up on a table that keeps moving.
 const MAX_ATTEMPTS: u32 = 20;
+
+/// Manifest lists or manifests read at once.
+const READS_IN_FLIGHT: usize = 16;
 
 /// Old metadata files kept beside the current one.
 const METADATA_FILES_KEPT: usize = 10;
@@ -38,6 +44,9 @@ pub struct ExpiryOptions {
     /// Snapshot summary key naming the writer; each writer's newest snapshot
     /// stays (its recovery reads it).
     pub writer_key: String,
+    /// Also delete files under the table that nothing references and that
+    /// are older than this (younger ones may belong to a commit in flight).
+    pub orphans_older_than: Option<Duration>,
 }
 
 /// What one expiry of one table did.
@@ -55,11 +64,14 @@ pub struct ExpiryReport {
     pub metadata_files_deleted: usize,
     /// Bytes of the data files deleted.
     pub bytes_deleted: u64,
+    /// Files no snapshot or metadata file referenced, deleted.
+    pub orphans_deleted: usize,
 }
 
 /// Expires `ident`'s snapshots per `options` and deletes what only they used.
 pub(super) async fn expire(
     catalog: &SqlCatalog,
+    storage: &Storage,
     ident: &TableIdent,
     options: &ExpiryOptions,
 ) -> Result<ExpiryReport, SinkError> {
@@ -97,10 +109,11 @@ pub(super) async fn expire(
 
     // What the kept snapshots use, and what every snapshot before used; each
     // manifest list and manifest is read once.
-    let mut index = FileIndex::default();
+    let mut snapshots: HashMap<i64, SnapshotRef> = HashMap::new();
     for snapshot in before.metadata().snapshots().chain(after.metadata().snapshots()) {
-        index.add(&after, snapshot).await?;
+        snapshots.insert(snapshot.snapshot_id(), snapshot.clone());
     }
+    let index = FileIndex::build(&after, snapshots.into_values().collect()).await?;
     let all = index.referenced(before.metadata().snapshots());
     let kept = index.referenced(after.metadata().snapshots());
     for (path, size) in all.data.iter().filter(|(path, _)| !kept.live_data.contains(path)) {
@@ -116,12 +129,43 @@ pub(super) async fn expire(
     }
     // The metadata log is oldest first; the current file is not in it.
     let log = after.metadata().metadata_log();
-    for entry in log.iter().take(log.len().saturating_sub(METADATA_FILES_KEPT)) {
+    let old_metadata = log.len().saturating_sub(METADATA_FILES_KEPT);
+    for entry in &log[..old_metadata] {
         if delete(&after, &entry.metadata_file).await {
             report.metadata_files_deleted += 1;
         }
     }
+    if let Some(age) = options.orphans_older_than {
+        let mut referenced: HashSet<String> = kept.metadata;
+        referenced.extend(all.data.into_iter().chain(kept.data).map(|(path, _)| path));
+        referenced.extend(log[old_metadata..].iter().map(|e| e.metadata_file.clone()));
+        referenced.extend(after.metadata_location().map(str::to_owned));
+        report.orphans_deleted = remove_orphans(storage, &after, &referenced, age).await?;
+    }
     Ok(report)
+}
+
+/// Deletes the files under `table`'s location that are not `referenced` and
+/// were last written before `age` ago: what a writer left when it died
+/// between writing files and committing them, and metadata files that fell
+/// out of the metadata log. Data files some snapshot names but that were not
+/// deleted above stay referenced, so this never removes a readable file.
+async fn remove_orphans(
+    storage: &Storage,
+    table: &Table,
+    referenced: &HashSet<String>,
+    age: Duration,
+) -> Result<usize, SinkError> {
+    let cutoff = SystemTime::now().checked_sub(age).unwrap_or(UNIX_EPOCH);
+    let location = table.metadata().location().trim_end_matches('/');
+    let mut deleted = 0;
+    for (path, modified) in storage.list(location).await? {
+        if modified < cutoff && !referenced.contains(&path) && delete(table, &path).await {
+            tracing::info!(path, "deleted an orphan file");
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
 }
 
 /// The snapshots to expire: older than the cutoff, not among the newest
@@ -171,31 +215,47 @@ struct FileIndex {
 }
 
 impl FileIndex {
-    async fn add(&mut self, table: &Table, snapshot: &SnapshotRef) -> Result<(), SinkError> {
-        if self.snapshots.contains_key(&snapshot.snapshot_id()) {
-            return Ok(());
-        }
+    /// Reads the manifest lists of `snapshots`, then every data manifest in
+    /// them, [`READS_IN_FLIGHT`] at a time (each is a request to the store).
+    async fn build(table: &Table, snapshots: Vec<SnapshotRef>) -> Result<Self, SinkError> {
         let context = || format!("reading the manifests of {}", table.identifier());
-        let list = table.manifest_list_reader(snapshot).load().await.context(context)?;
-        let mut manifests = Vec::new();
-        for manifest in list.entries() {
-            manifests.push(manifest.manifest_path.clone());
-            if manifest.content != ManifestContentType::Data
-                || self.manifests.contains_key(&manifest.manifest_path)
-            {
-                continue;
+        let lists: Vec<_> = stream::iter(snapshots)
+            .map(|snapshot| async move {
+                let list = table.manifest_list_reader(&snapshot).load().await?;
+                Ok::<_, iceberg::Error>((snapshot, list))
+            })
+            .buffer_unordered(READS_IN_FLIGHT)
+            .try_collect()
+            .await
+            .context(context)?;
+        let mut index = FileIndex::default();
+        let mut to_read = HashMap::new();
+        for (snapshot, list) in &lists {
+            let mut manifests = Vec::new();
+            for manifest in list.entries() {
+                manifests.push(manifest.manifest_path.clone());
+                if manifest.content == ManifestContentType::Data {
+                    to_read.entry(manifest.manifest_path.clone()).or_insert(manifest);
+                }
             }
-            let loaded = manifest.load_manifest(table.file_io()).await.context(context)?;
-            let entries = loaded
-                .entries()
-                .iter()
-                .map(|e| (e.file_path().to_owned(), e.file_size_in_bytes(), e.is_alive()))
-                .collect();
-            self.manifests.insert(manifest.manifest_path.clone(), entries);
+            let list_path = snapshot.manifest_list().to_owned();
+            index.snapshots.insert(snapshot.snapshot_id(), (list_path, manifests));
         }
-        let list_path = snapshot.manifest_list().to_owned();
-        self.snapshots.insert(snapshot.snapshot_id(), (list_path, manifests));
-        Ok(())
+        index.manifests = stream::iter(to_read)
+            .map(|(path, manifest)| async move {
+                let loaded = manifest.load_manifest(table.file_io()).await?;
+                let entries = loaded
+                    .entries()
+                    .iter()
+                    .map(|e| (e.file_path().to_owned(), e.file_size_in_bytes(), e.is_alive()))
+                    .collect::<Vec<_>>();
+                Ok::<_, iceberg::Error>((path, entries))
+            })
+            .buffer_unordered(READS_IN_FLIGHT)
+            .try_collect()
+            .await
+            .context(context)?;
+        Ok(index)
     }
 
     fn referenced<'a>(&self, snapshots: impl Iterator<Item = &'a SnapshotRef>) -> Referenced {

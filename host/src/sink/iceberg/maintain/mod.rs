@@ -23,6 +23,7 @@ use pointer::MetadataPointer;
 
 /// The job's tables, opened for maintenance.
 pub struct TableMaintenance {
+    storage: Storage,
     catalog: SqlCatalog,
     pointer: MetadataPointer,
     tables: Vec<TableIdent>,
@@ -51,7 +52,7 @@ impl TableMaintenance {
             }
             tables.push(table);
         }
-        Ok(Self { catalog, pointer, tables })
+        Ok(Self { storage, catalog, pointer, tables })
     }
 
     /// Compacts each table's small files.
@@ -70,7 +71,7 @@ impl TableMaintenance {
     pub async fn expire(&self, options: &ExpiryOptions) -> Result<Vec<ExpiryReport>, SinkError> {
         let mut reports = Vec::new();
         for table in &self.tables {
-            reports.push(expire::expire(&self.catalog, table, options).await?);
+            reports.push(expire::expire(&self.catalog, &self.storage, table, options).await?);
         }
         Ok(reports)
     }
