@@ -16,6 +16,10 @@ from kafka import Job
 from test_streaming import broker, generate, produce  # noqa: F401  (fixture)
 
 
+# Debian's libfaketime (.ci/run installs it): shifts the job's wall clock.
+FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+
+
 def as_rows(rows, columns=SESSION_COLUMNS):
     return sorted(tuple(tuple(r[c]) if isinstance(r[c], list) else r[c] for c in columns)
                   for r in rows)
@@ -147,6 +151,10 @@ def test_store_failures_say_what_to_do(run, lakehouse, tmp_path):
     unreachable = fails(*lakehouse.flags, env=dict(lakehouse.env,
                                                    AWS_ENDPOINT_URL="http://127.0.0.1:1"))
     assert "cannot be reached: check --s3-endpoint" in unreachable
+    # The store checks each request's signed time: this machine's clock two hours ahead.
+    skewed = fails(*lakehouse.flags, env=dict(lakehouse.env, LD_PRELOAD=FAKETIME,
+                                              FAKETIME="+2h", DONT_FAKE_MONOTONIC="1"))
+    assert "refused the request's time: set this machine's clock right (NTP)" in skewed
     no_catalog = fails("--warehouse", lakehouse.warehouse, env=lakehouse.env)
     assert "give --catalog-uri" in no_catalog
     rest = fails("--catalog-uri", "https://catalog.example/api", env=lakehouse.env)
@@ -154,7 +162,7 @@ def test_store_failures_say_what_to_do(run, lakehouse, tmp_path):
     wrong_db = fails("--warehouse", lakehouse.warehouse, "--catalog-uri",
                      lakehouse.catalog_uri + "_missing", env=lakehouse.env)
     assert "the catalog database does not exist: create it (createdb)" in wrong_db
-    for text in (wrong_key, unreachable, no_catalog, rest, wrong_db):
+    for text in (wrong_key, unreachable, skewed, no_catalog, rest, wrong_db):
         assert "panicked" not in text and len(text.strip().splitlines()[-1]) < 2000
 
 
