@@ -36,6 +36,7 @@ mod batch;
 mod catalog;
 mod commit;
 pub mod maintain;
+mod remedy;
 mod schema;
 mod storage;
 mod writer;
@@ -51,11 +52,12 @@ pub use storage::{S3Options, Warehouse, WarehouseError};
 use batch::{check_session, rejected_batch, sessions_batches};
 use catalog::{ensure_namespace, ensure_table, open_catalog};
 use commit::{append, ensure_properties, latest_properties_with, reload};
+use remedy::hinted_error;
 use schema::{
     check_columns, rejected_creation, rejected_schema, sessions_creation, sessions_schema,
     table_properties,
 };
-use storage::{hinted_error, Storage};
+use storage::Storage;
 use writer::write_data_files;
 
 /// Default namespace, used when the operator does not choose one.
@@ -337,7 +339,7 @@ fn is_creation_race(error: &SinkError) -> bool {
     if source.kind() == ::iceberg::ErrorKind::CatalogCommitConflicts {
         return true;
     }
-    let message = storage::full_message(source.as_ref());
+    let message = remedy::full_message(source.as_ref());
     message.contains("duplicate key value violates unique constraint")
         || message.contains("UNIQUE constraint failed")
 }
