@@ -30,6 +30,19 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines as text, or as one JSON object per line for log shippers
+    /// (a bounded run's progress bar shows only with text, on a terminal).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Subcommands.
@@ -343,6 +356,7 @@ impl RunArgs {
                 request_timeout: self.admin_timeout,
             },
             max_component_bytes: u64::from(self.max_component_mib) << 20,
+            progress: None,
             maintenance: self.maintain_every.map(|every| MaintenanceSchedule {
                 every,
                 compaction: (!self.maintenance.no_compaction)

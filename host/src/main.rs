@@ -1,20 +1,25 @@
 //! The `sessionize` command: parses the command line and dispatches to the library.
 
 mod cli;
+mod terminal;
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use cli::{Cli, Command, GenerateArgs, MaintainArgs, PluginCommand, ProduceArgs, RunArgs};
-use sessionize::job::{self, Summary};
+use cli::{
+    Cli, Command, GenerateArgs, LogFormat, MaintainArgs, PluginCommand, ProduceArgs, RunArgs,
+};
+use sessionize::job::{self, Input, RunProgress, Summary};
 use sessionize::sink::iceberg::maintain::TableMaintenance;
 use sessionize::source::file::FileSource;
 use sessionize::tools::generate::generate;
 use sessionize::tools::produce::{ensure_topic, produce};
+use terminal::ProgressDisplay;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -28,13 +33,15 @@ fn main() -> ExitCode {
     let filter = EnvFilter::try_from_env("SESSIONIZE_LOG").unwrap_or_else(|_| {
         EnvFilter::new(format!("{log_level},iceberg=warn,sqlx=warn,opendal=error"))
     });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        // One JSON object per line, for log shippers.
+        LogFormat::Json => logs.json().with_current_span(false).init(),
+    }
+    let progress = cli.log_format == LogFormat::Text && std::io::stderr().is_terminal();
     let outcome = match cli.command {
-        Command::Run(args) => run(&args),
+        Command::Run(args) => run(&args, progress),
         Command::Generate(args) => generate_command(&args),
         Command::Produce(args) => produce_command(&args),
         Command::Plugin(command) => plugin_command(&command),
@@ -77,11 +84,23 @@ fn two_thread_runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-/// `sessionize run`.
-fn run(args: &RunArgs) -> Result<()> {
+/// `sessionize run`; a bounded run shows its progress on a terminal when
+/// `progress` says one is watching.
+fn run(args: &RunArgs, progress: bool) -> Result<()> {
     let runtime = two_thread_runtime()?;
-    let config = args.job_config();
-    let summary = runtime.block_on(job::run(&config, args.input()))?;
+    let mut config = args.job_config();
+    let input = args.input();
+    let display = match (&input, progress) {
+        (Input::File(_) | Input::Sample, true) => {
+            let counters = Arc::new(RunProgress::default());
+            config.progress = Some(counters.clone());
+            Some(ProgressDisplay::show(counters))
+        }
+        _ => None,
+    };
+    let outcome = runtime.block_on(job::run(&config, input));
+    drop(display);
+    let summary = outcome?;
     println!("{summary}");
     if let Summary::Bounded(_) = summary {
         println!(

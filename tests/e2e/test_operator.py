@@ -2,7 +2,9 @@
 endpoint and its state directory, and what the job answers: each refusal is a
 sentence that says what to do, and nothing stalls or exhausts the job."""
 
+import json
 import os
+import pty
 import signal
 import socket
 import sqlite3
@@ -199,3 +201,43 @@ def test_a_fresh_state_directory_is_owner_only(run, binary, broker, tmp_path):  
     assert "chmod 700" not in job.log.read_text()
     job.proc.send_signal(signal.SIGTERM)
     job.wait()
+
+
+def test_logs_can_be_json_lines_for_log_shippers(run, tmp_path):
+    proc = run("--log-format", "json", "run", "--test-mode", "--warehouse", tmp_path / "wh",
+               "--state-dir", tmp_path / "state")
+    lines = [line for line in proc.stderr.decode().splitlines() if line.strip()]
+    assert lines, "no log lines"
+    records = [json.loads(line) for line in lines]
+    assert all({"timestamp", "level", "fields", "target"} <= set(r) for r in records)
+    assert any(r["fields"].get("message") == "rules loaded" for r in records)
+    # The flag is global: after the subcommand too.
+    run("run", "--test-mode", "--log-format", "json", "--warehouse", tmp_path / "wh2",
+        "--state-dir", tmp_path / "state2")
+
+
+def test_a_bounded_run_shows_progress_on_a_terminal_only(run, binary, tmp_path):
+    events = tmp_path / "events.jsonl"
+    run("generate", "--output", events, "--num-users", "2000", "--events", "300000")
+    # stderr not a terminal: the summary only.
+    piped = run("run", "--input", events, "--warehouse", tmp_path / "piped")
+    assert b"events/s" not in piped.stderr and b"events/s" in piped.stdout
+
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen([str(binary), "run", "--input", str(events), "--warehouse",
+                             str(tmp_path / "tty")], stdout=subprocess.PIPE, stderr=secondary)
+    os.close(secondary)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        shown += chunk
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0
+    text = shown.decode(errors="replace")
+    assert "events/s" in text and "ETA" in text and "MiB" in text, text[-2000:]
+    assert b"sessions written:" in out

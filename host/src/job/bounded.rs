@@ -2,11 +2,13 @@
 //! with the run's counters. Parsing runs on a thread of its own.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use super::ingest::{ingest, Intake};
+use super::progress::RunProgress;
 use super::summary::RunSummary;
 use crate::engine::{Engine, EngineError};
 use crate::event::{EventBlock, EventLimits};
@@ -77,6 +79,8 @@ fn spawn_parser(
 ///
 /// Not async: plugin calls block (WASI's synchronous bindings run their own
 /// executor), so they must not run on an async task; `runtime` runs the commits.
+// One argument per part the job wires in, as `streaming::StreamParts` has fields.
+#[allow(clippy::too_many_arguments)]
 pub fn run_bounded(
     runtime: &tokio::runtime::Handle,
     source: FileSource,
@@ -85,9 +89,14 @@ pub fn run_bounded(
     rules: &mut dyn RulesRuntime,
     sink: &mut impl Sink,
     properties: HashMap<String, String>,
+    progress: Option<&RunProgress>,
 ) -> Result<RunSummary, BoundedError> {
     let started = Instant::now();
     let source_name = source.name().to_owned();
+    let bytes_read = source.bytes_read();
+    if let Some(progress) = progress {
+        progress.start(source.total_bytes());
+    }
     let mut summary = RunSummary::default();
     let mut out = Staged { sessions: Vec::new(), rejected: Vec::new(), properties };
     let mut rules_time = Duration::ZERO;
@@ -95,6 +104,9 @@ pub fn run_bounded(
     for block in blocks.iter() {
         let block = block?;
         summary.read += block.len() as u64;
+        if let Some(progress) = progress {
+            progress.advance(block.len() as u64, bytes_read.load(Ordering::Relaxed));
+        }
         summary.rejected += ingest(&block, intake, engine, &source_name, &mut out.rejected, |_| ());
         let t = Instant::now();
         out.sessions.extend(engine.advance(rules, false)?);
@@ -105,6 +117,9 @@ pub fn run_bounded(
     }
     // The channel closed: the parser is done (or failed, which it reported above).
     let _ = parser.join();
+    if let Some(progress) = progress {
+        progress.finish();
+    }
     let t = Instant::now();
     out.sessions.extend(engine.advance(rules, true)?);
     rules_time += t.elapsed();

@@ -31,11 +31,13 @@ use crate::tools::generate::{generate, GeneratorConfig};
 pub mod bounded;
 mod ingest;
 mod maintenance;
+mod progress;
 pub mod streaming;
 mod summary;
 
 pub use ingest::Intake;
 pub use maintenance::MaintenanceSchedule;
+pub use progress::RunProgress;
 pub use summary::{RunSummary, Stalls, StreamSummary};
 
 /// The default rules component, built from `guest/default-rules`.
@@ -72,6 +74,8 @@ pub struct JobConfig {
     pub max_component_bytes: u64,
     /// Table maintenance a streaming job runs itself, if any.
     pub maintenance: Option<MaintenanceSchedule>,
+    /// Where a bounded run reports how far it has got, if anyone watches.
+    pub progress: Option<Arc<RunProgress>>,
 }
 
 /// What a job reads.
@@ -197,7 +201,17 @@ async fn run_file(config: &JobConfig, source: FileSource) -> Result<RunSummary, 
     let handle = tokio::runtime::Handle::current();
     let summary = tokio::task::block_in_place(|| {
         let intake = &config.stream.intake;
-        bounded::run_bounded(&handle, source, intake, &mut engine, &mut rules, &mut sink, props)
+        let progress = config.progress.as_deref();
+        bounded::run_bounded(
+            &handle,
+            source,
+            intake,
+            &mut engine,
+            &mut rules,
+            &mut sink,
+            props,
+            progress,
+        )
     })?;
     Ok(summary)
 }

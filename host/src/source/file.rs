@@ -3,6 +3,8 @@
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use flate2::read::MultiGzDecoder;
 
@@ -28,6 +30,24 @@ pub struct FileSource {
     name: String,
     reader: Box<dyn BufRead + Send>,
     line: i64,
+    /// Bytes read from the file (compressed, for gzip), for progress.
+    bytes_read: Arc<AtomicU64>,
+    /// The file's size, if it has one (standard input has none).
+    total_bytes: Option<u64>,
+}
+
+/// Counts the bytes that pass through it.
+struct Counted<R> {
+    inner: R,
+    count: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
 }
 
 impl FileSource {
@@ -36,24 +56,48 @@ impl FileSource {
     pub fn open(path: &Path) -> Result<Self, FileSourceError> {
         let name = path.display().to_string();
         let fail = |source| FileSourceError { path: name.clone(), source };
-        let raw: Box<dyn Read + Send> = if path == Path::new("-") {
-            Box::new(io::stdin())
+        let (raw, total_bytes): (Box<dyn Read + Send>, _) = if path == Path::new("-") {
+            (Box::new(io::stdin()), None)
         } else {
-            Box::new(File::open(path).map_err(fail)?)
+            let file = File::open(path).map_err(fail)?;
+            let size = file.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
+            (Box::new(file), size)
         };
-        let mut buffered = BufReader::with_capacity(1 << 20, raw);
+        let bytes_read = Arc::new(AtomicU64::new(0));
+        let counted = Counted { inner: raw, count: bytes_read.clone() };
+        let mut buffered = BufReader::with_capacity(1 << 20, counted);
         let is_gzip = buffered.fill_buf().map_err(fail)?.starts_with(&[0x1f, 0x8b]);
         let reader: Box<dyn BufRead + Send> = if is_gzip {
             Box::new(BufReader::with_capacity(1 << 20, MultiGzDecoder::new(buffered)))
         } else {
             Box::new(buffered)
         };
-        Ok(Self { name, reader, line: 0 })
+        Ok(Self { name, reader, line: 0, bytes_read, total_bytes })
     }
 
     /// Lines already in memory, as a source (the generated `--test-mode` sample).
     pub fn from_bytes(name: &str, bytes: Vec<u8>) -> Self {
-        Self { name: name.to_owned(), reader: Box::new(io::Cursor::new(bytes)), line: 0 }
+        let total_bytes = Some(bytes.len() as u64);
+        let bytes_read = Arc::new(AtomicU64::new(0));
+        let reader = Counted { inner: io::Cursor::new(bytes), count: bytes_read.clone() };
+        Self {
+            name: name.to_owned(),
+            reader: Box::new(BufReader::new(reader)),
+            line: 0,
+            bytes_read,
+            total_bytes,
+        }
+    }
+
+    /// The count of bytes read so far, shared: it goes on counting while
+    /// another thread reads the source.
+    pub fn bytes_read(&self) -> Arc<AtomicU64> {
+        self.bytes_read.clone()
+    }
+
+    /// The size of the input, when it has one (a file does, a pipe does not).
+    pub fn total_bytes(&self) -> Option<u64> {
+        self.total_bytes
     }
 
     /// The source's name for dead-letter rows: its path.

@@ -235,6 +235,7 @@ fn a_run_to_the_end_writes_what_the_bounded_run_writes() {
         &mut native("default"),
         &mut bounded,
         HashMap::new(),
+        None,
     )
     .unwrap();
 
@@ -315,6 +316,7 @@ fn partitions_running_ahead_are_paused_until_the_lagging_one_catches_up() {
         &mut native("default"),
         &mut bounded,
         HashMap::new(),
+        None,
     )
     .unwrap();
     assert_eq!(aligned.engine.late, 0);
