@@ -214,6 +214,10 @@ pub enum SinkError {
         /// What does not match.
         detail: String,
     },
+    /// Table maintenance stopped without committing (its inputs changed, it
+    /// kept losing races, or the storage could not be listed).
+    #[error("table maintenance: {0}")]
+    Maintenance(String),
     /// A commit reported success, but reading the table back does not find it.
     #[error("the commit of checkpoint {checkpoint} reported success but is not in the table")]
     CommitNotVisible {
@@ -259,6 +263,7 @@ impl SinkError {
             SinkError::Warehouse { .. }
             | SinkError::NonUtf8Path(_)
             | SinkError::Config(_)
+            | SinkError::Maintenance(_)
             | SinkError::Arrow { .. }
             | SinkError::Schema { .. }
             | SinkError::InvalidRow { .. } => false,

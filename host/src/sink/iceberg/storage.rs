@@ -229,7 +229,7 @@ impl Storage {
         location: &str,
     ) -> Result<Vec<(String, SystemTime)>, SinkError> {
         let listing_error =
-            |detail: String| SinkError::Config(format!("listing {location}: {detail}"));
+            |detail: String| SinkError::Maintenance(format!("listing {location}: {detail}"));
         match &self.s3 {
             None => {
                 let root = location

@@ -134,7 +134,7 @@ pub(super) async fn compact(
         let rows_read: u64 = files.iter().map(|f| f.record_count()).sum();
         if rows_written != rows_read {
             delete_all(&table, added.iter().chain(&written).map(DataFile::file_path)).await;
-            return Err(SinkError::Config(format!(
+            return Err(SinkError::Maintenance(format!(
                 "compacting {ident}: read {rows_read} rows but wrote {rows_written}; nothing \
                  committed"
             )));
@@ -158,14 +158,14 @@ pub(super) async fn compact(
             Swap::Done => return Ok(report),
             Swap::InputsGone => {
                 delete_all(&table, added.iter().map(DataFile::file_path)).await;
-                return Err(SinkError::Config(format!(
+                return Err(SinkError::Maintenance(format!(
                     "compacting {ident}: another writer replaced some of the same files \
                      meanwhile; nothing committed (run maintenance from one place at a time)"
                 )));
             }
             Swap::Lost if report.lost_races + 1 >= MAX_SWAPS => {
                 delete_all(&table, added.iter().map(DataFile::file_path)).await;
-                return Err(SinkError::Config(format!(
+                return Err(SinkError::Maintenance(format!(
                     "compacting {ident}: lost {MAX_SWAPS} commit races in a row; nothing \
                      committed"
                 )));
