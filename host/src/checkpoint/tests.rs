@@ -14,7 +14,9 @@ use iceberg::table::Table;
 use super::{CheckpointError, Checkpointer, PendingCheckpoint};
 use crate::engine::{Engine, EngineConfig};
 use crate::sink::iceberg::{IcebergSink, SinkConfig};
-use crate::sink::{CommitStats, RejectedEvent, SessionRow, Sink, SinkError, SinkRetryPolicy};
+use crate::sink::{
+    carries, CommitStats, RejectedEvent, SessionRow, Sink, SinkError, SinkRetryPolicy,
+};
 use crate::state::{StagedOutput, StateStore};
 
 /// 2024-03-01T00:00:00Z.
@@ -229,9 +231,7 @@ fn latest_with<T>(
     key: &str,
     value: &str,
 ) -> Option<HashMap<String, String>> {
-    let ours = |(_, props): &&(T, HashMap<String, String>)| {
-        props.get(key).map(String::as_str) == Some(value)
-    };
+    let ours = |(_, props): &&(T, HashMap<String, String>)| carries(props, key, value);
     commits.iter().rev().find(ours).map(|(_, props)| props.clone())
 }
 

@@ -70,6 +70,12 @@ pub trait Sink {
     }
 }
 
+/// Whether commit `properties` map `key` to `value`: how a writer knows its
+/// own commits among every writer's.
+pub(crate) fn carries(properties: &HashMap<String, String>, key: &str, value: &str) -> bool {
+    properties.get(key).map(String::as_str) == Some(value)
+}
+
 /// Why a sink cannot store a session.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UnwritableRow {

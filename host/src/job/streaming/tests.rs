@@ -11,10 +11,11 @@ use default_rules::DefaultRules;
 use super::*;
 use crate::checkpoint::{Checkpointer, RULE_VERSION_KEY};
 use crate::engine::EngineConfig;
+use crate::job::RunSummary;
 use crate::rules::contract::Settings;
 use crate::rules::lifecycle::{Candidate, RulesAction, RulesRequest, RulesSlot};
 use crate::rules::NativeRules;
-use crate::sink::{CommitStats, RejectedEvent, SessionRow, SinkError};
+use crate::sink::{carries, CommitStats, RejectedEvent, SessionRow, SinkError};
 use crate::source::file::FileSource;
 use crate::state::StateStore;
 use crate::tools::generate::{generate, GeneratorConfig};
@@ -143,9 +144,7 @@ impl Sink for MemorySink {
         key: &str,
         value: &str,
     ) -> Result<Option<HashMap<String, String>>, SinkError> {
-        let ours = |(_, _, p): &&(_, _, HashMap<String, String>)| {
-            p.get(key).map(String::as_str) == Some(value)
-        };
+        let ours = |(_, _, p): &&(_, _, HashMap<String, String>)| carries(p, key, value);
         Ok(self.commits.iter().rev().find(ours).map(|(_, _, p)| p.clone()))
     }
 
@@ -156,6 +155,26 @@ impl Sink for MemorySink {
     ) -> Result<Option<HashMap<String, String>>, SinkError> {
         self.last_commit_properties(key, value).await
     }
+}
+
+/// The bounded run over the same lines, with the default rules: what a
+/// streaming run must equal.
+fn bounded_run(lines: Vec<u8>) -> (RunSummary, MemorySink) {
+    let mut sink = MemorySink::default();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
+    let mut engine = Engine::new(EngineConfig::default());
+    let summary = crate::job::bounded::run_bounded(
+        runtime.handle(),
+        FileSource::from_bytes("file", lines),
+        &Intake::default(),
+        &mut engine,
+        &mut native("default"),
+        &mut sink,
+        HashMap::new(),
+        None,
+    )
+    .unwrap();
+    (summary, sink)
 }
 
 fn native(name: &str) -> NativeRules<DefaultRules> {
@@ -223,21 +242,7 @@ fn a_run_to_the_end_writes_what_the_bounded_run_writes() {
     let mut rules = RulesLifecycle::new(RulesSlot::new(native("default")));
     let summary = run_to_end(ScriptedSource::new(&events, 1), &mut sink, &mut rules).unwrap();
 
-    let mut bounded = MemorySink::default();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
-    let mut engine = Engine::new(EngineConfig::default());
-    let source = FileSource::from_bytes("scripted", events);
-    let expected = crate::job::bounded::run_bounded(
-        runtime.handle(),
-        source,
-        &Intake::default(),
-        &mut engine,
-        &mut native("default"),
-        &mut bounded,
-        HashMap::new(),
-        None,
-    )
-    .unwrap();
+    let (expected, bounded) = bounded_run(events);
 
     assert_eq!(summary.read, expected.read);
     assert_eq!(summary.engine.accepted, expected.engine.accepted);
@@ -305,20 +310,7 @@ fn partitions_running_ahead_are_paused_until_the_lagging_one_catches_up() {
     assert!(unaligned.peak_waiting > 8_000, "{} waiting at most", unaligned.peak_waiting);
     assert_eq!(unaligned.partition_pauses, 0);
 
-    let mut bounded = MemorySink::default();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
-    let mut engine = Engine::new(EngineConfig::default());
-    crate::job::bounded::run_bounded(
-        runtime.handle(),
-        FileSource::from_bytes("file", file),
-        &Intake::default(),
-        &mut engine,
-        &mut native("default"),
-        &mut bounded,
-        HashMap::new(),
-        None,
-    )
-    .unwrap();
+    let (_, bounded) = bounded_run(file);
     assert_eq!(aligned.engine.late, 0);
     assert_eq!(sessions, spans(bounded.sessions()));
     assert_eq!(unaligned_sessions, sessions);

@@ -10,7 +10,7 @@ use iceberg::Catalog;
 use iceberg_catalog_sql::SqlCatalog;
 
 use super::IcebergContext;
-use crate::sink::SinkError;
+use crate::sink::{carries, SinkError};
 
 pub(super) async fn append(
     catalog: &SqlCatalog,
@@ -77,9 +77,7 @@ pub(super) fn latest_properties_with(
     table
         .metadata()
         .snapshots()
-        .filter(|snapshot| {
-            snapshot.summary().additional_properties.get(key).map(String::as_str) == Some(value)
-        })
+        .filter(|snapshot| carries(&snapshot.summary().additional_properties, key, value))
         .max_by_key(|snapshot| snapshot.sequence_number())
         .map(|snapshot| snapshot.summary().additional_properties.clone())
 }

@@ -236,29 +236,30 @@ impl Storage {
                     .strip_prefix("file://")
                     .ok_or_else(|| listing_error("not a local location".into()))?;
                 let mut files = Vec::new();
-                let mut directories = vec![PathBuf::from(root)];
-                while let Some(directory) = directories.pop() {
-                    let entries = match std::fs::read_dir(&directory) {
-                        Ok(entries) => entries,
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                for entry in walkdir::WalkDir::new(root) {
+                    let entry = match entry {
+                        Ok(entry) => entry,
+                        // A table that has written nothing yet has no directory.
+                        Err(e)
+                            if e.io_error().map(std::io::Error::kind)
+                                == Some(std::io::ErrorKind::NotFound) =>
+                        {
+                            continue
+                        }
                         Err(e) => return Err(listing_error(e.to_string())),
                     };
-                    for entry in entries {
-                        let entry = entry.map_err(|e| listing_error(e.to_string()))?;
-                        let kind = entry.file_type().map_err(|e| listing_error(e.to_string()))?;
-                        if kind.is_dir() {
-                            directories.push(entry.path());
-                        } else if kind.is_file() {
-                            let modified = entry
-                                .metadata()
-                                .and_then(|m| m.modified())
-                                .map_err(|e| listing_error(e.to_string()))?;
-                            let Some(path) = entry.path().to_str().map(str::to_owned) else {
-                                continue; // not a name the table could reference
-                            };
-                            files.push((format!("file://{path}"), modified));
-                        }
+                    if !entry.file_type().is_file() {
+                        continue;
                     }
+                    let modified = entry
+                        .metadata()
+                        .map_err(|e| listing_error(e.to_string()))?
+                        .modified()
+                        .map_err(|e| listing_error(e.to_string()))?;
+                    let Some(path) = entry.path().to_str() else {
+                        continue; // not a name the table could reference
+                    };
+                    files.push((format!("file://{path}"), modified));
                 }
                 Ok(files)
             }
