@@ -18,8 +18,12 @@ use sessionize::rules::SandboxLimits;
 use sessionize::source::kafka::KafkaConfig;
 use sessionize::tools::generate::GeneratorConfig;
 
+#[cfg(feature = "query")]
+mod query;
 mod table;
 
+#[cfg(feature = "query")]
+pub use query::QueryArgs;
 pub use table::{MaintainArgs, MaintenanceArgs, TableArgs};
 
 /// Real-time user sessionization: clickstream in, one row per session out, with
@@ -60,6 +64,9 @@ pub enum Command {
     /// Manage the rules of a running job: deploy, status, rollback.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Run SQL over the tables and print the rows (a table, CSV or JSON lines).
+    #[cfg(feature = "query")]
+    Query(Box<QueryArgs>),
 }
 
 /// `sessionize plugin ...`: talks to a running job's admin endpoint.

@@ -30,6 +30,8 @@ pub use sessionize_core::{engine, event};
 pub mod admin;
 pub mod checkpoint;
 pub mod job;
+#[cfg(feature = "query")]
+pub mod query;
 pub mod rules;
 pub mod sink;
 pub mod source;

@@ -29,6 +29,8 @@ fn main() -> ExitCode {
         Command::Produce(_) => "info",
         Command::Plugin(_) => "warn",
         Command::Maintain(_) => "info",
+        #[cfg(feature = "query")]
+        Command::Query(_) => "warn",
     };
     let filter = EnvFilter::try_from_env("SESSIONIZE_LOG").unwrap_or_else(|_| {
         EnvFilter::new(format!("{log_level},iceberg=warn,sqlx=warn,opendal=error"))
@@ -46,6 +48,8 @@ fn main() -> ExitCode {
         Command::Produce(args) => produce_command(&args),
         Command::Plugin(command) => plugin_command(&command),
         Command::Maintain(args) => maintain_command(&args),
+        #[cfg(feature = "query")]
+        Command::Query(args) => query_command(&args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -155,6 +159,26 @@ fn maintain_command(args: &MaintainArgs) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// `sessionize query`: the rows to stdout, `--stats` to stderr.
+#[cfg(feature = "query")]
+fn query_command(args: &cli::QueryArgs) -> Result<()> {
+    use sessionize::query::{run_query, write_result};
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let config = args.table.sink_config();
+    let result = runtime.block_on(run_query(&config, &args.sql, args.stats))?;
+    write_result(&result, args.output_format(), &mut std::io::stdout().lock())?;
+    for scan in &result.scans {
+        eprintln!("{scan}");
+    }
+    if args.stats && result.scans.is_empty() {
+        eprintln!("files scanned: none (the query read no table)");
+    }
+    Ok(())
 }
 
 /// `sessionize plugin ...`.

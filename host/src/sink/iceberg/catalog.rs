@@ -14,6 +14,8 @@ use iceberg_catalog_sql::{
 
 use super::storage::Storage;
 use super::IcebergContext;
+#[cfg(feature = "query")]
+use super::SinkConfig;
 use crate::sink::SinkError;
 
 /// Catalog name shared with every other reader of the warehouse (pyiceberg, DuckDB via
@@ -127,6 +129,14 @@ pub(super) async fn open_catalog(
         .await
         .context(|| format!("opening the catalog {shown}"))?;
     Ok((catalog, connection))
+}
+
+/// Opens the catalog `config` names, as the sink does, for a reader: creates
+/// no namespace or table (`sessionize query`).
+#[cfg(feature = "query")]
+pub(crate) async fn open_configured_catalog(config: &SinkConfig) -> Result<SqlCatalog, SinkError> {
+    let storage = Storage::new(&config.warehouse, &config.s3)?;
+    Ok(open_catalog(&storage, config.catalog.as_ref()).await?.0)
 }
 
 /// sqlx opens an SQLite file only if it exists unless asked to create it.

@@ -50,6 +50,8 @@ pub use schema::{BUCKET_GROUP_WIDTH, USER_HASH_BUCKETS};
 pub use storage::{S3Options, Warehouse, WarehouseError};
 
 use batch::{check_session, rejected_batch, sessions_batches};
+#[cfg(feature = "query")]
+pub(crate) use catalog::open_configured_catalog;
 use catalog::{ensure_namespace, ensure_table, open_catalog};
 use commit::{append, ensure_properties, latest_properties_with, reload};
 use remedy::hinted_error;
