@@ -119,6 +119,7 @@ fn run_pipeline(runtime: &tokio::runtime::Runtime, servers: &str, dir: &Path) ->
         checkpointer: job.checkpointer,
         rules: &mut rules,
         sink: &mut job.sink,
+        metrics: Default::default(),
     };
     let started = Instant::now();
     let summary =

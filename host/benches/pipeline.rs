@@ -92,7 +92,7 @@ fn run_variant(variant: &str, input: &Path) -> Result<()> {
         rules.as_mut(),
         &mut sink,
         HashMap::new(),
-        None,
+        Default::default(),
     )?;
     let wall = started.elapsed();
     let _ = std::fs::remove_dir_all(&warehouse);

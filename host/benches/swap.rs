@@ -112,6 +112,7 @@ fn bench(servers: &str, dir: &Path, events: u64, swaps: u64) -> Result<()> {
                 checkpointer: job.checkpointer,
                 rules: &mut rules,
                 sink: &mut job.sink,
+                metrics: Default::default(),
             };
             Ok(run_streaming(&handle, parts, stream, BTreeMap::new(), &stop)?)
         })

@@ -20,10 +20,12 @@ use sessionize::tools::generate::GeneratorConfig;
 
 #[cfg(feature = "query")]
 mod query;
+mod status;
 mod table;
 
 #[cfg(feature = "query")]
 pub use query::QueryArgs;
+pub use status::StatusArgs;
 pub use table::{MaintainArgs, MaintenanceArgs, TableArgs};
 
 /// Real-time user sessionization: clickstream in, one row per session out, with
@@ -180,6 +182,9 @@ pub struct RunArgs {
     /// deploy`, or the --plugin file), MiB (1 to 4096).
     #[arg(long, default_value_t = 64, value_parser = u32_in(1..=4096))]
     pub max_component_mib: u32,
+    /// Metrics, health and the status page.
+    #[command(flatten)]
+    pub status: StatusArgs,
     /// Watch the --plugin file and hot-swap the rules when it changes.
     #[arg(long, requires = "plugin")]
     pub plugin_watch: bool,
@@ -364,6 +369,9 @@ impl RunArgs {
             },
             max_component_bytes: u64::from(self.max_component_mib) << 20,
             progress: None,
+            status: self
+                .status
+                .status_config(self.input() == Input::Kafka, self.checkpoint_interval),
             maintenance: self.maintain_every.map(|every| MaintenanceSchedule {
                 every,
                 compaction: (!self.maintenance.no_compaction)

@@ -16,6 +16,8 @@
 //!
 //! job: the bounded run and the streaming run over those parts
 //! admin: the endpoint (and its client) behind `sessionize plugin`
+//! metrics, status: what a job reports, and the endpoint that serves it
+//!   (`/metrics`, `/healthz`, `/readyz`, the status page)
 //! tools: `sessionize generate` and `sessionize produce`
 //! ```
 //!
@@ -30,10 +32,12 @@ pub use sessionize_core::{engine, event};
 pub mod admin;
 pub mod checkpoint;
 pub mod job;
+pub mod metrics;
 #[cfg(feature = "query")]
 pub mod query;
 pub mod rules;
 pub mod sink;
 pub mod source;
 pub mod state;
+pub mod status;
 pub mod tools;

@@ -20,6 +20,10 @@ def run(binary):
     """Runs the binary; returns the completed process (output captured)."""
 
     def _run(*args, stdin=None, check=True, env=None):
+        args = [str(a) for a in args]
+        if args[:1] == ["run"] and "--kafka-servers" in args and "--metrics-addr" not in args:
+            # Not the default 127.0.0.1:9464: it may be taken on this machine.
+            args += ["--metrics-addr", "127.0.0.1:0"]
         proc = subprocess.run(
             [str(binary), *map(str, args)],
             input=stdin, capture_output=True, timeout=600, env=env,

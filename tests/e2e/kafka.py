@@ -61,8 +61,11 @@ class Job:
         """`warehouse` is a directory, or the flags of a lakehouse."""
         self.log = Path(str(state) + ".log")
         tables = warehouse if isinstance(warehouse, list) else ["--warehouse", str(warehouse)]
+        extra = [str(e) for e in extra]
+        # A free port each: jobs run side by side, and 9464 may be taken on this machine.
+        status = [] if "--metrics-addr" in extra else ["--metrics-addr", "127.0.0.1:0"]
         self.args = [str(binary), "run", "--kafka-servers", broker.servers, "--kafka-topic", topic,
-                     *tables, "--state-dir", str(state), *map(str, extra)]
+                     *tables, "--state-dir", str(state), *status, *extra]
         env = dict(env or os.environ, SESSIONIZE_LOG="warn,sessionize=info", NO_COLOR="1")
         self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE,
                                      stderr=open(self.log, "ab"), env=env)

@@ -27,7 +27,7 @@
 //! lasts stops the job at the checkpoint, which step 1 made durable.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::engine::{Engine, EngineChanges, EngineClocks, EngineConfig, EngineError};
 use crate::sink::{divert_unwritable, Sink, SinkError, SinkRetries, SinkRetryPolicy};
@@ -140,6 +140,8 @@ pub struct Checkpointer {
     last_id: u64,
     given_rules: String,
     sink_retry: SinkRetryPolicy,
+    /// How long the last checkpoint's publish took.
+    last_publish: Duration,
 }
 
 impl Checkpointer {
@@ -159,6 +161,7 @@ impl Checkpointer {
             last_id: checkpoint.id,
             given_rules: String::new(),
             sink_retry: SinkRetryPolicy::default(),
+            last_publish: Duration::ZERO,
         };
         if let Some(mut staged) = recovered.staged {
             tracing::info!(checkpoint = checkpoint.id, "publishing output staged before a stop");
@@ -191,6 +194,16 @@ impl Checkpointer {
         self.sink_retry = policy;
     }
 
+    /// How long publishing the last completed checkpoint took, retries included.
+    pub(crate) fn last_publish_time(&self) -> Duration {
+        self.last_publish
+    }
+
+    /// The state store's size on disk, if it can be read.
+    pub(crate) fn state_bytes(&self) -> Option<u64> {
+        self.store.file_size()
+    }
+
     /// Makes a cut checkpoint durable and publishes it (steps 1 to 3 of the
     /// module docs). Checkpoints must be completed in the order they were cut.
     pub(crate) async fn complete(
@@ -210,7 +223,9 @@ impl Checkpointer {
         self.store.write_checkpoint(&changes, &record, &output)?;
         drop(changes);
         self.last_id = record.id;
+        let publishing = Instant::now();
         self.publish(sink, &record, &output).await?;
+        self.last_publish = publishing.elapsed();
         Ok(record.id)
     }
 

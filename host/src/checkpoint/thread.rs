@@ -26,6 +26,14 @@ pub(crate) struct Completed {
     pub(crate) oldest_closed: Option<Instant>,
     /// How long completing it took (state write and Iceberg commit).
     pub(crate) took: Duration,
+    /// How long the Iceberg commit took, retries included.
+    pub(crate) commit_took: Duration,
+    /// Sessions it published.
+    pub(crate) sessions: u64,
+    /// Dead letters it published.
+    pub(crate) dead_letters: u64,
+    /// The state store's size after it, if it could be read.
+    pub(crate) state_bytes: Option<u64>,
 }
 
 /// The thread that completes checkpoints, in the order they were cut.
@@ -50,6 +58,8 @@ impl CheckpointThread {
             .spawn_scoped(scope, move || {
                 for cut in queue {
                     let offsets = cut.pending.offsets().clone();
+                    let sessions = cut.pending.output.sessions.len() as u64;
+                    let dead_letters = cut.pending.output.rejected.len() as u64;
                     let started = Instant::now();
                     let outcome = runtime.block_on(checkpointer.complete(sink, cut.pending));
                     let failed = outcome.is_err();
@@ -58,6 +68,10 @@ impl CheckpointThread {
                         offsets,
                         oldest_closed: cut.oldest_closed,
                         took: started.elapsed(),
+                        commit_took: checkpointer.last_publish_time(),
+                        sessions,
+                        dead_letters,
+                        state_bytes: checkpointer.state_bytes(),
                     }));
                     if failed {
                         // Later checkpoints build on this one: stop here.

@@ -12,6 +12,7 @@ use super::progress::RunProgress;
 use super::summary::RunSummary;
 use crate::engine::{Engine, EngineError};
 use crate::event::{EventBlock, EventLimits};
+use crate::metrics::JobMetrics;
 use crate::rules::RulesRuntime;
 use crate::sink::{RejectedEvent, SessionRow, Sink, SinkError};
 use crate::source::file::{FileSource, FileSourceError};
@@ -74,6 +75,15 @@ fn spawn_parser(
     (rx, handle)
 }
 
+/// Who watches a bounded run: a progress bar, the metrics endpoint.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Watchers<'a> {
+    /// How far the run has got, for a progress bar.
+    pub progress: Option<&'a RunProgress>,
+    /// The job's metrics, when served (`--metrics-addr`).
+    pub metrics: Option<&'a JobMetrics>,
+}
+
 /// Runs `source` to its end: every open session is closed and written to
 /// `sink`, whose commits carry `properties`.
 ///
@@ -89,8 +99,9 @@ pub fn run_bounded(
     rules: &mut dyn RulesRuntime,
     sink: &mut impl Sink,
     properties: HashMap<String, String>,
-    progress: Option<&RunProgress>,
+    watchers: Watchers<'_>,
 ) -> Result<RunSummary, BoundedError> {
+    let Watchers { progress, metrics } = watchers;
     let started = Instant::now();
     let source_name = source.name().to_owned();
     let bytes_read = source.bytes_read();
@@ -107,12 +118,17 @@ pub fn run_bounded(
         if let Some(progress) = progress {
             progress.advance(block.len() as u64, bytes_read.load(Ordering::Relaxed));
         }
-        summary.rejected += ingest(&block, intake, engine, &source_name, &mut out.rejected, |_| ());
+        let rejected = ingest(&block, intake, engine, &source_name, &mut out.rejected, |_| ());
+        summary.rejected += rejected.total();
         let t = Instant::now();
         out.sessions.extend(engine.advance(rules, false)?);
         rules_time += t.elapsed();
+        if let Some(metrics) = metrics {
+            metrics.observe_rejected(rejected.by_class());
+            metrics.observe_batch(engine, block.len() as u64);
+        }
         if out.sessions.len() >= COMMIT_EVERY_SESSIONS {
-            out.commit(runtime, sink, &mut summary)?;
+            out.commit(runtime, sink, &mut summary, metrics)?;
         }
     }
     // The channel closed: the parser is done (or failed, which it reported above).
@@ -123,7 +139,7 @@ pub fn run_bounded(
     let t = Instant::now();
     out.sessions.extend(engine.advance(rules, true)?);
     rules_time += t.elapsed();
-    out.commit(runtime, sink, &mut summary)?;
+    out.commit(runtime, sink, &mut summary, metrics)?;
     summary.engine = engine.stats();
     summary.elapsed = started.elapsed();
     summary.advance_time = rules_time;
@@ -143,8 +159,12 @@ impl Staged {
         runtime: &tokio::runtime::Handle,
         sink: &mut impl Sink,
         summary: &mut RunSummary,
+        metrics: Option<&JobMetrics>,
     ) -> Result<(), BoundedError> {
         summary.sessions_written += self.sessions.len() as u64;
+        if let Some(metrics) = metrics {
+            metrics.observe_output(&self.sessions, &self.rejected);
+        }
         let stats = runtime.block_on(sink.commit(
             &self.sessions,
             &self.rejected,

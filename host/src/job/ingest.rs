@@ -25,9 +25,35 @@ impl Default for Intake {
     }
 }
 
+/// Records of a block that were not admitted as events, by class.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Rejected {
+    /// `(class, count)`, a handful of classes at most.
+    by_class: Vec<(&'static str, u64)>,
+}
+
+impl Rejected {
+    fn add(&mut self, class: &'static str) {
+        match self.by_class.iter_mut().find(|(c, _)| *c == class) {
+            Some((_, count)) => *count += 1,
+            None => self.by_class.push((class, 1)),
+        }
+    }
+
+    /// How many.
+    pub(crate) fn total(&self) -> u64 {
+        self.by_class.iter().map(|(_, n)| n).sum()
+    }
+
+    /// Counts by class (the metrics' reason label).
+    pub(crate) fn by_class(&self) -> &[(&'static str, u64)] {
+        &self.by_class
+    }
+}
+
 /// Offers the events of `block` to `engine`; rejected records, events too far
 /// in the future and late events go to `dead_letters`, named after `source`.
-/// `seen` hears the partition of every record. Returns how many records were
+/// `seen` hears the partition of every record. Returns the records that were
 /// not admitted as events (malformed, too large, from the future).
 pub(crate) fn ingest(
     block: &EventBlock,
@@ -36,12 +62,12 @@ pub(crate) fn ingest(
     source: &str,
     dead_letters: &mut Vec<RejectedEvent>,
     mut seen: impl FnMut(i32),
-) -> u64 {
+) -> Rejected {
     let now_ms = wall_clock_ms();
     let skew_ms = i64::try_from(intake.max_future_skew.as_millis()).unwrap_or(i64::MAX);
     let horizon = now_ms.saturating_add(skew_ms);
     engine.limit_clocks_to(now_ms);
-    let mut rejected = 0;
+    let mut rejected = Rejected::default();
     let dead_letter = |partition, position, raw: &str, reason: String| RejectedEvent {
         raw: raw.to_owned(),
         reason,
@@ -54,7 +80,7 @@ pub(crate) fn ingest(
             BlockRecord::Event(partition, position, raw, event) => {
                 seen(partition);
                 if event.timestamp_ms > horizon {
-                    rejected += 1;
+                    rejected.add("future_timestamp");
                     let reason = from_the_future(event.timestamp_ms, intake.max_future_skew);
                     dead_letters.push(dead_letter(partition, position, raw, reason));
                     continue;
@@ -66,7 +92,7 @@ pub(crate) fn ingest(
             }
             BlockRecord::Rejected(partition, position, raw, reason) => {
                 seen(partition);
-                rejected += 1;
+                rejected.add(reason.class());
                 dead_letters.push(dead_letter(partition, position, raw, reason.to_string()));
             }
         }
@@ -108,7 +134,11 @@ mod tests {
         let mut engine = Engine::new(EngineConfig::default());
         let mut dead = Vec::new();
         let rejected = ingest(&block, &Intake::default(), &mut engine, "t", &mut dead, |_| ());
-        (dead, rejected, engine)
+        assert_eq!(
+            rejected.by_class().iter().map(|(_, n)| n).sum::<u64>(),
+            dead.len() as u64 - engine.stats().late
+        );
+        (dead, rejected.total(), engine)
     }
 
     fn line(t: i64) -> String {

@@ -15,6 +15,7 @@ use std::time::Duration;
 use crate::admin::{self, AdminConfig, AdminError};
 use crate::checkpoint::{CheckpointError, Checkpointer};
 use crate::engine::{Engine, EngineConfig};
+use crate::metrics::JobMetrics;
 use crate::rules::contract::Settings;
 use crate::rules::lifecycle::{
     deployed_before_restart, watch_plugin_file, ArchiveError, CheckpointedRules, RulesArchive,
@@ -26,6 +27,7 @@ use crate::sink::SinkError;
 use crate::source::file::{FileSource, FileSourceError};
 use crate::source::kafka::{KafkaConfig, KafkaSource, KafkaSourceError};
 use crate::state::{StateError, StateStore};
+use crate::status::{self, StatusConfig, StatusError};
 use crate::tools::generate::{generate, GeneratorConfig};
 
 pub mod bounded;
@@ -45,6 +47,11 @@ pub use summary::{RunSummary, Stalls, StreamSummary};
 const DEFAULT_RULES: Option<&[u8]> = Some(include_bytes!(env!("SESSIONIZE_DEFAULT_RULES")));
 #[cfg(not(embedded_rules))]
 const DEFAULT_RULES: Option<&[u8]> = None;
+
+/// The built-in default rules component, if this binary was built with it.
+pub fn built_in_rules() -> Option<&'static [u8]> {
+    DEFAULT_RULES
+}
 
 /// Everything `sessionize run` configures.
 #[derive(Debug, Clone)]
@@ -76,6 +83,8 @@ pub struct JobConfig {
     pub maintenance: Option<MaintenanceSchedule>,
     /// Where a bounded run reports how far it has got, if anyone watches.
     pub progress: Option<Arc<RunProgress>>,
+    /// The metrics and status endpoint, and what readiness means.
+    pub status: StatusConfig,
 }
 
 /// What a job reads.
@@ -161,6 +170,17 @@ pub enum JobError {
     /// The admin endpoint could not start.
     #[error(transparent)]
     Admin(#[from] AdminError),
+    /// The metrics and status endpoint could not start.
+    #[error(transparent)]
+    Status(#[from] StatusError),
+    /// The address of the status endpoint could not be written.
+    #[error("cannot write {path}: {source}")]
+    StatusAddress {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The bounded run failed.
     #[error(transparent)]
     Bounded(#[from] bounded::BoundedError),
@@ -188,6 +208,14 @@ pub async fn run(config: &JobConfig, input: Input) -> Result<Summary, JobError> 
 }
 
 async fn run_file(config: &JobConfig, source: FileSource) -> Result<RunSummary, JobError> {
+    let metrics = match config.status.addr {
+        Some(addr) => {
+            let metrics = Arc::new(JobMetrics::new(config.status.readiness));
+            status::serve(addr, metrics.clone()).await?;
+            Some(metrics)
+        }
+        None => None,
+    };
     let loader = rules_loader(config)?;
     // Plugin calls block: never on an async task.
     let mut rules = tokio::task::block_in_place(|| given_rules(config, &loader))?;
@@ -201,7 +229,8 @@ async fn run_file(config: &JobConfig, source: FileSource) -> Result<RunSummary, 
     let handle = tokio::runtime::Handle::current();
     let summary = tokio::task::block_in_place(|| {
         let intake = &config.stream.intake;
-        let progress = config.progress.as_deref();
+        let watchers =
+            bounded::Watchers { progress: config.progress.as_deref(), metrics: metrics.as_deref() };
         bounded::run_bounded(
             &handle,
             source,
@@ -210,7 +239,7 @@ async fn run_file(config: &JobConfig, source: FileSource) -> Result<RunSummary, 
             &mut rules,
             &mut sink,
             props,
-            progress,
+            watchers,
         )
     })?;
     Ok(summary)
@@ -220,10 +249,22 @@ async fn run_file(config: &JobConfig, source: FileSource) -> Result<RunSummary, 
 async fn run_kafka(config: &JobConfig) -> Result<StreamSummary, JobError> {
     // Before anything starts: an endpoint the operator did not mean to expose.
     admin::check_addr(&config.admin)?;
+    // Then the status endpoint, so that a busy port stops the job at once and
+    // a slow recovery shows as not ready.
+    let metrics = Arc::new(JobMetrics::new(config.status.readiness));
+    let status_addr = match config.status.addr {
+        Some(addr) => Some(status::serve(addr, metrics.clone()).await?),
+        None => None,
+    };
     let loader = rules_loader(config)?;
     let given = tokio::task::block_in_place(|| given_rules(config, &loader))?;
     let archive = Arc::new(RulesArchive::open(&config.state_dir)?);
+    if let Some(addr) = status_addr {
+        publish_status_address(&config.state_dir, addr)?;
+    }
     let mut slot = RulesSlot::new(given);
+    let observer = metrics.clone();
+    slot.report_calls_to(Arc::new(move |took| observer.observe_plugin_call(took)));
     tracing::info!(rules = slot.rule_version(), "rules loaded");
     let mut sink = open_sink(config).await?;
     let _maintenance = match &config.maintenance {
@@ -275,6 +316,7 @@ async fn run_kafka(config: &JobConfig) -> Result<StreamSummary, JobError> {
             checkpointer,
             rules: &mut rules,
             sink: &mut sink,
+            metrics,
         };
         let outcome =
             streaming::run_streaming(&handle, parts, config.stream, offsets.clone(), &stop);
@@ -286,6 +328,17 @@ async fn run_kafka(config: &JobConfig) -> Result<StreamSummary, JobError> {
         }
         Ok(outcome?)
     })
+}
+
+/// Writes where the status endpoint listens to `<state-dir>/metrics.addr`,
+/// for scripts (and tests) that start the job on a free port.
+fn publish_status_address(
+    dir: &std::path::Path,
+    addr: std::net::SocketAddr,
+) -> Result<(), JobError> {
+    let path = dir.join("metrics.addr");
+    std::fs::write(&path, addr.to_string())
+        .map_err(|source| JobError::StatusAddress { path: path.display().to_string(), source })
 }
 
 /// Continues with the rules deployed live before a restart, if the last

@@ -3,13 +3,15 @@
 //! checkpoint so standard lag tools see progress.
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::StreamSource;
 use crate::event::EventBlock;
@@ -56,9 +58,32 @@ pub struct KafkaConfig {
     pub group: String,
 }
 
+/// The client's context: keeps each partition's bounds from librdkafka's
+/// statistics (emitted once a second while polling), for the lag.
+struct PartitionBounds {
+    topic: String,
+    /// `(low, high)` offsets per partition.
+    bounds: Mutex<BTreeMap<i32, (i64, i64)>>,
+}
+
+impl ClientContext for PartitionBounds {
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else { return };
+        let mut bounds = self.bounds.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (&partition, stats) in &topic.partitions {
+            // librdkafka reports -1 for bounds it does not know yet.
+            if partition >= 0 && stats.hi_offset >= 0 {
+                bounds.insert(partition, (stats.lo_offset.max(0), stats.hi_offset));
+            }
+        }
+    }
+}
+
+impl ConsumerContext for PartitionBounds {}
+
 /// A consumer of every partition of one topic.
 pub struct KafkaSource {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<PartitionBounds>,
     config: KafkaConfig,
     partitions: Vec<i32>,
     /// Next offset to read, per partition.
@@ -74,7 +99,8 @@ impl KafkaSource {
         start: &BTreeMap<i32, i64>,
         wait: Duration,
     ) -> Result<Self, KafkaSourceError> {
-        let consumer: BaseConsumer = ClientConfig::new()
+        let bounds = PartitionBounds { topic: config.topic.clone(), bounds: Mutex::default() };
+        let consumer: BaseConsumer<PartitionBounds> = ClientConfig::new()
             .set("bootstrap.servers", &config.servers)
             .set("group.id", &config.group)
             .set("enable.auto.commit", "false")
@@ -84,7 +110,9 @@ impl KafkaSource {
             // Reconnect quickly after a broker outage.
             .set("reconnect.backoff.max.ms", "1000")
             .set("fetch.wait.max.ms", "100")
-            .create()
+            // Partition bounds for the lag metric.
+            .set("statistics.interval.ms", "1000")
+            .create_with_context(bounds)
             .map_err(|source| KafkaSourceError::Client {
                 servers: config.servers.clone(),
                 source,
@@ -223,6 +251,18 @@ impl StreamSource for KafkaSource {
         self.consumer
             .resume(&list)
             .map_err(|source| KafkaSourceError::Kafka { what: "resume", source })
+    }
+
+    fn lags(&self) -> BTreeMap<i32, i64> {
+        let bounds = self.consumer.context().bounds.lock();
+        let bounds = bounds.unwrap_or_else(std::sync::PoisonError::into_inner);
+        bounds
+            .iter()
+            .map(|(&p, &(low, high))| {
+                let next = self.positions.get(&p).copied().unwrap_or(low);
+                (p, (high - next).max(0))
+            })
+            .collect()
     }
 
     /// Commits `offsets` (next offsets to read) to the consumer group. Only for

@@ -35,6 +35,12 @@ pub trait StreamSource {
     /// The end of each partition now: what a run to the end reads up to.
     fn end_offsets(&self, timeout: Duration) -> Result<BTreeMap<i32, i64>, Self::Error>;
 
+    /// Events not yet read per partition (its end minus the next position),
+    /// as last reported; partitions whose end is not known yet are absent.
+    fn lags(&self) -> BTreeMap<i32, i64> {
+        BTreeMap::new()
+    }
+
     /// Reports `offsets` as consumed (for monitoring; a checkpoint, not this,
     /// is what a restart resumes from).
     fn commit_consumed(&mut self, offsets: &BTreeMap<i32, i64>);

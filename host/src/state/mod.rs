@@ -89,6 +89,11 @@ pub struct StateStore {
 }
 
 impl StateStore {
+    /// The store file's size, if it can be read.
+    pub fn file_size(&self) -> Option<u64> {
+        std::fs::metadata(&self.path).ok().map(|m| m.len())
+    }
+
     /// Opens (creating if needed) the store in `dir/state.redb`. A directory
     /// it creates is owner-only (it holds open sessions and the admin token);
     /// an existing one that others can enter is used, with a warning.

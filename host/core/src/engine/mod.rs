@@ -207,6 +207,16 @@ impl Engine {
         self.users.len()
     }
 
+    /// Users with an open session. Counts them: call it now and then, not per event.
+    pub fn open_sessions(&self) -> usize {
+        self.users.ids().filter(|&u| self.users.slot(u).state.is_some()).count()
+    }
+
+    /// Distinct texts interned (page names, event names, ...).
+    pub fn text_count(&self) -> usize {
+        self.texts.as_slice().len()
+    }
+
     /// Admits or drops one event that arrived on `partition`.
     pub fn offer(&mut self, partition: usize, event: &Event<'_>) -> Admission {
         let t = event.timestamp_ms;

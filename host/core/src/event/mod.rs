@@ -82,6 +82,22 @@ pub enum Rejection {
     },
 }
 
+impl Rejection {
+    /// A short, fixed name for the kind of rejection (a metric label: the
+    /// sentence itself carries the record's details).
+    pub fn class(&self) -> &'static str {
+        match self {
+            Rejection::InvalidJson(_) => "invalid_json",
+            Rejection::NotUtf8 => "not_utf8",
+            Rejection::Missing(_) => "missing_field",
+            Rejection::WrongType { .. } => "wrong_type",
+            Rejection::EmptyUuid => "empty_uuid",
+            Rejection::BadTimestamp(_) => "bad_timestamp",
+            Rejection::RecordTooLarge { .. } | Rejection::FieldTooLong { .. } => "too_large",
+        }
+    }
+}
+
 /// Upper bounds on what one record may carry. A producer's bug (a 5 MB page
 /// name, a body pasted into a uuid) must reach neither memory for long nor the
 /// table: such a record is rejected with the bound it broke.

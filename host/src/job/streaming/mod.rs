@@ -6,9 +6,13 @@
 //! checkpoints; the [`CheckpointThread`] beside it completes them, so the event
 //! flow stalls only for a cut. A change of rules is applied right after a cut:
 //! each checkpoint is processed by one rules version.
+//!
+//! (Just over 450 lines: the loop is one state machine whose steps share its
+//! fields; the checkpoint thread and the metrics already live elsewhere.)
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::ingest::{ingest, Intake};
@@ -18,7 +22,9 @@ use crate::checkpoint::{
 };
 use crate::engine::{Engine, EngineError};
 use crate::event::EventBlock;
+use crate::metrics::{fault_kind, wall_clock_s, CheckpointNote, JobMetrics};
 use crate::rules::lifecycle::{Change, RulesLifecycle};
+use crate::rules::RulesRuntime;
 use crate::sink::Sink;
 use crate::source::StreamSource;
 use crate::state::StagedOutput;
@@ -97,6 +103,8 @@ pub struct StreamParts<'a, S, K> {
     pub rules: &'a mut RulesLifecycle,
     /// The output.
     pub sink: &'a mut K,
+    /// Where the loop reports what it does.
+    pub metrics: Arc<JobMetrics>,
 }
 
 /// Runs until `stop` is set (a final checkpoint keeps open sessions for the next
@@ -108,7 +116,7 @@ pub fn run_streaming<S: StreamSource, K: Sink + Send>(
     start_offsets: BTreeMap<i32, i64>,
     stop: &AtomicBool,
 ) -> Result<StreamSummary, StreamError> {
-    let StreamParts { source, engine, checkpointer, rules, sink } = parts;
+    let StreamParts { source, engine, checkpointer, rules, sink, metrics } = parts;
     std::thread::scope(|scope| {
         let checkpoints = CheckpointThread::start(scope, runtime, checkpointer, sink)?;
         let now = Instant::now();
@@ -128,6 +136,8 @@ pub fn run_streaming<S: StreamSource, K: Sink + Send>(
             failures: 0,
             ends: None,
             paused: BTreeSet::new(),
+            metrics,
+            last_report: now,
         };
         job.run(stop)
     })
@@ -156,12 +166,18 @@ struct EventLoop<'a, S> {
     ends: Option<BTreeMap<i32, i64>>,
     /// Partitions paused for running ahead of the others.
     paused: BTreeSet<i32>,
+    metrics: Arc<JobMetrics>,
+    /// When the lag was last reported.
+    last_report: Instant,
 }
 
 impl<S: StreamSource> EventLoop<'_, S> {
     fn run(mut self, stop: &AtomicBool) -> Result<StreamSummary, StreamError> {
         let started = Instant::now();
         self.engine.register_partitions(self.source.partitions().iter().map(|&p| p as usize));
+        self.metrics.set_partitions(self.source.partitions());
+        self.metrics.observe_engine_size(&self.engine);
+        self.report_rules();
         if self.config.until_end {
             let ends = self.source.end_offsets(Duration::from_secs(30));
             self.ends = Some(ends.map_err(|e| StreamError::Source(Box::new(e)))?);
@@ -206,7 +222,7 @@ impl<S: StreamSource> EventLoop<'_, S> {
         let now = Instant::now();
         let last_message = &mut self.last_message;
         let intake = self.config.intake;
-        self.summary.rejected += ingest(
+        let rejected = ingest(
             &block,
             &intake,
             &mut self.engine,
@@ -216,6 +232,13 @@ impl<S: StreamSource> EventLoop<'_, S> {
                 last_message.insert(p, now);
             },
         );
+        self.summary.rejected += rejected.total();
+        self.metrics.observe_rejected(rejected.by_class());
+        self.metrics.observe_batch(&self.engine, block.len() as u64);
+        if now.duration_since(self.last_report) >= Duration::from_millis(500) {
+            self.metrics.observe_lag(&self.source.lags());
+            self.last_report = now;
+        }
         let offsets = merged(&self.start_offsets, self.source.positions());
         for (&p, &seen) in &self.last_message {
             // A paused partition is silent because it was paused; one read to
@@ -281,6 +304,9 @@ impl<S: StreamSource> EventLoop<'_, S> {
                 Ok(true)
             }
             Err(error) => {
+                if let EngineError::Rules(rules_error) = &error {
+                    self.metrics.observe_plugin_fault(fault_kind(rules_error));
+                }
                 self.failures += 1;
                 let rules = self.rules.rule_version().to_owned();
                 tracing::error!(rules, %error, attempt = self.failures, "rules failed a batch; it is kept and retried");
@@ -300,6 +326,7 @@ impl<S: StreamSource> EventLoop<'_, S> {
         if self.config.on_rules_failure == FaultPolicy::Rollback
             && self.rules.roll_back_after_failure(error.to_string()).is_some()
         {
+            self.report_rules();
             return Ok(());
         }
         Err(StreamError::RulesFailed { rules, attempts: self.failures, source: error })
@@ -321,6 +348,13 @@ impl<S: StreamSource> EventLoop<'_, S> {
             self.summary.swap_pauses.record(pause);
             self.failures = 0;
         }
+        self.report_rules();
+    }
+
+    /// The rules in force and their history, to the metrics.
+    fn report_rules(&mut self) {
+        let slot = self.rules.rules();
+        self.metrics.observe_rules(slot.rule_version(), slot.history());
     }
 
     /// Whether every partition has been read up to where it ended at the start.
@@ -340,6 +374,8 @@ impl<S: StreamSource> EventLoop<'_, S> {
         let boundary = Instant::now();
         let output = std::mem::take(&mut self.staged);
         self.summary.sessions_written += output.sessions.len() as u64;
+        self.metrics.observe_output(&output.sessions, &output.rejected);
+        self.metrics.observe_engine_size(&self.engine);
         let pending =
             PendingCheckpoint::cut(&mut self.engine, offsets, output, self.rules.rule_version())?;
         self.checkpoints.submit(Cut { pending, oldest_closed: self.oldest_staged.take() })?;
@@ -355,6 +391,7 @@ impl<S: StreamSource> EventLoop<'_, S> {
                 self.summary.swap_pauses.record(pause);
                 self.summary.swap_stalls.record(boundary.elapsed());
             }
+            self.report_rules();
         }
         self.last_checkpoint = Instant::now();
         Ok(())
@@ -363,17 +400,19 @@ impl<S: StreamSource> EventLoop<'_, S> {
     /// Takes note of checkpoints the checkpoint thread has completed.
     fn take_completed(&mut self) -> Result<(), StreamError> {
         while let Some(completed) = self.checkpoints.try_completed() {
-            completed_checkpoint(&mut self.source, &mut self.summary, &self.engine, completed?);
+            let completed = completed?;
+            completed_checkpoint(&mut self.source, &mut self.summary, &self.metrics, completed);
         }
         Ok(())
     }
 
     /// Waits for the checkpoint thread to finish the last checkpoints.
     fn finish(self, started: Instant) -> Result<StreamSummary, StreamError> {
-        let EventLoop { checkpoints, mut source, mut summary, engine, .. } = self;
+        let EventLoop { checkpoints, mut source, mut summary, engine, metrics, .. } = self;
         for completed in checkpoints.finish() {
-            completed_checkpoint(&mut source, &mut summary, &engine, completed?);
+            completed_checkpoint(&mut source, &mut summary, &metrics, completed?);
         }
+        metrics.observe_engine_size(&engine);
         summary.engine = engine.stats();
         summary.elapsed = started.elapsed();
         Ok(summary)
@@ -385,7 +424,7 @@ impl<S: StreamSource> EventLoop<'_, S> {
 fn completed_checkpoint(
     source: &mut impl StreamSource,
     summary: &mut StreamSummary,
-    engine: &Engine,
+    metrics: &JobMetrics,
     completed: Completed,
 ) {
     source.commit_consumed(&completed.offsets);
@@ -397,11 +436,23 @@ fn completed_checkpoint(
     tracing::info!(
         checkpoint = completed.id,
         consumed = completed.offsets.values().sum::<i64>(),
-        users_in_memory = engine.users_in_memory(),
+        sessions = completed.sessions,
         took_ms = completed.took.as_millis(),
+        commit_ms = completed.commit_took.as_millis(),
         visible_after_ms = visible_after.map(|latency| latency.as_millis()),
         "checkpoint"
     );
+    let note = CheckpointNote {
+        id: completed.id,
+        at_unix_s: wall_clock_s(),
+        took: completed.took,
+        commit_took: completed.commit_took,
+        visible_after,
+        sessions: completed.sessions,
+        dead_letters: completed.dead_letters,
+        state_bytes: completed.state_bytes,
+    };
+    metrics.observe_checkpoint(&note, &completed.offsets);
 }
 
 /// Offsets read so far, over the offsets the run started from.

@@ -171,7 +171,7 @@ fn bounded_run(lines: Vec<u8>) -> (RunSummary, MemorySink) {
         &mut native("default"),
         &mut sink,
         HashMap::new(),
-        None,
+        Default::default(),
     )
     .unwrap();
     (summary, sink)
@@ -226,7 +226,8 @@ fn run_to_end_with(
     let store = StateStore::open(dir.path()).unwrap();
     let (checkpointer, resumed) =
         runtime.block_on(Checkpointer::recover(store, sink, EngineConfig::default())).unwrap();
-    let parts = StreamParts { source, engine: resumed.engine, checkpointer, rules, sink };
+    let metrics = Default::default();
+    let parts = StreamParts { source, engine: resumed.engine, checkpointer, rules, sink, metrics };
     run_streaming(runtime.handle(), parts, config, BTreeMap::new(), &AtomicBool::new(false))
 }
 

@@ -29,7 +29,7 @@ pub use loader::{RulesLoader, DEFAULT_MAX_COMPONENT_BYTES};
 use request::PendingReply;
 pub use request::{Answer, Candidate, Refusal, Reply, RulesAction, RulesRequest};
 pub use resume::{deployed_before_restart, CheckpointedRules};
-pub use slot::{RulesSlot, SwapEvent};
+pub use slot::{CallObserver, RulesSlot, SwapEvent};
 pub use watch::watch_plugin_file;
 
 /// Deploys and rollbacks that may wait for the compile thread; more are

@@ -2,7 +2,8 @@
 //! back, without the engine noticing (it only sees [`RulesRuntime`]).
 
 use std::collections::VecDeque;
-use std::time::{Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
@@ -33,11 +34,15 @@ const VERSIONS_KEPT: usize = 8;
 /// History entries kept for `plugin status`.
 const HISTORY_KEPT: usize = 256;
 
+/// Hears how long each call into the rules in force took (the job's metrics).
+pub type CallObserver = Arc<dyn Fn(Duration) + Send + Sync>;
+
 /// The rules in force, the ones before them, and what happened.
 pub struct RulesSlot {
     active: BoxedRules,
     previous: Vec<BoxedRules>,
     history: VecDeque<SwapEvent>,
+    calls: Option<CallObserver>,
 }
 
 fn now_s() -> u64 {
@@ -47,11 +52,21 @@ fn now_s() -> u64 {
 impl RulesSlot {
     /// Starts with `rules`.
     pub fn new(rules: impl RulesRuntime + 'static) -> Self {
-        let mut slot =
-            Self { active: Box::new(rules), previous: Vec::new(), history: VecDeque::new() };
+        let mut slot = Self {
+            active: Box::new(rules),
+            previous: Vec::new(),
+            history: VecDeque::new(),
+            calls: None,
+        };
         let version = slot.active.rule_version().to_owned();
         slot.record("started", &version, None, None);
         slot
+    }
+
+    /// Reports the duration of every call into the rules in force to `observer`
+    /// (dry runs of candidates are not counted).
+    pub fn report_calls_to(&mut self, observer: CallObserver) {
+        self.calls = Some(observer);
     }
 
     /// Continues with `live`, rules a previous run of the job deployed, keeping
@@ -146,6 +161,10 @@ impl RulesRuntime for RulesSlot {
     }
 
     fn process(&mut self, texts: Texts<'_>, batch: &mut Batch) -> Result<BatchResult, RulesError> {
-        self.active.process(texts, batch)
+        let Some(calls) = &self.calls else { return self.active.process(texts, batch) };
+        let started = Instant::now();
+        let result = self.active.process(texts, batch);
+        calls(started.elapsed());
+        result
     }
 }
