@@ -18,11 +18,13 @@ use sessionize::rules::SandboxLimits;
 use sessionize::source::kafka::KafkaConfig;
 use sessionize::tools::generate::GeneratorConfig;
 
+mod plugin_test;
 #[cfg(feature = "query")]
 mod query;
 mod status;
 mod table;
 
+pub use plugin_test::PluginTestArgs;
 #[cfg(feature = "query")]
 pub use query::QueryArgs;
 pub use status::StatusArgs;
@@ -94,6 +96,10 @@ pub enum PluginCommand {
         #[command(flatten)]
         job: JobAddress,
     },
+    /// Run rules over a file and print the sessions, or with --against what
+    /// changes against other rules (no job, Kafka or table): the dry run
+    /// before a deploy.
+    Test(Box<PluginTestArgs>),
 }
 
 /// Where a running job's admin endpoint is, and its token.
@@ -383,12 +389,14 @@ impl RunArgs {
 }
 
 impl PluginCommand {
-    /// The request, and the job to send it to.
-    pub fn call(&self) -> (AdminCall, &JobAddress) {
+    /// The request, and the job to send it to; `None` for `plugin test`,
+    /// which needs no job.
+    pub fn call(&self) -> Option<(AdminCall, &JobAddress)> {
         match self {
-            PluginCommand::Deploy { path, job } => (AdminCall::Deploy(path.clone()), job),
-            PluginCommand::Status { job } => (AdminCall::Status, job),
-            PluginCommand::Rollback { job } => (AdminCall::Rollback, job),
+            PluginCommand::Deploy { path, job } => Some((AdminCall::Deploy(path.clone()), job)),
+            PluginCommand::Status { job } => Some((AdminCall::Status, job)),
+            PluginCommand::Rollback { job } => Some((AdminCall::Rollback, job)),
+            PluginCommand::Test(_) => None,
         }
     }
 }

@@ -183,10 +183,59 @@ fn query_command(args: &cli::QueryArgs) -> Result<()> {
 
 /// `sessionize plugin ...`.
 fn plugin_command(command: &PluginCommand) -> Result<()> {
-    let (call, job) = command.call();
+    let Some((call, job)) = command.call() else {
+        let PluginCommand::Test(args) = command else { return Ok(()) };
+        return plugin_test_command(args);
+    };
     let token = job.admin_token.as_deref();
     let answer = sessionize::admin::ask_job(&job.state_dir, token, &call, job.timeout)?;
     println!("{}", serde_json::to_string_pretty(&answer).unwrap_or_default());
+    Ok(())
+}
+
+/// `sessionize plugin test`: the sessions as JSON lines, or with --against
+/// what changes, on stdout.
+fn plugin_test_command(args: &cli::PluginTestArgs) -> Result<()> {
+    use sessionize::rules::{ComponentLoader, SandboxLimits};
+    use sessionize::tools::plugin_test::{run_rules, write_comparison, write_sessions};
+    let runtime = two_thread_runtime()?;
+    let loader = ComponentLoader::new().context("starting wasmtime")?;
+    let loader = sessionize::rules::lifecycle::RulesLoader::new(
+        std::sync::Arc::new(loader),
+        args.settings(),
+        SandboxLimits::default(),
+    );
+    let load = |plugin: &std::path::Path| {
+        if plugin == std::path::Path::new("builtin") {
+            let bytes = sessionize::job::built_in_rules().context(
+                "this binary was built without the default rules: run guest/build.sh and rebuild",
+            )?;
+            return loader.load(bytes).context("loading the built-in default rules");
+        }
+        loader.load_file(plugin).with_context(|| format!("loading plugin {}", plugin.display()))
+    };
+    let intake = sessionize::job::Intake::default();
+    let run = |plugin: &std::path::Path| -> Result<_> {
+        let mut rules = load(plugin)?;
+        Ok(run_rules(runtime.handle(), &mut rules, &args.input, args.engine(), &intake)?)
+    };
+    let candidate = run(&args.plugin)?;
+    let mut out = std::io::stdout().lock();
+    match &args.against {
+        Some(other) => {
+            let other = run(other)?;
+            write_comparison(&mut out, &other, &candidate, args.examples)?;
+        }
+        None => {
+            write_sessions(&mut out, &candidate)?;
+            eprintln!(
+                "{}: {} sessions from {} events read",
+                candidate.rule_version,
+                candidate.sessions.len(),
+                candidate.summary.read
+            );
+        }
+    }
     Ok(())
 }
 
