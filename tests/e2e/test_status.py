@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from conftest import ROOT, catalog, read_table
-from kafka import Job
+from kafka import Job, free_port
 from test_streaming import broker, generate, produce  # noqa: F401  (fixture)
 
 DIST = ROOT / "guest" / "dist"
@@ -323,3 +323,29 @@ def test_the_grafana_dashboard_asks_only_for_metrics_the_job_serves(run, binary,
              for name in re.findall(r"sessionize_[a-z_]+", target["expr"])}
     assert len(asked) >= 15
     assert asked <= served, asked - served
+
+
+def test_a_run_over_a_file_serves_metrics_only_when_asked(run, binary, tmp_path):
+    events = tmp_path / "events.jsonl"
+    generate(run, events, "--num-users", "300", "--rate", "1000", "--duration", "6h",
+             "--events", "20000", "--seed", "8")
+    assert len(events.read_bytes().splitlines()) > 16384
+    lines = events.read_bytes().splitlines(keepends=True)
+    port = free_port()
+    proc = subprocess.Popen([str(binary), "run", "--input", "-", "--warehouse", tmp_path / "wh",
+                             "--metrics-addr", f"127.0.0.1:{port}"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        # Two whole blocks of 8192 records reach the engine while stdin stays open.
+        proc.stdin.write(b"".join(lines[:16384]))
+        proc.stdin.flush()
+        m = wait_for(lambda: (lambda s: value(s, "sessionize_events_read_total") == 16384 and s)(
+            scrape(f"127.0.0.1:{port}")), 60, "the first two blocks")
+        outcomes = labels_of(m, "sessionize_events_total", "outcome")
+        assert sum(outcomes.values()) == 16384, outcomes
+        out, err = proc.communicate(input=b"".join(lines[16384:]), timeout=120)
+        assert proc.returncode == 0, err.decode()[-2000:]
+        assert f"events read:       {len(lines)}" in out.decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
