@@ -100,6 +100,31 @@ pub enum PluginCommand {
     /// changes against other rules (no job, Kafka or table): the dry run
     /// before a deploy.
     Test(Box<PluginTestArgs>),
+    /// Start a rules plugin project: the rules, a unit test that passes, and
+    /// how to build, try and deploy it.
+    New {
+        /// The plugin's name (lowercase, dashes: checkout-rules).
+        name: String,
+        /// Its language.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: PluginLang,
+        /// Where the project's directory is made.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The Rust SDK (guest/sdk of a Sessionize checkout); default: the one
+        /// this binary was built from.
+        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../guest/sdk"))]
+        sdk: PathBuf,
+    },
+}
+
+/// `plugin new --lang`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PluginLang {
+    /// On the Rust SDK.
+    Rust,
+    /// On componentize-py.
+    Python,
 }
 
 /// Where a running job's admin endpoint is, and its token.
@@ -389,14 +414,14 @@ impl RunArgs {
 }
 
 impl PluginCommand {
-    /// The request, and the job to send it to; `None` for `plugin test`,
-    /// which needs no job.
+    /// The request, and the job to send it to; `None` for `plugin test` and
+    /// `plugin new`, which need no job.
     pub fn call(&self) -> Option<(AdminCall, &JobAddress)> {
         match self {
             PluginCommand::Deploy { path, job } => Some((AdminCall::Deploy(path.clone()), job)),
             PluginCommand::Status { job } => Some((AdminCall::Status, job)),
             PluginCommand::Rollback { job } => Some((AdminCall::Rollback, job)),
-            PluginCommand::Test(_) => None,
+            PluginCommand::Test(_) | PluginCommand::New { .. } => None,
         }
     }
 }

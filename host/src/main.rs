@@ -184,12 +184,35 @@ fn query_command(args: &cli::QueryArgs) -> Result<()> {
 /// `sessionize plugin ...`.
 fn plugin_command(command: &PluginCommand) -> Result<()> {
     let Some((call, job)) = command.call() else {
-        let PluginCommand::Test(args) = command else { return Ok(()) };
-        return plugin_test_command(args);
+        return match command {
+            PluginCommand::Test(args) => plugin_test_command(args),
+            PluginCommand::New { name, lang, dir, sdk } => {
+                plugin_new_command(name, *lang, dir, sdk)
+            }
+            _ => Ok(()),
+        };
     };
     let token = job.admin_token.as_deref();
     let answer = sessionize::admin::ask_job(&job.state_dir, token, &call, job.timeout)?;
     println!("{}", serde_json::to_string_pretty(&answer).unwrap_or_default());
+    Ok(())
+}
+
+/// `sessionize plugin new`.
+fn plugin_new_command(
+    name: &str,
+    lang: cli::PluginLang,
+    dir: &std::path::Path,
+    sdk: &std::path::Path,
+) -> Result<()> {
+    if lang == cli::PluginLang::Python {
+        anyhow::bail!(
+            "a Python project cannot be made yet: the Python SDK is still to come; start from \
+             guest/python-rules/app.py (built with componentize-py, as its docstring shows)"
+        );
+    }
+    let project = sessionize::tools::scaffold::new_rust_plugin(name, dir, sdk)?;
+    println!("made {}: see its README.md (cargo test, then build, try, deploy)", project.display());
     Ok(())
 }
 

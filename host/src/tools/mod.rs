@@ -1,7 +1,8 @@
 //! Tools around the pipeline: test data (`sessionize generate`), a producer
-//! that fills a Kafka topic (`sessionize produce`), and the dry run of rules
-//! over a file (`sessionize plugin test`).
+//! that fills a Kafka topic (`sessionize produce`), the dry run of rules over
+//! a file (`sessionize plugin test`), and a new plugin project (`plugin new`).
 
 pub mod generate;
 pub mod plugin_test;
 pub mod produce;
+pub mod scaffold;

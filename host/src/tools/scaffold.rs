@@ -1,0 +1,233 @@
+//! `sessionize plugin new`: a rules plugin project to start from, with a unit
+//! test that passes and a build that works on this machine
+//! (`guest/build.sh DIR`).
+
+use std::path::{Path, PathBuf};
+
+/// Why no project was made.
+#[derive(Debug, thiserror::Error)]
+pub enum ScaffoldError {
+    /// The name cannot name a crate and a component.
+    #[error(
+        "{0:?} is not a plugin name: use 2 to 64 lowercase letters, digits and dashes, \
+         starting with a letter (for example checkout-rules)"
+    )]
+    Name(String),
+    /// Something is already there.
+    #[error("{} already exists: choose another name or --dir", .0.display())]
+    Exists(PathBuf),
+    /// The SDK is not where it was looked for.
+    #[error(
+        "no Sessionize SDK at {}: pass --sdk with the path of guest/sdk in a Sessionize checkout",
+        .0.display()
+    )]
+    NoSdk(PathBuf),
+    /// A file could not be written.
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Writes a Rust rules plugin called `name` into `dir/name`, depending on the
+/// SDK at `sdk`; returns the project's directory.
+pub fn new_rust_plugin(name: &str, dir: &Path, sdk: &Path) -> Result<PathBuf, ScaffoldError> {
+    check_name(name)?;
+    let sdk = sdk.canonicalize().map_err(|_| ScaffoldError::NoSdk(sdk.to_owned()))?;
+    if !sdk.join("Cargo.toml").is_file() {
+        return Err(ScaffoldError::NoSdk(sdk));
+    }
+    let project = dir.join(name);
+    if project.exists() {
+        return Err(ScaffoldError::Exists(project));
+    }
+    let rules = type_name(name);
+    let sdk = sdk.display().to_string();
+    let build =
+        sdk.strip_suffix("/sdk").map_or("guest/build.sh".to_owned(), |g| format!("{g}/build.sh"));
+    let files = [
+        ("Cargo.toml", CARGO_TOML.replace("__NAME__", name).replace("__SDK__", &sdk)),
+        ("src/lib.rs", LIB_RS.replace("__NAME__", name).replace("__RULES__", &rules)),
+        (
+            "README.md",
+            README_MD
+                .replace("__NAME__", name)
+                .replace("__BUILD__", &build)
+                .replace("__WASM__", &name.replace('-', "_")),
+        ),
+        (".gitignore", "/target\n/Cargo.lock\n*.wasm\n".to_owned()),
+    ];
+    for (file, text) in files {
+        let path = project.join(file);
+        let write = |path: &Path| {
+            std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
+            std::fs::write(path, &text)
+        };
+        write(&path).map_err(|source| ScaffoldError::Write { path, source })?;
+    }
+    Ok(project)
+}
+
+fn check_name(name: &str) -> Result<(), ScaffoldError> {
+    let valid = (2..=64).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.ends_with('-')
+        && !name.contains("--");
+    if valid {
+        Ok(())
+    } else {
+        Err(ScaffoldError::Name(name.to_owned()))
+    }
+}
+
+/// `checkout-rules` as `CheckoutRules`.
+fn type_name(name: &str) -> String {
+    name.split('-')
+        .map(|part| {
+            let mut chars = part.chars();
+            chars
+                .next()
+                .map_or(String::new(), |c| c.to_ascii_uppercase().to_string() + chars.as_str())
+        })
+        .collect()
+}
+
+const CARGO_TOML: &str = r#"[package]
+name = "__NAME__"
+version = "0.1.0"
+edition = "2021"
+
+[lib]
+# cdylib: the component; rlib: the unit tests run natively.
+crate-type = ["cdylib", "rlib"]
+
+[dependencies]
+sessionize-sdk = { path = "__SDK__" }
+
+# A workspace of its own, apart from any around it.
+[workspace]
+
+# What guest/build.sh builds with: small and fast, no unwinding (a panic aborts
+# the call, and the host rebuilds the instance).
+[profile.guest]
+inherits = "release"
+opt-level = 3
+panic = "abort"
+codegen-units = 1
+lto = true
+debug = false
+strip = true
+"#;
+
+const LIB_RS: &str = r#"//! __NAME__: session rules for Sessionize.
+//!
+//! A session ends after the job's inactivity timeout or once it would last
+//! longer than its maximum duration (`Limits`, what the default rules do); on
+//! top of that, these rules end a session right after an order is confirmed.
+
+use sessionize_sdk::{EndReason, Event, Expiry, Limits, Rules, Session, Settings};
+
+/// Inactivity and maximum duration, and the end of a purchase.
+pub struct __RULES__ {
+    limits: Limits,
+}
+
+impl Rules for __RULES__ {
+    fn new(settings: &Settings) -> Result<Self, String> {
+        Ok(Self { limits: Limits::from_settings(settings)? })
+    }
+
+    fn expiry(&self, session: &Session) -> Expiry {
+        self.limits.expiry(session)
+    }
+
+    fn ends_after(&self, _session: &Session, event: &Event) -> Option<EndReason> {
+        (event.page_name() == Some("order-confirmed")).then(|| EndReason::Custom("purchase".into()))
+    }
+}
+
+sessionize_sdk::export_rules!(__RULES__);
+
+#[cfg(test)]
+mod tests {
+    use sessionize_sdk::testing::{at, Harness};
+    use sessionize_sdk::{EndReason, Settings};
+
+    use super::__RULES__;
+
+    const MIN: i64 = 60_000;
+
+    fn sessions(events: &[sessionize_sdk::testing::TestEvent]) -> Vec<(i64, u32, EndReason)> {
+        let mut harness = match Harness::<__RULES__>::new(&Settings::new(30 * MIN, 120 * MIN)) {
+            Ok(harness) => harness,
+            Err(error) => panic!("{error}"),
+        };
+        let closed = harness.finish(events);
+        closed.iter().map(|c| (c.start_ms, c.event_count, c.end_reason.clone())).collect()
+    }
+
+    #[test]
+    fn silence_splits_and_a_confirmed_order_ends_the_session() {
+        let purchase = EndReason::Custom("purchase".into());
+        let events = [
+            at(0).page("home"),
+            at(45 * MIN).page("cart"),
+            at(46 * MIN).page("order-confirmed"),
+            at(47 * MIN).page("home"),
+        ];
+        assert_eq!(
+            sessions(&events),
+            [
+                (0, 1, EndReason::Inactivity),
+                (45 * MIN, 2, purchase),
+                (47 * MIN, 1, EndReason::EndOfInput),
+            ]
+        );
+    }
+}
+"#;
+
+const README_MD: &str = r#"# __NAME__
+
+Session rules for Sessionize, on its Rust SDK (`src/lib.rs`).
+
+```sh
+cargo test                                   # the unit tests, natively
+__BUILD__ .                 # the component: ./__WASM__.wasm
+sessionize generate -o events.jsonl           # or your own events
+sessionize plugin test __WASM__.wasm --input events.jsonl --against builtin   # what changes
+sessionize plugin deploy __WASM__.wasm         # into a running job
+```
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_become_crates_and_types() {
+        assert_eq!(type_name("checkout-rules"), "CheckoutRules");
+        for bad in ["", "a", "Rules", "1rules", "my_rules", "rules-", "a--b", "ünï"] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+        assert!(check_name("checkout-rules2").is_ok());
+    }
+
+    #[test]
+    fn an_existing_project_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest/sdk");
+        let made = new_rust_plugin("my-rules", dir.path(), &sdk).unwrap();
+        assert!(made.join("src/lib.rs").is_file());
+        let lib = std::fs::read_to_string(made.join("src/lib.rs")).unwrap();
+        assert!(lib.contains("pub struct MyRules") && lib.contains("export_rules!(MyRules)"));
+        let again = new_rust_plugin("my-rules", dir.path(), &sdk).unwrap_err();
+        assert!(matches!(again, ScaffoldError::Exists(_)), "{again}");
+        let no_sdk = new_rust_plugin("other", dir.path(), dir.path()).unwrap_err();
+        assert!(no_sdk.to_string().contains("--sdk"), "{no_sdk}");
+    }
+}
