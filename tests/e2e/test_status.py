@@ -150,6 +150,8 @@ def test_metrics_agree_with_what_the_job_wrote(run, binary, broker, tmp_path):  
         # Accepted events are in closed sessions or still open.
         assert sum(r["event_count"] for r in sessions) <= outcomes["accepted"]
         assert value(m, "sessionize_open_sessions") > 0
+        # Keyed by uuid (as `sessionize produce` does): every user on one partition.
+        assert value(m, "sessionize_events_off_partition_total") == 0
 
         # The committed offsets are those of the table's last commit; nothing is left to read.
         table = catalog(wh).load_table("sessions.user_sessions")
@@ -349,3 +351,28 @@ def test_a_run_over_a_file_serves_metrics_only_when_asked(run, binary, tmp_path)
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_input_not_keyed_by_user_is_counted_and_named(run, binary, broker, tmp_path):  # noqa: F811
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+    admin = AdminClient({"bootstrap.servers": broker.servers})
+    for future in admin.create_topics([NewTopic("clicks", 4, 1)]).values():
+        future.result(30)
+    events = tmp_path / "events.jsonl"
+    generate(run, events, "--num-users", "50", "--events", "2000", "--seed", "4")
+    producer = Producer({"bootstrap.servers": broker.servers})
+    lines = events.read_text().splitlines()
+    for i, line in enumerate(lines):
+        producer.produce("clicks", line.encode(), partition=i % 4)  # round robin, no key
+    assert producer.flush(30) == 0
+    job, addr = start_job(binary, broker, tmp_path)
+    try:
+        m = settled(addr, len(lines))
+        assert value(m, "sessionize_events_off_partition_total") > 1000
+        assert "events of a user arrive on more than one partition: key the topic by uuid" in \
+            job.log.read_text()
+    finally:
+        job.proc.terminate()
+        out = job.wait()
+    assert "off partition:" in out

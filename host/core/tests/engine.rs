@@ -409,3 +409,17 @@ proptest! {
         prop_assert_eq!(&baseline, &reference(&events, lateness));
     }
 }
+
+#[test]
+fn a_users_events_on_another_partition_are_counted() {
+    let mut engine = Engine::new(EngineConfig::default());
+    engine.register_partitions([0, 1]);
+    for (partition, uuid, t) in [(0, "u", 1_000), (0, "v", 1_000), (1, "u", 2_000), (1, "v", 2_000)]
+    {
+        assert_eq!(engine.offer(partition, &ev(uuid, &t.to_string(), t, "p")), Admission::Accepted);
+    }
+    // Back on its first partition: not counted again.
+    engine.offer(0, &ev("u", "3", 3_000, "p"));
+    engine.offer(1, &ev("w", "4", 3_000, "p"));
+    assert_eq!(engine.stats().off_partition, 2);
+}

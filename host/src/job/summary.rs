@@ -152,6 +152,14 @@ impl std::fmt::Display for StreamSummary {
             "waiting events:    at most {} (partitions paused for running ahead: {} times)",
             self.peak_waiting, self.partition_pauses
         )?;
+        if self.engine.off_partition > 0 {
+            writeln!(
+                f,
+                "off partition:     {} events of a user on another partition than its first: \
+                 key the topic by uuid (README: Input keyed by user)",
+                self.engine.off_partition
+            )?;
+        }
         if self.swap_pauses.count() > 0 {
             writeln!(
                 f,

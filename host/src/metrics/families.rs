@@ -57,6 +57,11 @@ pub(super) const FAULT_KINDS: [&str; 6] =
 pub(super) fn register(r: &mut Registry, m: &JobMetrics) {
     r.register("events_read", "Records read from the input", m.read.clone());
     r.register(
+        "events_off_partition",
+        "Events of a user on another partition than the user's first (input not keyed by user)",
+        m.off_partition.clone(),
+    );
+    r.register(
         "events",
         "Events by outcome: accepted (queued for the rules), late, duplicate, rejected",
         m.events.clone(),

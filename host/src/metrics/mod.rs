@@ -81,6 +81,7 @@ pub struct JobMetrics {
     started: Instant,
     readiness: Readiness,
     read: Counter,
+    off_partition: Counter,
     events: Family<Outcome, Counter>,
     rejected: Family<Reason, Counter>,
     sessions_closed: Family<EndReason, Counter>,
@@ -141,6 +142,7 @@ impl JobMetrics {
             started: Instant::now(),
             readiness,
             read: Counter::default(),
+            off_partition: Counter::default(),
             events: Family::default(),
             rejected: Family::default(),
             sessions_closed: Family::default(),
@@ -204,6 +206,7 @@ impl JobMetrics {
             .get_or_create(&Outcome { outcome: "duplicate" })
             .inc_by(now.duplicates.saturating_sub(reported.duplicates));
         self.plugin_calls.inc_by(now.plugin_calls.saturating_sub(reported.plugin_calls));
+        self.off_partition.inc_by(now.off_partition.saturating_sub(reported.off_partition));
         *reported = now;
         drop(reported);
         self.pending_events.set(clamp(engine.events_waiting()));

@@ -90,6 +90,10 @@ pub struct EngineStats {
     pub sessions_closed: u64,
     /// Time spent inside plugin calls.
     pub rules_time: std::time::Duration,
+    /// Events of a user that came on another partition than the user's
+    /// first: input not keyed by user, which lateness (judged per partition)
+    /// and scale-out (a user's state follows its partition) both assume.
+    pub off_partition: u64,
 }
 
 /// Why the engine could not go on.
@@ -225,6 +229,13 @@ impl Engine {
             return Admission::Late { behind_ms };
         }
         let user = self.users.id_of(&event.uuid);
+        let slot = self.users.slot_mut(user);
+        let partition = u32::try_from(partition).unwrap_or(users::NO_PARTITION - 1);
+        if slot.partition == users::NO_PARTITION {
+            slot.partition = partition;
+        } else if slot.partition != partition {
+            self.stats.off_partition += 1;
+        }
         if let Some(id) = event.event_id.as_deref() {
             if let Some(twin) = self.users.pending_twin(user, id) {
                 // Keep the earliest copy, so which copy arrived first does not matter.

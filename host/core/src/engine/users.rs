@@ -42,6 +42,9 @@ const INDEX_FROM: usize = 16;
 /// outside, so hashed with a randomly seeded hasher.
 type EventIndex = HashMap<Arc<str>, u32, ahash::RandomState>;
 
+/// [`UserSlot::partition`] before the user's first event.
+pub(super) const NO_PARTITION: u32 = u32::MAX;
+
 /// Everything the engine keeps about one user.
 pub(super) struct UserSlot {
     pub(super) uuid: Arc<str>,
@@ -54,6 +57,9 @@ pub(super) struct UserSlot {
     index: Option<Box<EventIndex>>,
     /// When the rules want to see this user again without events.
     pub(super) wake_at: Option<i64>,
+    /// The partition the user's first event (since the user was loaded)
+    /// came from; [`NO_PARTITION`] before that.
+    pub(super) partition: u32,
     /// Whether the user is in [`Users::with_pending`].
     listed: bool,
     /// Whether the user changed since the last [`Users::take_dirty`].
@@ -106,6 +112,7 @@ impl Users {
             pending: Vec::new(),
             index: None,
             wake_at: None,
+            partition: NO_PARTITION,
             listed: false,
             dirty: false,
         };

@@ -138,6 +138,7 @@ pub fn run_streaming<S: StreamSource, K: Sink + Send>(
             paused: BTreeSet::new(),
             metrics,
             last_report: now,
+            off_partition_logged: 0,
         };
         job.run(stop)
     })
@@ -169,6 +170,8 @@ struct EventLoop<'a, S> {
     metrics: Arc<JobMetrics>,
     /// When the lag was last reported.
     last_report: Instant,
+    /// Events off their user's partition when that was last logged.
+    off_partition_logged: u64,
 }
 
 impl<S: StreamSource> EventLoop<'_, S> {
@@ -238,6 +241,7 @@ impl<S: StreamSource> EventLoop<'_, S> {
         if now.duration_since(self.last_report) >= Duration::from_millis(500) {
             self.metrics.observe_lag(&self.source.lags());
             self.last_report = now;
+            self.warn_off_partition();
         }
         let offsets = merged(&self.start_offsets, self.source.positions());
         for (&p, &seen) in &self.last_message {
@@ -254,6 +258,21 @@ impl<S: StreamSource> EventLoop<'_, S> {
         }
         self.summary.peak_waiting = self.summary.peak_waiting.max(self.engine.events_waiting());
         self.align_partitions(now);
+    }
+
+    /// Says once, and again whenever the count has doubled, that users' events
+    /// arrive on several partitions: lateness is judged per partition, so such
+    /// input makes events late that are not.
+    fn warn_off_partition(&mut self) {
+        let off = self.engine.stats().off_partition;
+        if off > 0 && off >= self.off_partition_logged.saturating_mul(2) {
+            tracing::warn!(
+                events = off,
+                "events of a user arrive on more than one partition: key the topic by uuid \
+                 (README: Input keyed by user)"
+            );
+            self.off_partition_logged = off;
+        }
     }
 
     /// Pauses the partitions that run too far ahead of the slowest, and
