@@ -6,7 +6,7 @@
 //! checkpoint, never per event. Metric names follow Prometheus' naming guide
 //! (`sessionize_` prefix, `_total` counters, base units in the name).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -27,6 +27,11 @@ mod recent;
 use families::{EndReason, FaultKind, Outcome, Partition, Reason, RuleVersion, RulesAction};
 
 pub use recent::{CheckpointNote, DeadLetterNote, Recent, Sample};
+
+/// End reasons labelled one by one; later ones are counted together.
+const MAX_END_REASONS: usize = 32;
+/// The label those later end reasons share.
+const OTHER_END_REASONS: &str = "(other)";
 
 /// What decides `/readyz`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +92,8 @@ pub struct JobMetrics {
     sessions_closed: Family<EndReason, Counter>,
     /// All of `sessions_closed`, for the page.
     sessions_closed_sum: AtomicU64,
+    /// The end reasons `sessions_closed` has a label for.
+    end_reasons: Mutex<BTreeSet<String>>,
     lag: Family<Partition, Gauge>,
     committed: Family<Partition, Gauge>,
     watermark: Gauge<f64, AtomicU64>,
@@ -147,6 +154,7 @@ impl JobMetrics {
             rejected: Family::default(),
             sessions_closed: Family::default(),
             sessions_closed_sum: AtomicU64::new(0),
+            end_reasons: Mutex::default(),
             lag: Family::default(),
             committed: Family::default(),
             watermark: Gauge::default(),
@@ -236,7 +244,19 @@ impl JobMetrics {
             *by_reason.entry(&session.end_reason).or_default() += 1;
         }
         self.sessions_closed_sum.fetch_add(sessions.len() as u64, Ordering::Relaxed);
+        let mut labelled = lock(&self.end_reasons);
         for (end_reason, count) in by_reason {
+            // The rules name end reasons: a bounded set of labels, so that
+            // rules inventing a reason per session cannot grow the metrics.
+            let known = labelled.contains(end_reason);
+            let end_reason = if known || labelled.len() < MAX_END_REASONS {
+                if !known {
+                    labelled.insert(end_reason.to_owned());
+                }
+                end_reason
+            } else {
+                OTHER_END_REASONS
+            };
             self.sessions_closed
                 .get_or_create(&EndReason { end_reason: end_reason.to_owned() })
                 .inc_by(count);

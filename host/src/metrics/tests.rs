@@ -119,3 +119,26 @@ fn the_page_keeps_only_the_latest_dead_letters_and_cuts_long_records() {
     assert_eq!(shown, (30..50).rev().collect::<Vec<_>>());
     assert!(recent.latest_dead_letters().all(|d| d.raw.len() == 160));
 }
+
+#[test]
+fn rules_that_invent_end_reasons_cannot_grow_the_labels() {
+    let row = |reason: String| SessionRow {
+        uuid: "u".into(),
+        session_id: "s".into(),
+        start_ms: 0,
+        end_ms: 1,
+        event_count: 1,
+        pages: Vec::new(),
+        end_reason: reason,
+        rule_version: "r".into(),
+    };
+    let metrics = JobMetrics::default();
+    let sessions: Vec<SessionRow> = (0..100).map(|i| row(format!("reason {i}"))).collect();
+    metrics.observe_output(&sessions, &[]);
+    metrics.observe_output(&[row("reason 0".into())], &[]);
+    let text = metrics.encode();
+    let labels = line(&text, "sessionize_sessions_closed_total{");
+    assert_eq!(labels.len(), MAX_END_REASONS + 1, "{labels:?}");
+    assert!(text.contains("end_reason=\"(other)\"} 68"), "{text}");
+    assert!(text.contains("end_reason=\"reason 0\"} 2"), "{text}");
+}

@@ -7,7 +7,7 @@
 //! flow stalls only for a cut. A change of rules is applied right after a cut:
 //! each checkpoint is processed by one rules version.
 //!
-//! (Just over 450 lines: the loop is one state machine whose steps share its
+//! (Over 450 lines: the loop is one state machine whose steps share its
 //! fields; the checkpoint thread and the metrics already live elsewhere.)
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
