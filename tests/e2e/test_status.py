@@ -345,6 +345,7 @@ def test_a_run_over_a_file_serves_metrics_only_when_asked(run, binary, tmp_path)
             scrape(f"127.0.0.1:{port}")), 60, "the first two blocks")
         outcomes = labels_of(m, "sessionize_events_total", "outcome")
         assert sum(outcomes.values()) == 16384, outcomes
+        assert get(f"http://127.0.0.1:{port}/readyz") == (200, "ready\n")
         out, err = proc.communicate(input=b"".join(lines[16384:]), timeout=120)
         assert proc.returncode == 0, err.decode()[-2000:]
         assert f"events read:       {len(lines)}" in out.decode()

@@ -15,7 +15,7 @@ use std::time::Duration;
 use crate::admin::{self, AdminConfig, AdminError};
 use crate::checkpoint::{CheckpointError, Checkpointer};
 use crate::engine::{Engine, EngineConfig};
-use crate::metrics::JobMetrics;
+use crate::metrics::{JobMetrics, Readiness};
 use crate::rules::contract::Settings;
 use crate::rules::lifecycle::{
     deployed_before_restart, watch_plugin_file, ArchiveError, CheckpointedRules, RulesArchive,
@@ -210,7 +210,10 @@ pub async fn run(config: &JobConfig, input: Input) -> Result<Summary, JobError> 
 async fn run_file(config: &JobConfig, source: FileSource) -> Result<RunSummary, JobError> {
     let metrics = match config.status.addr {
         Some(addr) => {
-            let metrics = Arc::new(JobMetrics::new(config.status.readiness));
+            // One partition and no checkpoints: ready for as long as it runs.
+            let always = Readiness { max_lag: u64::MAX, max_checkpoint_age: Duration::MAX };
+            let metrics = Arc::new(JobMetrics::new(always));
+            metrics.set_partitions(&[0]);
             status::serve(addr, metrics.clone()).await?;
             Some(metrics)
         }
