@@ -219,27 +219,16 @@ fn plugin_new_command(
 /// `sessionize plugin test`: the sessions as JSON lines, or with --against
 /// what changes, on stdout.
 fn plugin_test_command(args: &cli::PluginTestArgs) -> Result<()> {
-    use sessionize::rules::{ComponentLoader, SandboxLimits};
+    use sessionize::job::{load_rules, rules_loader, Intake};
+    use sessionize::rules::lifecycle::DEFAULT_MAX_COMPONENT_BYTES;
     use sessionize::tools::plugin_test::{run_rules, write_comparison, write_sessions};
     let runtime = two_thread_runtime()?;
-    let loader = ComponentLoader::new().context("starting wasmtime")?;
-    let loader = sessionize::rules::lifecycle::RulesLoader::new(
-        std::sync::Arc::new(loader),
-        args.settings(),
-        SandboxLimits::default(),
-    );
-    let load = |plugin: &std::path::Path| {
-        if plugin == std::path::Path::new("builtin") {
-            let bytes = sessionize::job::built_in_rules().context(
-                "this binary was built without the default rules: run guest/build.sh and rebuild",
-            )?;
-            return loader.load(bytes).context("loading the built-in default rules");
-        }
-        loader.load_file(plugin).with_context(|| format!("loading plugin {}", plugin.display()))
-    };
-    let intake = sessionize::job::Intake::default();
+    let limits = sessionize::rules::SandboxLimits::default();
+    let loader = rules_loader(args.settings(), limits, DEFAULT_MAX_COMPONENT_BYTES)?;
+    let intake = Intake::default();
     let run = |plugin: &std::path::Path| -> Result<_> {
-        let mut rules = load(plugin)?;
+        let plugin = (plugin != std::path::Path::new("builtin")).then_some(plugin);
+        let mut rules = load_rules(&loader, plugin)?;
         Ok(run_rules(runtime.handle(), &mut rules, &args.input, args.engine(), &intake)?)
     };
     let candidate = run(&args.plugin)?;

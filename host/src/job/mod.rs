@@ -7,7 +7,7 @@
 //! [`JobConfig`], as `sessionize run` does.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,11 +47,6 @@ pub use summary::{RunSummary, Stalls, StreamSummary};
 const DEFAULT_RULES: Option<&[u8]> = Some(include_bytes!(env!("SESSIONIZE_DEFAULT_RULES")));
 #[cfg(not(embedded_rules))]
 const DEFAULT_RULES: Option<&[u8]> = None;
-
-/// The built-in default rules component, if this binary was built with it.
-pub fn built_in_rules() -> Option<&'static [u8]> {
-    DEFAULT_RULES
-}
 
 /// Everything `sessionize run` configures.
 #[derive(Debug, Clone)]
@@ -219,9 +214,10 @@ async fn run_file(config: &JobConfig, source: FileSource) -> Result<RunSummary, 
         }
         None => None,
     };
-    let loader = rules_loader(config)?;
+    let loader = rules_loader(config.settings.clone(), config.limits, config.max_component_bytes)?;
     // Plugin calls block: never on an async task.
-    let mut rules = tokio::task::block_in_place(|| given_rules(config, &loader))?;
+    let plugin = config.plugin.as_deref();
+    let mut rules = tokio::task::block_in_place(|| load_rules(&loader, plugin))?;
     tracing::info!(rules = rules.rule_version(), "rules loaded");
     let mut sink = open_sink(config).await?;
     let mut engine = Engine::new(config.engine);
@@ -259,8 +255,9 @@ async fn run_kafka(config: &JobConfig) -> Result<StreamSummary, JobError> {
         Some(addr) => Some(status::serve(addr, metrics.clone()).await?),
         None => None,
     };
-    let loader = rules_loader(config)?;
-    let given = tokio::task::block_in_place(|| given_rules(config, &loader))?;
+    let loader = rules_loader(config.settings.clone(), config.limits, config.max_component_bytes)?;
+    let plugin = config.plugin.as_deref();
+    let given = tokio::task::block_in_place(|| load_rules(&loader, plugin))?;
     let archive = Arc::new(RulesArchive::open(&config.state_dir)?);
     if let Some(addr) = status_addr {
         publish_status_address(&config.state_dir, addr)?;
@@ -370,17 +367,20 @@ async fn open_sink(config: &JobConfig) -> Result<IcebergSink, JobError> {
         .map_err(|source| JobError::Sink { warehouse: config.sink.warehouse.to_string(), source })
 }
 
-/// The loader every rules version of this job goes through.
-fn rules_loader(config: &JobConfig) -> Result<RulesLoader, JobError> {
+/// The loader every rules version of a job (or of `plugin test`) goes through.
+pub fn rules_loader(
+    settings: Settings,
+    limits: SandboxLimits,
+    max_component_bytes: u64,
+) -> Result<RulesLoader, JobError> {
     let loader = ComponentLoader::new()
         .map_err(|source| JobError::Rules { context: "starting wasmtime".into(), source })?;
-    Ok(RulesLoader::new(Arc::new(loader), config.settings.clone(), config.limits)
-        .taking_at_most(config.max_component_bytes))
+    Ok(RulesLoader::new(Arc::new(loader), settings, limits).taking_at_most(max_component_bytes))
 }
 
-/// The rules the command line gives: `--plugin`, or the built-in default rules.
-fn given_rules(config: &JobConfig, loader: &RulesLoader) -> Result<ComponentRules, JobError> {
-    match (&config.plugin, DEFAULT_RULES) {
+/// The rules a command line gives: `plugin`, or the built-in default rules.
+pub fn load_rules(loader: &RulesLoader, plugin: Option<&Path>) -> Result<ComponentRules, JobError> {
+    match (plugin, DEFAULT_RULES) {
         (Some(path), _) => loader.load_file(path).map_err(|source| JobError::Rules {
             context: format!("loading plugin {}", path.display()),
             source,

@@ -267,7 +267,7 @@ impl JobMetrics {
     /// Gauges that take a walk over the engine's users: once per checkpoint.
     pub fn observe_engine_size(&self, engine: &Engine) {
         self.open_sessions.set(clamp(engine.open_sessions() as u64));
-        self.texts.set(clamp(engine.text_count() as u64));
+        self.texts.set(clamp(engine.texts().strings.len() as u64));
     }
 
     /// Per-partition lag (the partition's end minus the next offset to read).

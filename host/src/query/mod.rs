@@ -30,6 +30,13 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use iceberg::Catalog;
 use iceberg_datafusion::IcebergCatalogProvider;
 
+mod output;
+mod scans;
+
+pub use output::{write_result, OutputFormat};
+pub use scans::ScanStats;
+use scans::{iceberg_scans, scan_stats};
+
 use crate::sink::iceberg::{
     open_configured_catalog, SinkConfig, Warehouse, CATALOG_FILE, CATALOG_NAME,
 };
@@ -263,13 +270,6 @@ fn check_table(
     };
     Err(QueryError::UnknownTable { name, tables })
 }
-
-mod output;
-mod scans;
-
-pub use output::{write_result, OutputFormat};
-pub use scans::ScanStats;
-use scans::{iceberg_scans, scan_stats};
 
 #[cfg(test)]
 mod tests {

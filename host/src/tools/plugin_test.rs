@@ -271,10 +271,10 @@ impl Sink for Collected {
 
     async fn last_rejected_commit_properties(
         &mut self,
-        _key: &str,
-        _value: &str,
+        key: &str,
+        value: &str,
     ) -> Result<Option<HashMap<String, String>>, SinkError> {
-        Ok(None)
+        self.last_commit_properties(key, value).await
     }
 }
 

@@ -216,11 +216,6 @@ impl Engine {
         self.users.ids().filter(|&u| self.users.slot(u).state.is_some()).count()
     }
 
-    /// Distinct texts interned (page names, event names, ...).
-    pub fn text_count(&self) -> usize {
-        self.texts.as_slice().len()
-    }
-
     /// Admits or drops one event that arrived on `partition`.
     pub fn offer(&mut self, partition: usize, event: &Event<'_>) -> Admission {
         let t = event.timestamp_ms;

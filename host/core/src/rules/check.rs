@@ -10,6 +10,9 @@
 //! sessions are grouped per user with a counting sort, and page handles are
 //! checked against a table indexed by handle, not searched.
 //!
+//! (Over 450 lines, a fifth of them tests: the contract's rules, their
+//! messages and the one pass that checks them belong in one place.)
+//!
 //! A wake-up time at or before the batch's watermark is refused rather than
 //! taken as "now": the engine wakes a user once the watermark reaches the
 //! time, so such a time would wake the user again on every advance without
