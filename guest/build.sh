@@ -13,7 +13,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${SESSIONIZE_CACHE:-$HOME/.cache/sessionize}"
 DIST="$ROOT/guest/dist"
-PLUGINS=(default-rules logout-rules faulty chaos)
+PLUGINS=(default-rules logout-rules conversion-rules faulty chaos)
 MANIFEST="$ROOT/Cargo.toml"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 if [ $# -gt 0 ]; then

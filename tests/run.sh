@@ -47,7 +47,7 @@ fi
 export S3S_BIN="$S3S_ROOT/bin/s3s-fs"
 
 step "python rules component (componentize-py)"
-(cd guest/python-rules && "$VENV/bin/componentize-py" -d ../../wit -w session-rules \
+(cd guest/python-rules && "$VENV/bin/componentize-py" -d ../../wit/v0.1 -w session-rules \
     componentize app -o ../dist/python_rules.wasm)
 
 step "format and lints"

@@ -1,7 +1,10 @@
 """The default session rules written in Python: proof that a rules plugin can be
 any language that builds a WASI component (here with componentize-py).
 
-Build: componentize-py -d ../../wit -w session-rules componentize app -o rules.wasm
+Built against contract 0.1 (declares nothing, writes no attributes), so the
+tests also keep a 0.1 component built from source running.
+
+Build: componentize-py -d ../../wit/v0.1 -w session-rules componentize app -o rules.wasm
 """
 
 import os

@@ -28,6 +28,7 @@ fn row(uuid: &str, start_ms: i64) -> SessionRow {
         pages: vec![Arc::from("home")],
         end_reason: "inactivity".into(),
         rule_version: Arc::from("test@1"),
+        attributes: Vec::new(),
     }
 }
 
@@ -53,7 +54,11 @@ fn staged_checkpoint(store: &StateStore) -> (CheckpointRecord, StagedOutput) {
         rule_version: "test@1".into(),
         ..Default::default()
     };
-    let output = StagedOutput { sessions: vec![row("a", 0), row("b", 5)], rejected: vec![] };
+    let output = StagedOutput {
+        sessions: vec![row("a", 0), row("b", 5)],
+        rejected: vec![],
+        columns: vec![],
+    };
     store.write_checkpoint(&EngineChanges::default(), &record, &output).unwrap();
     (record, output)
 }
@@ -207,6 +212,7 @@ fn staged_unwritable_checkpoint(store: &StateStore) {
     let output = StagedOutput {
         sessions: vec![row("a", 0), huge_count, row("far-start", 8_212_000_000_000_000)],
         rejected: vec![],
+        columns: vec![],
     };
     store.write_checkpoint(&EngineChanges::default(), &record, &output).unwrap();
 }

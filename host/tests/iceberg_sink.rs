@@ -75,6 +75,7 @@ fn session(uuid: &str, id: &str, start_ms: i64, duration_ms: i64, pages: &[&str]
         pages: pages.iter().map(|p| Arc::<str>::from(*p)).collect(),
         end_reason: "inactivity".to_string(),
         rule_version: Arc::from("default-rules@1.0.0#abc"),
+        attributes: Vec::new(),
     }
 }
 

@@ -109,6 +109,7 @@ fn batch(pages: &[(i64, Option<u32>)], texts: usize) -> (Vec<Arc<str>>, Batch) {
         end_of_input: true,
         users: vec![UserSlice { state: None, event_count: events.len() as u32 }],
         events,
+        fields: vec![],
     };
     (texts, batch)
 }
@@ -241,6 +242,7 @@ fn boom_batch(end_of_input: bool) -> (Vec<Arc<str>>, Batch) {
             UserSlice { state: None, event_count: 2 },
         ],
         events: vec![event(0, 0), event(MIN, 0), event(0, 0), event(MIN, 2)],
+        fields: vec![],
     };
     (texts, batch)
 }

@@ -19,7 +19,7 @@ use std::cell::RefCell;
 use sessionize_sdk::__private::bindings::exports::sessionize::plugin::rules::Guest;
 use sessionize_sdk::__private::Plugin;
 use sessionize_sdk::contract::{
-    Batch, BatchResult, ClosedSession, EndReason, PluginInfo, SessionState,
+    Batch, BatchResult, ClosedSession, Declarations, EndReason, PluginInfo, SessionState,
     Settings as WitSettings, UserOutcome,
 };
 use sessionize_sdk::{Expiry, Limits, Rules, Session, Settings};
@@ -130,14 +130,14 @@ impl Guest for Chaos {
         <Sdk as Guest>::info()
     }
 
-    fn configure(settings: WitSettings) -> Result<(), String> {
+    fn configure(settings: WitSettings) -> Result<Declarations, String> {
         let seed = match Settings::from(settings.clone()).param("seed") {
             None => 0,
             Some(seed) => seed.parse().map_err(|_| format!("seed {seed:?} is not a number"))?,
         };
-        <Sdk as Guest>::configure(settings)?;
+        let declared = <Sdk as Guest>::configure(settings)?;
         INSTANCE.with(|i| *i.borrow_mut() = Some(Instance { die: Die(seed), texts: 0 }));
-        Ok(())
+        Ok(declared)
     }
 
     fn process(batch: Batch) -> Result<BatchResult, String> {
@@ -191,6 +191,7 @@ fn noise(die: &mut Die, users: u32, watermark: i64, texts: u32) -> BatchResult {
                 event_count: die.count(2),
                 pages: die.pages(texts),
                 end_reason: die.reason(),
+                attributes: Vec::new(),
             })
             .collect(),
     }
@@ -243,6 +244,7 @@ fn change(die: &mut Die, answer: &mut BatchResult, users: u32, watermark: i64, t
                     event_count: state.event_count,
                     pages: state.pages,
                     end_reason: die.reason(),
+                    attributes: Vec::new(),
                 });
             }
         }

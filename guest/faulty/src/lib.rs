@@ -10,6 +10,8 @@
 //!   `outside-events`, `overlap`, `lose-events`, `past-wake`, `keep-open`,
 //!   `huge-data`, `foreign-page`, `repeated-page`, `long-reason`.
 //! - In its identity: `long-name`, `bad-version`.
+//! - In its declarations: `retyped-revenue` declares attribute `revenue` as a
+//!   long (the conversion rules' is a double), for the table's type check.
 //!
 //! The answers are made by the SDK's own loop and then spoilt, so this plugin
 //! implements the contract's export itself (through the SDK's hidden
@@ -20,7 +22,8 @@ use std::cell::RefCell;
 use sessionize_sdk::__private::bindings::exports::sessionize::plugin::rules::Guest;
 use sessionize_sdk::__private::Plugin;
 use sessionize_sdk::contract::{
-    Batch, BatchResult, ClosedSession, EndReason, PluginInfo, SessionState, Settings as WitSettings,
+    AttributeType, Batch, BatchResult, ClosedSession, Declarations, EndReason, PluginInfo,
+    SessionAttribute, SessionState, Settings as WitSettings,
 };
 use sessionize_sdk::{log, Event, Expiry, Limits, LogLevel, Rules, Session, Settings};
 
@@ -46,9 +49,11 @@ enum Fault {
     LongReason,
     LongName,
     BadVersion,
+    RetypedRevenue,
 }
 
-const FAULTS: [(&str, Fault); 19] = [
+const FAULTS: [(&str, Fault); 20] = [
+    ("retyped-revenue", Fault::RetypedRevenue),
     ("trap", Fault::Trap),
     ("loop", Fault::Loop),
     ("oom", Fault::OutOfMemory),
@@ -161,11 +166,18 @@ impl Guest for Faulty {
         info
     }
 
-    fn configure(settings: WitSettings) -> Result<(), String> {
+    fn configure(settings: WitSettings) -> Result<Declarations, String> {
         let fault = Fault::from_settings(&Settings::from(settings.clone()))?;
-        <Sdk as Guest>::configure(settings)?;
+        let mut declared = <Sdk as Guest>::configure(settings)?;
+        if fault == Fault::RetypedRevenue {
+            declared.attributes.push(SessionAttribute {
+                name: "revenue".into(),
+                type_: AttributeType::Long,
+                doc: "Revenue in cents".into(),
+            });
+        }
         INSTANCE.with(|i| *i.borrow_mut() = Some(Instance { fault, texts: 0, boom: None }));
-        Ok(())
+        Ok(declared)
     }
 
     fn process(batch: Batch) -> Result<BatchResult, String> {

@@ -5,9 +5,10 @@ use std::cell::RefCell;
 
 use crate::__private::bindings::exports::sessionize::plugin::rules::Guest;
 use crate::wit::{
-    Batch, BatchResult, ClosedSession, EndReason, PluginInfo, SessionState, UserOutcome,
+    AttributeValue, Batch, BatchResult, ClosedSession, Declarations, EndReason, PluginInfo,
+    SessionState, UserOutcome,
 };
-use crate::{install_panic_hook, Event, Rules, Session, Settings, TextTable};
+use crate::{carry, install_panic_hook, Declare, Event, Rules, Session, Settings, TextTable};
 
 /// Binds a [`Rules`] type to the contract; implemented by [`export_rules!`](crate::export_rules).
 pub trait Plugin {
@@ -19,9 +20,11 @@ pub trait Plugin {
     const VERSION: &'static str;
 }
 
-/// What an instance keeps between calls: its rules and its text table.
+/// What an instance keeps between calls: its rules, what they declared, and
+/// its text table.
 struct Instance {
     rules: Box<dyn Any>,
+    declared: Declare,
     texts: TextTable,
 }
 
@@ -34,14 +37,17 @@ impl<P: Plugin> Guest for P {
         PluginInfo { name: P::NAME.to_owned(), version: P::VERSION.to_owned() }
     }
 
-    fn configure(settings: crate::wit::Settings) -> Result<(), String> {
+    fn configure(settings: crate::wit::Settings) -> Result<Declarations, String> {
         install_panic_hook();
         let rules = P::Rules::new(&Settings::from(settings))?;
+        let mut declared = Declare::default();
+        rules.declare(&mut declared);
+        let declarations = declared.to_wit();
         INSTANCE.with(|slot| {
             *slot.borrow_mut() =
-                Some(Instance { rules: Box::new(rules), texts: TextTable::default() })
+                Some(Instance { rules: Box::new(rules), declared, texts: TextTable::default() })
         });
-        Ok(())
+        Ok(declarations)
     }
 
     fn process(batch: Batch) -> Result<BatchResult, String> {
@@ -52,19 +58,36 @@ impl<P: Plugin> Guest for P {
                 .rules
                 .downcast_ref::<P::Rules>()
                 .ok_or("instance holds rules of another type")?;
-            process(rules, &mut instance.texts, batch)
+            process(rules, &instance.declared, &mut instance.texts, batch)
         })
     }
 }
 
-/// Applies `rules` to every user of `batch`.
+/// An open session while the SDK works on it: the stored record, with its
+/// attribute values taken out of `data`.
+struct Open {
+    state: SessionState,
+    attributes: Vec<Option<AttributeValue>>,
+}
+
+/// Applies `rules` (which declared `declared`) to every user of `batch`.
 pub(crate) fn process<R: Rules>(
     rules: &R,
+    declared: &Declare,
     texts: &mut TextTable,
     batch: Batch,
 ) -> Result<BatchResult, String> {
     texts.extend(batch.new_texts);
     let texts = &*texts;
+    let names = &declared.attributes;
+    let columns = &batch.fields;
+    if columns.len() != declared.fields.len() {
+        return Err(format!(
+            "the batch has {} field columns, the rules declared {}",
+            columns.len(),
+            declared.fields.len()
+        ));
+    }
     let mut outcomes = Vec::with_capacity(batch.users.len());
     let mut closed = Vec::new();
     let mut next = 0usize;
@@ -73,47 +96,53 @@ pub(crate) fn process<R: Rules>(
         let events = batch.events.get(next..end).ok_or_else(|| {
             format!("user {index} claims events {next}..{end} of {}", batch.events.len())
         })?;
+        let first = next;
         next = end;
         let index = index as u32;
-        let mut open = user.state;
-        for raw in events {
-            let event = Event { raw, texts };
-            let mut state = match open.take() {
-                None => start(raw),
-                Some(mut state) => {
-                    let split = rules.split(&Session { state: &mut state, texts }, &event);
-                    match split {
+        let mut open = user.state.map(|mut state| {
+            let (attributes, own) = carry::split(std::mem::take(&mut state.data), names);
+            state.data = own;
+            Open { state, attributes }
+        });
+        for (offset, raw) in events.iter().enumerate() {
+            let event = Event { raw, texts, columns, index: first + offset, declared };
+            let mut current = match open.take() {
+                None => start(raw, names.len()),
+                Some(mut current) => {
+                    match rules.split(&session(&mut current, declared, texts), &event) {
                         Some(reason) => {
-                            closed.push(close(index, state, reason));
-                            start(raw)
+                            closed.push(close(index, current, reason));
+                            start(raw, names.len())
                         }
                         None => {
-                            extend(&mut state, raw);
-                            state
+                            extend(&mut current.state, raw);
+                            current
                         }
                     }
                 }
             };
-            let mut session = Session { state: &mut state, texts };
-            rules.observe(&mut session, &event);
-            match rules.ends_after(&session, &event) {
-                Some(reason) => closed.push(close(index, state, reason)),
-                None => open = Some(state),
+            rules.observe(&mut session(&mut current, declared, texts), &event);
+            match rules.ends_after(&session(&mut current, declared, texts), &event) {
+                Some(reason) => closed.push(close(index, current, reason)),
+                None => open = Some(current),
             }
         }
         let mut wake_at = None;
-        if let Some(mut state) = open.take() {
-            let expiry = rules.expiry(&Session { state: &mut state, texts });
+        let mut stored = None;
+        if let Some(mut current) = open.take() {
+            let expiry = rules.expiry(&session(&mut current, declared, texts));
             if batch.watermark > expiry.at {
-                closed.push(close(index, state, expiry.reason));
+                closed.push(close(index, current, expiry.reason));
             } else if batch.end_of_input {
-                closed.push(close(index, state, EndReason::EndOfInput));
+                closed.push(close(index, current, EndReason::EndOfInput));
             } else {
                 wake_at = Some(expiry.at.saturating_add(1));
-                open = Some(state);
+                let Open { mut state, attributes } = current;
+                state.data = carry::join(&attributes, names, std::mem::take(&mut state.data));
+                stored = Some(state);
             }
         }
-        outcomes.push(UserOutcome { state: open, wake_at });
+        outcomes.push(UserOutcome { state: stored, wake_at });
     }
     if next != batch.events.len() {
         return Err(format!("users claim {next} of {} events", batch.events.len()));
@@ -121,13 +150,20 @@ pub(crate) fn process<R: Rules>(
     Ok(BatchResult { users: outcomes, closed })
 }
 
-fn start(event: &crate::wit::Event) -> SessionState {
-    SessionState {
-        start_ms: event.timestamp_ms,
-        last_ms: event.timestamp_ms,
-        event_count: 1,
-        pages: event.page_name.into_iter().collect(),
-        data: Vec::new(),
+fn session<'a>(open: &'a mut Open, declared: &'a Declare, texts: &'a TextTable) -> Session<'a> {
+    Session { state: &mut open.state, attributes: &mut open.attributes, declared, texts }
+}
+
+fn start(event: &crate::wit::Event, attributes: usize) -> Open {
+    Open {
+        state: SessionState {
+            start_ms: event.timestamp_ms,
+            last_ms: event.timestamp_ms,
+            event_count: 1,
+            pages: event.page_name.into_iter().collect(),
+            data: Vec::new(),
+        },
+        attributes: vec![None; attributes],
     }
 }
 
@@ -141,7 +177,8 @@ fn extend(state: &mut SessionState, event: &crate::wit::Event) {
     }
 }
 
-fn close(user: u32, state: SessionState, end_reason: EndReason) -> ClosedSession {
+fn close(user: u32, open: Open, end_reason: EndReason) -> ClosedSession {
+    let Open { state, attributes } = open;
     ClosedSession {
         user,
         start_ms: state.start_ms,
@@ -149,5 +186,6 @@ fn close(user: u32, state: SessionState, end_reason: EndReason) -> ClosedSession
         event_count: state.event_count,
         pages: state.pages,
         end_reason,
+        attributes,
     }
 }

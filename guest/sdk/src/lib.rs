@@ -33,8 +33,12 @@
 // The generated bindings name this crate by its path, from inside it as well.
 extern crate self as sessionize_sdk;
 
+mod carry;
+mod declare;
 mod fold;
 pub mod testing;
+
+pub use declare::{Attribute, AttributeKind, Declare, Field, FieldKind};
 
 use std::cell::RefCell;
 
@@ -52,7 +56,7 @@ pub mod __private {
             export_macro_name: "__export_session_rules",
             default_bindings_module: "sessionize_sdk::__private::bindings",
             runtime_path: "sessionize_sdk::__private::wit_bindgen::rt",
-            additional_derives: [PartialEq, Eq],
+            additional_derives: [PartialEq],
         });
     }
 
@@ -69,8 +73,9 @@ pub use wit::LogLevel;
 /// The raw contract records, for hosts and tests that drive a plugin natively.
 pub mod contract {
     pub use super::wit::{
-        Batch, BatchResult, ClosedSession, EndReason, Event, PluginInfo, SessionState, Settings,
-        UserOutcome, UserSlice,
+        AttributeType, AttributeValue, Batch, BatchResult, ClosedSession, Declarations, EndReason,
+        Event, EventField, FieldType, FieldValues, PluginInfo, SessionAttribute, SessionState,
+        Settings, UserOutcome, UserSlice,
     };
 }
 
@@ -81,6 +86,13 @@ pub mod contract {
 pub trait Rules: Sized + 'static {
     /// Builds the rules from the job's settings, or says why they are unusable.
     fn new(settings: &Settings) -> Result<Self, String>;
+
+    /// The event fields the rules read ([`Event::get`]) and the session
+    /// attributes they write ([`Session::set`]), each a [`Field`] or an
+    /// [`Attribute`] constant. By default, none: the rules see 0.1's event.
+    fn declare(&self, declare: &mut Declare) {
+        let _ = declare;
+    }
 
     /// The latest event time that may still join `session`, and the reason the
     /// session ends once time passes it. The SDK closes the session with that
@@ -111,7 +123,7 @@ pub trait Rules: Sized + 'static {
 }
 
 /// When an open session stops accepting events, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Expiry {
     /// The latest event time that may still join the session.
     pub at: i64,
@@ -229,6 +241,10 @@ impl TextTable {
 pub struct Event<'a> {
     raw: &'a wit::Event,
     texts: &'a TextTable,
+    /// The batch's declared field columns, and this event's index in them.
+    columns: &'a [wit::FieldValues],
+    index: usize,
+    declared: &'a Declare,
 }
 
 impl<'a> Event<'a> {
@@ -251,11 +267,23 @@ impl<'a> Event<'a> {
     pub fn event_type(&self) -> Option<&'a str> {
         self.raw.event_type.and_then(|h| self.texts.get(h))
     }
+
+    /// A declared field's value: `None` where the event lacks it or holds
+    /// another type. Panics if [`Rules::declare`] did not declare `field`.
+    pub fn get<T: FieldKind + ?Sized>(&self, field: &Field<T>) -> Option<T::Value<'a>> {
+        let Some(column) = self.declared.field_index(field.path()) else {
+            panic!("field {} is read but not declared in Rules::declare", field.path())
+        };
+        T::read(self.columns.get(column)?, self.index, self.texts)
+    }
 }
 
 /// The open session of the user whose events are being applied.
 pub struct Session<'a> {
     state: &'a mut wit::SessionState,
+    /// Values of the declared attributes, in declaration order.
+    attributes: &'a mut Vec<Option<wit::AttributeValue>>,
+    declared: &'a Declare,
     texts: &'a TextTable,
 }
 
@@ -288,6 +316,31 @@ impl Session<'_> {
     /// Plugin-private bytes, to update in [`Rules::observe`].
     pub fn data_mut(&mut self) -> &mut Vec<u8> {
         &mut self.state.data
+    }
+
+    /// A declared attribute's value so far, if set. Panics if
+    /// [`Rules::declare`] did not declare `attribute`.
+    pub fn get<T: AttributeKind>(&self, attribute: &Attribute<T>) -> Option<T> {
+        let value = self.attributes.get(self.attribute_index(attribute))?.as_ref()?;
+        T::from_value(value)
+    }
+
+    /// Sets a declared attribute, written with the session when it closes.
+    /// Panics if [`Rules::declare`] did not declare `attribute`.
+    pub fn set<T: AttributeKind>(&mut self, attribute: &Attribute<T>, value: T) {
+        let index = self.attribute_index(attribute);
+        if let Some(slot) = self.attributes.get_mut(index) {
+            *slot = Some(value.into_value());
+        }
+    }
+
+    fn attribute_index<T: AttributeKind>(&self, attribute: &Attribute<T>) -> usize {
+        match self.declared.attribute_index(attribute.name()) {
+            Some(index) => index,
+            None => {
+                panic!("attribute {} is used but not declared in Rules::declare", attribute.name())
+            }
+        }
     }
 }
 

@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::rules::contract::AttributeValue;
+
 /// One finished session, as the rules closed it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionRow {
@@ -24,6 +26,11 @@ pub struct SessionRow {
     pub end_reason: String,
     /// Name, version and content hash of the plugin that cut the session.
     pub rule_version: Arc<str>,
+    /// The values of the attributes the rules declared (contract 0.2), by
+    /// column name; unset ones are left out and written as null. Stored by
+    /// the state store after the 0.1 layout, not inside it.
+    #[serde(skip)]
+    pub attributes: Vec<(Arc<str>, AttributeValue)>,
 }
 
 /// An input record that did not become an event, kept with its reason.

@@ -170,7 +170,8 @@ impl Checkpointer {
             this.publish(sink, &checkpoint, &staged).await?;
         }
         let open_users = recovered.users.len();
-        let engine = Engine::restore(config, recovered.texts, checkpoint.clocks, recovered.users);
+        let engine = Engine::restore(config, recovered.texts, checkpoint.clocks, recovered.users)
+            .with_stored_fields(&recovered.fields);
         let resumed = Resumed {
             engine,
             offsets: checkpoint.offsets,
@@ -305,6 +306,8 @@ impl Checkpointer {
         let rejected_done =
             holds(Sink::last_rejected_commit_properties(sink, JOB_ID_KEY, &self.job_id).await?);
         let rejected = if rejected_done { &[][..] } else { &output.rejected[..] };
+        // A schema change, not a snapshot: idempotent, so safe to repeat.
+        Sink::add_columns(sink, &output.columns).await?;
         let props = HashMap::from([
             (CHECKPOINT_ID_KEY.to_owned(), record.id.to_string()),
             (JOB_ID_KEY.to_owned(), self.job_id.clone()),

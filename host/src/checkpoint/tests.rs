@@ -32,6 +32,7 @@ fn row(uuid: &str, start_ms: i64) -> SessionRow {
         pages: vec![Arc::from("home")],
         end_reason: "inactivity".into(),
         rule_version: Arc::from("test@1"),
+        attributes: Vec::new(),
     }
 }
 
@@ -89,7 +90,7 @@ async fn a_session_the_table_cannot_store_is_dead_lettered_not_staged() {
     let (mut sink, mut checkpointer, mut engine) = open(dir.path()).await;
     let mut sessions = vec![row("fine", MARCH_1_MS)];
     sessions.extend(unwritable());
-    let output = StagedOutput { sessions, rejected: vec![dead_letter(7)] };
+    let output = StagedOutput { sessions, rejected: vec![dead_letter(7)], columns: Vec::new() };
     let pending =
         PendingCheckpoint::cut(&mut engine, BTreeMap::from([(0, 10)]), output, "test@1").unwrap();
 
@@ -255,6 +256,7 @@ fn one_checkpoint(engine: &mut Engine) -> PendingCheckpoint {
     let output = StagedOutput {
         sessions: vec![row("a", MARCH_1_MS), row("b", MARCH_1_MS)],
         rejected: vec![dead_letter(3)],
+        columns: Vec::new(),
     };
     PendingCheckpoint::cut(engine, BTreeMap::from([(0, 10)]), output, "test@1").unwrap()
 }

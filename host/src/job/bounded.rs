@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -11,8 +11,9 @@ use super::ingest::{ingest, Intake};
 use super::progress::RunProgress;
 use super::summary::RunSummary;
 use crate::engine::{Engine, EngineError};
-use crate::event::{EventBlock, EventLimits};
+use crate::event::{EventBlock, EventLimits, FieldPaths};
 use crate::metrics::JobMetrics;
+use crate::rules::contract::SessionAttribute;
 use crate::rules::RulesRuntime;
 use crate::sink::{RejectedEvent, SessionRow, Sink, SinkError};
 use crate::source::file::{FileSource, FileSourceError};
@@ -44,12 +45,13 @@ const BLOCKS_IN_FLIGHT: usize = 4;
 fn spawn_parser(
     mut source: FileSource,
     limits: EventLimits,
+    fields: Arc<FieldPaths>,
 ) -> (mpsc::Receiver<Result<EventBlock, FileSourceError>>, thread::JoinHandle<()>) {
     let (tx, rx) = mpsc::sync_channel(BLOCKS_IN_FLIGHT);
     let handle = thread::spawn(move || {
         let mut line = Vec::with_capacity(1024);
         loop {
-            let mut block = EventBlock::new(BLOCK_RECORDS, limits);
+            let mut block = EventBlock::new(BLOCK_RECORDS, limits).with_fields(fields.clone());
             let mut done = false;
             while block.len() < BLOCK_RECORDS {
                 match source.next_line(&mut line, limits.max_record_bytes) {
@@ -111,7 +113,10 @@ pub fn run_bounded(
     let mut summary = RunSummary::default();
     let mut out = Staged { sessions: Vec::new(), rejected: Vec::new(), properties };
     let mut rules_time = Duration::ZERO;
-    let (blocks, parser) = spawn_parser(source, intake.limits);
+    // The rules do not change during a bounded run: parse for their fields.
+    engine.declare_fields(&rules.declarations().fields);
+    let (blocks, parser) = spawn_parser(source, intake.limits, engine.field_paths());
+    let columns = rules.declarations().attributes.clone();
     for block in blocks.iter() {
         let block = block?;
         summary.read += block.len() as u64;
@@ -128,7 +133,7 @@ pub fn run_bounded(
             metrics.observe_batch(engine, block.len() as u64);
         }
         if out.sessions.len() >= COMMIT_EVERY_SESSIONS {
-            out.commit(runtime, sink, &mut summary, metrics)?;
+            out.commit(runtime, sink, &columns, &mut summary, metrics)?;
         }
     }
     // The channel closed: the parser is done (or failed, which it reported above).
@@ -139,7 +144,7 @@ pub fn run_bounded(
     let t = Instant::now();
     out.sessions.extend(engine.advance(rules, true)?);
     rules_time += t.elapsed();
-    out.commit(runtime, sink, &mut summary, metrics)?;
+    out.commit(runtime, sink, &columns, &mut summary, metrics)?;
     summary.engine = engine.stats();
     summary.elapsed = started.elapsed();
     summary.advance_time = rules_time;
@@ -158,10 +163,12 @@ impl Staged {
         &mut self,
         runtime: &tokio::runtime::Handle,
         sink: &mut impl Sink,
+        columns: &[SessionAttribute],
         summary: &mut RunSummary,
         metrics: Option<&JobMetrics>,
     ) -> Result<(), BoundedError> {
         summary.sessions_written += self.sessions.len() as u64;
+        runtime.block_on(sink.add_columns(columns))?;
         if let Some(metrics) = metrics {
             metrics.observe_output(&self.sessions, &self.rejected);
         }

@@ -77,7 +77,7 @@ pub(crate) fn ingest(
     };
     for record in block.records() {
         match record {
-            BlockRecord::Event(partition, position, raw, event) => {
+            BlockRecord::Event(partition, position, raw, event, fields) => {
                 seen(partition);
                 if event.timestamp_ms > horizon {
                     rejected.add("future_timestamp");
@@ -85,7 +85,8 @@ pub(crate) fn ingest(
                     dead_letters.push(dead_letter(partition, position, raw, reason));
                     continue;
                 }
-                if let Admission::Late { behind_ms } = engine.offer(partition as usize, &event) {
+                let admission = engine.offer_with_fields(partition as usize, &event, Some(fields));
+                if let Admission::Late { behind_ms } = admission {
                     let reason = format!("late: {behind_ms} ms beyond the allowed lateness");
                     dead_letters.push(dead_letter(partition, position, raw, reason));
                 }

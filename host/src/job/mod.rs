@@ -23,7 +23,7 @@ use crate::rules::lifecycle::{
 };
 use crate::rules::{ComponentLoader, ComponentRules, RulesError, RulesRuntime, SandboxLimits};
 use crate::sink::iceberg::{IcebergSink, SinkConfig};
-use crate::sink::SinkError;
+use crate::sink::{Sink, SinkError};
 use crate::source::file::{FileSource, FileSourceError};
 use crate::source::kafka::{KafkaConfig, KafkaSource, KafkaSourceError};
 use crate::state::{StateError, StateStore};
@@ -123,6 +123,14 @@ pub enum JobError {
         #[source]
         source: RulesError,
     },
+    /// The rules declare an attribute the sessions table cannot take.
+    #[error("{rules} cannot write to the sessions table: {why}")]
+    Columns {
+        /// The rules.
+        rules: String,
+        /// Which column, and why.
+        why: String,
+    },
     /// The table maintenance thread could not start.
     #[error("cannot start table maintenance: {0}")]
     Maintenance(String),
@@ -220,6 +228,7 @@ async fn run_file(config: &JobConfig, source: FileSource) -> Result<RunSummary, 
     let mut rules = tokio::task::block_in_place(|| load_rules(&loader, plugin))?;
     tracing::info!(rules = rules.rule_version(), "rules loaded");
     let mut sink = open_sink(config).await?;
+    check_columns(&sink, &rules)?;
     let mut engine = Engine::new(config.engine);
     let props = HashMap::from([
         ("sessionize.rule-version".to_owned(), rules.rule_version().to_owned()),
@@ -267,6 +276,7 @@ async fn run_kafka(config: &JobConfig) -> Result<StreamSummary, JobError> {
     slot.report_calls_to(Arc::new(move |took| observer.observe_plugin_call(took)));
     tracing::info!(rules = slot.rule_version(), "rules loaded");
     let mut sink = open_sink(config).await?;
+    check_columns(&sink, &slot)?;
     let _maintenance = match &config.maintenance {
         Some(schedule) => Some(
             maintenance::MaintenanceThread::start(config.sink.clone(), schedule.clone())
@@ -305,7 +315,8 @@ async fn run_kafka(config: &JobConfig) -> Result<StreamSummary, JobError> {
     }
     let mut rules = RulesLifecycle::new(slot)
         .accepting(requests)
-        .loading_with(loader.keeping_in(archive.clone()));
+        .loading_with(loader.keeping_in(archive.clone()))
+        .checking_columns_with(sink.column_check());
     let handle = tokio::runtime::Handle::current();
     let offsets = resumed.offsets.clone();
     tokio::task::block_in_place(|| {
@@ -328,6 +339,14 @@ async fn run_kafka(config: &JobConfig) -> Result<StreamSummary, JobError> {
         }
         Ok(outcome?)
     })
+}
+
+/// Refuses to start with rules whose attributes the sessions table cannot
+/// take (a column of that name with another type).
+fn check_columns(sink: &impl Sink, rules: &dyn RulesRuntime) -> Result<(), JobError> {
+    let check = sink.column_check();
+    check(&rules.declarations().attributes)
+        .map_err(|why| JobError::Columns { rules: rules.rule_version().to_owned(), why })
 }
 
 /// Writes where the status endpoint listens to `<state-dir>/metrics.addr`,

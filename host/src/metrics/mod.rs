@@ -404,7 +404,10 @@ pub fn fault_kind(error: &crate::rules::RulesError) -> &'static str {
         RulesError::Trapped(_) => "trapped",
         RulesError::Contract(_) => "contract",
         RulesError::Failed(_) | RulesError::Refused(_) => "failed",
-        RulesError::Read { .. } | RulesError::Invalid(_) => "invalid",
+        RulesError::Read { .. }
+        | RulesError::Invalid(_)
+        | RulesError::Declarations(_)
+        | RulesError::Columns(_) => "invalid",
     }
 }
 

@@ -131,6 +131,7 @@ fn rules_that_invent_end_reasons_cannot_grow_the_labels() {
         pages: Vec::new(),
         end_reason: reason,
         rule_version: "r".into(),
+        attributes: Vec::new(),
     };
     let metrics = JobMetrics::default();
     let sessions: Vec<SessionRow> = (0..100).map(|i| row(format!("reason {i}"))).collect();

@@ -12,12 +12,15 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::contract::{Batch, BatchResult, Settings};
-use sessionize_core::rules::{check_plugin_info, CheckScratch};
+use super::contract::{Batch, BatchResult, Declarations, Settings};
+use sessionize_core::rules::{check_declarations, check_plugin_info, CheckScratch};
 
 use super::sandbox::{clip, GuestOutput, LogBudget, Sandbox};
-use super::wit::{self, host, types, SessionRules, SessionRulesPre};
+use super::wit::{convert01, convert02, v01, v02};
 use super::{check_result, RulesError, RulesRuntime, Texts, TextsSent};
+
+/// What a 0.1 plugin declares.
+static NO_DECLARATIONS: Declarations = Declarations { fields: Vec::new(), attributes: Vec::new() };
 
 /// How often the epoch advances: the granularity of the per-call time budget.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -58,7 +61,9 @@ impl ComponentLoader {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| RulesError::Invalid(e.to_string()))?;
-        SessionRules::add_to_linker::<_, HasSelf<_>>(&mut linker, |host| host)
+        v02::SessionRules::add_to_linker::<_, HasSelf<_>>(&mut linker, |host| host)
+            .map_err(|e| RulesError::Invalid(e.to_string()))?;
+        v01::SessionRules::add_to_linker::<_, HasSelf<_>>(&mut linker, |host| host)
             .map_err(|e| RulesError::Invalid(e.to_string()))?;
         let stop = Arc::new(AtomicBool::new(false));
         let ticker = {
@@ -104,26 +109,41 @@ impl ComponentLoader {
         let pre = self
             .linker
             .instantiate_pre(&component)
-            .and_then(SessionRulesPre::new)
             .map_err(|e| RulesError::Invalid(format!("{e:#}")))?;
+        let pre = match v02::SessionRulesPre::new(pre.clone()) {
+            Ok(pre) => Pre::V02(pre),
+            Err(newer) => match v01::SessionRulesPre::new(pre) {
+                Ok(pre) => Pre::V01(pre),
+                Err(_) => {
+                    return Err(RulesError::Invalid(format!(
+                        "{newer:#} (nor does it export contract 0.1's)"
+                    )))
+                }
+            },
+        };
         let hash = hex::encode(&Sha256::digest(bytes)[..6]);
+        let scratch = match pre {
+            Pre::V02(_) => Scratch::V02(convert02::empty_batch()),
+            Pre::V01(_) => Scratch::V01(convert01::empty_batch()),
+        };
         let mut rules = ComponentRules {
             loader: self.clone(),
             pre,
-            settings: wit::settings_to_wit(settings),
+            settings: settings.clone(),
             limits,
             instance: None,
             rule_version: String::new(),
+            declarations: None,
             texts_sent: TextsSent::default(),
-            scratch: wit::empty_batch(),
+            scratch,
             check: CheckScratch::default(),
             log_lines_dropped: Arc::default(),
         };
         let instance = rules.instance()?;
-        let info = instance.info()?;
+        let (name, version) = instance.info()?;
         // The name and version go into every row and snapshot summary.
-        check_plugin_info(&info.name, &info.version)?;
-        let rule_version = format!("{}@{}+{hash}", info.name, info.version);
+        check_plugin_info(&name, &version)?;
+        let rule_version = format!("{name}@{version}+{hash}");
         instance.store.data_mut().plugin = Arc::from(rule_version.as_str());
         instance.log_output(false);
         rules.rule_version = rule_version;
@@ -158,39 +178,97 @@ impl WasiView for PluginHost {
     }
 }
 
-impl types::Host for PluginHost {}
-
-impl host::Host for PluginHost {
-    fn log(&mut self, level: types::LogLevel, message: String) {
+impl PluginHost {
+    fn log(&mut self, level: tracing::Level, message: String) {
         if !self.log_budget.take() {
             return;
         }
         let plugin = &*self.plugin;
         let message = clip(&message);
         match level {
-            types::LogLevel::Error => tracing::error!(plugin, "{message}"),
-            types::LogLevel::Warn => tracing::warn!(plugin, "{message}"),
-            types::LogLevel::Info => tracing::info!(plugin, "{message}"),
-            types::LogLevel::Debug => tracing::debug!(plugin, "{message}"),
-            types::LogLevel::Trace => tracing::trace!(plugin, "{message}"),
+            tracing::Level::ERROR => tracing::error!(plugin, "{message}"),
+            tracing::Level::WARN => tracing::warn!(plugin, "{message}"),
+            tracing::Level::INFO => tracing::info!(plugin, "{message}"),
+            tracing::Level::DEBUG => tracing::debug!(plugin, "{message}"),
+            tracing::Level::TRACE => tracing::trace!(plugin, "{message}"),
         }
     }
+}
+
+impl v02::sessionize::plugin::types::Host for PluginHost {}
+
+impl v02::sessionize::plugin::host::Host for PluginHost {
+    fn log(&mut self, level: v02::sessionize::plugin::types::LogLevel, message: String) {
+        PluginHost::log(self, convert02::log_level(level), message);
+    }
+}
+
+impl v01::sessionize::plugin::types::Host for PluginHost {}
+
+impl v01::sessionize::plugin::host::Host for PluginHost {
+    fn log(&mut self, level: v01::sessionize::plugin::types::LogLevel, message: String) {
+        PluginHost::log(self, convert01::log_level(level), message);
+    }
+}
+
+/// A component ready to instantiate, by the contract version it exports.
+enum Pre {
+    V02(v02::SessionRulesPre<PluginHost>),
+    V01(v01::SessionRulesPre<PluginHost>),
+}
+
+/// An instance's exports, by contract version.
+enum Bindings {
+    V02(v02::SessionRules),
+    V01(v01::SessionRules),
+}
+
+/// Where batches are built in the generated form, by contract version.
+enum Scratch {
+    V02(v02::sessionize::plugin::types::Batch),
+    V01(v01::sessionize::plugin::types::Batch),
 }
 
 /// A live, configured instance.
 struct Instance {
     store: Store<PluginHost>,
-    bindings: SessionRules,
+    bindings: Bindings,
     limits: SandboxLimits,
 }
 
 impl Instance {
-    fn info(&mut self) -> Result<types::PluginInfo, RulesError> {
+    /// The plugin's name and version.
+    fn info(&mut self) -> Result<(String, String), RulesError> {
         self.arm();
-        let rules = self.bindings.sessionize_plugin_rules();
-        let info = rules.call_info(&mut self.store).map_err(|e| classify(e, self.limits));
+        let info = match &self.bindings {
+            Bindings::V02(b) => {
+                b.sessionize_plugin_rules().call_info(&mut self.store).map(|i| (i.name, i.version))
+            }
+            Bindings::V01(b) => {
+                b.sessionize_plugin_rules().call_info(&mut self.store).map(|i| (i.name, i.version))
+            }
+        };
+        let info = info.map_err(|e| classify(e, self.limits));
         self.log_output(info.is_err());
         info
+    }
+
+    /// Configures the instance: what it declares (nothing, for 0.1), or why
+    /// it refused.
+    fn configure(&mut self, settings: &Settings) -> Result<Declarations, RulesError> {
+        self.arm();
+        let configured = match &self.bindings {
+            Bindings::V02(b) => b
+                .sessionize_plugin_rules()
+                .call_configure(&mut self.store, &convert02::settings_to_wit(settings))
+                .map(|r| r.map(convert02::declarations_from_wit)),
+            Bindings::V01(b) => b
+                .sessionize_plugin_rules()
+                .call_configure(&mut self.store, &convert01::settings_to_wit(settings))
+                .map(|r| r.map(|()| Declarations::default())),
+        };
+        self.log_output(!matches!(configured, Ok(Ok(_))));
+        configured.map_err(|e| classify(e, self.limits))?.map_err(RulesError::Refused)
     }
 
     /// Passes what the plugin printed on to the host log, and ends the call's
@@ -218,16 +296,18 @@ impl Instance {
 /// Rules in a WebAssembly component.
 pub struct ComponentRules {
     loader: Arc<ComponentLoader>,
-    pre: SessionRulesPre<PluginHost>,
-    settings: types::Settings,
+    pre: Pre,
+    settings: Settings,
     limits: SandboxLimits,
     /// `None` after a trap: rebuilt on the next call.
     instance: Option<Instance>,
     rule_version: String,
+    /// What the first instance declared; every later one must declare the same.
+    declarations: Option<Declarations>,
     /// What the instance's text table holds.
     texts_sent: TextsSent,
     /// Where each batch is built in the generated form.
-    scratch: types::Batch,
+    scratch: Scratch,
     /// The buffers of the checks every answer gets.
     check: CheckScratch,
     /// Log lines dropped over the budget, by every instance so far.
@@ -264,18 +344,25 @@ impl ComponentRules {
             store.epoch_deadline_trap();
             // Instantiation runs guest code too (start functions): budget it.
             store.set_epoch_deadline(deadline_ticks(self.limits));
-            let bindings = self
-                .pre
-                .instantiate(&mut store)
-                .map_err(|e| RulesError::Invalid(format!("{e:#}")))?;
+            let bindings = match &self.pre {
+                Pre::V02(pre) => pre.instantiate(&mut store).map(Bindings::V02),
+                Pre::V01(pre) => pre.instantiate(&mut store).map(Bindings::V01),
+            }
+            .map_err(|e| RulesError::Invalid(format!("{e:#}")))?;
             let mut instance = Instance { store, bindings, limits: self.limits };
-            instance.arm();
-            let configured = instance
-                .bindings
-                .sessionize_plugin_rules()
-                .call_configure(&mut instance.store, &self.settings);
-            instance.log_output(!matches!(configured, Ok(Ok(()))));
-            configured.map_err(|e| classify(e, self.limits))?.map_err(RulesError::Refused)?;
+            let declared = instance.configure(&self.settings)?;
+            match &self.declarations {
+                None => {
+                    check_declarations(&declared)?;
+                    self.declarations = Some(declared);
+                }
+                Some(first) if *first != declared => {
+                    return Err(RulesError::Declarations(
+                        "a new instance declared other fields or attributes than the first".into(),
+                    ))
+                }
+                Some(_) => {}
+            }
             self.instance = Some(instance);
         }
         self.instance.as_mut().ok_or_else(|| RulesError::Trapped("no instance".into()))
@@ -285,6 +372,10 @@ impl ComponentRules {
 impl RulesRuntime for ComponentRules {
     fn rule_version(&self) -> &str {
         &self.rule_version
+    }
+
+    fn declarations(&self) -> &Declarations {
+        self.declarations.as_ref().unwrap_or(&NO_DECLARATIONS)
     }
 
     fn process(&mut self, texts: Texts<'_>, batch: &mut Batch) -> Result<BatchResult, RulesError> {
@@ -301,9 +392,22 @@ impl RulesRuntime for ComponentRules {
         };
         batch.new_texts = self.texts_sent.unsent(texts);
         instance.arm();
-        let outcome = wit::lend(batch, &mut self.scratch, |batch| {
-            instance.bindings.sessionize_plugin_rules().call_process(&mut instance.store, batch)
-        });
+        let store = &mut instance.store;
+        let outcome = match (&instance.bindings, &mut self.scratch) {
+            (Bindings::V02(b), Scratch::V02(scratch)) => convert02::lend(batch, scratch, |batch| {
+                let result = b.sessionize_plugin_rules().call_process(&mut *store, batch);
+                result.map(|r| r.map(convert02::result_from_wit))
+            }),
+            (Bindings::V01(b), Scratch::V01(scratch)) => convert01::lend(batch, scratch, |batch| {
+                let result = b.sessionize_plugin_rules().call_process(&mut *store, batch);
+                result.map(|r| r.map(convert01::result_from_wit))
+            }),
+            _ => {
+                return Err(RulesError::Trapped(
+                    "instance and scratch disagree on the contract".into(),
+                ))
+            }
+        };
         // Before a trap drops the instance: a panic message is on stderr.
         instance.log_output(outcome.is_err());
         match outcome {
@@ -311,8 +415,8 @@ impl RulesRuntime for ComponentRules {
                 // The guest answered, so its table took the new texts, whether
                 // or not the answer passes.
                 self.texts_sent.took(texts);
-                let result = wit::result_from_wit(result);
-                check_result(&mut self.check, texts, batch, &result)?;
+                let declared = self.declarations.as_ref().unwrap_or(&NO_DECLARATIONS);
+                check_result(&mut self.check, texts, declared, batch, &result)?;
                 Ok(result)
             }
             Ok(Err(message)) => {
@@ -329,7 +433,10 @@ impl RulesRuntime for ComponentRules {
 
     fn release_instance(&mut self) {
         self.instance = None;
-        self.scratch = wit::empty_batch();
+        self.scratch = match self.pre {
+            Pre::V02(_) => Scratch::V02(convert02::empty_batch()),
+            Pre::V01(_) => Scratch::V01(convert01::empty_batch()),
+        };
     }
 
     fn warm_up(&mut self) -> Result<(), RulesError> {

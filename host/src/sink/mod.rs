@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use arrow_schema::ArrowError;
 
@@ -13,6 +14,13 @@ mod retry;
 
 pub use retry::{SinkRetryPolicy, DEFAULT_SINK_RETRY_BUDGET};
 pub use sessionize_core::rows::{RejectedEvent, SessionRow};
+
+use crate::rules::contract::SessionAttribute;
+
+/// Whether the sessions table can take the attributes some rules declare, or
+/// the sentence that says why not (a column of another type). A deploy asks
+/// before the swap, on the job's thread, while the sink commits on its own.
+pub type ColumnCheck = Arc<dyn Fn(&[SessionAttribute]) -> Result<(), String> + Send + Sync>;
 
 pub(crate) use retry::SinkRetries;
 
@@ -60,6 +68,21 @@ pub trait Sink {
         key: &str,
         value: &str,
     ) -> Result<Option<HashMap<String, String>>, SinkError>;
+
+    /// Adds the columns `attributes` need that the sessions table lacks, as
+    /// optional columns; fails, naming the column, where one has another
+    /// type. The checkpoint calls it before each commit with the attributes
+    /// of the rules in force at the cut. By default there is nothing to add.
+    async fn add_columns(&mut self, attributes: &[SessionAttribute]) -> Result<(), SinkError> {
+        let _ = attributes;
+        Ok(())
+    }
+
+    /// The check a deploy runs against the table as this sink last saw it.
+    /// By default every attribute fits.
+    fn column_check(&self) -> ColumnCheck {
+        Arc::new(|_| Ok(()))
+    }
 
     /// Whether [`Sink::commit`] can store `row`. The checkpoint asks before it
     /// stages a row: a row that fails its commit would fail every retry and
@@ -128,10 +151,21 @@ pub(crate) fn divert_unwritable(
 }
 
 fn unwritable_dead_letter(row: &SessionRow, reason: &UnwritableRow) -> RejectedEvent {
+    // A session of plain strings and numbers always serializes; the debug
+    // form is only a fallback that keeps the session in view.
+    let raw = serde_json::to_value(row).and_then(|mut json| {
+        if !row.attributes.is_empty() {
+            let attributes: serde_json::Map<String, serde_json::Value> = row
+                .attributes
+                .iter()
+                .map(|(name, value)| Ok((name.to_string(), serde_json::to_value(value)?)))
+                .collect::<Result<_, serde_json::Error>>()?;
+            json["attributes"] = serde_json::Value::Object(attributes);
+        }
+        serde_json::to_string(&json)
+    });
     RejectedEvent {
-        // A session of plain strings and numbers always serializes; the debug
-        // form is only a fallback that keeps the session in view.
-        raw: serde_json::to_string(row).unwrap_or_else(|_| format!("{row:?}")),
+        raw: raw.unwrap_or_else(|_| format!("{row:?}")),
         reason: format!(
             "session {} of user {} cannot be stored: {reason}",
             row.session_id, row.uuid

@@ -10,6 +10,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{EngineChanges, EngineClocks, UserState};
+use crate::rules::contract::{EventField, SessionAttribute};
 use crate::sink::{RejectedEvent, SessionRow};
 
 mod encoding;
@@ -19,6 +20,8 @@ const TEXTS: TableDefinition<u32, &str> = TableDefinition::new("texts");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const STAGED: TableDefinition<u64, &[u8]> = TableDefinition::new("staged");
 const CHECKPOINT_KEY: &str = "checkpoint";
+/// The declared fields the stored waiting events carry values of.
+const FIELDS_KEY: &str = "fields";
 const JOB_ID_KEY: &str = "job-id";
 
 /// Why the state store failed.
@@ -67,6 +70,10 @@ pub struct StagedOutput {
     pub sessions: Vec<SessionRow>,
     /// Records the checkpoint rejected.
     pub rejected: Vec<RejectedEvent>,
+    /// The attribute columns of the rules in force at the cut, which the
+    /// table must have once the output is published (even with no row).
+    #[serde(skip)]
+    pub columns: Vec<SessionAttribute>,
 }
 
 /// Everything needed to resume after a stop or a crash.
@@ -80,6 +87,8 @@ pub struct Recovered {
     pub texts: Vec<String>,
     /// Every user with something open or queued.
     pub users: Vec<UserState>,
+    /// The declared fields their waiting events carry values of.
+    pub fields: Vec<EventField>,
 }
 
 /// The redb-backed state store.
@@ -169,11 +178,17 @@ impl StateStore {
                 ),
                 None => None,
             };
+        let fields: Vec<EventField> = match meta.get(FIELDS_KEY).map_err(|e| self.fail(e))? {
+            Some(bytes) => {
+                encoding::decode(bytes.value()).map_err(|e| self.corrupt("declared fields", e))?
+            }
+            None => Vec::new(),
+        };
         let staged_table = txn.open_table(STAGED).map_err(|e| self.fail(e))?;
         let staged = match &checkpoint {
             Some(c) => match staged_table.get(c.id).map_err(|e| self.fail(e))? {
                 Some(bytes) => Some(
-                    encoding::decode(bytes.value())
+                    encoding::decode_staged(bytes.value())
                         .map_err(|e| self.corrupt("staged output", e))?,
                 ),
                 None => None,
@@ -201,7 +216,7 @@ impl StateStore {
                 .map_err(|e| self.corrupt("user", e))?;
             users.push(user);
         }
-        Ok(Recovered { checkpoint, staged, texts, users })
+        Ok(Recovered { checkpoint, staged, texts, users, fields })
     }
 
     /// Writes a checkpoint atomically: the engine's changes, the new checkpoint
@@ -234,8 +249,12 @@ impl StateStore {
             let mut meta = txn.open_table(META).map_err(|e| self.fail(e))?;
             let bytes = encoding::encode(checkpoint).map_err(|e| self.corrupt("checkpoint", e))?;
             meta.insert(CHECKPOINT_KEY, bytes.as_slice()).map_err(|e| self.fail(e))?;
+            let bytes = encoding::encode(&changes.fields)
+                .map_err(|e| self.corrupt("declared fields", e))?;
+            meta.insert(FIELDS_KEY, bytes.as_slice()).map_err(|e| self.fail(e))?;
             let mut staged_table = txn.open_table(STAGED).map_err(|e| self.fail(e))?;
-            let bytes = encoding::encode(staged).map_err(|e| self.corrupt("staged output", e))?;
+            let bytes =
+                encoding::encode_staged(staged).map_err(|e| self.corrupt("staged output", e))?;
             staged_table.insert(checkpoint.id, bytes.as_slice()).map_err(|e| self.fail(e))?;
         }
         txn.commit().map_err(|e| self.fail(e))

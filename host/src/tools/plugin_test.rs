@@ -294,6 +294,7 @@ mod tests {
             pages: Vec::new(),
             end_reason: reason.into(),
             rule_version: Arc::from("r"),
+            attributes: Vec::new(),
         }
     }
 

@@ -12,7 +12,7 @@ use crate::rules::{RulesRuntime, Texts};
 
 /// A batch built for the rules and not yet applied, with the users it holds.
 pub(super) struct InFlight {
-    batch: Batch,
+    pub(super) batch: Batch,
     users: Vec<u32>,
 }
 
@@ -79,7 +79,12 @@ impl Engine {
             let state = slot.state.take().map(Arc::unwrap_or_clone);
             batch.users.push(UserSlice { state, event_count: events.len() as u32 });
             self.waiting = self.waiting.saturating_sub(events.len() as u64);
-            batch.events.extend(events.into_iter().map(|p| p.event));
+            for pending in events {
+                batch.events.push(pending.event);
+                for (column, value) in batch.fields.iter_mut().zip(pending.fields.iter()) {
+                    column.push(*value);
+                }
+            }
             slot.wake_at = None;
             users.push(user);
         }
@@ -95,6 +100,7 @@ impl Engine {
             end_of_input,
             users: Vec::new(),
             events: Vec::new(),
+            fields: self.empty_columns(),
         }
     }
 
@@ -105,6 +111,11 @@ impl Engine {
         rules: &mut dyn RulesRuntime,
         closed: &mut Vec<SessionRow>,
     ) -> Result<(), EngineError> {
+        if self.in_flight.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<Arc<str>> =
+            rules.declarations().attributes.iter().map(|a| Arc::from(a.name.as_str())).collect();
         while let Some(flight) = self.in_flight.first_mut() {
             self.stats.plugin_calls += 1;
             self.sample = Some(sample_of(&flight.batch));
@@ -115,7 +126,7 @@ impl Engine {
             self.stats.rules_time += started.elapsed();
             let result = result?;
             let flight = self.in_flight.remove(0);
-            self.apply(&flight, result, rules.rule_version(), closed);
+            self.apply(&flight, result, rules.rule_version(), &names, closed);
         }
         Ok(())
     }
@@ -125,6 +136,7 @@ impl Engine {
         flight: &InFlight,
         result: BatchResult,
         rule_version: &str,
+        attribute_names: &[Arc<str>],
         closed: &mut Vec<SessionRow>,
     ) {
         for (&user, outcome) in flight.users.iter().zip(result.users) {
@@ -149,6 +161,11 @@ impl Engine {
                 pages: session.pages.iter().filter_map(|&h| self.texts.get(h).cloned()).collect(),
                 end_reason: session.end_reason.into_name(),
                 rule_version: rule_version.clone(),
+                attributes: attribute_names
+                    .iter()
+                    .zip(session.attributes)
+                    .filter_map(|(name, value)| Some((name.clone(), value?)))
+                    .collect(),
             });
         }
     }
@@ -158,11 +175,14 @@ impl Engine {
 fn sample_of(batch: &Batch) -> Batch {
     let users: Vec<UserSlice> = batch.users.iter().take(256).cloned().collect();
     let events = users.iter().map(|u| u.event_count as usize).sum::<usize>();
+    let mut fields = batch.fields.clone();
+    fields.iter_mut().for_each(|column| column.truncate(events));
     Batch {
         new_texts: Vec::new(),
         watermark: batch.watermark,
         end_of_input: false,
         users,
         events: batch.events.iter().take(events).cloned().collect(),
+        fields,
     }
 }

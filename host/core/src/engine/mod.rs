@@ -16,13 +16,14 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use crate::event::Event;
+use crate::event::{Event, FieldPaths, Fields};
 use crate::rows::SessionRow;
-use crate::rules::contract::{self, Batch};
+use crate::rules::contract::{self, Batch, EventField, FieldValue};
 use crate::rules::{RulesError, RulesRuntime, Texts};
 
 mod clock;
 mod dispatch;
+mod fields;
 mod snapshot;
 mod text;
 mod users;
@@ -130,6 +131,8 @@ pub struct Engine {
     /// Sessions closed by batches that succeeded before a later one failed:
     /// handed out by the next successful [`Engine::advance`].
     carried: Vec<SessionRow>,
+    /// The fields the rules in force declared: what waiting events carry.
+    fields: Arc<FieldPaths>,
 }
 
 impl Engine {
@@ -148,7 +151,33 @@ impl Engine {
             texts_renumbered: false,
             sample: None,
             carried: Vec::new(),
+            fields: Arc::default(),
         }
+    }
+
+    /// The declared fields events are to carry, for the parser: blocks
+    /// parsed with other fields (the rules changed) are mapped on offer.
+    pub fn field_paths(&self) -> Arc<FieldPaths> {
+        self.fields.clone()
+    }
+
+    /// Makes `declared` (the rules in force's) the fields events carry, if
+    /// they are not already: waiting events keep the values of fields both
+    /// declare, and lack the new ones. [`Engine::advance`] does this itself;
+    /// a job calls it right after a swap so the next events are parsed for
+    /// the new fields.
+    pub fn declare_fields(&mut self, declared: &[EventField]) {
+        if declared != self.fields.fields() {
+            self.use_fields(declared);
+        }
+    }
+
+    /// The fields the waiting events of a restored engine carry (as stored
+    /// with the checkpoint); the next [`Engine::advance`] maps them to the
+    /// rules' own.
+    pub fn with_stored_fields(mut self, fields: &[EventField]) -> Self {
+        self.fields = Arc::new(FieldPaths::new(fields));
+        self
     }
 
     /// Part of the latest batch the rules processed (its first users and their
@@ -218,6 +247,17 @@ impl Engine {
 
     /// Admits or drops one event that arrived on `partition`.
     pub fn offer(&mut self, partition: usize, event: &Event<'_>) -> Admission {
+        self.offer_with_fields(partition, event, None)
+    }
+
+    /// Admits or drops one event that arrived on `partition`, with the
+    /// values of its declared fields.
+    pub fn offer_with_fields(
+        &mut self,
+        partition: usize,
+        event: &Event<'_>,
+        fields: Option<Fields<'_>>,
+    ) -> Admission {
         let t = event.timestamp_ms;
         if let Err(behind_ms) = self.clocks.observe(partition, t) {
             self.stats.late += 1;
@@ -250,6 +290,7 @@ impl Engine {
                 event_name: event.event_name.as_deref().map(|n| self.texts.intern(n)),
                 event_type: event.event_type.as_deref().map(|n| self.texts.intern(n)),
             },
+            fields: self.field_values(fields),
         };
         self.users.queue(user, pending);
         self.stats.accepted += 1;
@@ -266,6 +307,7 @@ impl Engine {
         rules: &mut dyn RulesRuntime,
         end_of_input: bool,
     ) -> Result<Vec<SessionRow>, EngineError> {
+        self.declare_fields(&rules.declarations().fields);
         let mut closed = std::mem::take(&mut self.carried);
         // A batch that failed before is retried first, so nothing is lost.
         if let Err(error) = self.drain_in_flight(rules, &mut closed) {
@@ -296,10 +338,16 @@ impl Engine {
         };
         for user in self.users.ids() {
             let slot = self.users.slot(user);
-            for event in slot.pending.iter().map(|p| &p.event) {
+            for pending in &slot.pending {
+                let event = &pending.event;
                 event.page_name.into_iter().for_each(&mut mark);
                 event.event_name.into_iter().for_each(&mut mark);
                 event.event_type.into_iter().for_each(&mut mark);
+                for value in pending.fields.iter().flatten() {
+                    if let FieldValue::Text(h) = value {
+                        mark(*h);
+                    }
+                }
             }
             if let Some(state) = &slot.state {
                 state.pages.iter().copied().for_each(&mut mark);
@@ -312,9 +360,15 @@ impl Engine {
             if slot.pending.is_empty() && slot.state.is_none() {
                 continue;
             }
-            for event in slot.pending.iter_mut().map(|p| &mut p.event) {
+            for pending in slot.pending.iter_mut() {
+                let event = &mut pending.event;
                 let texts = [&mut event.page_name, &mut event.event_name, &mut event.event_type];
                 texts.into_iter().flatten().for_each(new);
+                for value in pending.fields.iter_mut().flatten() {
+                    if let FieldValue::Text(h) = value {
+                        new(h);
+                    }
+                }
             }
             if let Some(state) = &mut slot.state {
                 Arc::make_mut(state).pages.iter_mut().for_each(new);

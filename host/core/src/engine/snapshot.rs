@@ -13,7 +13,7 @@ use crate::rules::contract::SessionState;
 /// A user as of a checkpoint's cut. The open session is shared with the
 /// engine, not copied: the engine replaces sessions rather than changing them,
 /// so cutting a checkpoint costs a pointer per open session, whatever its size.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UserState {
     /// The user.
     pub uuid: Arc<str>,
@@ -39,6 +39,9 @@ pub struct EngineChanges {
     pub replace_texts: bool,
     /// Texts interned since the last checkpoint, in handle order.
     pub new_texts: Vec<Arc<str>>,
+    /// The declared fields waiting events carry values of (every user whose
+    /// values changed layout since the last call is among `upserts`).
+    pub fields: Vec<crate::rules::contract::EventField>,
 }
 
 impl Engine {
@@ -54,6 +57,7 @@ impl Engine {
             first_text: self.texts_taken as u32,
             new_texts: self.texts.as_slice()[self.texts_taken..].to_vec(),
             replace_texts: std::mem::take(&mut self.texts_renumbered),
+            fields: self.fields.fields().to_vec(),
             ..EngineChanges::default()
         };
         self.texts_taken = self.texts.as_slice().len();

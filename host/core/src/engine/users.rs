@@ -8,15 +8,20 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::text::TextTable;
-use crate::rules::contract::{Event, SessionState};
+use crate::rules::contract::{Event, FieldValue, SessionState};
 
 /// An accepted event waiting for the watermark.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PendingEvent {
     /// The producer's id, for duplicate detection.
     pub event_id: Option<Arc<str>>,
     /// The event as the rules will see it.
     pub event: Event,
+    /// The values of the declared fields (empty when none is declared: no
+    /// allocation). Stored by the state store after the 0.1 layout, not
+    /// inside it.
+    #[serde(skip)]
+    pub fields: Box<[Option<FieldValue>]>,
 }
 
 impl PendingEvent {
@@ -29,6 +34,23 @@ impl PendingEvent {
             .then_with(|| text(self.event.page_name).cmp(&text(other.event.page_name)))
             .then_with(|| text(self.event.event_name).cmp(&text(other.event.event_name)))
             .then_with(|| text(self.event.event_type).cmp(&text(other.event.event_type)))
+            .then_with(|| {
+                let key = |v: &Option<FieldValue>| match *v {
+                    None => (0, None, 0, 0.0),
+                    Some(FieldValue::Text(h)) => (1, text(Some(h)), 0, 0.0),
+                    Some(FieldValue::Integer(n)) => (2, None, n, 0.0),
+                    Some(FieldValue::Float(x)) => (3, None, 0, x),
+                    Some(FieldValue::Boolean(b)) => (4, None, i64::from(b), 0.0),
+                };
+                let pairs = self.fields.iter().zip(other.fields.iter());
+                pairs
+                    .map(|(a, b)| {
+                        let (a, b) = (key(a), key(b));
+                        (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)).then(a.3.total_cmp(&b.3))
+                    })
+                    .find(|o| o.is_ne())
+                    .unwrap_or_else(|| self.fields.len().cmp(&other.fields.len()))
+            })
     }
 }
 

@@ -2,8 +2,9 @@
 //! poll) to the engine without an allocation per event.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
-use super::{Event, EventLimits, Rejection};
+use super::{Captured, Event, EventLimits, FieldPaths, Rejection};
 
 /// A run of parsed records with their strings copied into one buffer: parsing
 /// happens on another thread than the engine, and a block crosses over without an
@@ -13,6 +14,44 @@ pub struct EventBlock {
     text: String,
     items: Vec<BlockItem>,
     limits: EventLimits,
+    /// The declared fields each event's values are found for.
+    paths: Arc<FieldPaths>,
+    /// Every event's declared field values, `paths.len()` per event.
+    values: Vec<Option<StoredValue>>,
+}
+
+/// A declared field's value as a block keeps it.
+#[derive(Debug, Clone, Copy)]
+enum StoredValue {
+    Str(Span),
+    Integer(i64),
+    Float(f64),
+    Boolean(bool),
+}
+
+/// The declared field values of one event of a block.
+#[derive(Debug, Clone, Copy)]
+pub struct Fields<'a> {
+    paths: &'a FieldPaths,
+    values: &'a [Option<StoredValue>],
+    text: &'a str,
+}
+
+impl<'a> Fields<'a> {
+    /// The fields the values are for.
+    pub fn paths(&self) -> &'a FieldPaths {
+        self.paths
+    }
+
+    /// Field `index`'s value, if the event holds it with the declared type.
+    pub fn get(&self, index: usize) -> Option<Captured<'a>> {
+        Some(match (*self.values.get(index)?)? {
+            StoredValue::Str(span) => Captured::Str(Cow::Borrowed(span.of(self.text))),
+            StoredValue::Integer(n) => Captured::Integer(n),
+            StoredValue::Float(x) => Captured::Float(x),
+            StoredValue::Boolean(b) => Captured::Boolean(b),
+        })
+    }
 }
 
 /// A string stored in a block's buffer.
@@ -22,12 +61,21 @@ struct Span {
     len: u32,
 }
 
+impl Span {
+    fn of(self, text: &str) -> &str {
+        let start = self.start as usize;
+        text.get(start..start + self.len as usize).unwrap_or_default()
+    }
+}
+
 #[derive(Debug)]
 enum BlockItem {
     Event {
         partition: i32,
         position: i64,
         raw: Span,
+        /// Where the event's field values start in [`EventBlock::values`].
+        values: u32,
         uuid: Span,
         event_id: Option<Span>,
         timestamp_ms: i64,
@@ -46,8 +94,9 @@ enum BlockItem {
 /// One record of a block: an event, or a rejected record with its reason.
 #[derive(Debug)]
 pub enum BlockRecord<'a> {
-    /// A valid event read at (partition, position), with its raw text.
-    Event(i32, i64, &'a str, Event<'a>),
+    /// A valid event read at (partition, position), with its raw text and
+    /// its declared fields.
+    Event(i32, i64, &'a str, Event<'a>, Fields<'a>),
     /// A record refused at (partition, position): its raw text and why.
     Rejected(i32, i64, &'a str, &'a Rejection),
 }
@@ -59,7 +108,15 @@ impl EventBlock {
             text: String::with_capacity(records * 64),
             items: Vec::with_capacity(records),
             limits,
+            paths: Arc::default(),
+            values: Vec::new(),
         }
+    }
+
+    /// Finds the values of `paths` in each event from now on.
+    pub fn with_fields(mut self, paths: Arc<FieldPaths>) -> Self {
+        self.paths = paths;
+        self
     }
 
     /// Records in the block.
@@ -80,24 +137,40 @@ impl EventBlock {
         // The record goes into the buffer once; fields that parsed without
         // escapes point into it, only unescaped copies are added.
         let raw = self.store(&String::from_utf8_lossy(record));
-        let item = match self.limits.parse(record) {
+        let base = record.as_ptr() as usize;
+        let inside = |b: &str| {
+            let at = b.as_ptr() as usize;
+            at >= base && at + b.len() <= base + record.len()
+        };
+        let span_of = |text: &mut String, s: &Cow<'_, str>| match s {
+            Cow::Borrowed(b) if inside(b) => {
+                Span { start: raw.start + (b.as_ptr() as usize - base) as u32, len: b.len() as u32 }
+            }
+            _ => store(text, s),
+        };
+        let values = self.values.len();
+        self.values.resize(values + self.paths.len(), None);
+        let parsed = {
+            let (text, slots) = (&mut self.text, &mut self.values[values..]);
+            let mut found = |index: usize, value: Captured<'_>| {
+                let Some(slot) = slots.get_mut(index) else { return };
+                *slot = Some(match value {
+                    Captured::Str(s) => StoredValue::Str(span_of(text, &s)),
+                    Captured::Integer(n) => StoredValue::Integer(n),
+                    Captured::Float(x) => StoredValue::Float(x),
+                    Captured::Boolean(b) => StoredValue::Boolean(b),
+                });
+            };
+            self.limits.parse_with(record, &self.paths, &mut found)
+        };
+        let item = match parsed {
             Ok(event) => {
-                let base = record.as_ptr() as usize;
-                let inside = |b: &str| {
-                    let at = b.as_ptr() as usize;
-                    at >= base && at + b.len() <= base + record.len()
-                };
-                let mut field = |text: &Cow<'_, str>| match text {
-                    Cow::Borrowed(b) if inside(b) => Span {
-                        start: raw.start + (b.as_ptr() as usize - base) as u32,
-                        len: b.len() as u32,
-                    },
-                    _ => self.store(text),
-                };
+                let mut field = |s: &Cow<'_, str>| span_of(&mut self.text, s);
                 BlockItem::Event {
                     partition,
                     position,
                     raw,
+                    values: values as u32,
                     uuid: field(&event.uuid),
                     event_id: event.event_id.as_ref().map(&mut field),
                     timestamp_ms: event.timestamp_ms,
@@ -106,7 +179,10 @@ impl EventBlock {
                     event_type: event.event_type.as_ref().map(&mut field),
                 }
             }
-            Err(reason) => BlockItem::Rejected { partition, position, raw, reason },
+            Err(reason) => {
+                self.values.truncate(values);
+                BlockItem::Rejected { partition, position, raw, reason }
+            }
         };
         self.items.push(item);
     }
@@ -122,14 +198,11 @@ impl EventBlock {
     }
 
     fn store(&mut self, s: &str) -> Span {
-        let start = self.text.len() as u32;
-        self.text.push_str(s);
-        Span { start, len: s.len() as u32 }
+        store(&mut self.text, s)
     }
 
     fn get(&self, span: Span) -> &str {
-        let start = span.start as usize;
-        self.text.get(start..start + span.len as usize).unwrap_or_default()
+        span.of(&self.text)
     }
 
     /// The records in input order.
@@ -139,6 +212,7 @@ impl EventBlock {
                 partition,
                 position,
                 raw,
+                values,
                 uuid,
                 event_id,
                 timestamp_ms,
@@ -157,10 +231,24 @@ impl EventBlock {
                     event_name: event_name.map(|s| Cow::Borrowed(self.get(s))),
                     event_type: event_type.map(|s| Cow::Borrowed(self.get(s))),
                 },
+                Fields {
+                    paths: &self.paths,
+                    values: {
+                        let at = *values as usize;
+                        self.values.get(at..at + self.paths.len()).unwrap_or_default()
+                    },
+                    text: &self.text,
+                },
             ),
             BlockItem::Rejected { partition, position, raw, reason } => {
                 BlockRecord::Rejected(*partition, *position, self.get(*raw), reason)
             }
         })
     }
+}
+
+fn store(text: &mut String, s: &str) -> Span {
+    let start = text.len() as u32;
+    text.push_str(s);
+    Span { start, len: s.len() as u32 }
 }

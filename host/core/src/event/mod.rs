@@ -10,10 +10,12 @@
 use std::borrow::Cow;
 
 mod block;
+mod fields;
 mod wire;
 
-pub use block::{BlockRecord, EventBlock};
-use wire::{Details, Value, Wire};
+pub use block::{BlockRecord, EventBlock, Fields};
+pub use fields::{Captured, FieldPaths};
+use wire::{Details, Value};
 
 /// One valid input event, borrowing from the record it was parsed from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,13 +123,31 @@ impl Default for EventLimits {
 impl EventLimits {
     /// Parses one record (a JSON line or a Kafka message value) within these limits.
     pub fn parse<'a>(&self, record: &'a [u8]) -> Result<Event<'a>, Rejection> {
+        self.parse_with(record, &FieldPaths::default(), &mut |_, _| ())
+    }
+
+    /// Parses one record within these limits, handing the value of each
+    /// field of `paths` it holds, of the declared type, to `found` (with the
+    /// field's index). A string field longer than `max_text_bytes` is not
+    /// handed on: declared fields are optional, so it arrives as absent.
+    pub fn parse_with<'a>(
+        &self,
+        record: &'a [u8],
+        paths: &FieldPaths,
+        found: &mut dyn FnMut(usize, Captured<'a>),
+    ) -> Result<Event<'a>, Rejection> {
         if record.len() > self.max_record_bytes {
             return Err(Rejection::RecordTooLarge {
                 bytes: record.len(),
                 limit: self.max_record_bytes,
             });
         }
-        let event = parse(record)?;
+        let max_text = self.max_text_bytes;
+        let mut within = |index, value: Captured<'a>| match &value {
+            Captured::Str(s) if s.len() > max_text => {}
+            _ => found(index, value),
+        };
+        let event = parse_fields(record, paths, &mut within)?;
         let check = |field, text: Option<&Cow<'_, str>>, limit, flag| match text {
             Some(t) if t.len() > limit => {
                 Err(Rejection::FieldTooLong { field, bytes: t.len(), limit, flag })
@@ -147,6 +167,14 @@ impl EventLimits {
 /// Parses one record (a JSON line or a Kafka message value), with no bound on
 /// its size: the job parses through [`EventLimits::parse`].
 pub fn parse(record: &[u8]) -> Result<Event<'_>, Rejection> {
+    parse_fields(record, &FieldPaths::default(), &mut |_, _| ())
+}
+
+fn parse_fields<'a>(
+    record: &'a [u8],
+    paths: &FieldPaths,
+    found: &mut dyn FnMut(usize, Captured<'a>),
+) -> Result<Event<'a>, Rejection> {
     // serde would also read a struct from a JSON array; events are objects only.
     if record.trim_ascii_start().first() != Some(&b'{') {
         return Err(if std::str::from_utf8(record).is_err() {
@@ -155,7 +183,7 @@ pub fn parse(record: &[u8]) -> Result<Event<'_>, Rejection> {
             Rejection::InvalidJson("not a JSON object".into())
         });
     }
-    let wire: Wire<'_> = serde_json::from_slice(record).map_err(|e| {
+    let wire = wire::read(record, paths.root(), found).map_err(|e| {
         if std::str::from_utf8(record).is_err() {
             Rejection::NotUtf8
         } else {

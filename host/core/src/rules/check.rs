@@ -24,7 +24,8 @@
 
 use std::fmt;
 
-use super::contract::{Batch, BatchResult, ClosedSession, EndReason, SessionState};
+use super::contract::{Batch, BatchResult, ClosedSession, Declarations, EndReason, SessionState};
+use super::declare::check_attributes;
 use super::{RulesError, Texts};
 
 /// Most bytes of plugin-private `data` an open session may carry.
@@ -74,6 +75,11 @@ pub enum Rule {
     PluginName,
     /// The plugin's version is at most [`MAX_PLUGIN_NAME_BYTES`] of `[A-Za-z0-9._+-]`.
     PluginVersion,
+    /// A closed session has one attribute value per declared attribute.
+    AttributeCount,
+    /// An attribute value has its declared type and fits
+    /// [`MAX_ATTRIBUTE_VALUE_BYTES`](super::declare::MAX_ATTRIBUTE_VALUE_BYTES).
+    AttributeType,
 }
 
 impl Rule {
@@ -95,6 +101,8 @@ impl Rule {
             Rule::EndReasonName => "end-reason",
             Rule::PluginName => "plugin-name",
             Rule::PluginVersion => "plugin-version",
+            Rule::AttributeCount => "attribute-count",
+            Rule::AttributeType => "attribute-type",
         }
     }
 }
@@ -106,7 +114,7 @@ impl fmt::Display for Rule {
 }
 
 /// The fault for an answer that breaks `rule`, for `user` (an index into the batch).
-fn broken(rule: Rule, user: Option<u32>, detail: fmt::Arguments<'_>) -> RulesError {
+pub(super) fn broken(rule: Rule, user: Option<u32>, detail: fmt::Arguments<'_>) -> RulesError {
     RulesError::Contract(match user {
         Some(user) => format!("rule {rule}, user {user}: {detail}"),
         None => format!("rule {rule}: {detail}"),
@@ -114,7 +122,7 @@ fn broken(rule: Rule, user: Option<u32>, detail: fmt::Arguments<'_>) -> RulesErr
 }
 
 /// The start of `text`, escaped, for a message: a plugin's strings can be long.
-fn quote(text: &str) -> String {
+pub(super) fn quote(text: &str) -> String {
     const SHOWN: usize = 32;
     match text.char_indices().nth(SHOWN) {
         Some((cut, _)) => format!("{:?}... ({} bytes)", &text[..cut], text.len()),
@@ -257,10 +265,12 @@ struct UserBounds {
 
 /// Checks `result`, the plugin's answer to `batch`, against every [`Rule`]
 /// that concerns an answer: nothing of it may touch state otherwise.
-/// `texts` are the texts the batch's handles refer to.
+/// `texts` are the texts the batch's handles refer to; `declared` what the
+/// plugin declared.
 pub fn check_result(
     scratch: &mut CheckScratch,
     texts: Texts<'_>,
+    declared: &Declarations,
     batch: &Batch,
     result: &BatchResult,
 ) -> Result<(), RulesError> {
@@ -317,6 +327,7 @@ pub fn check_result(
             };
             check_span(scratch, &mut bounds, &span)?;
             check_end_reason(user, closed_index, &closed.end_reason)?;
+            check_attributes(declared, closed_index, closed)?;
             after += u64::from(closed.event_count);
         }
         if let Some(open) = &outcome.state {
@@ -527,6 +538,7 @@ mod tests {
             event_count,
             pages: pages.to_vec(),
             end_reason: EndReason::Inactivity,
+            attributes: Vec::new(),
         }
     }
 
@@ -550,12 +562,19 @@ mod tests {
                 UserSlice { state: None, event_count: 2 },
             ],
             events: vec![event(20, 1), event(5, 2), event(6, 2)],
+            fields: vec![],
         }
     }
 
     fn check(result: &BatchResult) -> Result<(), RulesError> {
         let texts: Vec<Arc<str>> = ["a", "b", "c", "d"].iter().map(|t| Arc::from(*t)).collect();
-        check_result(&mut CheckScratch::default(), Texts::first(&texts), &batch(), result)
+        check_result(
+            &mut CheckScratch::default(),
+            Texts::first(&texts),
+            &Declarations::default(),
+            &batch(),
+            result,
+        )
     }
 
     #[test]
@@ -601,14 +620,21 @@ mod tests {
             users: vec![UserOutcome { state: None, wake_at: None }; 2],
             closed: vec![closed(0, 0, 20, 3, &[0, 1]), closed(1, 5, 6, 2, &[2])],
         };
-        check_result(&mut scratch, Texts::first(&texts), &batch(), &good).unwrap();
+        check_result(&mut scratch, Texts::first(&texts), &Declarations::default(), &batch(), &good)
+            .unwrap();
         // Page 2 was user 1's in the last batch, not user 0's in this one.
         let foreign = BatchResult {
             users: vec![UserOutcome { state: None, wake_at: None }; 2],
             closed: vec![closed(0, 0, 20, 3, &[0, 2]), closed(1, 5, 6, 2, &[2])],
         };
-        let error =
-            check_result(&mut scratch, Texts::first(&texts), &batch(), &foreign).unwrap_err();
+        let error = check_result(
+            &mut scratch,
+            Texts::first(&texts),
+            &Declarations::default(),
+            &batch(),
+            &foreign,
+        )
+        .unwrap_err();
         assert!(error.to_string().contains("rule foreign-page, user 0"), "{error}");
     }
 

@@ -8,11 +8,15 @@ use std::sync::Arc;
 
 mod check;
 pub mod contract;
+mod declare;
 mod native;
 
 pub use check::{
     check_plugin_info, check_result, CheckScratch, Rule, MAX_END_REASON_BYTES,
     MAX_PLUGIN_NAME_BYTES, MAX_STATE_DATA_BYTES,
+};
+pub use declare::{
+    check_declarations, MAX_ATTRIBUTES, MAX_ATTRIBUTE_VALUE_BYTES, MAX_FIELDS, MAX_FIELD_PATH_BYTES,
 };
 pub use native::NativeRules;
 
@@ -33,6 +37,13 @@ pub enum RulesError {
     /// The plugin refused the job's settings.
     #[error("plugin refused the settings: {0}")]
     Refused(String),
+    /// The plugin declared fields or attributes the host cannot use.
+    #[error("the plugin's declarations cannot be used: {0}")]
+    Declarations(String),
+    /// The sessions table cannot take the plugin's attributes (a column of
+    /// the same name has another type).
+    #[error("the sessions table cannot take the plugin's attributes: {0}")]
+    Columns(String),
     /// The plugin returned an error for a batch.
     #[error("plugin failed the batch: {0}")]
     Failed(String),
@@ -51,6 +62,10 @@ pub enum RulesError {
     Contract(String),
 }
 
+/// What rules that declare nothing declare.
+static NO_DECLARATIONS: contract::Declarations =
+    contract::Declarations { fields: Vec::new(), attributes: Vec::new() };
+
 /// Session rules the engine can call: one call per batch of many users' events.
 pub trait RulesRuntime: Send {
     /// `name@version+hash`: recorded with every session the rules cut.
@@ -66,6 +81,13 @@ pub trait RulesRuntime: Send {
         texts: Texts<'_>,
         batch: &mut contract::Batch,
     ) -> Result<contract::BatchResult, RulesError>;
+
+    /// The event fields the rules read and the session attributes they
+    /// write (contract 0.2); none for 0.1 plugins. The same for the rules'
+    /// whole life.
+    fn declarations(&self) -> &contract::Declarations {
+        &NO_DECLARATIONS
+    }
 
     /// Drops what the rules hold while they are not in force (a component's
     /// instance and its memory); the next call builds it again.

@@ -6,7 +6,8 @@ use sessionize_sdk::testing::NativePlugin;
 use sessionize_sdk::{Rules, Settings};
 
 use super::contract::{
-    Batch, BatchResult, ClosedSession, EndReason, SessionState, Settings as JobSettings,
+    AttributeType, AttributeValue, Batch, BatchResult, ClosedSession, Declarations, EndReason,
+    EventField, FieldType, FieldValues, SessionAttribute, SessionState, Settings as JobSettings,
     UserOutcome,
 };
 use super::{check_result, CheckScratch, RulesError, RulesRuntime, Texts, TextsSent};
@@ -15,6 +16,7 @@ use super::{check_result, CheckScratch, RulesError, RulesRuntime, Texts, TextsSe
 pub struct NativeRules<R> {
     plugin: NativePlugin<R>,
     rule_version: String,
+    declarations: Declarations,
     texts_sent: TextsSent,
     check: CheckScratch,
 }
@@ -28,8 +30,11 @@ impl<R: Rules + Send> NativeRules<R> {
             sdk_settings = sdk_settings.with_param(key, value);
         }
         let plugin = NativePlugin::new(&sdk_settings).map_err(RulesError::Refused)?;
+        let declarations = declarations_from_sdk(plugin.declarations());
+        super::check_declarations(&declarations)?;
         Ok(Self {
             plugin,
+            declarations,
             rule_version: format!("{name}+native"),
             texts_sent: TextsSent::default(),
             check: CheckScratch::default(),
@@ -40,6 +45,10 @@ impl<R: Rules + Send> NativeRules<R> {
 impl<R: Rules + Send> RulesRuntime for NativeRules<R> {
     fn rule_version(&self) -> &str {
         &self.rule_version
+    }
+
+    fn declarations(&self) -> &Declarations {
+        &self.declarations
     }
 
     fn process(&mut self, texts: Texts<'_>, batch: &mut Batch) -> Result<BatchResult, RulesError> {
@@ -68,6 +77,7 @@ impl<R: Rules + Send> RulesRuntime for NativeRules<R> {
                     event_type: e.event_type,
                 })
                 .collect(),
+            fields: batch.fields.iter().map(column_to_sdk).collect(),
         };
         self.texts_sent.took(texts);
         let result = self.plugin.process(sdk_batch).map_err(RulesError::Failed)?;
@@ -92,10 +102,15 @@ impl<R: Rules + Send> RulesRuntime for NativeRules<R> {
                         sdk::EndReason::EndOfInput => EndReason::EndOfInput,
                         sdk::EndReason::Custom(reason) => EndReason::Custom(reason),
                     },
+                    attributes: c
+                        .attributes
+                        .into_iter()
+                        .map(|v| v.map(attribute_from_sdk))
+                        .collect(),
                 })
                 .collect(),
         };
-        check_result(&mut self.check, texts, batch, &result)?;
+        check_result(&mut self.check, texts, &self.declarations, batch, &result)?;
         Ok(result)
     }
 }
@@ -117,5 +132,57 @@ fn from_sdk_state(s: sdk::SessionState) -> SessionState {
         event_count: s.event_count,
         pages: s.pages,
         data: s.data,
+    }
+}
+
+fn column_to_sdk(column: &FieldValues) -> sdk::FieldValues {
+    match column {
+        FieldValues::Text(v) => sdk::FieldValues::String(v.clone()),
+        FieldValues::Integer(v) => sdk::FieldValues::Integer(v.clone()),
+        FieldValues::Float(v) => sdk::FieldValues::Float(v.clone()),
+        FieldValues::Boolean(v) => sdk::FieldValues::Boolean(v.clone()),
+    }
+}
+
+fn attribute_from_sdk(value: sdk::AttributeValue) -> AttributeValue {
+    match value {
+        sdk::AttributeValue::String(s) => AttributeValue::String(s),
+        sdk::AttributeValue::Long(n) => AttributeValue::Long(n),
+        sdk::AttributeValue::Double(x) => AttributeValue::Double(x),
+        sdk::AttributeValue::Boolean(b) => AttributeValue::Boolean(b),
+        sdk::AttributeValue::StringList(l) => AttributeValue::StringList(l),
+    }
+}
+
+fn declarations_from_sdk(declared: sdk::Declarations) -> Declarations {
+    Declarations {
+        fields: declared
+            .fields
+            .into_iter()
+            .map(|f| EventField {
+                path: f.path,
+                field_type: match f.type_ {
+                    sdk::FieldType::String => FieldType::String,
+                    sdk::FieldType::Integer => FieldType::Integer,
+                    sdk::FieldType::Float => FieldType::Float,
+                    sdk::FieldType::Boolean => FieldType::Boolean,
+                },
+            })
+            .collect(),
+        attributes: declared
+            .attributes
+            .into_iter()
+            .map(|a| SessionAttribute {
+                name: a.name,
+                attribute_type: match a.type_ {
+                    sdk::AttributeType::String => AttributeType::String,
+                    sdk::AttributeType::Long => AttributeType::Long,
+                    sdk::AttributeType::Double => AttributeType::Double,
+                    sdk::AttributeType::Boolean => AttributeType::Boolean,
+                    sdk::AttributeType::StringList => AttributeType::StringList,
+                },
+                doc: a.doc,
+            })
+            .collect(),
     }
 }

@@ -219,7 +219,8 @@ impl<S: StreamSource> EventLoop<'_, S> {
     /// marks partitions that have been silent too long as idle.
     fn poll(&mut self) {
         let max = self.config.max_events_per_batch;
-        let mut block = EventBlock::new(max.min(65_536), self.config.intake.limits);
+        let mut block = EventBlock::new(max.min(65_536), self.config.intake.limits)
+            .with_fields(self.engine.field_paths());
         self.source.poll_into(&mut block, max, Duration::from_millis(100));
         self.summary.read += block.len() as u64;
         let now = Instant::now();
@@ -391,7 +392,8 @@ impl<S: StreamSource> EventLoop<'_, S> {
         change: Option<Change>,
     ) -> Result<(), StreamError> {
         let boundary = Instant::now();
-        let output = std::mem::take(&mut self.staged);
+        let mut output = std::mem::take(&mut self.staged);
+        output.columns = self.rules.rules().declarations().attributes.clone();
         self.summary.sessions_written += output.sessions.len() as u64;
         self.metrics.observe_output(&output.sessions, &output.rejected);
         self.metrics.observe_engine_size(&self.engine);
@@ -409,6 +411,7 @@ impl<S: StreamSource> EventLoop<'_, S> {
             if let Some(pause) = self.rules.apply(change, texts, sample) {
                 self.summary.swap_pauses.record(pause);
                 self.summary.swap_stalls.record(boundary.elapsed());
+                self.engine.declare_fields(&self.rules.rules().declarations().fields);
             }
             self.report_rules();
         }

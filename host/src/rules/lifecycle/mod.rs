@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::rules::contract::Batch;
 use crate::rules::{ComponentRules, RulesError, RulesRuntime, Texts};
+use crate::sink::ColumnCheck;
 
 mod archive;
 mod loader;
@@ -80,13 +81,22 @@ pub struct RulesLifecycle {
     queue: Option<mpsc::SyncSender<Queued>>,
     changes_tx: mpsc::Sender<Change>,
     changes: mpsc::Receiver<Change>,
+    /// Whether the sessions table can take a candidate's attributes.
+    columns: Option<ColumnCheck>,
 }
 
 impl RulesLifecycle {
     /// Rules that change only by rollback after failures.
     pub fn new(slot: RulesSlot) -> Self {
         let (changes_tx, changes) = mpsc::channel();
-        Self { slot, requests: None, loader: None, queue: None, changes_tx, changes }
+        Self { slot, requests: None, loader: None, queue: None, changes_tx, changes, columns: None }
+    }
+
+    /// Refuses candidates whose attributes `check` says the sessions table
+    /// cannot take, before their dry run.
+    pub fn checking_columns_with(mut self, check: ColumnCheck) -> Self {
+        self.columns = Some(check);
+        self
     }
 
     /// Also takes `requests` (deploys need [`RulesLifecycle::loading_with`]).
@@ -207,7 +217,13 @@ impl RulesLifecycle {
                     reply.send(Err(why));
                     return None;
                 }
-                let outcome = loaded.and_then(|c| self.slot.deploy(c, texts, sample));
+                let columns = self.columns.clone();
+                let outcome = loaded.and_then(|candidate| {
+                    if let Some(check) = columns {
+                        check(&candidate.declarations().attributes).map_err(RulesError::Columns)?;
+                    }
+                    self.slot.deploy(candidate, texts, sample)
+                });
                 let (answer, pause) = match outcome {
                     Ok(version) => {
                         // The event flow waits only for the dry run and the switch.

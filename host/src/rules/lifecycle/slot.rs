@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
-use crate::rules::contract::{Batch, BatchResult};
+use crate::rules::contract::{Batch, BatchResult, Declarations};
 use crate::rules::{RulesError, RulesRuntime, Texts};
 
 /// Rules of any runtime, as the slot keeps them.
@@ -91,7 +91,10 @@ impl RulesSlot {
         let mut candidate: BoxedRules = Box::new(candidate);
         let started = Instant::now();
         if let Some(sample) = sample {
+            // The sample carries the fields of the rules in force.
             let mut dry = sample.clone();
+            let declared = &candidate.declarations().fields;
+            dry.refit_fields(&self.active.declarations().fields, declared);
             if let Err(error) = candidate.process(texts, &mut dry) {
                 self.record("refused", candidate.rule_version(), Some(error.to_string()), None);
                 return Err(RulesError::Refused(format!("dry run failed: {error}")));
@@ -158,6 +161,10 @@ impl RulesSlot {
 impl RulesRuntime for RulesSlot {
     fn rule_version(&self) -> &str {
         self.active.rule_version()
+    }
+
+    fn declarations(&self) -> &Declarations {
+        self.active.declarations()
     }
 
     fn process(&mut self, texts: Texts<'_>, batch: &mut Batch) -> Result<BatchResult, RulesError> {

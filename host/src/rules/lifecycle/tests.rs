@@ -40,6 +40,7 @@ fn sample() -> (Vec<Arc<str>>, Batch) {
         end_of_input: false,
         users: vec![UserSlice { state: None, event_count: 2 }],
         events: vec![event(0), event(60_000)],
+        fields: vec![],
     };
     (vec![Arc::from("home")], batch)
 }

@@ -15,8 +15,10 @@ use iceberg::table::Table;
 use iceberg::transform::create_transform_function;
 use iceberg::ErrorKind;
 
+use super::attributes::attribute_array;
 use super::schema::*;
 use super::IcebergContext;
+use crate::rules::contract::AttributeValue;
 use crate::sink::{RejectedEvent, SessionRow, SinkError, UnwritableRow};
 
 const MS_PER_DAY: i64 = 86_400_000;
@@ -128,7 +130,21 @@ pub(super) fn check_session(row: &SessionRow) -> Result<(), UnwritableRow> {
 /// Bytes the row adds to the batch's string arrays.
 fn text_bytes(row: &SessionRow) -> usize {
     let pages: usize = row.pages.iter().map(|page| page.len()).sum();
-    row.uuid.len() + row.session_id.len() + row.end_reason.len() + row.rule_version.len() + pages
+    let attributes: usize = row
+        .attributes
+        .iter()
+        .map(|(_, value)| match value {
+            AttributeValue::String(s) => s.len(),
+            AttributeValue::StringList(list) => list.iter().map(String::len).sum(),
+            _ => 0,
+        })
+        .sum();
+    row.uuid.len()
+        + row.session_id.len()
+        + row.end_reason.len()
+        + row.rule_version.len()
+        + pages
+        + attributes
 }
 
 /// Splits rows into consecutive runs of at most `max` bytes of text each (a row
@@ -237,7 +253,11 @@ fn sessions_batch(table: &Table, rows: &[Placed<'_>]) -> Result<RecordBatch, Sin
                     .with_timezone_opt(timezone),
                 )
             }
-            _ => return Ok(None),
+            _ => {
+                // Not a column of the sink's own: an attribute's, if any row has it.
+                let rows: Vec<&SessionRow> = rows.iter().map(|p| p.row).collect();
+                return Ok(attribute_array(field, &rows));
+            }
         };
         Ok(Some(array))
     })

@@ -23,15 +23,19 @@
 //! (rows to Arrow), `writer` (Parquet data files) and `commit` (snapshots).
 
 use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use iceberg::spec::SchemaRef;
 use iceberg::table::Table;
 use iceberg::NamespaceIdent;
 use iceberg_catalog_sql::SqlCatalog;
 use uuid::Uuid;
 
-use super::{CommitStats, RejectedEvent, SessionRow, Sink, SinkError, UnwritableRow};
+use super::{ColumnCheck, CommitStats, RejectedEvent, SessionRow, Sink, SinkError, UnwritableRow};
+use crate::rules::contract::SessionAttribute;
 
+mod attributes;
 mod batch;
 mod catalog;
 mod commit;
@@ -49,6 +53,7 @@ pub use catalog::{CatalogUri, CatalogUriError, CATALOG_FILE, CATALOG_NAME};
 pub use schema::{BUCKET_GROUP_WIDTH, USER_HASH_BUCKETS};
 pub use storage::{S3Options, Warehouse, WarehouseError};
 
+use attributes::{add_attribute_columns, check_declared};
 use batch::{check_session, rejected_batch, sessions_batches};
 #[cfg(feature = "query")]
 pub(crate) use catalog::open_configured_catalog;
@@ -136,6 +141,9 @@ pub struct IcebergSink {
     /// Set after a failed commit: the cached metadata may be stale (another writer may have
     /// evolved the table), so the next commit reloads it first.
     needs_refresh: bool,
+    /// The sessions table's schema as last seen, for deploys to check
+    /// attributes against from the job's thread.
+    schema: Arc<RwLock<SchemaRef>>,
 }
 
 impl IcebergSink {
@@ -181,7 +189,15 @@ impl IcebergSink {
             rejected = %rejected.identifier(),
             "Iceberg sink opened"
         );
-        Ok(Self { catalog, sessions, rejected, needs_refresh: false })
+        let schema = Arc::new(RwLock::new(sessions.metadata().current_schema().clone()));
+        Ok(Self { catalog, sessions, rejected, needs_refresh: false, schema })
+    }
+
+    /// Publishes the sessions table's current schema to [`Sink::column_check`].
+    fn publish_schema(&self) {
+        if let Ok(mut schema) = self.schema.write() {
+            *schema = self.sessions.metadata().current_schema().clone();
+        }
     }
 
     async fn try_commit(
@@ -199,6 +215,14 @@ impl IcebergSink {
         // A fresh prefix per commit keeps data file names unique: the file name generator
         // numbers files from zero every time.
         let prefix = random_uuid().to_string();
+
+        // Columns for attributes first: the data files are written with the
+        // schema that has them.
+        if sessions.iter().any(|s| !s.attributes.is_empty()) {
+            self.sessions =
+                add_attribute_columns(&self.catalog, self.sessions.clone(), &[], sessions).await?;
+            self.publish_schema();
+        }
 
         // Write every data file before committing anything, to keep the window in which
         // only one of the two tables has the commit as short as possible.
@@ -224,6 +248,7 @@ impl IcebergSink {
                 append(&self.catalog, &self.rejected, rejected_files, properties.clone()).await?;
         }
         self.sessions = append(&self.catalog, &self.sessions, session_files, properties).await?;
+        self.publish_schema();
 
         tracing::debug!(
             sessions = sessions.len(),
@@ -251,6 +276,7 @@ impl IcebergSink {
         self.sessions = reload(&self.catalog, &self.sessions).await?;
         self.rejected = reload(&self.catalog, &self.rejected).await?;
         self.needs_refresh = false;
+        self.publish_schema();
         Ok(())
     }
 }
@@ -285,6 +311,7 @@ impl Sink for IcebergSink {
         value: &str,
     ) -> Result<Option<HashMap<String, String>>, SinkError> {
         self.sessions = reload(&self.catalog, &self.sessions).await?;
+        self.publish_schema();
         Ok(latest_properties_with(&self.sessions, key, value))
     }
 
@@ -298,6 +325,37 @@ impl Sink for IcebergSink {
     ) -> Result<Option<HashMap<String, String>>, SinkError> {
         self.rejected = reload(&self.catalog, &self.rejected).await?;
         Ok(latest_properties_with(&self.rejected, key, value))
+    }
+
+    /// Adds the attribute columns as one schema change (a snapshot-less
+    /// commit), reloading the table first if a commit failed.
+    async fn add_columns(&mut self, attributes: &[SessionAttribute]) -> Result<(), SinkError> {
+        if attributes.is_empty() {
+            return Ok(());
+        }
+        if self.needs_refresh {
+            self.refresh().await?;
+        }
+        let added = add_attribute_columns(&self.catalog, self.sessions.clone(), attributes, &[]);
+        match added.await {
+            Ok(table) => {
+                self.sessions = table;
+                self.publish_schema();
+                Ok(())
+            }
+            Err(error) => {
+                self.needs_refresh = true;
+                Err(error)
+            }
+        }
+    }
+
+    fn column_check(&self) -> ColumnCheck {
+        let schema = self.schema.clone();
+        Arc::new(move |declared| match schema.read() {
+            Ok(schema) => check_declared(&schema, declared),
+            Err(_) => Err("the sink's view of the table is unavailable".into()),
+        })
     }
 
     /// Times in the years 1 to 9999 ([`EARLIEST_SESSION_MS`] to

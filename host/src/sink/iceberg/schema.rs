@@ -183,7 +183,7 @@ pub(super) fn check_columns(table: &Table, expected: &Schema) -> Result<(), Sink
 }
 
 /// Type equality ignoring field ids, which the catalog reassigns at creation.
-fn same_shape(a: &Type, b: &Type) -> bool {
+pub(super) fn same_shape(a: &Type, b: &Type) -> bool {
     match (a, b) {
         (Type::List(a), Type::List(b)) => {
             same_shape(&a.element_field.field_type, &b.element_field.field_type)
