@@ -151,21 +151,10 @@ pub(crate) fn divert_unwritable(
 }
 
 fn unwritable_dead_letter(row: &SessionRow, reason: &UnwritableRow) -> RejectedEvent {
-    // A session of plain strings and numbers always serializes; the debug
-    // form is only a fallback that keeps the session in view.
-    let raw = serde_json::to_value(row).and_then(|mut json| {
-        if !row.attributes.is_empty() {
-            let attributes: serde_json::Map<String, serde_json::Value> = row
-                .attributes
-                .iter()
-                .map(|(name, value)| Ok((name.to_string(), serde_json::to_value(value)?)))
-                .collect::<Result<_, serde_json::Error>>()?;
-            json["attributes"] = serde_json::Value::Object(attributes);
-        }
-        serde_json::to_string(&json)
-    });
     RejectedEvent {
-        raw: raw.unwrap_or_else(|_| format!("{row:?}")),
+        // A session of plain strings and numbers always serializes; the debug
+        // form is only a fallback that keeps the session in view.
+        raw: session_json(row).unwrap_or_else(|_| format!("{row:?}")),
         reason: format!(
             "session {} of user {} cannot be stored: {reason}",
             row.session_id, row.uuid
@@ -174,6 +163,31 @@ fn unwritable_dead_letter(row: &SessionRow, reason: &UnwritableRow) -> RejectedE
         partition: UNWRITABLE_SESSION_PARTITION,
         position: UNWRITABLE_SESSION_POSITION,
     }
+}
+
+/// `row` as one JSON object, its attributes (contract 0.2) under
+/// `attributes` as plain JSON values.
+pub(crate) fn session_json(row: &SessionRow) -> serde_json::Result<String> {
+    use crate::rules::contract::AttributeValue;
+    let mut json = serde_json::to_value(row)?;
+    if !row.attributes.is_empty() {
+        let attributes: serde_json::Map<String, serde_json::Value> = row
+            .attributes
+            .iter()
+            .map(|(name, value)| {
+                let value = match value {
+                    AttributeValue::String(s) => serde_json::json!(s),
+                    AttributeValue::Long(n) => serde_json::json!(n),
+                    AttributeValue::Double(x) => serde_json::json!(x),
+                    AttributeValue::Boolean(b) => serde_json::json!(b),
+                    AttributeValue::StringList(l) => serde_json::json!(l),
+                };
+                (name.to_string(), value)
+            })
+            .collect();
+        json["attributes"] = serde_json::Value::Object(attributes);
+    }
+    serde_json::to_string(&json)
 }
 
 /// What one commit wrote, so the pipeline can watch for small-file build-up (iceberg-rust

@@ -2,6 +2,7 @@
 //! that fills a Kafka topic (`sessionize produce`), the dry run of rules over
 //! a file (`sessionize plugin test`), and a new plugin project (`plugin new`).
 
+pub mod distribution;
 pub mod generate;
 pub mod plugin_test;
 pub mod produce;

@@ -19,6 +19,7 @@ use crate::job::{Intake, RunSummary};
 use crate::rules::RulesRuntime;
 use crate::sink::{CommitStats, RejectedEvent, SessionRow, Sink, SinkError};
 use crate::source::file::{FileSource, FileSourceError};
+use crate::tools::distribution::{distributions, Distribution};
 
 /// Why a test run failed.
 #[derive(Debug, thiserror::Error)]
@@ -170,8 +171,7 @@ fn same_span(a: &SessionRow, b: &SessionRow) -> bool {
 /// Writes every session of `outcome` as one JSON object per line.
 pub fn write_sessions(out: &mut impl Write, outcome: &RulesOutcome) -> io::Result<()> {
     for session in &outcome.sessions {
-        serde_json::to_writer(&mut *out, session)?;
-        writeln!(out)?;
+        writeln!(out, "{}", crate::sink::session_json(session)?)?;
     }
     Ok(())
 }
@@ -202,6 +202,19 @@ pub fn write_comparison(
     for reason in reasons {
         let count = |m: &BTreeMap<&str, u64>| m.get(reason).copied().unwrap_or(0);
         writeln!(out, "  {reason:<20} {:>8} -> {}", count(&before), count(&after))?;
+    }
+    let (before, after) = (distributions(&a.sessions), distributions(&b.sessions));
+    if !before.is_empty() || !after.is_empty() {
+        writeln!(out, "attributes (against -> candidate):")?;
+        let mut names: Vec<&String> = before.keys().chain(after.keys()).collect();
+        names.sort_unstable();
+        names.dedup();
+        for name in names {
+            let side = |m: &BTreeMap<String, Distribution>| {
+                m.get(name.as_str()).map_or_else(|| "-".to_owned(), ToString::to_string)
+            };
+            writeln!(out, "  {name:<20} {} -> {}", side(&before), side(&after))?;
+        }
     }
     writeln!(out, "unchanged: {}", diff.same)?;
     writeln!(out, "split:     {} (one session cut into several)", diff.split.len())?;
