@@ -46,9 +46,15 @@ if [ ! -x "$S3S_ROOT/bin/s3s-fs" ]; then
 fi
 export S3S_BIN="$S3S_ROOT/bin/s3s-fs"
 
-step "python rules component (componentize-py)"
+step "python rules components (componentize-py): contract 0.1, and 0.2 on the Python SDK"
 (cd guest/python-rules && "$VENV/bin/componentize-py" -d ../../wit/v0.1 -w session-rules \
     componentize app -o ../dist/python_rules.wasm)
+(cd guest/python-conversion && "$VENV/bin/componentize-py" -d ../../wit -w session-rules \
+    componentize app -p . -p ../python-sdk -o ../dist/python_conversion.wasm)
+export COMPONENTIZE_PY="$VENV/bin/componentize-py"
+
+step "javascript rules component (componentize-js, from npm)"
+guest/js-rules/build.sh
 
 step "format and lints"
 cargo fmt --all --check

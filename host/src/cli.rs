@@ -111,8 +111,8 @@ pub enum PluginCommand {
         /// Where the project's directory is made.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
-        /// The Rust SDK (guest/sdk of a Sessionize checkout); default: the one
-        /// this binary was built from.
+        /// The SDK (guest/sdk of a Sessionize checkout, or guest/python-sdk
+        /// for --lang python); default: the one this binary was built from.
         #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../guest/sdk"))]
         sdk: PathBuf,
     },

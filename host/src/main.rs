@@ -205,14 +205,23 @@ fn plugin_new_command(
     dir: &std::path::Path,
     sdk: &std::path::Path,
 ) -> Result<()> {
-    if lang == cli::PluginLang::Python {
-        anyhow::bail!(
-            "a Python project cannot be made yet: the Python SDK is still to come; start from \
-             guest/python-rules/app.py (built with componentize-py, as its docstring shows)"
-        );
-    }
-    let project = sessionize::tools::scaffold::new_rust_plugin(name, dir, sdk)?;
-    println!("made {}: see its README.md (cargo test, then build, try, deploy)", project.display());
+    use sessionize::tools::scaffold::{new_python_plugin, new_rust_plugin};
+    let project = match lang {
+        cli::PluginLang::Rust => new_rust_plugin(name, dir, sdk)?,
+        cli::PluginLang::Python => {
+            // The default --sdk names the Rust SDK; the Python one is beside it.
+            let python = match sdk.file_name() {
+                Some(last) if last == "sdk" => sdk.with_file_name("python-sdk"),
+                _ => sdk.to_owned(),
+            };
+            new_python_plugin(name, dir, &python)?
+        }
+    };
+    let next = match lang {
+        cli::PluginLang::Rust => "cargo test, then build, try, deploy",
+        cli::PluginLang::Python => "./test.sh, then ./build.sh, try, deploy",
+    };
+    println!("made {}: see its README.md ({next})", project.display());
     Ok(())
 }
 

@@ -22,6 +22,13 @@ pub enum ScaffoldError {
         .0.display()
     )]
     NoSdk(PathBuf),
+    /// The Python SDK or the contract is not where it was looked for.
+    #[error(
+        "no Sessionize Python SDK at {}: pass --sdk with the path of guest/python-sdk in a \
+         Sessionize checkout",
+        .0.display()
+    )]
+    NoPythonSdk(PathBuf),
     /// A file could not be written.
     #[error("cannot write {}: {source}", path.display())]
     Write {
@@ -60,15 +67,60 @@ pub fn new_rust_plugin(name: &str, dir: &Path, sdk: &Path) -> Result<PathBuf, Sc
         ),
         (".gitignore", "/target\n/Cargo.lock\n*.wasm\n".to_owned()),
     ];
+    write_files(&project, &files)?;
+    Ok(project)
+}
+
+/// Writes a Python rules plugin called `name` into `dir/name`, on the Python
+/// SDK at `sdk` (guest/python-sdk, beside the checkout's `wit/`); returns the
+/// project's directory.
+pub fn new_python_plugin(name: &str, dir: &Path, sdk: &Path) -> Result<PathBuf, ScaffoldError> {
+    check_name(name)?;
+    let sdk = sdk.canonicalize().map_err(|_| ScaffoldError::NoPythonSdk(sdk.to_owned()))?;
+    let wit = sdk.join("../../wit");
+    if !sdk.join("sessionize_sdk.py").is_file() || !wit.join("sessionize.wit").is_file() {
+        return Err(ScaffoldError::NoPythonSdk(sdk));
+    }
+    let wit = wit.canonicalize().map_err(|_| ScaffoldError::NoPythonSdk(sdk.clone()))?;
+    let project = dir.join(name);
+    if project.exists() {
+        return Err(ScaffoldError::Exists(project));
+    }
+    let fill = |text: &str| {
+        text.replace("__NAME__", name)
+            .replace("__RULES__", &type_name(name))
+            .replace("__SDK__", &sdk.display().to_string())
+            .replace("__WIT__", &wit.display().to_string())
+            .replace("__WASM__", &name.replace('-', "_"))
+    };
+    let files = [
+        ("app.py", fill(APP_PY)),
+        ("test_app.py", fill(TEST_APP_PY)),
+        ("test.sh", fill(TEST_SH)),
+        ("build.sh", fill(BUILD_SH)),
+        ("README.md", fill(PY_README_MD)),
+        (".gitignore", "/bindings\n__pycache__\n*.wasm\n".to_owned()),
+    ];
+    write_files(&project, &files)?;
+    for script in ["test.sh", "build.sh"] {
+        use std::os::unix::fs::PermissionsExt;
+        let path = project.join(script);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .map_err(|source| ScaffoldError::Write { path, source })?;
+    }
+    Ok(project)
+}
+
+fn write_files(project: &Path, files: &[(&str, String)]) -> Result<(), ScaffoldError> {
     for (file, text) in files {
         let path = project.join(file);
         let write = |path: &Path| {
             std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
-            std::fs::write(path, &text)
+            std::fs::write(path, text)
         };
         write(&path).map_err(|source| ScaffoldError::Write { path, source })?;
     }
-    Ok(project)
+    Ok(())
 }
 
 fn check_name(name: &str) -> Result<(), ScaffoldError> {
@@ -204,6 +256,102 @@ sessionize plugin deploy __WASM__.wasm         # into a running job
 ```
 "#;
 
+const APP_PY: &str = r##""""__NAME__: session rules for Sessionize, on its Python SDK.
+
+A session ends after the job's inactivity timeout or once it would last longer
+than its maximum duration (what the default rules do); on top of that, these
+rules end a session right after an order is confirmed, and write one column,
+`purchased`, for every session.
+"""
+
+from sessionize_sdk import Attribute, EndReason, Limits, SessionRules, export
+
+PURCHASED = Attribute.boolean("purchased", "The session confirmed an order")
+
+
+class __RULES__(SessionRules):
+    fields = []
+    attributes = [PURCHASED]
+
+    def __init__(self, settings):
+        self.limits = Limits.from_settings(settings)
+
+    def expiry(self, session):
+        return self.limits.expiry(session)
+
+    def observe(self, session, event):
+        session.set(PURCHASED, event.page_name == "order-confirmed")
+
+    def ends_after(self, session, event):
+        if event.page_name == "order-confirmed":
+            return EndReason.custom("purchase")
+        return None
+
+
+Rules = export(__RULES__, name="__NAME__", version="0.1.0")
+"##;
+
+const TEST_APP_PY: &str = r#"import unittest
+
+from sessionize_sdk import EndReason, Harness, at
+
+from app import PURCHASED, __RULES__
+
+MIN = 60_000
+
+
+class __RULES__Test(unittest.TestCase):
+    def test_silence_splits_and_a_confirmed_order_ends_the_session(self):
+        closed = Harness(__RULES__).finish([
+            at(0, page="home"),
+            at(45 * MIN, page="cart"),
+            at(46 * MIN, page="order-confirmed"),
+            at(47 * MIN, page="home"),
+        ])
+        got = [(c.start_ms, c.event_count, c.end_reason, c.get(PURCHASED)) for c in closed]
+        self.assertEqual(got, [
+            (0, 1, EndReason.INACTIVITY, False),
+            (45 * MIN, 2, EndReason.custom("purchase"), True),
+            (47 * MIN, 1, EndReason.END_OF_INPUT, False),
+        ])
+
+
+if __name__ == "__main__":
+    unittest.main()
+"#;
+
+const TEST_SH: &str = r#"#!/usr/bin/env bash
+# The unit tests, natively: the contract's Python bindings, then unittest.
+set -euo pipefail
+cd "$(dirname "$0")"
+PY="${COMPONENTIZE_PY:-componentize-py}"
+"$PY" -d __WIT__ -w session-rules bindings bindings >/dev/null
+PYTHONPATH="bindings:__SDK__:." "${PYTHON:-python3}" -m unittest -v test_app
+"#;
+
+const BUILD_SH: &str = r#"#!/usr/bin/env bash
+# The component: ./__WASM__.wasm (CPython inside, about 18 MB).
+set -euo pipefail
+cd "$(dirname "$0")"
+PY="${COMPONENTIZE_PY:-componentize-py}"
+"$PY" -d __WIT__ -w session-rules componentize app -p . -p __SDK__ -o __WASM__.wasm
+"#;
+
+const PY_README_MD: &str = r#"# __NAME__
+
+Session rules for Sessionize, on its Python SDK (`app.py`), built with
+componentize-py (`pip install componentize-py`, or the one in Sessionize's
+`~/.cache/sessionize/venv/bin`; set `COMPONENTIZE_PY` to its path).
+
+```sh
+./test.sh                                    # the unit tests, natively
+./build.sh                                   # the component: ./__WASM__.wasm
+sessionize generate -o events.jsonl           # or your own events
+sessionize plugin test __WASM__.wasm --input events.jsonl --against builtin   # what changes
+sessionize plugin deploy __WASM__.wasm         # into a running job
+```
+"#;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,5 +377,25 @@ mod tests {
         assert!(matches!(again, ScaffoldError::Exists(_)), "{again}");
         let no_sdk = new_rust_plugin("other", dir.path(), dir.path()).unwrap_err();
         assert!(no_sdk.to_string().contains("--sdk"), "{no_sdk}");
+    }
+
+    #[test]
+    fn a_python_project_names_its_sdk_and_contract_and_its_scripts_run() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest/python-sdk");
+        let made = new_python_plugin("py-rules", dir.path(), &sdk).unwrap();
+        let app = std::fs::read_to_string(made.join("app.py")).unwrap();
+        assert!(app.starts_with("\"\"\"py-rules: session rules"), "{app}");
+        assert!(app.contains("class PyRules(SessionRules)") && app.contains("name=\"py-rules\""));
+        let test = std::fs::read_to_string(made.join("test.sh")).unwrap();
+        let wit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit").canonicalize().unwrap();
+        assert!(test.contains(&format!("-d {}", wit.display())), "{test}");
+        for script in ["test.sh", "build.sh"] {
+            let mode = std::fs::metadata(made.join(script)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o111, 0o111, "{script}");
+        }
+        let no_sdk = new_python_plugin("other", dir.path(), dir.path()).unwrap_err();
+        assert!(no_sdk.to_string().contains("no Sessionize Python SDK"), "{no_sdk}");
     }
 }
