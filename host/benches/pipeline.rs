@@ -1,5 +1,7 @@
 //! Benchmark: a bounded run of 1,000,000 generated events, file to Iceberg, with
-//! the default rules as the component and compiled natively.
+//! the default rules as the component and compiled natively, and the
+//! conversion rules (a declared field and four attribute columns) as the
+//! component.
 //!
 //!     guest/build.sh && cargo bench -p sessionize --bench pipeline
 //!
@@ -50,7 +52,7 @@ fn main() -> Result<()> {
         "rules", "events/s", "wall ms", "plugin ms", "peak MiB"
     );
     let exe = std::env::current_exe()?;
-    for variant in ["component", "native"] {
+    for variant in ["component", "native", "conversion"] {
         for _ in 0..rounds {
             let status = Command::new(&exe).args(["--variant", variant]).arg(&input).status()?;
             if !status.success() {
@@ -64,8 +66,12 @@ fn main() -> Result<()> {
 fn run_variant(variant: &str, input: &Path) -> Result<()> {
     let settings = common::default_settings();
     let mut rules: Box<dyn RulesRuntime> = match variant {
-        "component" => {
-            let path = common::default_component();
+        "component" | "conversion" => {
+            let path = if variant == "component" {
+                common::default_component()
+            } else {
+                common::conversion_component()
+            };
             let loader = Arc::new(ComponentLoader::new()?);
             Box::new(
                 loader

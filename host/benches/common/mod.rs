@@ -38,6 +38,12 @@ pub fn default_component() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../guest/dist/default_rules.wasm")
 }
 
+/// The conversion rules (contract 0.2: one declared field, four attributes).
+#[allow(dead_code)] // Used by the pipeline benchmark only.
+pub fn conversion_component() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../guest/dist/conversion_rules.wasm")
+}
+
 /// Peak resident memory of this process (Linux `VmHWM`), MiB.
 pub fn peak_rss_mib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
