@@ -8,7 +8,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 
-use super::fields::{capture_or_skip, capture_scalar, Found, PathNode, Scalar};
+use super::fields::{capture_or_skip, capture_scalar, Found, Key, PathNode, Scalar};
 
 /// The fields we read; every other field is skipped without being decoded.
 #[derive(Default)]
@@ -57,7 +57,7 @@ impl<'de> Visitor<'de> for WireSeed<'_, '_, 'de> {
         let found = self.found;
         let mut wire = Wire::default();
         let mut seen = [false; 5];
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+        while let Some(Key(key)) = map.next_key()? {
             let node = self.node.child(&key);
             let (slot, name) = match key.as_ref() {
                 "uuid" => (Some((0, &mut wire.uuid)), "uuid"),
@@ -212,7 +212,7 @@ impl<'de> Visitor<'de> for DetailsSeed<'_, '_, 'de> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let found = self.found;
         let (mut event_name, mut event_type) = (Value::Null, Value::Null);
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+        while let Some(Key(key)) = map.next_key()? {
             let node = self.node.and_then(|n| n.child(&key));
             let value = match key.as_ref() {
                 "event_name" => &mut event_name,
