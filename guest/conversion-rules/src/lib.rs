@@ -48,9 +48,9 @@ impl Rules for ConversionRules {
         session.set(&REVENUE, session.get(&REVENUE).unwrap_or(0.0) + value);
         if let Some(page) = event.page_name() {
             if session.get(&ENTRY_PAGE).is_none() {
-                session.set(&ENTRY_PAGE, page.to_owned());
+                session.set_str(&ENTRY_PAGE, page);
             }
-            session.set(&EXIT_PAGE, page.to_owned());
+            session.set_str(&EXIT_PAGE, page);
         }
     }
 }

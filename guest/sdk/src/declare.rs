@@ -118,8 +118,13 @@ impl<T: AttributeKind> Attribute<T> {
 
 /// A type a session attribute can have.
 pub trait AttributeKind: Sized {
+    /// What reading the attribute gives: the value, or a borrow of a string
+    /// or list (reading costs no copy).
+    type Ref<'a>;
     #[doc(hidden)]
     const TYPE: wit::AttributeType;
+    #[doc(hidden)]
+    fn view(value: &AttributeValue) -> Option<Self::Ref<'_>>;
     #[doc(hidden)]
     fn from_value(value: &AttributeValue) -> Option<Self>;
     #[doc(hidden)]
@@ -127,9 +132,16 @@ pub trait AttributeKind: Sized {
 }
 
 macro_rules! attribute_kind {
-    ($type:ty, $variant:ident, $copy:expr) => {
+    ($type:ty, $ref:ty, $variant:ident, $view:expr, $copy:expr) => {
         impl AttributeKind for $type {
+            type Ref<'a> = $ref;
             const TYPE: wit::AttributeType = wit::AttributeType::$variant;
+            fn view(value: &AttributeValue) -> Option<Self::Ref<'_>> {
+                match value {
+                    AttributeValue::$variant(v) => Some($view(v)),
+                    _ => None,
+                }
+            }
             fn from_value(value: &AttributeValue) -> Option<Self> {
                 match value {
                     AttributeValue::$variant(v) => Some($copy(v)),
@@ -143,11 +155,15 @@ macro_rules! attribute_kind {
     };
 }
 
-attribute_kind!(bool, Boolean, |v: &bool| *v);
-attribute_kind!(i64, Long, |v: &i64| *v);
-attribute_kind!(f64, Double, |v: &f64| *v);
-attribute_kind!(String, String, |v: &String| v.clone());
-attribute_kind!(Vec<String>, StringList, |v: &Vec<String>| v.clone());
+attribute_kind!(bool, bool, Boolean, copy, copy);
+attribute_kind!(i64, i64, Long, copy, copy);
+attribute_kind!(f64, f64, Double, copy, copy);
+attribute_kind!(String, &'a str, String, String::as_str, String::clone);
+attribute_kind!(Vec<String>, &'a [String], StringList, Vec::as_slice, Vec::clone);
+
+fn copy<T: Copy>(value: &T) -> T {
+    *value
+}
 
 /// What a plugin declares in [`Rules::declare`](crate::Rules::declare).
 #[derive(Debug, Default, Clone)]
@@ -169,14 +185,20 @@ impl Declare {
         self
     }
 
-    /// Index of the field at `path` among the declared ones.
-    pub(crate) fn field_index(&self, path: &str) -> Option<usize> {
-        self.fields.iter().position(|(p, _)| *p == path)
+    /// Index of the field at `path` among the declared ones. Called per
+    /// event: the constant's own string is found by address first.
+    pub(crate) fn field_index(&self, path: &'static str) -> Option<usize> {
+        let same = |p: &&str| std::ptr::eq(p.as_ptr(), path.as_ptr()) && p.len() == path.len();
+        (self.fields.iter().position(|(p, _)| same(p)))
+            .or_else(|| self.fields.iter().position(|(p, _)| *p == path))
     }
 
-    /// Index of the attribute `name` among the declared ones.
-    pub(crate) fn attribute_index(&self, name: &str) -> Option<usize> {
-        self.attributes.iter().position(|(n, _, _)| *n == name)
+    /// Index of the attribute `name` among the declared ones (by address
+    /// first, as [`Declare::field_index`]).
+    pub(crate) fn attribute_index(&self, name: &'static str) -> Option<usize> {
+        let same = |n: &&str| std::ptr::eq(n.as_ptr(), name.as_ptr()) && n.len() == name.len();
+        (self.attributes.iter().position(|(n, _, _)| same(n)))
+            .or_else(|| self.attributes.iter().position(|(n, _, _)| *n == name))
     }
 
     /// In the contract's form.

@@ -320,9 +320,24 @@ impl Session<'_> {
 
     /// A declared attribute's value so far, if set. Panics if
     /// [`Rules::declare`] did not declare `attribute`.
-    pub fn get<T: AttributeKind>(&self, attribute: &Attribute<T>) -> Option<T> {
+    pub fn get<T: AttributeKind>(&self, attribute: &Attribute<T>) -> Option<T::Ref<'_>> {
         let value = self.attributes.get(self.attribute_index(attribute))?.as_ref()?;
-        T::from_value(value)
+        T::view(value)
+    }
+
+    /// Sets a declared string attribute to `value`, reusing the string it
+    /// held: no allocation per event for an attribute that follows the
+    /// events (an exit page). Panics if [`Rules::declare`] did not declare it.
+    pub fn set_str(&mut self, attribute: &Attribute<String>, value: &str) {
+        let index = self.attribute_index(attribute);
+        let Some(slot) = self.attributes.get_mut(index) else { return };
+        match slot {
+            Some(wit::AttributeValue::String(held)) => {
+                held.clear();
+                held.push_str(value);
+            }
+            _ => *slot = Some(wit::AttributeValue::String(value.to_owned())),
+        }
     }
 
     /// Sets a declared attribute, written with the session when it closes.
