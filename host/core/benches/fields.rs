@@ -54,9 +54,11 @@ fn ns_per_event(lines: &[String], fields: &[EventField]) -> f64 {
         }
     }
     if std::env::var_os("BENCH_SPLIT").is_some() {
-        println!("    parse {:.0} ns, offer {:.0} ns per event",
+        println!(
+            "    parse {:.0} ns, offer {:.0} ns per event",
             parsing.as_nanos() as f64 / lines.len() as f64,
-            (started.elapsed() - parsing).as_nanos() as f64 / lines.len() as f64);
+            (started.elapsed() - parsing).as_nanos() as f64 / lines.len() as f64
+        );
     }
     started.elapsed().as_nanos() as f64 / lines.len() as f64
 }
