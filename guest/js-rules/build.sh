@@ -38,6 +38,8 @@ if ! node_ok; then
 fi
 
 # Install (npm ci: exactly the lock file) only when the manifests changed.
+# package.json names @bytecodealliance/preview2-shim itself: componentize-js
+# imports it without declaring it, and `npm ci` would leave it out.
 STAMP="$(cat "$HERE/package.json" "$HERE/package-lock.json" | sha256sum | cut -c1-16)"
 if [ "$(cat "$DEPS/stamp" 2>/dev/null)" != "$STAMP" ] || [ ! -d "$DEPS/node_modules" ]; then
     echo "js-rules: installing npm packages into $DEPS (Node $(node --version))"
