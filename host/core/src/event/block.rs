@@ -135,8 +135,17 @@ impl EventBlock {
             return self.push_oversized(partition, position, record, record.len());
         }
         // The record goes into the buffer once; fields that parsed without
-        // escapes point into it, only unescaped copies are added.
-        let raw = self.store(&String::from_utf8_lossy(record));
+        // escapes point into it, only unescaped copies are added. That needs
+        // the buffer's copy to be the record byte for byte: a record that is
+        // not UTF-8 (serde_json does not check the values it skips) is refused.
+        let text = String::from_utf8_lossy(record);
+        if let Cow::Owned(_) = text {
+            let raw = self.store(&text);
+            let reason = Rejection::NotUtf8;
+            self.items.push(BlockItem::Rejected { partition, position, raw, reason });
+            return;
+        }
+        let raw = self.store(&text);
         let base = record.as_ptr() as usize;
         let inside = |b: &str| {
             let at = b.as_ptr() as usize;
@@ -180,7 +189,9 @@ impl EventBlock {
                 }
             }
             Err(reason) => {
+                // Its field values, and any unescaped copies they added.
                 self.values.truncate(values);
+                self.text.truncate((raw.start + raw.len) as usize);
                 BlockItem::Rejected { partition, position, raw, reason }
             }
         };
@@ -251,4 +262,27 @@ fn store(text: &mut String, s: &str) -> Span {
     let start = text.len() as u32;
     text.push_str(s);
     Span { start, len: s.len() as u32 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_with_invalid_utf8_anywhere_is_refused_not_misread() {
+        // serde_json skips the value of an unread key without checking its
+        // UTF-8; the block keeps a lossy copy of the record, whose offsets
+        // differ from the record's, so such a record must not become an event.
+        let mut block = EventBlock::new(2, EventLimits::default());
+        block.push(0, 1, b"{\"x\":\"\xff\xff\xff\",\"uuid\":\"alice\",\"event_timestamp\":1}");
+        block.push(0, 2, br#"{"uuid":"bob","event_timestamp":2}"#);
+        let records: Vec<String> = block
+            .records()
+            .map(|r| match r {
+                BlockRecord::Event(_, _, _, event, _) => format!("event {}", event.uuid),
+                BlockRecord::Rejected(_, _, _, reason) => format!("rejected: {reason}"),
+            })
+            .collect();
+        assert_eq!(records, ["rejected: not UTF-8 text", "event bob"]);
+    }
 }
