@@ -16,7 +16,7 @@ use iceberg::table::Table;
 use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
 use iceberg_catalog_sql::SqlCatalog;
 
-use super::schema::{same_shape, sessions_schema};
+use super::schema::{same_shape, sessions_schema, COL_BUCKET};
 use super::IcebergContext;
 use crate::rules::contract::{AttributeType, AttributeValue, SessionAttribute};
 use crate::sink::{SessionRow, SinkError};
@@ -43,11 +43,20 @@ pub(crate) fn missing_columns<'a>(
 ) -> Result<Vec<AddColumn>, String> {
     let own = sessions_schema().map_err(|e| e.to_string())?;
     let mut missing: Vec<AddColumn> = Vec::new();
-    let mut named: Vec<&str> = Vec::new();
+    let mut named: Vec<(&str, AttributeType)> = Vec::new();
     for (name, attribute_type, doc) in attributes {
-        if own.field_by_name(name).is_some() {
+        // The partition fields' names too: engines resolve them beside the columns.
+        let partition_field = name == format!("{COL_BUCKET}_trunc");
+        if own.field_by_name(name).is_some() || partition_field {
             return Err(format!(
                 "attribute {name} is a column the sink writes itself; name it otherwise"
+            ));
+        }
+        if let Some((_, other)) = named.iter().find(|(n, t)| *n == name && *t != attribute_type) {
+            return Err(format!(
+                "attribute {name} is written both as a {} and as a {}",
+                other.name(),
+                attribute_type.name()
             ));
         }
         let wanted = iceberg_type(attribute_type);
@@ -61,9 +70,9 @@ pub(crate) fn missing_columns<'a>(
                     column.field_type
                 ))
             }
-            None if named.contains(&name) => {}
+            None if named.iter().any(|(n, _)| *n == name) => {}
             None => {
-                named.push(name);
+                named.push((name, attribute_type));
                 let column = AddColumn::builder().name(name).field_type(wanted);
                 missing.push(match doc {
                     Some(doc) if !doc.is_empty() => column.doc(doc).build(),
@@ -125,15 +134,15 @@ pub(super) async fn add_attribute_columns(
 /// or `None` if the column is not an attribute type (the batch then writes
 /// nulls). A value of another type than the column's is written as null:
 /// the deploy check keeps that from happening.
-pub(super) fn attribute_array(field: &Field, rows: &[&SessionRow]) -> Option<ArrayRef> {
+pub(super) fn attribute_array<'a>(field: &Field, rows: &[&'a SessionRow]) -> Option<ArrayRef> {
     let name = field.name().as_str();
-    let value = |row: &SessionRow| value_of(row, name).cloned();
+    let value = |row: &'a SessionRow| value_of(row, name);
     let array: ArrayRef = match field.data_type() {
         DataType::Utf8 => {
             let mut builder = StringBuilder::new();
             for row in rows {
                 match value(row) {
-                    Some(AttributeValue::String(s)) => builder.append_value(&s),
+                    Some(AttributeValue::String(s)) => builder.append_value(s),
                     _ => builder.append_null(),
                 }
             }
@@ -141,13 +150,13 @@ pub(super) fn attribute_array(field: &Field, rows: &[&SessionRow]) -> Option<Arr
         }
         DataType::Int64 => {
             Arc::new(Int64Array::from_iter(rows.iter().map(|row| match value(row) {
-                Some(AttributeValue::Long(n)) => Some(n),
+                Some(AttributeValue::Long(n)) => Some(*n),
                 _ => None,
             })))
         }
         DataType::Float64 => {
             Arc::new(Float64Array::from_iter(rows.iter().map(|row| match value(row) {
-                Some(AttributeValue::Double(x)) => Some(x),
+                Some(AttributeValue::Double(x)) => Some(*x),
                 _ => None,
             })))
         }
@@ -155,7 +164,7 @@ pub(super) fn attribute_array(field: &Field, rows: &[&SessionRow]) -> Option<Arr
             let mut builder = BooleanBuilder::new();
             for row in rows {
                 match value(row) {
-                    Some(AttributeValue::Boolean(b)) => builder.append_value(b),
+                    Some(AttributeValue::Boolean(b)) => builder.append_value(*b),
                     _ => builder.append_null(),
                 }
             }
@@ -198,10 +207,17 @@ mod tests {
         let mut schema = sessions_schema().unwrap();
         let ok = [attribute("revenue", AttributeType::Double)];
         assert_eq!(check_declared(&schema, &ok), Ok(()));
-        let own = check_declared(&schema, &[attribute("end_reason", AttributeType::String)]);
+        for own in ["end_reason", "user_hash_bucket_trunc"] {
+            let taken = check_declared(&schema, &[attribute(own, AttributeType::String)]);
+            assert_eq!(
+                taken.unwrap_err(),
+                format!("attribute {own} is a column the sink writes itself; name it otherwise")
+            );
+        }
+        let twice = [attribute("x", AttributeType::Long), attribute("x", AttributeType::Double)];
         assert_eq!(
-            own.unwrap_err(),
-            "attribute end_reason is a column the sink writes itself; name it otherwise"
+            check_declared(&schema, &twice).unwrap_err(),
+            "attribute x is written both as a long and as a double"
         );
         // Once the table has `revenue` as a double, a long of that name is refused.
         let fields = schema.as_struct().fields().to_vec();
