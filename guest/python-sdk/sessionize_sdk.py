@@ -252,20 +252,21 @@ TAGS = {types.AttributeType.STRING: 0, types.AttributeType.LONG: 1,
 
 def _split(data, attributes):
     values = [None] * len(attributes)
-    if not attributes or not data.startswith(MAGIC):
+    # A section is taken out even by rules that declare no attribute.
+    if not data.startswith(MAGIC):
         return values, data
     try:
         at, count = len(MAGIC) + 1, data[len(MAGIC)]
         found = {}
         for _ in range(count):
             size = data[at]
-            name = data[at + 1:at + 1 + size].decode()
+            name = _take(data, at + 1, size).decode()
             at += 1 + size
             tag = data[at]
             at += 1
             if tag == 0:
                 (size,) = struct.unpack_from("<I", data, at)
-                value, at = data[at + 4:at + 4 + size].decode(), at + 4 + size
+                value, at = _take(data, at + 4, size).decode(), at + 4 + size
             elif tag == 1:
                 (value,), at = struct.unpack_from("<q", data, at), at + 8
             elif tag == 2:
@@ -278,7 +279,7 @@ def _split(data, attributes):
                 value = []
                 for _ in range(count_items):
                     (size,) = struct.unpack_from("<I", data, at)
-                    value.append(data[at + 4:at + 4 + size].decode())
+                    value.append(_take(data, at + 4, size).decode())
                     at += 4 + size
             else:
                 raise ValueError(tag)
@@ -293,9 +294,16 @@ def _split(data, attributes):
         return [None] * len(attributes), data
 
 
+def _take(data, at, size):
+    """`size` bytes at `at`, or ValueError past the end (slicing would not say)."""
+    if at + size > len(data):
+        raise ValueError("truncated")
+    return data[at:at + size]
+
+
 def _join(values, attributes, own):
     entries = [(a, v) for a, v in zip(attributes, values) if v is not None]
-    if not entries:
+    if not entries and not own.startswith(MAGIC):
         return own
     out = bytearray(MAGIC)
     out.append(len(entries))

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use default_rules::DefaultRules;
-use sessionize::engine::{Admission, Engine, EngineConfig, EngineError};
+use sessionize::engine::{Admission, Engine, EngineConfig, EngineError, Sample};
 use sessionize::event::parse;
 use sessionize::rules::contract::{Batch, Event, Settings, UserSlice};
 use sessionize::rules::lifecycle::RulesSlot;
@@ -189,15 +189,23 @@ fn the_rules_slot_swaps_refuses_and_rolls_back_within_its_reserve() {
     let (texts, sample) = batch(&[(0, Some(0)), (MIN, Some(2))], 3);
 
     // A candidate that fails the dry run is refused; the running rules stay.
-    let refused =
-        slot.deploy(load("faulty", &[("fault", "trap")]), Texts::first(&texts), Some(&sample));
+    let refused = slot.deploy(
+        load("faulty", &[("fault", "trap")]),
+        Texts::first(&texts),
+        Some(Sample { batch: &sample, fields: &[] }),
+    );
     assert!(matches!(refused, Err(RulesError::Refused(ref m)) if m.contains("dry run")));
     assert_eq!(slot.rule_version(), default_version);
 
     // Twelve swaps: only the last eight versions are kept for rollback.
     for i in 0..12 {
         let name = if i % 2 == 0 { "logout_rules" } else { "default_rules" };
-        slot.deploy(load(name, &[]), Texts::first(&texts), Some(&sample)).unwrap();
+        slot.deploy(
+            load(name, &[]),
+            Texts::first(&texts),
+            Some(Sample { batch: &sample, fields: &[] }),
+        )
+        .unwrap();
     }
     for _ in 0..8 {
         slot.rollback(None).unwrap();
@@ -364,7 +372,7 @@ fn a_dry_run_refuses_a_candidate_that_breaks_the_contract() {
     let refused = slot.deploy(
         load("faulty", &[("fault", "lose-events")]),
         Texts::first(&texts),
-        Some(&sample),
+        Some(Sample { batch: &sample, fields: &[] }),
     );
     let Err(RulesError::Refused(message)) = refused else { panic!("{refused:?}") };
     assert!(message.contains("dry run") && message.contains("rule events-conserved"), "{message}");

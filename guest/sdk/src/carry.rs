@@ -19,7 +19,9 @@ pub(crate) fn split(
     names: &[(&'static str, crate::wit::AttributeType, &'static str)],
 ) -> (Vec<Option<AttributeValue>>, Vec<u8>) {
     let mut values = vec![None; names.len()];
-    if names.is_empty() || !data.starts_with(&MAGIC) {
+    // A section is taken out even by rules that declare no attribute: it is
+    // not their bytes.
+    if !data.starts_with(&MAGIC) {
         return (values, data);
     }
     let mut reader = Reader { data: &data, at: MAGIC.len() };
@@ -45,7 +47,7 @@ pub(crate) fn join(
     own: Vec<u8>,
 ) -> Vec<u8> {
     let set = values.iter().filter(|v| v.is_some()).count();
-    if set == 0 {
+    if set == 0 && !own.starts_with(&MAGIC) {
         return own;
     }
     let mut data = Vec::with_capacity(16 + own.len());
@@ -176,6 +178,13 @@ mod tests {
     fn data_without_a_section_is_all_the_plugins_and_damage_loses_nothing() {
         assert_eq!(split(vec![1, 2, 3], NAMES), (vec![None, None, None], vec![1, 2, 3]));
         assert_eq!(join(&[None, None, None], NAMES, vec![4]), vec![4]);
+        // Own bytes that look like a section get an empty one in front.
+        let lookalike = [&MAGIC[..], &[7]].concat();
+        let joined = join(&[None, None, None], NAMES, lookalike.clone());
+        assert_eq!(split(joined, NAMES), (vec![None, None, None], lookalike));
+        // Rules that declare nothing take the section out all the same.
+        let data = join(&[Some(AttributeValue::Long(5)), None, None], NAMES, vec![9]);
+        assert_eq!(split(data, &[]), (vec![], vec![9]));
         let mut damaged = join(&[Some(AttributeValue::Long(5)), None, None], NAMES, vec![]);
         damaged.truncate(damaged.len() - 3);
         assert_eq!(split(damaged.clone(), NAMES), (vec![None, None, None], damaged));

@@ -13,14 +13,13 @@ use wasmtime::{Config, Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::contract::{Batch, BatchResult, Declarations, Settings};
-use sessionize_core::rules::{check_declarations, check_plugin_info, CheckScratch};
+use sessionize_core::rules::{
+    check_declarations, check_plugin_info, CheckScratch, NO_DECLARATIONS,
+};
 
 use super::sandbox::{clip, GuestOutput, LogBudget, Sandbox};
 use super::wit::{convert01, convert02, v01, v02};
 use super::{check_result, RulesError, RulesRuntime, Texts, TextsSent};
-
-/// What a 0.1 plugin declares.
-static NO_DECLARATIONS: Declarations = Declarations { fields: Vec::new(), attributes: Vec::new() };
 
 /// How often the epoch advances: the granularity of the per-call time budget.
 const EPOCH_TICK: Duration = Duration::from_millis(10);

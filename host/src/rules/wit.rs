@@ -93,8 +93,8 @@ macro_rules! shared_conversions {
                 closed: result
                     .closed
                     .into_iter()
-                    .map(|c| {
-                        let attributes = attributes_from_wit(&c);
+                    .map(|mut c| {
+                        let attributes = attributes_from_wit(&mut c);
                         contract::ClosedSession {
                             user: c.user,
                             start_ms: c.start_ms,
@@ -185,19 +185,19 @@ pub(super) mod convert02 {
         }));
     }
 
-    fn attributes_from_wit(closed: &types::ClosedSession) -> Vec<Option<contract::AttributeValue>> {
-        closed
-            .attributes
-            .iter()
+    /// The closed session's attribute values, moved out of it.
+    fn attributes_from_wit(
+        closed: &mut types::ClosedSession,
+    ) -> Vec<Option<contract::AttributeValue>> {
+        std::mem::take(&mut closed.attributes)
+            .into_iter()
             .map(|value| {
-                value.as_ref().map(|value| match value {
-                    types::AttributeValue::String(s) => contract::AttributeValue::String(s.clone()),
-                    types::AttributeValue::Long(n) => contract::AttributeValue::Long(*n),
-                    types::AttributeValue::Double(x) => contract::AttributeValue::Double(*x),
-                    types::AttributeValue::Boolean(b) => contract::AttributeValue::Boolean(*b),
-                    types::AttributeValue::StringList(l) => {
-                        contract::AttributeValue::StringList(l.clone())
-                    }
+                value.map(|value| match value {
+                    types::AttributeValue::String(s) => contract::AttributeValue::String(s),
+                    types::AttributeValue::Long(n) => contract::AttributeValue::Long(n),
+                    types::AttributeValue::Double(x) => contract::AttributeValue::Double(x),
+                    types::AttributeValue::Boolean(b) => contract::AttributeValue::Boolean(b),
+                    types::AttributeValue::StringList(l) => contract::AttributeValue::StringList(l),
                 })
             })
             .collect()
@@ -259,7 +259,7 @@ pub(super) mod convert01 {
 
     fn return_fields(_: &mut contract::Batch, _: &mut types::Batch) {}
 
-    fn attributes_from_wit(_: &types::ClosedSession) -> Vec<Option<contract::AttributeValue>> {
+    fn attributes_from_wit(_: &mut types::ClosedSession) -> Vec<Option<contract::AttributeValue>> {
         Vec::new()
     }
 }

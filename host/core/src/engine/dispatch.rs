@@ -7,13 +7,20 @@ use std::sync::Arc;
 
 use super::{session_id, Engine, EngineError};
 use crate::rows::SessionRow;
-use crate::rules::contract::{Batch, BatchResult, UserSlice};
+use crate::rules::contract::{Batch, BatchResult, EventField, UserSlice};
 use crate::rules::{RulesRuntime, Texts};
 
 /// A batch built for the rules and not yet applied, with the users it holds.
 pub(super) struct InFlight {
-    pub(super) batch: Batch,
+    batch: Batch,
     users: Vec<u32>,
+}
+
+impl InFlight {
+    /// Rebuilds the batch's field columns for other rules' fields.
+    pub(super) fn refit_fields(&mut self, from: &[EventField], to: &[EventField]) {
+        self.batch.refit_fields(from, to);
+    }
 }
 
 impl Engine {
@@ -81,8 +88,10 @@ impl Engine {
             self.waiting = self.waiting.saturating_sub(events.len() as u64);
             for pending in events {
                 batch.events.push(pending.event);
-                for (column, value) in batch.fields.iter_mut().zip(pending.fields.iter()) {
-                    column.push(*value);
+                // One value per column, whatever the event holds (a stored
+                // event's values are not trusted to be as many).
+                for (i, column) in batch.fields.iter_mut().enumerate() {
+                    column.push(pending.fields.get(i).copied().flatten());
                 }
             }
             slot.wake_at = None;
@@ -175,8 +184,7 @@ impl Engine {
 fn sample_of(batch: &Batch) -> Batch {
     let users: Vec<UserSlice> = batch.users.iter().take(256).cloned().collect();
     let events = users.iter().map(|u| u.event_count as usize).sum::<usize>();
-    let mut fields = batch.fields.clone();
-    fields.iter_mut().for_each(|column| column.truncate(events));
+    let fields = batch.fields.iter().map(|column| column.prefix(events)).collect();
     Batch {
         new_texts: Vec::new(),
         watermark: batch.watermark,

@@ -35,7 +35,7 @@ impl Engine {
 
     /// Makes `declared` the fields events carry: maps every waiting event's
     /// values, and the columns of batches built but not yet applied.
-    pub(super) fn use_fields(&mut self, declared: &[EventField]) {
+    pub(super) fn remap_fields(&mut self, declared: &[EventField]) {
         let old = std::mem::replace(&mut self.fields, Arc::new(FieldPaths::new(declared)));
         let from: Vec<Option<usize>> =
             declared.iter().map(|field| position(old.fields(), field)).collect();
@@ -52,7 +52,7 @@ impl Engine {
             self.users.mark_dirty(user);
         }
         for flight in &mut self.in_flight {
-            flight.batch.refit_fields(old.fields(), declared);
+            flight.refit_fields(old.fields(), declared);
         }
         // The sample's columns are the old fields': the next batch takes a new one.
         self.sample = None;

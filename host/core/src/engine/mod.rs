@@ -62,6 +62,16 @@ impl Default for EngineConfig {
     }
 }
 
+/// Part of a batch the rules processed, for a dry run of other rules.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample<'a> {
+    /// The first users of the batch and their events.
+    pub batch: &'a Batch,
+    /// The fields the batch's columns hold values of (the rules' in force
+    /// when it was built): a candidate declaring others gets them refitted.
+    pub fields: &'a [EventField],
+}
+
 /// What became of an offered event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
@@ -168,7 +178,7 @@ impl Engine {
     /// the new fields.
     pub fn declare_fields(&mut self, declared: &[EventField]) {
         if declared != self.fields.fields() {
-            self.use_fields(declared);
+            self.remap_fields(declared);
         }
     }
 
@@ -182,8 +192,14 @@ impl Engine {
 
     /// Part of the latest batch the rules processed (its first users and their
     /// events), for a dry run of new rules before they are swapped in.
-    pub fn sample_batch(&self) -> Option<&Batch> {
-        self.sample.as_ref()
+    pub fn sample(&self) -> Option<Sample<'_>> {
+        let batch = self.sample.as_ref()?;
+        Some(Sample { batch, fields: self.fields.fields() })
+    }
+
+    /// The fields the waiting events (and the sample) carry values of.
+    pub fn declared_fields(&self) -> &[EventField] {
+        self.fields.fields()
     }
 
     /// The interned texts, which sampled batches refer to.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::clock::{Clocks, EngineClocks};
 use super::users::PendingEvent;
 use super::{Engine, EngineConfig, EngineError};
-use crate::rules::contract::SessionState;
+use crate::rules::contract::{EventField, SessionState};
 
 /// A user as of a checkpoint's cut. The open session is shared with the
 /// engine, not copied: the engine replaces sessions rather than changing them,
@@ -41,7 +41,7 @@ pub struct EngineChanges {
     pub new_texts: Vec<Arc<str>>,
     /// The declared fields waiting events carry values of (every user whose
     /// values changed layout since the last call is among `upserts`).
-    pub fields: Vec<crate::rules::contract::EventField>,
+    pub fields: Vec<EventField>,
 }
 
 impl Engine {

@@ -28,8 +28,11 @@ use super::contract::{Batch, BatchResult, ClosedSession, Declarations, EndReason
 use super::declare::check_attributes;
 use super::{RulesError, Texts};
 
-/// Most bytes of plugin-private `data` an open session may carry.
-pub const MAX_STATE_DATA_BYTES: usize = 16 << 10;
+/// Most bytes of plugin-private `data` an open session may carry. The SDKs
+/// keep a session's attribute values there too: room for the plugin's own
+/// 16 KiB and a few attribute values of the largest text an event may carry
+/// (`--max-text-bytes`, 8 KiB).
+pub const MAX_STATE_DATA_BYTES: usize = 64 << 10;
 
 /// Longest custom end reason, in bytes: it is a column value, not a message.
 pub const MAX_END_REASON_BYTES: usize = 64;

@@ -267,13 +267,13 @@ impl FieldValues {
         self.len() == 0
     }
 
-    /// Keeps the first `len` values.
-    pub fn truncate(&mut self, len: usize) {
+    /// A copy of the first `len` values.
+    pub fn prefix(&self, len: usize) -> Self {
         match self {
-            FieldValues::Text(v) => v.truncate(len),
-            FieldValues::Integer(v) => v.truncate(len),
-            FieldValues::Float(v) => v.truncate(len),
-            FieldValues::Boolean(v) => v.truncate(len),
+            FieldValues::Text(v) => FieldValues::Text(v[..len.min(v.len())].to_vec()),
+            FieldValues::Integer(v) => FieldValues::Integer(v[..len.min(v.len())].to_vec()),
+            FieldValues::Float(v) => FieldValues::Float(v[..len.min(v.len())].to_vec()),
+            FieldValues::Boolean(v) => FieldValues::Boolean(v[..len.min(v.len())].to_vec()),
         }
     }
 }

@@ -62,8 +62,8 @@ pub enum RulesError {
     Contract(String),
 }
 
-/// What rules that declare nothing declare.
-static NO_DECLARATIONS: contract::Declarations =
+/// What rules that declare nothing (0.1 plugins) declare.
+pub static NO_DECLARATIONS: contract::Declarations =
     contract::Declarations { fields: Vec::new(), attributes: Vec::new() };
 
 /// Session rules the engine can call: one call per batch of many users' events.

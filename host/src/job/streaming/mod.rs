@@ -363,7 +363,7 @@ impl<S: StreamSource> EventLoop<'_, S> {
         if let Some(took) = change.compile_time() {
             self.summary.candidate_compiles.record(took);
         }
-        let (texts, sample) = (self.engine.texts(), self.engine.sample_batch());
+        let (texts, sample) = (self.engine.texts(), self.engine.sample());
         if let Some(pause) = self.rules.apply(change, texts, sample) {
             self.summary.swap_pauses.record(pause);
             self.failures = 0;
@@ -407,7 +407,7 @@ impl<S: StreamSource> EventLoop<'_, S> {
             if let Some(took) = change.compile_time() {
                 self.summary.candidate_compiles.record(took);
             }
-            let (texts, sample) = (self.engine.texts(), self.engine.sample_batch());
+            let (texts, sample) = (self.engine.texts(), self.engine.sample());
             if let Some(pause) = self.rules.apply(change, texts, sample) {
                 self.summary.swap_pauses.record(pause);
                 self.summary.swap_stalls.record(boundary.elapsed());

@@ -13,7 +13,7 @@
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::rules::contract::Batch;
+use crate::engine::Sample;
 use crate::rules::{ComponentRules, RulesError, RulesRuntime, Texts};
 use crate::sink::ColumnCheck;
 
@@ -188,7 +188,7 @@ impl RulesLifecycle {
         &mut self,
         change: Change,
         texts: Texts<'_>,
-        sample: Option<&Batch>,
+        sample: Option<Sample<'_>>,
     ) -> Option<Duration> {
         let started = Instant::now();
         match change.0 {
@@ -219,8 +219,14 @@ impl RulesLifecycle {
                 }
                 let columns = self.columns.clone();
                 let outcome = loaded.and_then(|candidate| {
+                    // The table first (its columns are what readers see), then
+                    // the versions whose rows may not be in it yet.
+                    let attributes = &candidate.declarations().attributes;
                     if let Some(check) = columns {
-                        check(&candidate.declarations().attributes).map_err(RulesError::Columns)?;
+                        check(attributes).map_err(RulesError::Columns)?;
+                    }
+                    if let Some(conflict) = self.slot.attribute_conflict(attributes) {
+                        return Err(RulesError::Columns(conflict));
                     }
                     self.slot.deploy(candidate, texts, sample)
                 });

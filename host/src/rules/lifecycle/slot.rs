@@ -7,7 +7,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
-use crate::rules::contract::{Batch, BatchResult, Declarations};
+use crate::engine::Sample;
+use crate::rules::contract::{AttributeType, Batch, BatchResult, Declarations, SessionAttribute};
 use crate::rules::{RulesError, RulesRuntime, Texts};
 
 /// Rules of any runtime, as the slot keeps them.
@@ -86,15 +87,13 @@ impl RulesSlot {
         &mut self,
         candidate: impl RulesRuntime + 'static,
         texts: Texts<'_>,
-        sample: Option<&Batch>,
+        sample: Option<Sample<'_>>,
     ) -> Result<String, RulesError> {
         let mut candidate: BoxedRules = Box::new(candidate);
         let started = Instant::now();
         if let Some(sample) = sample {
-            // The sample carries the fields of the rules in force.
-            let mut dry = sample.clone();
-            let declared = &candidate.declarations().fields;
-            dry.refit_fields(&self.active.declarations().fields, declared);
+            let mut dry = sample.batch.clone();
+            dry.refit_fields(sample.fields, &candidate.declarations().fields);
             if let Err(error) = candidate.process(texts, &mut dry) {
                 self.record("refused", candidate.rule_version(), Some(error.to_string()), None);
                 return Err(RulesError::Refused(format!("dry run failed: {error}")));
@@ -110,6 +109,34 @@ impl RulesSlot {
         }
         self.record("deployed", &version, None, Some(started));
         Ok(version)
+    }
+
+    /// Why rules declaring `attributes` cannot join the versions kept here:
+    /// one of them writes an attribute of the same name with another type
+    /// (its rows may not be in the table yet, and a rollback would write
+    /// that type again).
+    pub fn attribute_conflict(&self, attributes: &[SessionAttribute]) -> Option<String> {
+        let kept = std::iter::once(&self.active).chain(self.previous.iter().rev());
+        for rules in kept {
+            for theirs in &rules.declarations().attributes {
+                let conflict = |a: &&SessionAttribute| {
+                    a.name == theirs.name && a.attribute_type != theirs.attribute_type
+                };
+                if let Some(ours) = attributes.iter().find(conflict) {
+                    let (t, o): (AttributeType, AttributeType) =
+                        (ours.attribute_type, theirs.attribute_type);
+                    return Some(format!(
+                        "attribute {} is a {}, but {} (in force or kept for rollback) writes it \
+                         as a {}; name the attribute otherwise",
+                        ours.name,
+                        t.name(),
+                        rules.rule_version(),
+                        o.name()
+                    ));
+                }
+            }
+        }
+        None
     }
 
     /// Makes the previous rules active again. Its instance is built here, so

@@ -9,7 +9,9 @@ use super::*;
 
 /// A deadline no test reaches.
 const LONG: Duration = Duration::from_secs(300);
-use crate::rules::contract::{BatchResult, Event, Settings, UserSlice};
+use crate::rules::contract::{
+    AttributeType, Batch, BatchResult, Declarations, Event, SessionAttribute, Settings, UserSlice,
+};
 use crate::rules::NativeRules;
 
 /// Rules that fail every batch.
@@ -49,10 +51,16 @@ fn sample() -> (Vec<Arc<str>>, Batch) {
 fn a_candidate_that_fails_its_dry_run_is_refused_and_the_rules_stay() {
     let mut slot = RulesSlot::new(native("first"));
     let (texts, sample) = sample();
-    let refused = slot.deploy(Failing, Texts::first(&texts), Some(&sample));
+    let refused =
+        slot.deploy(Failing, Texts::first(&texts), Some(Sample { batch: &sample, fields: &[] }));
     assert!(matches!(refused, Err(RulesError::Refused(ref m)) if m.contains("dry run")));
     assert_eq!(slot.rule_version(), "first+native");
-    slot.deploy(native("second"), Texts::first(&texts), Some(&sample)).unwrap();
+    slot.deploy(
+        native("second"),
+        Texts::first(&texts),
+        Some(Sample { batch: &sample, fields: &[] }),
+    )
+    .unwrap();
     assert_eq!(slot.rule_version(), "second+native");
     let actions: Vec<_> = slot.history().map(|e| e.action.as_str()).collect();
     assert_eq!(actions, ["started", "refused", "deployed"]);
@@ -83,7 +91,9 @@ fn a_requested_rollback_waits_for_the_boundary_and_is_answered_there() {
     let change = next_change(&mut lifecycle);
     assert_eq!(change.compile_time(), None);
     let (texts, sample) = sample();
-    assert!(lifecycle.apply(change, Texts::first(&texts), Some(&sample)).is_some());
+    assert!(lifecycle
+        .apply(change, Texts::first(&texts), Some(Sample { batch: &sample, fields: &[] }))
+        .is_some());
     assert_eq!(lifecycle.rule_version(), "first+native");
     assert_eq!(answer.blocking_recv().unwrap().unwrap()["active"], "first+native");
 }
@@ -115,7 +125,7 @@ fn apply_changes(lifecycle: &mut RulesLifecycle, count: usize) {
     let (texts, sample) = sample();
     for _ in 0..count {
         let change = next_change(lifecycle);
-        lifecycle.apply(change, Texts::first(&texts), Some(&sample));
+        lifecycle.apply(change, Texts::first(&texts), Some(Sample { batch: &sample, fields: &[] }));
     }
 }
 
@@ -188,7 +198,7 @@ fn a_request_whose_asker_stopped_waiting_is_not_applied() {
     loop {
         let change = next_change(&mut lifecycle);
         let is_rollback = change.compile_time().is_none();
-        lifecycle.apply(change, Texts::first(&texts), Some(&sample));
+        lifecycle.apply(change, Texts::first(&texts), Some(Sample { batch: &sample, fields: &[] }));
         if is_rollback {
             break;
         }
@@ -208,4 +218,47 @@ fn a_watched_file_that_is_not_a_regular_file_is_refused_with_the_reason() {
     let why = answer.blocking_recv().unwrap().unwrap_err().to_string();
     assert!(why.contains("/dev/zero refused") && why.contains("not a regular file"), "{why}");
     assert_eq!(lifecycle.rule_version(), "first+native");
+}
+
+/// Rules that declare one attribute and are never called.
+struct Declaring(&'static str, crate::rules::contract::Declarations);
+
+impl Declaring {
+    fn new(version: &'static str, name: &str, attribute_type: AttributeType) -> Self {
+        let attribute = SessionAttribute { name: name.into(), attribute_type, doc: String::new() };
+        Self(version, Declarations { fields: vec![], attributes: vec![attribute] })
+    }
+}
+
+impl RulesRuntime for Declaring {
+    fn rule_version(&self) -> &str {
+        self.0
+    }
+
+    fn declarations(&self) -> &Declarations {
+        &self.1
+    }
+
+    fn process(&mut self, _: Texts<'_>, _: &mut Batch) -> Result<BatchResult, RulesError> {
+        Err(RulesError::Failed("not called".into()))
+    }
+}
+
+#[test]
+fn an_attribute_cannot_change_type_while_a_kept_version_writes_it() {
+    // Two deploys before the first's columns reach the table: the table
+    // cannot tell, the versions kept can.
+    let mut slot = RulesSlot::new(native("first"));
+    let long = Declaring::new("a@1", "x", AttributeType::Long);
+    slot.deploy(long, Texts::first(&[]), None).unwrap();
+    let double = Declaring::new("b@1", "x", AttributeType::Double);
+    assert_eq!(
+        slot.attribute_conflict(&double.declarations().attributes).as_deref(),
+        Some(
+            "attribute x is a double, but a@1 (in force or kept for rollback) writes it as a \
+             long; name the attribute otherwise"
+        )
+    );
+    let same = Declaring::new("c@1", "x", AttributeType::Long);
+    assert_eq!(slot.attribute_conflict(&same.declarations().attributes), None);
 }
