@@ -293,7 +293,8 @@ Rules = export(__RULES__, name="__NAME__", version="0.1.0")
 
 const TEST_APP_PY: &str = r#"import unittest
 
-from sessionize_sdk import EndReason, Harness, at
+from sessionize_sdk import EndReason
+from sessionize_testing import Harness, at
 
 from app import PURCHASED, __RULES__
 
