@@ -10,17 +10,15 @@
 //! sessions are grouped per user with a counting sort, and page handles are
 //! checked against a table indexed by handle, not searched.
 //!
-//! (Over 450 lines, a fifth of them tests: the contract's rules, their
-//! messages and the one pass that checks them belong in one place.)
-//!
 //! A wake-up time at or before the batch's watermark is refused rather than
 //! taken as "now": the engine wakes a user once the watermark reaches the
 //! time, so such a time would wake the user again on every advance without
 //! the watermark moving, a busy loop, for an answer no correct rule needs
 //! (the SDK asks for the millisecond after the session's expiry).
 //!
-//! (One file of about 500 lines plus its unit tests: the rules and their checks
-//! share one pass over the answer and one scratch, and read best side by side.)
+//! (Over 450 lines, a fifth of them tests: the rules and their messages share
+//! one pass over the answer and one scratch, and read best side by side; the
+//! checks of 0.2's declarations and attribute values are in `declare.rs`.)
 
 use std::fmt;
 

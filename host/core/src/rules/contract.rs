@@ -171,18 +171,6 @@ pub enum FieldType {
     Boolean,
 }
 
-impl FieldType {
-    /// The contract's name of the type.
-    pub fn name(self) -> &'static str {
-        match self {
-            FieldType::String => "string",
-            FieldType::Integer => "integer",
-            FieldType::Float => "float",
-            FieldType::Boolean => "boolean",
-        }
-    }
-}
-
 /// An event field the rules read: a dotted path from the event's top level.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct EventField {
@@ -250,21 +238,6 @@ impl FieldValues {
                 _ => None,
             }),
         }
-    }
-
-    /// Values in the column.
-    pub fn len(&self) -> usize {
-        match self {
-            FieldValues::Text(v) => v.len(),
-            FieldValues::Integer(v) => v.len(),
-            FieldValues::Float(v) => v.len(),
-            FieldValues::Boolean(v) => v.len(),
-        }
-    }
-
-    /// Whether the column holds no value.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// A copy of the first `len` values.
