@@ -113,14 +113,14 @@ fn run_pipeline(runtime: &tokio::runtime::Runtime, servers: &str, dir: &Path) ->
     ));
     let mut job = common::FreshJob::new(runtime, servers, TOPIC, dir)?;
     let stream = common::stream_config(true);
-    let parts = StreamParts {
-        source: job.source,
-        engine: job.resumed.engine,
-        checkpointer: job.checkpointer,
-        rules: &mut rules,
-        sink: &mut job.sink,
-        metrics: Default::default(),
-    };
+    let parts = StreamParts::whole(
+        job.source,
+        job.resumed.engine,
+        job.checkpointer,
+        &mut rules,
+        &mut job.sink,
+        Default::default(),
+    );
     let started = Instant::now();
     let summary =
         run_streaming(runtime.handle(), parts, stream, BTreeMap::new(), &AtomicBool::new(false))?;

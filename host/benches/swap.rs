@@ -106,14 +106,14 @@ fn bench(servers: &str, dir: &Path, events: u64, swaps: u64) -> Result<()> {
             let mut job = job;
             // Compiling runs beside the job; its time is reported, not counted as pause.
             let mut rules = RulesLifecycle::new(rules).accepting(requests).loading_with(loader);
-            let parts = StreamParts {
-                source: job.source,
-                engine: job.resumed.engine,
-                checkpointer: job.checkpointer,
-                rules: &mut rules,
-                sink: &mut job.sink,
-                metrics: Default::default(),
-            };
+            let parts = StreamParts::whole(
+                job.source,
+                job.resumed.engine,
+                job.checkpointer,
+                &mut rules,
+                &mut job.sink,
+                Default::default(),
+            );
             Ok(run_streaming(&handle, parts, stream, BTreeMap::new(), &stop)?)
         })
     };

@@ -180,6 +180,16 @@ pub struct RunArgs {
     /// job itself resumes from its checkpoints).
     #[arg(long, default_value = "sessionize")]
     pub kafka_group: String,
+    /// Share the topic with every instance started with the same
+    /// --kafka-group and tables: the group assigns the partitions, and a
+    /// partition's open sessions move with it through the warehouse
+    /// (README: Scaling out).
+    #[arg(long, conflicts_with_all = ["test_mode", "input"])]
+    pub scale_out: bool,
+    /// With --scale-out: a member silent this long loses its partitions to
+    /// the others: seconds, or with a unit (6 to 300 s).
+    #[arg(long, default_value = "10", value_parser = seconds, requires = "scale_out")]
+    pub group_session_timeout: Duration,
     /// Most Kafka messages taken per batch (1 to 1000000).
     #[arg(long, default_value_t = 50_000, value_parser = u32_in(1..=1_000_000))]
     pub max_events_per_batch: u32,
@@ -366,6 +376,7 @@ impl RunArgs {
             },
             plugin: self.plugin.clone(),
             plugin_watch: self.plugin_watch,
+            scale_out: self.scale_out.then_some(self.group_session_timeout),
             state_dir: self.state_dir.clone(),
             kafka: KafkaConfig {
                 servers: self.kafka_servers.clone().unwrap_or_else(|| "localhost:9092".into()),

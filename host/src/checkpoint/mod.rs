@@ -33,12 +33,15 @@ use crate::engine::{Engine, EngineChanges, EngineClocks, EngineConfig, EngineErr
 use crate::sink::{divert_unwritable, Sink, SinkError, SinkRetries, SinkRetryPolicy};
 use crate::state::{CheckpointRecord, StagedOutput, StateError, StateStore};
 
+mod group;
 mod thread;
 
 #[cfg(test)]
 mod tests;
 
-pub(crate) use thread::{CheckpointThread, Completed, Cut};
+pub use group::GroupCheckpointer;
+pub(crate) use group::{GroupCut, PartitionCut, RestoredPartition, WHOLE_STATE_EVERY};
+pub(crate) use thread::{CheckpointThread, Completed, Completer, Cut, Pending};
 
 /// Snapshot summary key: the checkpoint whose output the snapshot holds.
 pub const CHECKPOINT_ID_KEY: &str = "sessionize.checkpoint-id";
@@ -106,7 +109,7 @@ pub(crate) struct PendingCheckpoint {
     offsets: BTreeMap<i32, i64>,
     clocks: EngineClocks,
     rule_version: String,
-    output: StagedOutput,
+    pub(crate) output: StagedOutput,
 }
 
 impl PendingCheckpoint {

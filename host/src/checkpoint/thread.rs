@@ -1,17 +1,54 @@
 //! The thread that completes checkpoints beside the event loop, so the event
-//! flow stalls only for a cut.
+//! flow stalls only for a cut. A group member's claims go through it too, in
+//! order with its checkpoints.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use super::group::{GroupCheckpointer, GroupCut, RestoredPartition};
 use super::{CheckpointError, Checkpointer, PendingCheckpoint};
 use crate::sink::Sink;
+
+/// What completes checkpoints: a job's own state store, or a group
+/// member's shared storage.
+pub(crate) enum Completer {
+    /// One instance, state in its state directory.
+    Local(Checkpointer),
+    /// A member of a consumer group, state beside the table.
+    Group(GroupCheckpointer),
+}
+
+/// A checkpoint as cut, for its completer.
+pub(crate) enum Pending {
+    /// All partitions at once, for [`Completer::Local`].
+    Whole(PendingCheckpoint),
+    /// Partition by partition, for [`Completer::Group`].
+    Partitions(GroupCut),
+}
+
+impl Pending {
+    fn offsets(&self) -> BTreeMap<i32, i64> {
+        match self {
+            Pending::Whole(pending) => pending.offsets().clone(),
+            Pending::Partitions(cut) => cut.offsets(),
+        }
+    }
+
+    fn counts(&self) -> (u64, u64) {
+        match self {
+            Pending::Whole(pending) => {
+                (pending.output.sessions.len() as u64, pending.output.rejected.len() as u64)
+            }
+            Pending::Partitions(cut) => cut.counts(),
+        }
+    }
+}
 
 /// A cut checkpoint on its way to the checkpoint thread.
 pub(crate) struct Cut {
     /// The checkpoint.
-    pub(crate) pending: PendingCheckpoint,
+    pub(crate) pending: Pending,
     /// When the oldest session it publishes closed.
     pub(crate) oldest_closed: Option<Instant>,
 }
@@ -34,45 +71,92 @@ pub(crate) struct Completed {
     pub(crate) dead_letters: u64,
     /// The state store's size after it, if it could be read.
     pub(crate) state_bytes: Option<u64>,
+    /// Partitions another group member claimed first: nothing of theirs
+    /// was published, and they are this member's no more.
+    pub(crate) fenced: Vec<i32>,
+}
+
+enum Work {
+    Cut(Box<Cut>),
+    Claim(Vec<i32>),
+    Release(Vec<i32>),
+}
+
+enum Done {
+    Checkpoint(Result<Completed, CheckpointError>),
+    Claimed(Result<Vec<RestoredPartition>, CheckpointError>),
 }
 
 /// The thread that completes checkpoints, in the order they were cut.
 pub(crate) struct CheckpointThread {
-    cuts: mpsc::SyncSender<Cut>,
-    completed: mpsc::Receiver<Result<Completed, CheckpointError>>,
+    work: mpsc::SyncSender<Work>,
+    done: mpsc::Receiver<Done>,
+    /// Checkpoints completed while a claim was awaited.
+    completed: VecDeque<Result<Completed, CheckpointError>>,
 }
 
 impl CheckpointThread {
-    /// Starts the thread in `scope`; it owns the checkpointer and the sink.
+    /// Starts the thread in `scope`; it owns the completer and the sink.
     pub(crate) fn start<'scope, S: Sink + Send>(
         scope: &'scope std::thread::Scope<'scope, '_>,
         runtime: &'scope tokio::runtime::Handle,
-        mut checkpointer: Checkpointer,
+        mut completer: Completer,
         sink: &'scope mut S,
     ) -> Result<Self, CheckpointError> {
         // One cut may wait while another completes; a third waits on the loop.
-        let (cuts, queue) = mpsc::sync_channel::<Cut>(1);
+        let (work, queue) = mpsc::sync_channel::<Work>(1);
         let (done, completed) = mpsc::channel();
         std::thread::Builder::new()
             .name("checkpoint".into())
             .spawn_scoped(scope, move || {
-                for cut in queue {
-                    let offsets = cut.pending.offsets().clone();
-                    let sessions = cut.pending.output.sessions.len() as u64;
-                    let dead_letters = cut.pending.output.rejected.len() as u64;
+                for item in queue {
+                    let cut = match item {
+                        Work::Cut(cut) => *cut,
+                        Work::Claim(partitions) => {
+                            let claimed = match &mut completer {
+                                Completer::Group(group) => {
+                                    runtime.block_on(group.claim(sink, &partitions))
+                                }
+                                Completer::Local(_) => Err(CheckpointError::Thread(
+                                    "a job that is no group member claims no partitions".into(),
+                                )),
+                            };
+                            let failed = claimed.is_err();
+                            let _ = done.send(Done::Claimed(claimed));
+                            if failed {
+                                break;
+                            }
+                            continue;
+                        }
+                        Work::Release(partitions) => {
+                            if let Completer::Group(group) = &mut completer {
+                                group.release(&partitions);
+                            }
+                            continue;
+                        }
+                    };
+                    let offsets = cut.pending.offsets();
+                    let (sessions, dead_letters) = cut.pending.counts();
                     let started = Instant::now();
-                    let outcome = runtime.block_on(checkpointer.complete(sink, cut.pending));
+                    let outcome = complete(runtime, &mut completer, sink, cut.pending);
                     let failed = outcome.is_err();
-                    let _ = done.send(outcome.map(|id| Completed {
+                    let _ = done.send(Done::Checkpoint(outcome.map(|(id, fenced)| Completed {
                         id,
                         offsets,
                         oldest_closed: cut.oldest_closed,
                         took: started.elapsed(),
-                        commit_took: checkpointer.last_publish_time(),
+                        commit_took: match &completer {
+                            Completer::Local(local) => local.last_publish_time(),
+                            Completer::Group(group) => group.last_publish_time(),
+                        },
                         sessions,
                         dead_letters,
-                        state_bytes: checkpointer.state_bytes(),
-                    }));
+                        state_bytes: match &completer {
+                            Completer::Local(local) => local.state_bytes(),
+                            Completer::Group(_) => None,
+                        },
+                        fenced,
+                    })));
                     if failed {
                         // Later checkpoints build on this one: stop here.
                         break;
@@ -80,29 +164,94 @@ impl CheckpointThread {
                 }
             })
             .map_err(|e| CheckpointError::Thread(e.to_string()))?;
-        Ok(Self { cuts, completed })
+        Ok(Self { work, done: completed, completed: VecDeque::new() })
     }
 
     /// Hands a cut over; waits only if the thread is two checkpoints behind.
-    pub(crate) fn submit(&self, cut: Cut) -> Result<(), CheckpointError> {
-        if self.cuts.send(cut).is_err() {
-            // The thread stopped on an error: report it (checkpoints it
-            // completed before may still be queued ahead of it).
-            return Err(self.completed.iter().find_map(Result::err).unwrap_or_else(|| {
-                CheckpointError::Thread("the checkpoint thread stopped".into())
-            }));
+    pub(crate) fn submit(&mut self, cut: Cut) -> Result<(), CheckpointError> {
+        self.send(Work::Cut(Box::new(cut)))
+    }
+
+    /// Claims `partitions` for this group member once the checkpoints cut
+    /// before are complete, and restores their state.
+    pub(crate) fn claim(
+        &mut self,
+        partitions: Vec<i32>,
+    ) -> Result<Vec<RestoredPartition>, CheckpointError> {
+        self.send(Work::Claim(partitions))?;
+        loop {
+            match self.done.recv() {
+                Ok(Done::Claimed(claimed)) => return claimed,
+                Ok(Done::Checkpoint(completed)) => self.completed.push_back(completed),
+                Err(_) => return Err(self.stopped()),
+            }
+        }
+    }
+
+    /// Gives up the claim on `partitions` once the checkpoints cut before
+    /// (their last) are complete.
+    pub(crate) fn release(&mut self, partitions: Vec<i32>) -> Result<(), CheckpointError> {
+        self.send(Work::Release(partitions))
+    }
+
+    fn send(&mut self, work: Work) -> Result<(), CheckpointError> {
+        if self.work.send(work).is_err() {
+            return Err(self.stopped());
         }
         Ok(())
     }
 
+    /// The thread stopped on an error: that error (checkpoints it completed
+    /// before may still be queued ahead of it).
+    fn stopped(&mut self) -> CheckpointError {
+        let queued = self.completed.drain(..).find_map(Result::err);
+        queued
+            .or_else(|| {
+                self.done.iter().find_map(|done| match done {
+                    Done::Checkpoint(Err(error)) | Done::Claimed(Err(error)) => Some(error),
+                    _ => None,
+                })
+            })
+            .unwrap_or_else(|| CheckpointError::Thread("the checkpoint thread stopped".into()))
+    }
+
     /// A checkpoint completed since the last call, if any.
-    pub(crate) fn try_completed(&self) -> Option<Result<Completed, CheckpointError>> {
-        self.completed.try_recv().ok()
+    pub(crate) fn try_completed(&mut self) -> Option<Result<Completed, CheckpointError>> {
+        if let Some(completed) = self.completed.pop_front() {
+            return Some(completed);
+        }
+        match self.done.try_recv().ok()? {
+            Done::Checkpoint(completed) => Some(completed),
+            Done::Claimed(Err(error)) => Some(Err(error)),
+            Done::Claimed(Ok(_)) => None,
+        }
     }
 
     /// No more cuts: the checkpoints still to complete, as they complete.
     pub(crate) fn finish(self) -> impl Iterator<Item = Result<Completed, CheckpointError>> {
-        drop(self.cuts);
-        self.completed.into_iter()
+        let CheckpointThread { work, done, completed } = self;
+        drop(work);
+        completed.into_iter().chain(done.into_iter().filter_map(|done| match done {
+            Done::Checkpoint(completed) => Some(completed),
+            Done::Claimed(Err(error)) => Some(Err(error)),
+            Done::Claimed(Ok(_)) => None,
+        }))
+    }
+}
+
+fn complete<S: Sink>(
+    runtime: &tokio::runtime::Handle,
+    completer: &mut Completer,
+    sink: &mut S,
+    pending: Pending,
+) -> Result<(u64, Vec<i32>), CheckpointError> {
+    match (completer, pending) {
+        (Completer::Local(local), Pending::Whole(pending)) => {
+            runtime.block_on(local.complete(sink, pending)).map(|id| (id, Vec::new()))
+        }
+        (Completer::Group(group), Pending::Partitions(cut)) => {
+            runtime.block_on(group.complete(sink, cut))
+        }
+        _ => Err(CheckpointError::Thread("a cut of the other kind of checkpoint".into())),
     }
 }

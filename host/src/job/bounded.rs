@@ -12,7 +12,7 @@ use super::progress::RunProgress;
 use super::summary::RunSummary;
 use crate::engine::{Engine, EngineError};
 use crate::event::{EventBlock, EventLimits, FieldPaths};
-use crate::metrics::JobMetrics;
+use crate::metrics::{EngineFigures, JobMetrics};
 use crate::rules::contract::SessionAttribute;
 use crate::rules::RulesRuntime;
 use crate::sink::{RejectedEvent, SessionRow, Sink, SinkError};
@@ -141,7 +141,7 @@ pub fn run_bounded(
         }
         if let Some(metrics) = metrics {
             metrics.observe_rejected(rejected.by_class());
-            metrics.observe_batch(engine, block.len() as u64);
+            metrics.observe_batch(EngineFigures::of(engine), block.len() as u64);
         }
         if out.sessions.len() >= COMMIT_EVERY_SESSIONS {
             out.commit(runtime, sink, &columns, &mut summary, metrics)?;

@@ -4,7 +4,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::engine::{Admission, Engine};
-use crate::event::{BlockRecord, EventBlock, EventLimits};
+use crate::event::{BlockRecord, Event, EventBlock, EventLimits, Fields};
 use crate::sink::RejectedEvent;
 
 /// What the job admits beyond a well-formed event: bounds on records and
@@ -51,6 +51,32 @@ impl Rejected {
     }
 }
 
+/// Where ingest offers events: one engine, or a group member's engines.
+pub(crate) trait Admit {
+    /// Keeps event-time clocks at or before `now_ms` (the wall clock).
+    fn limit_clocks_to(&mut self, now_ms: i64);
+
+    /// Admits or drops one event of `partition`; `None` when the partition
+    /// is not this run's to read (its owner reads it).
+    fn admit(&mut self, partition: i32, event: &Event<'_>, fields: Fields<'_>)
+        -> Option<Admission>;
+}
+
+impl Admit for Engine {
+    fn limit_clocks_to(&mut self, now_ms: i64) {
+        Engine::limit_clocks_to(self, now_ms);
+    }
+
+    fn admit(
+        &mut self,
+        partition: i32,
+        event: &Event<'_>,
+        fields: Fields<'_>,
+    ) -> Option<Admission> {
+        Some(self.offer_with_fields(partition as usize, event, Some(fields)))
+    }
+}
+
 /// Offers the events of `block` to `engine`; rejected records, events too far
 /// in the future and late events go to `dead_letters`, named after `source`.
 /// `seen` hears the partition of every record. Returns the records that were
@@ -58,7 +84,7 @@ impl Rejected {
 pub(crate) fn ingest(
     block: &EventBlock,
     intake: &Intake,
-    engine: &mut Engine,
+    engine: &mut impl Admit,
     source: &str,
     dead_letters: &mut Vec<RejectedEvent>,
     mut seen: impl FnMut(i32),
@@ -85,8 +111,8 @@ pub(crate) fn ingest(
                     dead_letters.push(dead_letter(partition, position, raw, reason));
                     continue;
                 }
-                let admission = engine.offer_with_fields(partition as usize, &event, Some(fields));
-                if let Admission::Late { behind_ms } = admission {
+                let admission = engine.admit(partition, &event, fields);
+                if let Some(Admission::Late { behind_ms }) = admission {
                     let reason = format!("late: {behind_ms} ms beyond the allowed lateness");
                     dead_letters.push(dead_letter(partition, position, raw, reason));
                 }

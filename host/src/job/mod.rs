@@ -6,14 +6,14 @@
 //! cuts checkpoints until stopped. [`run`] assembles either from a
 //! [`JobConfig`], as `sessionize run` does.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::admin::{self, AdminConfig, AdminError};
-use crate::checkpoint::{CheckpointError, Checkpointer};
+use crate::checkpoint::{CheckpointError, Checkpointer, Completer, GroupCheckpointer};
 use crate::engine::{Engine, EngineConfig};
 use crate::metrics::{JobMetrics, Readiness};
 use crate::rules::contract::Settings;
@@ -29,6 +29,7 @@ use crate::source::kafka::{KafkaConfig, KafkaSource, KafkaSourceError};
 use crate::state::{StateError, StateStore};
 use crate::status::{self, StatusConfig, StatusError};
 use crate::tools::generate::{generate, GeneratorConfig};
+use streaming::{Engines, PartitionEngines};
 
 pub mod bounded;
 mod ingest;
@@ -63,6 +64,9 @@ pub struct JobConfig {
     pub plugin: Option<PathBuf>,
     /// Swap the rules whenever the `plugin` file is replaced (streaming).
     pub plugin_watch: bool,
+    /// Set for a member of a consumer group (`--scale-out`): how long it
+    /// may be silent before the group gives its partitions to the others.
+    pub scale_out: Option<Duration>,
     /// The durable state of a streaming job.
     pub state_dir: PathBuf,
     /// Kafka input.
@@ -284,21 +288,38 @@ async fn run_kafka(config: &JobConfig) -> Result<StreamSummary, JobError> {
         ),
         None => None,
     };
-    let store = StateStore::open(&config.state_dir)?;
-    let (mut checkpointer, resumed) =
-        Checkpointer::recover(store, &mut sink, config.engine).await?;
-    checkpointer.set_given_rules(slot.rule_version());
-    let checkpointed = CheckpointedRules {
-        in_force: resumed.rule_version.clone(),
-        given: resumed.given_rules.clone(),
+    let (engines, completer, offsets) = match config.scale_out {
+        Some(_) => {
+            // A new member each start: its claims fence whatever an earlier
+            // run of this instance still held.
+            let owner = uuid::Uuid::new_v4().to_string();
+            tracing::info!(group = config.kafka.group, member = owner, "joining as a group member");
+            let group = GroupCheckpointer::new(&config.kafka.group, &owner, config.engine);
+            let engines = Engines::PerPartition(PartitionEngines::new());
+            (engines, Completer::Group(group), BTreeMap::new())
+        }
+        None => {
+            let store = StateStore::open(&config.state_dir)?;
+            let (mut checkpointer, resumed) =
+                Checkpointer::recover(store, &mut sink, config.engine).await?;
+            checkpointer.set_given_rules(slot.rule_version());
+            let checkpointed = CheckpointedRules {
+                in_force: resumed.rule_version.clone(),
+                given: resumed.given_rules.clone(),
+            };
+            tokio::task::block_in_place(|| {
+                resume_live_rules(&archive, &checkpointed, &loader, &mut slot)
+            });
+            tracing::info!(
+                checkpoint = resumed.checkpoint_id,
+                open_users = resumed.open_users,
+                offsets = ?resumed.offsets,
+                "state recovered"
+            );
+            let engines = Engines::Whole(Box::new(resumed.engine));
+            (engines, Completer::Local(checkpointer), resumed.offsets)
+        }
     };
-    tokio::task::block_in_place(|| resume_live_rules(&archive, &checkpointed, &loader, &mut slot));
-    tracing::info!(
-        checkpoint = resumed.checkpoint_id,
-        open_users = resumed.open_users,
-        offsets = ?resumed.offsets,
-        "state recovered"
-    );
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone()).map_err(JobError::Signals)?;
@@ -318,13 +339,16 @@ async fn run_kafka(config: &JobConfig) -> Result<StreamSummary, JobError> {
         .loading_with(loader.keeping_in(archive.clone()))
         .checking_columns_with(sink.column_check());
     let handle = tokio::runtime::Handle::current();
-    let offsets = resumed.offsets.clone();
     tokio::task::block_in_place(|| {
-        let source = KafkaSource::connect(&config.kafka, &offsets, Duration::from_secs(30))?;
+        let wait = Duration::from_secs(30);
+        let source = match config.scale_out {
+            Some(timeout) => KafkaSource::join(&config.kafka, wait, timeout)?,
+            None => KafkaSource::connect(&config.kafka, &offsets, wait)?,
+        };
         let parts = streaming::StreamParts {
             source,
-            engine: resumed.engine,
-            checkpointer,
+            engines,
+            completer,
             rules: &mut rules,
             sink: &mut sink,
             metrics,

@@ -199,10 +199,10 @@ impl JobMetrics {
         self.partitions.store(partitions.len() as u64, Ordering::Relaxed);
     }
 
-    /// After a batch: the engine's counters and gauges, and `read` more records.
-    pub fn observe_batch(&self, engine: &Engine, read: u64) {
+    /// After a batch: the engines' counters and gauges, and `read` more records.
+    pub fn observe_batch(&self, engine: EngineFigures, read: u64) {
         self.read.inc_by(read);
-        let now = engine.stats();
+        let now = engine.stats;
         let mut reported = lock(&self.reported);
         self.events
             .get_or_create(&Outcome { outcome: "accepted" })
@@ -217,9 +217,9 @@ impl JobMetrics {
         self.off_partition.inc_by(now.off_partition.saturating_sub(reported.off_partition));
         *reported = now;
         drop(reported);
-        self.pending_events.set(clamp(engine.events_waiting()));
-        self.users_in_memory.set(clamp(engine.users_in_memory() as u64));
-        let watermark = engine.watermark();
+        self.pending_events.set(clamp(engine.waiting));
+        self.users_in_memory.set(clamp(engine.users as u64));
+        let watermark = engine.watermark;
         if watermark > i64::MIN && watermark < i64::MAX {
             let seconds = watermark as f64 / 1000.0;
             self.watermark.set(seconds);
@@ -265,9 +265,9 @@ impl JobMetrics {
     }
 
     /// Gauges that take a walk over the engine's users: once per checkpoint.
-    pub fn observe_engine_size(&self, engine: &Engine) {
-        self.open_sessions.set(clamp(engine.open_sessions() as u64));
-        self.texts.set(clamp(engine.texts().strings.len() as u64));
+    pub fn observe_engine_size(&self, open_sessions: usize, texts: usize) {
+        self.open_sessions.set(clamp(open_sessions as u64));
+        self.texts.set(clamp(texts as u64));
     }
 
     /// Per-partition lag (the partition's end minus the next offset to read).
@@ -423,6 +423,31 @@ pub(crate) fn wall_clock_s() -> f64 {
 /// A poisoned lock only means a panic elsewhere; the data is still counters.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What the metrics read of a run's engines, summed over them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EngineFigures {
+    /// Counters so far.
+    pub stats: EngineStats,
+    /// Events accepted and not yet handed to the rules.
+    pub waiting: u64,
+    /// Users held in memory.
+    pub users: usize,
+    /// The least watermark.
+    pub watermark: i64,
+}
+
+impl EngineFigures {
+    /// The figures of one engine.
+    pub fn of(engine: &Engine) -> Self {
+        Self {
+            stats: engine.stats(),
+            waiting: engine.events_waiting(),
+            users: engine.users_in_memory(),
+            watermark: engine.watermark(),
+        }
+    }
 }
 
 #[cfg(test)]

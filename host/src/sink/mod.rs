@@ -84,6 +84,54 @@ pub trait Sink {
         Arc::new(|_| Ok(()))
     }
 
+    /// Claims `partitions` for `owner`, a member of `group` (see
+    /// [`iceberg::GroupProgress`]): fences their previous owner and returns
+    /// where they stood. Only a sink that many instances share can.
+    async fn claim_partitions(
+        &mut self,
+        group: &str,
+        owner: &str,
+        partitions: &[i32],
+    ) -> Result<iceberg::Claimed, SinkError> {
+        let _ = (group, owner, partitions);
+        Err(no_group())
+    }
+
+    /// Commits a group member's output unless another member claimed one
+    /// of its partitions since.
+    async fn commit_owned(
+        &mut self,
+        output: iceberg::OwnedOutput<'_>,
+    ) -> Result<iceberg::OwnedCommit, SinkError> {
+        let _ = output;
+        Err(no_group())
+    }
+
+    /// Writes one file of a partition's state where every member reaches it.
+    async fn write_state(
+        &mut self,
+        group: &str,
+        partition: i32,
+        epoch: u64,
+        seq: u64,
+        bytes: Vec<u8>,
+    ) -> Result<(), SinkError> {
+        let _ = (group, partition, epoch, seq, bytes);
+        Err(no_group())
+    }
+
+    /// Reads one file of a partition's state.
+    async fn read_state(
+        &mut self,
+        group: &str,
+        partition: i32,
+        epoch: u64,
+        seq: u64,
+    ) -> Result<Vec<u8>, SinkError> {
+        let _ = (group, partition, epoch, seq);
+        Err(no_group())
+    }
+
     /// Whether [`Sink::commit`] can store `row`. The checkpoint asks before it
     /// stages a row: a row that fails its commit would fail every retry and
     /// every restart. By default every row can be stored.
@@ -91,6 +139,10 @@ pub trait Sink {
         let _ = row;
         Ok(())
     }
+}
+
+fn no_group() -> SinkError {
+    SinkError::Config("this sink cannot hold the state of a consumer group's members".into())
 }
 
 /// Whether commit `properties` map `key` to `value`: how a writer knows its

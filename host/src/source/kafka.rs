@@ -7,13 +7,13 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use super::StreamSource;
+use super::{Rebalanced, StreamSource};
 use crate::event::EventBlock;
 
 /// Why Kafka input failed.
@@ -64,6 +64,15 @@ struct PartitionBounds {
     topic: String,
     /// `(low, high)` offsets per partition.
     bounds: Mutex<BTreeMap<i32, (i64, i64)>>,
+    /// What the group's rebalances did since the run last asked.
+    rebalances: Mutex<Vec<Rebalanced>>,
+}
+
+fn topic_partitions(list: &TopicPartitionList, topic: &str) -> Vec<i32> {
+    let mut partitions: Vec<i32> =
+        list.elements().iter().filter(|e| e.topic() == topic).map(|e| e.partition()).collect();
+    partitions.sort_unstable();
+    partitions
 }
 
 impl ClientContext for PartitionBounds {
@@ -79,7 +88,28 @@ impl ClientContext for PartitionBounds {
     }
 }
 
-impl ConsumerContext for PartitionBounds {}
+impl ConsumerContext for PartitionBounds {
+    /// A group member's assignment changed (librdkafka has applied it).
+    /// Partitions it gets are paused until the run has claimed them and
+    /// knows where to read from.
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let change = match rebalance {
+            Rebalance::Assign(list) => {
+                if let Err(error) = consumer.pause(list) {
+                    tracing::warn!(%error, "pausing newly assigned partitions failed");
+                }
+                Rebalanced::Assigned(topic_partitions(list, &self.topic))
+            }
+            Rebalance::Revoke(list) => Rebalanced::Revoked(topic_partitions(list, &self.topic)),
+            Rebalance::Error(error) => {
+                tracing::warn!(%error, "consumer group rebalance failed");
+                return;
+            }
+        };
+        tracing::info!(?change, "consumer group rebalanced");
+        self.rebalances.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(change);
+    }
+}
 
 /// A consumer of every partition of one topic.
 pub struct KafkaSource {
@@ -99,51 +129,8 @@ impl KafkaSource {
         start: &BTreeMap<i32, i64>,
         wait: Duration,
     ) -> Result<Self, KafkaSourceError> {
-        let bounds = PartitionBounds { topic: config.topic.clone(), bounds: Mutex::default() };
-        let consumer: BaseConsumer<PartitionBounds> = ClientConfig::new()
-            .set("bootstrap.servers", &config.servers)
-            .set("group.id", &config.group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false")
-            // Reconnect quickly after a broker outage.
-            .set("reconnect.backoff.max.ms", "1000")
-            .set("fetch.wait.max.ms", "100")
-            // Partition bounds for the lag metric.
-            .set("statistics.interval.ms", "1000")
-            .create_with_context(bounds)
-            .map_err(|source| KafkaSourceError::Client {
-                servers: config.servers.clone(),
-                source,
-            })?;
-        let started = Instant::now();
-        let partitions = loop {
-            let found = consumer
-                .fetch_metadata(Some(&config.topic), Duration::from_secs(5))
-                .ok()
-                .and_then(|m| {
-                    m.topics()
-                        .iter()
-                        .find(|t| t.name() == config.topic)
-                        .map(|t| t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>())
-                })
-                .filter(|p| !p.is_empty());
-            match found {
-                Some(mut p) => {
-                    p.sort_unstable();
-                    break p;
-                }
-                None if started.elapsed() < wait => std::thread::sleep(Duration::from_millis(500)),
-                None => {
-                    return Err(KafkaSourceError::NoTopic {
-                        topic: config.topic.clone(),
-                        servers: config.servers.clone(),
-                        waited: started.elapsed(),
-                    })
-                }
-            }
-        };
+        let consumer = client(config, None)?;
+        let partitions = topic_partitions_of(&consumer, config, wait)?;
         let mut assignment = TopicPartitionList::new();
         let mut positions = BTreeMap::new();
         for &p in &partitions {
@@ -164,6 +151,106 @@ impl KafkaSource {
         tracing::info!(topic = config.topic, ?partitions, ?start, "consuming");
         Ok(Self { consumer, config: config.clone(), partitions, positions, last_error: None })
     }
+
+    /// Joins the consumer group `config.group` as one of its members: the
+    /// group assigns partitions (cooperative-sticky, so a rebalance moves
+    /// only what must move), each reported by [`StreamSource::take_rebalance`]
+    /// and read once [`StreamSource::start_at`] says where from. A member
+    /// silent for `session_timeout` loses its partitions to the others.
+    pub fn join(
+        config: &KafkaConfig,
+        wait: Duration,
+        session_timeout: Duration,
+    ) -> Result<Self, KafkaSourceError> {
+        let consumer = client(config, Some(session_timeout))?;
+        topic_partitions_of(&consumer, config, wait)?;
+        consumer
+            .subscribe(&[&config.topic])
+            .map_err(|source| KafkaSourceError::Kafka { what: "subscribe", source })?;
+        tracing::info!(topic = config.topic, group = config.group, "joined the consumer group");
+        Ok(Self {
+            consumer,
+            config: config.clone(),
+            partitions: Vec::new(),
+            positions: BTreeMap::new(),
+            last_error: None,
+        })
+    }
+}
+
+/// A consumer of `config`; a group member's when `session_timeout` is given.
+fn client(
+    config: &KafkaConfig,
+    session_timeout: Option<Duration>,
+) -> Result<BaseConsumer<PartitionBounds>, KafkaSourceError> {
+    let context = PartitionBounds {
+        topic: config.topic.clone(),
+        bounds: Mutex::default(),
+        rebalances: Mutex::default(),
+    };
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.servers)
+        .set("group.id", &config.group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        // Reconnect quickly after a broker outage.
+        .set("reconnect.backoff.max.ms", "1000")
+        .set("fetch.wait.max.ms", "100")
+        // Partition bounds for the lag metric.
+        .set("statistics.interval.ms", "1000");
+    if let Some(timeout) = session_timeout {
+        let ms = timeout.as_millis().max(1);
+        client
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", ms.to_string())
+            .set("heartbeat.interval.ms", (ms / 3).max(1).to_string())
+            // Also the rebalance timeout: how long a rebalance waits for a
+            // member that stopped answering without leaving (frozen, cut
+            // off). The default five minutes would stall the group as long.
+            .set("max.poll.interval.ms", (ms * 5).max(30_000).to_string());
+    }
+    client
+        .create_with_context(context)
+        .map_err(|source| KafkaSourceError::Client { servers: config.servers.clone(), source })
+}
+
+/// The topic's partitions, waiting up to `wait` for its metadata.
+fn topic_partitions_of(
+    consumer: &BaseConsumer<PartitionBounds>,
+    config: &KafkaConfig,
+    wait: Duration,
+) -> Result<Vec<i32>, KafkaSourceError> {
+    let started = Instant::now();
+    let partitions = loop {
+        let found = consumer
+            .fetch_metadata(Some(&config.topic), Duration::from_secs(5))
+            .ok()
+            .and_then(|m| {
+                m.topics()
+                    .iter()
+                    .find(|t| t.name() == config.topic)
+                    .map(|t| t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>())
+            })
+            .filter(|p| !p.is_empty());
+        match found {
+            Some(mut p) => {
+                p.sort_unstable();
+                break p;
+            }
+            None if started.elapsed() < wait => std::thread::sleep(Duration::from_millis(500)),
+            None => {
+                return Err(KafkaSourceError::NoTopic {
+                    topic: config.topic.clone(),
+                    servers: config.servers.clone(),
+                    waited: started.elapsed(),
+                })
+            }
+        }
+    };
+    Ok(partitions)
 }
 
 impl KafkaSource {
@@ -253,6 +340,36 @@ impl StreamSource for KafkaSource {
             .map_err(|source| KafkaSourceError::Kafka { what: "resume", source })
     }
 
+    fn take_rebalance(&mut self) -> Vec<Rebalanced> {
+        let context = self.consumer.context();
+        let mut queued =
+            context.rebalances.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let changes = std::mem::take(&mut *queued);
+        drop(queued);
+        for change in &changes {
+            match change {
+                Rebalanced::Assigned(added) => self.partitions.extend(added),
+                Rebalanced::Revoked(gone) => self.partitions.retain(|p| !gone.contains(p)),
+            }
+        }
+        self.partitions.sort_unstable();
+        self.partitions.dedup();
+        changes
+    }
+
+    /// Reads `partition` (paused since it was assigned) from `offset`, or
+    /// from its beginning.
+    fn start_at(&mut self, partition: i32, offset: Option<i64>) -> Result<(), KafkaSourceError> {
+        let at = offset.map_or(Offset::Beginning, Offset::Offset);
+        self.consumer
+            .seek(&self.config.topic, partition, at, Duration::from_secs(10))
+            .map_err(|source| KafkaSourceError::Kafka { what: "seek", source })?;
+        if let Some(o) = offset {
+            self.positions.insert(partition, o);
+        }
+        self.resume(&[partition])
+    }
+
     fn lags(&self) -> BTreeMap<i32, i64> {
         let bounds = self.consumer.context().bounds.lock();
         let bounds = bounds.unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -270,7 +387,8 @@ impl StreamSource for KafkaSource {
     /// is logged and the next checkpoint tries again.
     fn commit_consumed(&mut self, offsets: &BTreeMap<i32, i64>) {
         let mut list = TopicPartitionList::new();
-        for (&p, &o) in offsets {
+        // A group member commits only what it still holds.
+        for (&p, &o) in offsets.iter().filter(|(p, _)| self.partitions.contains(p)) {
             if list.add_partition_offset(&self.config.topic, p, Offset::Offset(o)).is_err() {
                 return;
             }

@@ -13,6 +13,15 @@ use crate::event::EventBlock;
 pub mod file;
 pub mod kafka;
 
+/// A change of a consumer group member's partitions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rebalanced {
+    /// Partitions assigned to this member; paused until started.
+    Assigned(Vec<i32>),
+    /// Partitions taken away.
+    Revoked(Vec<i32>),
+}
+
 /// Partitioned input that the streaming run polls and resumes by position.
 pub trait StreamSource {
     /// Why the source failed.
@@ -52,4 +61,17 @@ pub trait StreamSource {
 
     /// Delivers `partitions` again.
     fn resume(&mut self, partitions: &[i32]) -> Result<(), Self::Error>;
+
+    /// How the partitions read changed since the last call (a consumer
+    /// group's rebalances), in order. A source that owns its partitions
+    /// for good never changes.
+    fn take_rebalance(&mut self) -> Vec<Rebalanced> {
+        Vec::new()
+    }
+
+    /// Starts reading an assigned `partition` at `offset` (none: its beginning).
+    fn start_at(&mut self, partition: i32, offset: Option<i64>) -> Result<(), Self::Error> {
+        let _ = (partition, offset);
+        Ok(())
+    }
 }

@@ -14,6 +14,9 @@ use crate::rules::contract::{EventField, SessionAttribute};
 use crate::sink::{RejectedEvent, SessionRow};
 
 mod encoding;
+mod partition;
+
+pub use partition::{encode_partition_file, PartitionState};
 
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 const TEXTS: TableDefinition<u32, &str> = TableDefinition::new("texts");

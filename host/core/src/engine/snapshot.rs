@@ -77,6 +77,21 @@ impl Engine {
         Ok(changes)
     }
 
+    /// Everything the engine holds, as changes that replace whatever was
+    /// stored before (every user, the whole text table): the first of a new
+    /// chain of changes. Fails while a failed batch waits for a retry.
+    pub fn take_everything(&mut self) -> Result<EngineChanges, EngineError> {
+        if !self.in_flight.is_empty() {
+            return Err(EngineError::Busy);
+        }
+        for user in self.users.live() {
+            self.users.mark_dirty(user);
+        }
+        self.texts_taken = 0;
+        self.texts_renumbered = true;
+        self.take_changes()
+    }
+
     /// Partition clocks and the watermark, for the state store.
     pub fn clocks(&self) -> EngineClocks {
         self.clocks.snapshot()

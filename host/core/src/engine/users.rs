@@ -109,6 +109,11 @@ impl Users {
         self.ids.len()
     }
 
+    /// The users held (evicted slots left out).
+    pub(super) fn live(&self) -> Vec<u32> {
+        self.ids.values().copied().collect()
+    }
+
     /// Every slot id ever handed out (evicted ones included).
     pub(super) fn ids(&self) -> std::ops::Range<u32> {
         0..self.slots.len() as u32

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use super::ingest::{ingest, Intake};
 use super::summary::StreamSummary;
 use crate::checkpoint::{
-    CheckpointError, CheckpointThread, Checkpointer, Completed, Cut, PendingCheckpoint,
+    CheckpointError, CheckpointThread, Checkpointer, Completed, Completer, Cut, Pending,
 };
 use crate::engine::{Engine, EngineError};
 use crate::event::EventBlock;
@@ -26,11 +26,14 @@ use crate::metrics::{fault_kind, wall_clock_s, CheckpointNote, JobMetrics};
 use crate::rules::lifecycle::{Change, RulesLifecycle};
 use crate::rules::RulesRuntime;
 use crate::sink::Sink;
-use crate::source::StreamSource;
+use crate::source::{Rebalanced, StreamSource};
 use crate::state::StagedOutput;
 
+mod engines;
 #[cfg(test)]
 mod tests;
+
+pub(crate) use engines::{Engines, PartitionEngines};
 
 /// How the streaming loop paces itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,16 +98,38 @@ pub enum StreamError {
 pub struct StreamParts<'a, S, K> {
     /// The input, positioned at the recovered offsets.
     pub source: S,
-    /// The engine as recovered.
-    pub engine: Engine,
+    /// The engines as recovered.
+    pub(crate) engines: Engines,
     /// The checkpoint protocol.
-    pub checkpointer: Checkpointer,
+    pub(crate) completer: Completer,
     /// The rules and the changes asked of them.
     pub rules: &'a mut RulesLifecycle,
     /// The output.
     pub sink: &'a mut K,
     /// Where the loop reports what it does.
     pub metrics: Arc<JobMetrics>,
+}
+
+impl<'a, S, K> StreamParts<'a, S, K> {
+    /// The parts of a job that reads every partition itself, its state in
+    /// its own store.
+    pub fn whole(
+        source: S,
+        engine: Engine,
+        checkpointer: Checkpointer,
+        rules: &'a mut RulesLifecycle,
+        sink: &'a mut K,
+        metrics: Arc<JobMetrics>,
+    ) -> Self {
+        Self {
+            source,
+            engines: Engines::Whole(Box::new(engine)),
+            completer: Completer::Local(checkpointer),
+            rules,
+            sink,
+            metrics,
+        }
+    }
 }
 
 /// Runs until `stop` is set (a final checkpoint keeps open sessions for the next
@@ -116,15 +141,15 @@ pub fn run_streaming<S: StreamSource, K: Sink + Send>(
     start_offsets: BTreeMap<i32, i64>,
     stop: &AtomicBool,
 ) -> Result<StreamSummary, StreamError> {
-    let StreamParts { source, engine, checkpointer, rules, sink, metrics } = parts;
+    let StreamParts { source, engines, completer, rules, sink, metrics } = parts;
     std::thread::scope(|scope| {
-        let checkpoints = CheckpointThread::start(scope, runtime, checkpointer, sink)?;
+        let checkpoints = CheckpointThread::start(scope, runtime, completer, sink)?;
         let now = Instant::now();
         let job = EventLoop {
             source_name: source.name(),
             last_message: source.partitions().iter().map(|&p| (p, now)).collect(),
             source,
-            engine,
+            engines,
             rules,
             checkpoints,
             config,
@@ -148,7 +173,7 @@ pub fn run_streaming<S: StreamSource, K: Sink + Send>(
 struct EventLoop<'a, S> {
     source: S,
     source_name: String,
-    engine: Engine,
+    engines: Engines,
     rules: &'a mut RulesLifecycle,
     checkpoints: CheckpointThread,
     config: StreamConfig,
@@ -177,9 +202,10 @@ struct EventLoop<'a, S> {
 impl<S: StreamSource> EventLoop<'_, S> {
     fn run(mut self, stop: &AtomicBool) -> Result<StreamSummary, StreamError> {
         let started = Instant::now();
-        self.engine.register_partitions(self.source.partitions().iter().map(|&p| p as usize));
+        self.engines.register_partitions(self.source.partitions());
+        self.engines.declare_fields(&self.rules.rules().declarations().fields);
         self.metrics.set_partitions(self.source.partitions());
-        self.metrics.observe_engine_size(&self.engine);
+        self.observe_engine_size();
         self.report_rules();
         if self.config.until_end {
             let ends = self.source.end_offsets(Duration::from_secs(30));
@@ -187,6 +213,7 @@ impl<S: StreamSource> EventLoop<'_, S> {
         }
         loop {
             self.poll();
+            self.rebalance()?;
             self.take_completed()?;
             if !self.run_rules()? {
                 self.serve_requests_while_failing();
@@ -196,7 +223,7 @@ impl<S: StreamSource> EventLoop<'_, S> {
             let offsets = merged(&self.start_offsets, self.source.positions());
             let at_end = self.at_end(&offsets);
             if at_end {
-                self.staged.sessions.extend(self.engine.advance(self.rules.rules(), true)?);
+                self.engines.advance(self.rules.rules(), true, &mut self.staged)?;
             }
             let stopping = at_end || stop.load(Ordering::Relaxed);
             // No change of rules after the final checkpoint: it would be
@@ -220,7 +247,7 @@ impl<S: StreamSource> EventLoop<'_, S> {
     fn poll(&mut self) {
         let max = self.config.max_events_per_batch;
         let mut block = EventBlock::new(max.min(65_536), self.config.intake.limits)
-            .with_fields(self.engine.field_paths());
+            .with_fields(self.engines.field_paths());
         self.source.poll_into(&mut block, max, Duration::from_millis(100));
         self.summary.read += block.len() as u64;
         let now = Instant::now();
@@ -229,7 +256,7 @@ impl<S: StreamSource> EventLoop<'_, S> {
         let rejected = ingest(
             &block,
             &intake,
-            &mut self.engine,
+            &mut self.engines,
             &self.source_name,
             &mut self.staged.rejected,
             |p| {
@@ -238,7 +265,8 @@ impl<S: StreamSource> EventLoop<'_, S> {
         );
         self.summary.rejected += rejected.total();
         self.metrics.observe_rejected(rejected.by_class());
-        self.metrics.observe_batch(&self.engine, block.len() as u64);
+        self.engines.route_dead_letters(&mut self.staged);
+        self.metrics.observe_batch(self.engines.figures(), block.len() as u64);
         if now.duration_since(self.last_report) >= Duration::from_millis(500) {
             self.metrics.observe_lag(&self.source.lags());
             self.last_report = now;
@@ -255,9 +283,9 @@ impl<S: StreamSource> EventLoop<'_, S> {
                 .as_ref()
                 .and_then(|ends| ends.get(&p))
                 .is_some_and(|&end| end <= 0 || offsets.get(&p).is_some_and(|&o| o >= end));
-            self.engine.set_idle(p as usize, silent || finished);
+            self.engines.set_idle(p, silent || finished);
         }
-        self.summary.peak_waiting = self.summary.peak_waiting.max(self.engine.events_waiting());
+        self.summary.peak_waiting = self.summary.peak_waiting.max(self.engines.events_waiting());
         self.align_partitions(now);
     }
 
@@ -265,7 +293,7 @@ impl<S: StreamSource> EventLoop<'_, S> {
     /// arrive on several partitions: lateness is judged per partition, so such
     /// input makes events late that are not.
     fn warn_off_partition(&mut self) {
-        let off = self.engine.stats().off_partition;
+        let off = self.engines.stats().off_partition;
         if off > 0 && off >= self.off_partition_logged.saturating_mul(2) {
             tracing::warn!(
                 events = off,
@@ -282,8 +310,7 @@ impl<S: StreamSource> EventLoop<'_, S> {
     /// without limit.
     fn align_partitions(&mut self, now: Instant) {
         let drift = i64::try_from(self.config.max_partition_drift.as_millis()).unwrap_or(i64::MAX);
-        let ahead: BTreeSet<i32> =
-            self.engine.partitions_ahead(drift).into_iter().map(|p| p as i32).collect();
+        let ahead: BTreeSet<i32> = self.engines.partitions_ahead(drift).into_iter().collect();
         let resume: Vec<i32> = self.paused.difference(&ahead).copied().collect();
         let pause: Vec<i32> = ahead.difference(&self.paused).copied().collect();
         if !resume.is_empty() {
@@ -314,13 +341,12 @@ impl<S: StreamSource> EventLoop<'_, S> {
     /// for the next iteration (returns false); after too many attempts the
     /// fault policy applies.
     fn run_rules(&mut self) -> Result<bool, StreamError> {
-        match self.engine.advance(self.rules.rules(), false) {
+        match self.engines.advance(self.rules.rules(), false, &mut self.staged) {
             Ok(closed) => {
                 self.failures = 0;
-                if !closed.is_empty() && self.oldest_staged.is_none() {
+                if closed > 0 && self.oldest_staged.is_none() {
                     self.oldest_staged = Some(Instant::now());
                 }
-                self.staged.sessions.extend(closed);
                 Ok(true)
             }
             Err(error) => {
@@ -363,7 +389,7 @@ impl<S: StreamSource> EventLoop<'_, S> {
         if let Some(took) = change.compile_time() {
             self.summary.candidate_compiles.record(took);
         }
-        let (texts, sample) = (self.engine.texts(), self.engine.sample());
+        let (texts, sample) = self.engines.sample();
         if let Some(pause) = self.rules.apply(change, texts, sample) {
             self.summary.swap_pauses.record(pause);
             self.failures = 0;
@@ -392,13 +418,18 @@ impl<S: StreamSource> EventLoop<'_, S> {
         change: Option<Change>,
     ) -> Result<(), StreamError> {
         let boundary = Instant::now();
-        let mut output = std::mem::take(&mut self.staged);
-        output.columns = self.rules.rules().declarations().attributes.clone();
-        self.summary.sessions_written += output.sessions.len() as u64;
-        self.metrics.observe_output(&output.sessions, &output.rejected);
-        self.metrics.observe_engine_size(&self.engine);
-        let pending =
-            PendingCheckpoint::cut(&mut self.engine, offsets, output, self.rules.rule_version())?;
+        let output = std::mem::take(&mut self.staged);
+        self.observe_engine_size();
+        let columns = self.rules.rules().declarations().attributes.clone();
+        let pending = self.engines.cut(offsets, output, self.rules.rule_version(), &columns)?;
+        let outputs: Vec<&StagedOutput> = match &pending {
+            Pending::Whole(pending) => vec![&pending.output],
+            Pending::Partitions(cut) => cut.partitions.iter().map(|c| &c.output).collect(),
+        };
+        for output in outputs {
+            self.summary.sessions_written += output.sessions.len() as u64;
+            self.metrics.observe_output(&output.sessions, &output.rejected);
+        }
         self.checkpoints.submit(Cut { pending, oldest_closed: self.oldest_staged.take() })?;
         self.summary.checkpoint_stalls.record(boundary.elapsed());
         // At the checkpoint boundary: everything before it was cut by the old
@@ -407,11 +438,11 @@ impl<S: StreamSource> EventLoop<'_, S> {
             if let Some(took) = change.compile_time() {
                 self.summary.candidate_compiles.record(took);
             }
-            let (texts, sample) = (self.engine.texts(), self.engine.sample());
+            let (texts, sample) = self.engines.sample();
             if let Some(pause) = self.rules.apply(change, texts, sample) {
                 self.summary.swap_pauses.record(pause);
                 self.summary.swap_stalls.record(boundary.elapsed());
-                self.engine.declare_fields(&self.rules.rules().declarations().fields);
+                self.engines.declare_fields(&self.rules.rules().declarations().fields);
             }
             self.report_rules();
         }
@@ -423,19 +454,98 @@ impl<S: StreamSource> EventLoop<'_, S> {
     fn take_completed(&mut self) -> Result<(), StreamError> {
         while let Some(completed) = self.checkpoints.try_completed() {
             let completed = completed?;
+            if !completed.fenced.is_empty() {
+                self.lose(&completed.fenced);
+            }
             completed_checkpoint(&mut self.source, &mut self.summary, &self.metrics, completed);
         }
         Ok(())
     }
 
+    /// Partitions another member claimed while this one still read them (it
+    /// was frozen, or cut off): their engines go, and reading them stops
+    /// until the group assigns them here again.
+    fn lose(&mut self, partitions: &[i32]) {
+        tracing::warn!(
+            partitions = ?partitions,
+            "another member claimed these partitions: dropped here, and not read until assigned again"
+        );
+        self.engines.drop_partitions(partitions);
+        if let Err(error) = self.source.pause(partitions) {
+            tracing::warn!(%error, "pausing partitions claimed elsewhere failed");
+        }
+    }
+
+    /// A group member's rebalances: a last checkpoint for partitions taken
+    /// away, then they are dropped; partitions assigned are claimed, their
+    /// state restored, and read from where their last checkpoint ended.
+    fn rebalance(&mut self) -> Result<(), StreamError> {
+        for change in self.source.take_rebalance() {
+            match change {
+                Rebalanced::Revoked(gone) => {
+                    let held: Vec<i32> =
+                        self.engines.held().into_iter().filter(|p| gone.contains(p)).collect();
+                    if held.is_empty() {
+                        continue;
+                    }
+                    let offsets = merged(&self.start_offsets, self.source.positions());
+                    match self.checkpoint(offsets, None) {
+                        // A batch waits for a retry: the next owner replays it.
+                        Err(StreamError::Engine(EngineError::Busy)) => {}
+                        other => other?,
+                    }
+                    self.engines.drop_partitions(&held);
+                    self.checkpoints.release(held.clone())?;
+                    for p in &held {
+                        self.last_message.remove(p);
+                    }
+                    tracing::info!(partitions = ?held, "partitions handed over");
+                }
+                Rebalanced::Assigned(added) if added.is_empty() => {}
+                Rebalanced::Assigned(added) => {
+                    let started = Instant::now();
+                    let restored = self.checkpoints.claim(added.clone())?;
+                    let users: usize = restored.iter().map(|r| r.users).sum();
+                    let files: u64 = restored.iter().map(|r| r.files).sum();
+                    let starts: Vec<(i32, Option<i64>)> =
+                        restored.iter().map(|r| (r.partition, r.offset)).collect();
+                    self.engines.restore(restored);
+                    let now = Instant::now();
+                    for (p, offset) in starts {
+                        self.source
+                            .start_at(p, offset)
+                            .map_err(|e| StreamError::Source(Box::new(e)))?;
+                        self.last_message.insert(p, now);
+                    }
+                    tracing::info!(
+                        partitions = ?added,
+                        users,
+                        files,
+                        took_ms = started.elapsed().as_millis(),
+                        "partitions claimed and restored"
+                    );
+                }
+            }
+            self.metrics.set_partitions(self.source.partitions());
+        }
+        Ok(())
+    }
+
+    /// Open sessions and texts, to the metrics.
+    fn observe_engine_size(&self) {
+        let (open, texts) = self.engines.size();
+        self.metrics.observe_engine_size(open, texts);
+    }
+
     /// Waits for the checkpoint thread to finish the last checkpoints.
     fn finish(self, started: Instant) -> Result<StreamSummary, StreamError> {
-        let EventLoop { checkpoints, mut source, mut summary, engine, metrics, .. } = self;
+        let (open, texts) = self.engines.size();
+        let EventLoop { checkpoints, mut source, mut summary, engines, metrics, .. } = self;
         for completed in checkpoints.finish() {
             completed_checkpoint(&mut source, &mut summary, &metrics, completed?);
         }
-        metrics.observe_engine_size(&engine);
-        summary.engine = engine.stats();
+        metrics.observe_engine_size(open, texts);
+        summary.engine = engines.stats();
         summary.elapsed = started.elapsed();
         Ok(summary)
     }

@@ -227,7 +227,7 @@ fn run_to_end_with(
     let (checkpointer, resumed) =
         runtime.block_on(Checkpointer::recover(store, sink, EngineConfig::default())).unwrap();
     let metrics = Default::default();
-    let parts = StreamParts { source, engine: resumed.engine, checkpointer, rules, sink, metrics };
+    let parts = StreamParts::whole(source, resumed.engine, checkpointer, rules, sink, metrics);
     run_streaming(runtime.handle(), parts, config, BTreeMap::new(), &AtomicBool::new(false))
 }
 

@@ -19,17 +19,25 @@ pub(super) async fn append(
     properties: HashMap<String, String>,
 ) -> Result<Table, SinkError> {
     let context = || format!("committing to {}", table.identifier());
+    append_transaction(table, files, properties)?.commit(catalog).await.context(context)
+}
+
+/// The transaction that appends `files` to `table` with `properties`.
+pub(super) fn append_transaction(
+    table: &Table,
+    files: Vec<DataFile>,
+    properties: HashMap<String, String>,
+) -> Result<Transaction, SinkError> {
+    let context = || format!("committing to {}", table.identifier());
     let tx = Transaction::new(table);
-    let tx = tx
-        .fast_append()
+    tx.fast_append()
         // The duplicate check reads every manifest of the table on each commit, a cost that
         // grows with the table's history; file names here are unique per commit anyway.
         .with_check_duplicate(false)
         .add_data_files(files)
         .set_snapshot_properties(properties)
         .apply(tx)
-        .context(context)?;
-    tx.commit(catalog).await.context(context)
+        .context(context)
 }
 
 /// Sets whichever of `properties` the table lacks or holds otherwise (a table

@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use iceberg::spec::SchemaRef;
+use iceberg::spec::{DataFile, SchemaRef};
 use iceberg::table::Table;
 use iceberg::NamespaceIdent;
 use iceberg_catalog_sql::SqlCatalog;
@@ -39,6 +39,7 @@ mod attributes;
 mod batch;
 mod catalog;
 mod commit;
+mod group;
 pub mod maintain;
 mod remedy;
 mod schema;
@@ -50,6 +51,10 @@ pub use batch::{
     MAX_BATCH_TEXT_BYTES,
 };
 pub use catalog::{CatalogUri, CatalogUriError, CATALOG_FILE, CATALOG_NAME};
+pub use group::{
+    Claimed, GroupProgress, OwnedCommit, OwnedOutput, PartitionProgress, StateChain, GROUP_KEY,
+    PARTITIONS_KEY,
+};
 pub use schema::{BUCKET_GROUP_WIDTH, USER_HASH_BUCKETS};
 pub use storage::{S3Options, Warehouse, WarehouseError};
 
@@ -212,32 +217,7 @@ impl IcebergSink {
         properties.insert(PROP_SESSION_ROWS.to_string(), sessions.len().to_string());
         properties.insert(PROP_REJECTED_ROWS.to_string(), rejected.len().to_string());
 
-        // A fresh prefix per commit keeps data file names unique: the file name generator
-        // numbers files from zero every time.
-        let prefix = random_uuid().to_string();
-
-        // Columns for attributes first: the data files are written with the
-        // schema that has them.
-        if sessions.iter().any(|s| !s.attributes.is_empty()) {
-            self.sessions =
-                add_attribute_columns(&self.catalog, self.sessions.clone(), &[], sessions).await?;
-            self.publish_schema();
-        }
-
-        // Write every data file before committing anything, to keep the window in which
-        // only one of the two tables has the commit as short as possible.
-        let session_files = if sessions.is_empty() {
-            Vec::new()
-        } else {
-            let batches = sessions_batches(&self.sessions, sessions, MAX_BATCH_TEXT_BYTES)?;
-            write_data_files(&self.sessions, batches, &prefix, None).await?
-        };
-        let rejected_files = if rejected.is_empty() {
-            Vec::new()
-        } else {
-            let batch = rejected_batch(&self.rejected, rejected, wall_clock_ms());
-            write_data_files(&self.rejected, [batch], &prefix, None).await?
-        };
+        let (session_files, rejected_files) = self.write_output(sessions, rejected).await?;
         let stats = CommitStats {
             session_files: session_files.len(),
             rejected_files: rejected_files.len(),
@@ -258,6 +238,41 @@ impl IcebergSink {
             "Iceberg commit done"
         );
         Ok(stats)
+    }
+
+    /// Writes the data files of `sessions` and `rejected`, adding the
+    /// attribute columns the sessions carry first. Every data file is written
+    /// before anything is committed, to keep the window in which only one of
+    /// the two tables has the commit as short as possible.
+    async fn write_output(
+        &mut self,
+        sessions: &[SessionRow],
+        rejected: &[RejectedEvent],
+    ) -> Result<(Vec<DataFile>, Vec<DataFile>), SinkError> {
+        // A fresh prefix per commit keeps data file names unique: the file name generator
+        // numbers files from zero every time.
+        let prefix = random_uuid().to_string();
+
+        // Columns for attributes first: the data files are written with the
+        // schema that has them.
+        if sessions.iter().any(|s| !s.attributes.is_empty()) {
+            self.sessions =
+                add_attribute_columns(&self.catalog, self.sessions.clone(), &[], sessions).await?;
+            self.publish_schema();
+        }
+        let session_files = if sessions.is_empty() {
+            Vec::new()
+        } else {
+            let batches = sessions_batches(&self.sessions, sessions, MAX_BATCH_TEXT_BYTES)?;
+            write_data_files(&self.sessions, batches, &prefix, None).await?
+        };
+        let rejected_files = if rejected.is_empty() {
+            Vec::new()
+        } else {
+            let batch = rejected_batch(&self.rejected, rejected, wall_clock_ms());
+            write_data_files(&self.rejected, [batch], &prefix, None).await?
+        };
+        Ok((session_files, rejected_files))
     }
 
     /// The sessions table as last loaded, for callers that want to scan it or inspect its
@@ -348,6 +363,40 @@ impl Sink for IcebergSink {
                 Err(error)
             }
         }
+    }
+
+    async fn claim_partitions(
+        &mut self,
+        group: &str,
+        owner: &str,
+        partitions: &[i32],
+    ) -> Result<Claimed, SinkError> {
+        self.group_claim(group, owner, partitions).await
+    }
+
+    async fn commit_owned(&mut self, output: OwnedOutput<'_>) -> Result<OwnedCommit, SinkError> {
+        self.group_commit(output).await
+    }
+
+    async fn write_state(
+        &mut self,
+        group: &str,
+        partition: i32,
+        epoch: u64,
+        seq: u64,
+        bytes: Vec<u8>,
+    ) -> Result<(), SinkError> {
+        self.group_write_state(group, partition, epoch, seq, bytes).await
+    }
+
+    async fn read_state(
+        &mut self,
+        group: &str,
+        partition: i32,
+        epoch: u64,
+        seq: u64,
+    ) -> Result<Vec<u8>, SinkError> {
+        self.group_read_state(group, partition, epoch, seq).await
     }
 
     fn column_check(&self) -> ColumnCheck {

@@ -1,0 +1,349 @@
+//! Checkpoints of a group member: many instances share a topic's partitions,
+//! and a partition's state moves with it.
+//!
+//! Nothing is kept on local disk. A checkpoint writes, for each partition
+//! that changed, one file of state changes beside the table (the first of a
+//! chain holds the whole state), then commits the output with every
+//! partition's offset and chain in the snapshot summary
+//! ([`crate::sink::iceberg::PartitionProgress`]). The commit is the
+//! checkpoint: a crash before it leaves files no summary names, and whoever
+//! owns the partition next resumes from the summary before.
+//!
+//! A partition is *claimed* before it is read ([`GroupCheckpointer::claim`]):
+//! the claim raises its epoch, restores its state from the chain the summary
+//! names, and fences the previous owner, whose commits for it are refused
+//! from then on. A refused partition is reported back and dropped; the
+//! others of the checkpoint are committed without it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use super::{
+    dead_letter_unwritable, whole_millis, CheckpointError, CHECKPOINT_ID_KEY, JOB_ID_KEY,
+    RULE_VERSION_KEY,
+};
+use crate::engine::{Engine, EngineChanges, EngineClocks, EngineConfig};
+use crate::rules::contract::SessionAttribute;
+use crate::sink::iceberg::{
+    GroupProgress, OwnedCommit, OwnedOutput, PartitionProgress, StateChain,
+};
+use crate::sink::{RejectedEvent, SessionRow, Sink, SinkRetries, SinkRetryPolicy};
+use crate::state::{encode_partition_file, PartitionState, StagedOutput};
+
+/// Files a chain may hold: a summary naming a longer one is refused (it
+/// comes from shared storage), and a member starts a new chain long before.
+const MAX_CHAIN_FILES: u64 = 1_024;
+
+/// Changes after which a partition's next file is its whole state again,
+/// which bounds what a new owner reads.
+pub(crate) const WHOLE_STATE_EVERY: u32 = 32;
+
+/// One partition's part of a cut.
+pub(crate) struct PartitionCut {
+    /// The partition.
+    pub(crate) partition: i32,
+    /// Next offset to read (none before its first record).
+    pub(crate) offset: Option<i64>,
+    /// What changed since its last cut, or everything.
+    pub(crate) changes: EngineChanges,
+    /// Whether `changes` is everything (the first file of a chain).
+    pub(crate) whole: bool,
+    /// Its event-time clock.
+    pub(crate) clocks: EngineClocks,
+    /// Sessions and dead letters of its records since its last cut.
+    pub(crate) output: StagedOutput,
+}
+
+/// A group member's checkpoint as cut.
+pub(crate) struct GroupCut {
+    /// Each partition's part.
+    pub(crate) partitions: Vec<PartitionCut>,
+    /// The rules that cut it.
+    pub(crate) rule_version: String,
+    /// The attribute columns of the rules in force.
+    pub(crate) columns: Vec<SessionAttribute>,
+}
+
+impl GroupCut {
+    /// Next offset per partition.
+    pub(crate) fn offsets(&self) -> BTreeMap<i32, i64> {
+        self.partitions.iter().filter_map(|c| Some((c.partition, c.offset?))).collect()
+    }
+
+    /// Sessions and dead letters it holds.
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        let sessions = self.partitions.iter().map(|c| c.output.sessions.len() as u64).sum();
+        let dead = self.partitions.iter().map(|c| c.output.rejected.len() as u64).sum();
+        (sessions, dead)
+    }
+}
+
+/// A claimed partition, restored.
+pub(crate) struct RestoredPartition {
+    /// The partition.
+    pub(crate) partition: i32,
+    /// Its engine as of its last checkpoint.
+    pub(crate) engine: Engine,
+    /// Where to read from (none: from the beginning).
+    pub(crate) offset: Option<i64>,
+    /// Users restored (open sessions or waiting events).
+    pub(crate) users: usize,
+    /// State files read.
+    pub(crate) files: u64,
+}
+
+/// A partition this member holds a claim on.
+struct Owned {
+    epoch: u64,
+    /// Its files written under this claim, once there is a whole state.
+    chain: Option<StateChain>,
+    next_seq: u64,
+    /// Dead letters before this offset are in the table already (a commit
+    /// stopped between the two tables); a replay does not repeat them.
+    dead_letters_to: Option<i64>,
+    /// The clocks last written.
+    clocks: Option<EngineClocks>,
+}
+
+/// Completes a group member's checkpoints (see the module docs).
+pub struct GroupCheckpointer {
+    group: String,
+    owner: String,
+    config: EngineConfig,
+    last_id: u64,
+    owned: BTreeMap<i32, Owned>,
+    sink_retry: SinkRetryPolicy,
+    last_publish: Duration,
+}
+
+impl GroupCheckpointer {
+    /// A member of `group` that names itself `owner` in its claims (unique
+    /// per process: a restarted instance is a new member).
+    pub fn new(group: &str, owner: &str, config: EngineConfig) -> Self {
+        Self {
+            group: group.to_owned(),
+            owner: owner.to_owned(),
+            config,
+            last_id: 0,
+            owned: BTreeMap::new(),
+            sink_retry: SinkRetryPolicy::default(),
+            last_publish: Duration::ZERO,
+        }
+    }
+
+    /// How publishing retries a failing sink from now on.
+    pub fn set_sink_retry(&mut self, policy: SinkRetryPolicy) {
+        self.sink_retry = policy;
+    }
+
+    /// How long publishing the last completed checkpoint took.
+    pub(crate) fn last_publish_time(&self) -> Duration {
+        self.last_publish
+    }
+
+    /// Claims `partitions` and restores each one's state.
+    pub(crate) async fn claim(
+        &mut self,
+        sink: &mut impl Sink,
+        partitions: &[i32],
+    ) -> Result<Vec<RestoredPartition>, CheckpointError> {
+        let claimed = sink.claim_partitions(&self.group, &self.owner, partitions).await?;
+        let mut restored = Vec::with_capacity(partitions.len());
+        for &partition in partitions {
+            let progress = claimed.progress.get(&partition).cloned().unwrap_or_default();
+            let mut state = PartitionState::default();
+            let mut files = 0;
+            if let Some(chain) = progress.state {
+                if chain.last < chain.first || chain.last - chain.first >= MAX_CHAIN_FILES {
+                    return Err(CheckpointError::Thread(format!(
+                        "the table names state files {}..={} of partition {partition}: not a \
+                         chain this program writes",
+                        chain.first, chain.last
+                    )));
+                }
+                for seq in chain.first..=chain.last {
+                    let bytes = sink.read_state(&self.group, partition, chain.epoch, seq).await?;
+                    state.apply(&bytes)?;
+                    files += 1;
+                }
+            }
+            let users = state.users();
+            self.owned.insert(
+                partition,
+                Owned {
+                    epoch: progress.epoch,
+                    chain: None,
+                    next_seq: 1,
+                    dead_letters_to: claimed.dead_letters_to.get(&partition).copied(),
+                    clocks: None,
+                },
+            );
+            let engine = state.into_engine(self.config);
+            restored.push(RestoredPartition {
+                partition,
+                engine,
+                offset: progress.offset,
+                users,
+                files,
+            });
+        }
+        Ok(restored)
+    }
+
+    /// Writes the state files of `cut` and commits its output; returns its
+    /// id and the partitions another member claimed meanwhile (dropped:
+    /// nothing of theirs was committed).
+    pub(crate) async fn complete(
+        &mut self,
+        sink: &mut impl Sink,
+        cut: GroupCut,
+    ) -> Result<(u64, Vec<i32>), CheckpointError> {
+        let id = self.last_id + 1;
+        self.last_id = id;
+        let mut parts: Vec<PartitionCut> =
+            cut.partitions.into_iter().filter(|c| self.owned.contains_key(&c.partition)).collect();
+        for part in &mut parts {
+            dead_letter_unwritable(sink, id, &mut part.output);
+            self.drop_published_dead_letters(part);
+            self.write_state(sink, part).await?;
+        }
+        let publishing = Instant::now();
+        let mut fenced = Vec::new();
+        let mut retries = SinkRetries::new(self.sink_retry);
+        sink.add_columns(&cut.columns).await?;
+        while !parts.is_empty() {
+            let progress = self.progress(&parts);
+            let claimed: BTreeMap<i32, u64> = parts
+                .iter()
+                .filter_map(|c| Some((c.partition, self.owned.get(&c.partition)?.epoch)))
+                .collect();
+            let sessions: Vec<SessionRow> =
+                parts.iter().flat_map(|c| c.output.sessions.iter().cloned()).collect();
+            let rejected: Vec<RejectedEvent> =
+                parts.iter().flat_map(|c| c.output.rejected.iter().cloned()).collect();
+            let properties = HashMap::from([
+                (CHECKPOINT_ID_KEY.to_owned(), id.to_string()),
+                (JOB_ID_KEY.to_owned(), self.owner.clone()),
+                (RULE_VERSION_KEY.to_owned(), cut.rule_version.clone()),
+            ]);
+            let held = move |props: &HashMap<String, String>| {
+                props.get(CHECKPOINT_ID_KEY).and_then(|v| v.parse::<u64>().ok()) >= Some(id)
+            };
+            let output = OwnedOutput {
+                group: &self.group,
+                owner: &self.owner,
+                claimed: &claimed,
+                progress: &progress,
+                sessions: &sessions,
+                rejected: &rejected,
+                properties,
+                identity: (JOB_ID_KEY, &self.owner),
+                held: &held,
+            };
+            match sink.commit_owned(output).await {
+                Ok(OwnedCommit::Committed) => break,
+                Ok(OwnedCommit::Fenced(lost)) => {
+                    tracing::warn!(
+                        partitions = ?lost,
+                        "partitions were claimed by another member: their output is dropped"
+                    );
+                    parts.retain(|c| !lost.contains(&c.partition));
+                    for p in &lost {
+                        self.owned.remove(p);
+                    }
+                    fenced.extend(lost);
+                }
+                Err(error) => {
+                    let Some(delay) = retries.after_failure(&error) else {
+                        if !error.is_transient() {
+                            return Err(error.into());
+                        }
+                        return Err(CheckpointError::SinkUnavailable {
+                            checkpoint: id,
+                            attempts: retries.attempts(),
+                            waited: whole_millis(retries.elapsed()),
+                            source: error,
+                        });
+                    };
+                    tracing::warn!(checkpoint = id, %error, "publishing to the sink failed; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+        self.last_publish = publishing.elapsed();
+        Ok((id, fenced))
+    }
+
+    /// Forgets the claim on `partitions` (given up in a rebalance; their last
+    /// checkpoint is already cut).
+    pub(crate) fn release(&mut self, partitions: &[i32]) {
+        for p in partitions {
+            self.owned.remove(p);
+        }
+    }
+
+    /// Writes `part`'s changes as the next file of its chain, unless
+    /// nothing changed.
+    async fn write_state(
+        &mut self,
+        sink: &mut impl Sink,
+        part: &PartitionCut,
+    ) -> Result<(), CheckpointError> {
+        let Some(owned) = self.owned.get_mut(&part.partition) else { return Ok(()) };
+        let changes = &part.changes;
+        let unchanged = changes.upserts.is_empty()
+            && changes.deletes.is_empty()
+            && changes.new_texts.is_empty()
+            && !changes.replace_texts
+            && owned.clocks.as_ref() == Some(&part.clocks);
+        if !part.whole && unchanged {
+            return Ok(());
+        }
+        let seq = owned.next_seq;
+        let chain = match (part.whole, owned.chain) {
+            (true, _) => StateChain { epoch: owned.epoch, first: seq, last: seq },
+            (false, Some(chain)) => StateChain { last: seq, ..chain },
+            (false, None) => {
+                return Err(CheckpointError::Thread(format!(
+                    "partition {}: changes cut before its whole state",
+                    part.partition
+                )))
+            }
+        };
+        let bytes = encode_partition_file(changes, &part.clocks)?;
+        sink.write_state(&self.group, part.partition, owned.epoch, seq, bytes).await?;
+        owned.next_seq += 1;
+        owned.chain = Some(chain);
+        owned.clocks = Some(part.clocks.clone());
+        Ok(())
+    }
+
+    /// Where the partitions of `parts` stand after them; dead letters a
+    /// replay repeats are dropped from them first.
+    fn progress(&self, parts: &[PartitionCut]) -> GroupProgress {
+        parts
+            .iter()
+            .filter_map(|c| {
+                let owned = self.owned.get(&c.partition)?;
+                Some((
+                    c.partition,
+                    PartitionProgress {
+                        offset: c.offset,
+                        state: owned.chain,
+                        ..Default::default()
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Drops the dead letters of `part` that a commit before the claim
+    /// already published (a replay finds the same records again).
+    fn drop_published_dead_letters(&self, part: &mut PartitionCut) {
+        let Some(to) = self.owned.get(&part.partition).and_then(|o| o.dead_letters_to) else {
+            return;
+        };
+        let p = part.partition;
+        part.output.rejected.retain(|dead| dead.partition != p || dead.position >= to);
+    }
+}

@@ -1,0 +1,156 @@
+"""Scale-out: several `sessionize run --scale-out` members of one consumer group
+share a topic's partitions on a real broker (Tansu, cooperative-sticky), hand
+partitions and their open sessions over through the warehouse. The table,
+read back by pyiceberg, must equal a bounded run over the same events, with no
+session written twice. (Fencing a member that lost its partitions without
+noticing is tested against the real catalog in host/tests/group_fencing.rs:
+Tansu 0.6.0 never evicts a frozen member, so a SIGSTOP zombie cannot be made
+on it.)"""
+
+import json
+import signal
+import time
+
+from conftest import SESSION_COLUMNS, catalog, read_table
+from kafka import Job
+from test_streaming import broker  # noqa: F401  (fixture)
+
+GROUP = ("--kafka-group", "fleet", "--group-session-timeout", "6s")
+PACE = ("--checkpoint-interval", "300ms", "--max-events-per-batch", "300")
+FLUSHERS = 200
+
+
+def prepare(run, tmp_path, broker, events=60000):  # noqa: F811
+    """Generated events in two halves, the second to be produced later by
+    `rest()`, then one event per flusher user a day after the last (200
+    users: every one of the 8 partitions gets some), which moves each
+    partition's watermark past every real session. Produces the first half
+    and returns the sessions of a bounded run over all of it (flushers left
+    out) and `rest`."""
+    path = tmp_path / "events.jsonl"
+    run("generate", "--output", path, "--num-users", "2000", "--rate", "40", "--duration", "12h",
+        "--late-rate", "0", "--seed", "21", "--events", str(events))
+    lines = open(path).read().splitlines(keepends=True)
+    last = max(stamp(line) for line in lines)
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    first.write_text("".join(lines[: len(lines) // 2]))
+    flush = "".join(json.dumps({"uuid": f"flush-{i}", "event_id": f"flush-{i}",
+                                "event_timestamp": last + 86_400_000, "page_name": "end"}) + "\n"
+                    for i in range(FLUSHERS))
+    second.write_text("".join(lines[len(lines) // 2:]) + flush)
+    both = tmp_path / "both.jsonl"
+    both.write_text(first.read_text() + second.read_text())
+    run("run", "--input", both, "--warehouse", tmp_path / "bounded")
+
+    def produce(part):
+        run("produce", "--kafka-servers", broker.servers, "--topic", "clicks", "--partitions", "8",
+            "--input", part)
+
+    produce(first)
+    return real_sessions(tmp_path / "bounded"), lambda: produce(second)
+
+
+def member_id(job):
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        for line in job.log.read_text(errors="replace").splitlines():
+            if "joining as a group member" in line:
+                return line.split('member="')[1].split('"')[0]
+        time.sleep(0.2)
+    raise AssertionError(f"no member id in {job.log}")
+
+
+def wait_owners(warehouse, check, what, timeout=60):
+    deadline = time.time() + timeout
+    while True:
+        try:
+            if check(owners(warehouse)):
+                return
+        except (ValueError, KeyError):
+            pass  # no group snapshot yet
+        assert time.time() < deadline, what
+        time.sleep(0.3)
+
+
+def stamp(line):
+    """The event time of a well-formed line (the generator writes some that are not)."""
+    try:
+        event = json.loads(line)
+        return int(event["event_timestamp"])
+    except (ValueError, KeyError, TypeError):
+        return 0
+
+
+def real_sessions(warehouse):
+    return sorted(tuple(tuple(r[c]) if isinstance(r[c], list) else r[c] for c in SESSION_COLUMNS)
+                  for r in read_table(warehouse) if not r["uuid"].startswith("flush-"))
+
+
+def member(binary, broker, tmp_path, name):  # noqa: F811
+    return Job(binary, broker, "clicks", tmp_path / "fleet", tmp_path / name,
+               "--scale-out", *GROUP, *PACE)
+
+
+def wait_for_sessions(warehouse, count, members, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if len(real_sessions(warehouse)) >= count:
+                return
+        except Exception:  # noqa: BLE001  (the table may not exist yet)
+            pass
+        for m in members:
+            assert m.proc.poll() is None, f"member exited: {m.log.read_text()[-3000:]}"
+        time.sleep(1)
+    raise AssertionError(f"{len(real_sessions(warehouse))} of {count} sessions after {timeout}s")
+
+
+def owners(warehouse):
+    """Partition -> owner as the group's newest snapshot says."""
+    table = catalog(warehouse).load_table("sessions.user_sessions")
+    group = [s for s in table.snapshots() if s.summary.get("sessionize.group") == "fleet"]
+    newest = max(group, key=lambda s: s.sequence_number)
+    return {int(p): e["owner"] for p, e in json.loads(newest.summary["sessionize.partitions"]).items()}
+
+
+def no_session_twice(warehouse):
+    ids = [r["session_id"] for r in read_table(warehouse)]
+    assert len(ids) == len(set(ids)), "a session was written twice"
+
+
+def stop(*members):
+    for m in members:
+        if m.proc.poll() is None:
+            m.proc.send_signal(signal.SIGTERM)
+    for m in members:
+        m.proc.wait(60)
+
+
+def test_members_share_the_topic_and_a_killed_ones_partitions_move_with_their_sessions(
+        run, binary, broker, tmp_path):  # noqa: F811
+    expected, rest = prepare(run, tmp_path, broker)
+    assert len(expected) > 3000
+    fleet = tmp_path / "fleet"
+    a = member(binary, broker, tmp_path, "a")
+    a.wait_consumed(5000)
+    b = member(binary, broker, tmp_path, "b")
+    ida, idb = member_id(a), member_id(b)
+    # B joins: the group splits the partitions, B claims its share.
+    wait_owners(fleet, lambda o: set(o.values()) == {ida, idb}, "B never claimed a partition")
+    a.proc.send_signal(signal.SIGKILL)
+    a.proc.wait()
+    a2 = member(binary, broker, tmp_path, "a2")
+    ida2 = member_id(a2)
+    # After the session timeout, A's partitions go to the survivors, with
+    # their open sessions; then the second half of the input comes.
+    wait_owners(fleet, lambda o: ida not in o.values() and ida2 in o.values(),
+                "the killed member's partitions never moved to the restarted one")
+    rest()
+    wait_for_sessions(fleet, len(expected), [b, a2])
+    time.sleep(2)
+    stop(b, a2)
+
+    no_session_twice(fleet)
+    assert real_sessions(fleet) == expected
+    restored = "partitions claimed and restored"
+    assert restored in b.log.read_text() and restored in a2.log.read_text()
