@@ -188,7 +188,7 @@ pub struct RunArgs {
     pub scale_out: bool,
     /// With --scale-out: a member silent this long loses its partitions to
     /// the others: seconds, or with a unit (6 to 300 s).
-    #[arg(long, default_value = "10", value_parser = seconds, requires = "scale_out")]
+    #[arg(long, default_value = "10", value_parser = session_timeout, requires = "scale_out")]
     pub group_session_timeout: Duration,
     /// Most Kafka messages taken per batch (1 to 1000000).
     #[arg(long, default_value_t = 50_000, value_parser = u32_in(1..=1_000_000))]
@@ -515,6 +515,20 @@ fn seconds(text: &str) -> Result<Duration, String> {
     with_unit(text, Duration::from_secs(1)).and_then(positive)
 }
 
+/// A group member's session timeout: within what brokers accept by default
+/// (Kafka's group.min.session.timeout.ms and a bound well under its maximum).
+fn session_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = seconds(text)?;
+    if !(Duration::from_secs(6)..=Duration::from_secs(300)).contains(&timeout) {
+        return Err(format!(
+            "{} is outside 6s to 300s: brokers refuse shorter, and a longer one leaves a dead \
+             member's partitions unread that long",
+            humantime::format_duration(timeout)
+        ));
+    }
+    Ok(timeout)
+}
+
 fn key_value(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
@@ -536,6 +550,20 @@ mod tests {
         assert_eq!(hours("90m"), Ok(Duration::from_secs(5400)));
         assert!(minutes("0").is_err());
         assert!(minutes("soon").unwrap_err().contains("like 45m"));
+    }
+
+    #[test]
+    fn scale_out_takes_a_session_timeout_brokers_accept_and_no_test_mode() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(["sessionize", "run"].iter().chain(args))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        assert!(parse(&["--scale-out", "--group-session-timeout", "6s"]).is_ok());
+        let short = parse(&["--scale-out", "--group-session-timeout", "2s"]).unwrap_err();
+        assert!(short.contains("outside 6s to 300s"), "{short}");
+        assert!(parse(&["--scale-out", "--test-mode"]).unwrap_err().contains("cannot be used"));
+        assert!(parse(&["--group-session-timeout", "10s"]).is_err());
     }
 
     #[test]

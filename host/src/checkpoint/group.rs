@@ -27,8 +27,8 @@ use crate::rules::contract::SessionAttribute;
 use crate::sink::iceberg::{
     GroupProgress, OwnedCommit, OwnedOutput, PartitionProgress, StateChain,
 };
-use crate::sink::{RejectedEvent, SessionRow, Sink, SinkRetries, SinkRetryPolicy};
-use crate::state::{encode_partition_file, PartitionState, StagedOutput};
+use crate::sink::{Sink, SinkRetries, SinkRetryPolicy};
+use crate::state::{encode_partition_file, PartitionState, StagedOutput, StateError};
 
 /// Files a chain may hold: a summary naming a longer one is refused (it
 /// comes from shared storage), and a member starts a new chain long before.
@@ -90,6 +90,32 @@ pub(crate) struct RestoredPartition {
     pub(crate) users: usize,
     /// State files read.
     pub(crate) files: u64,
+}
+
+/// Rows of many partitions, each with its partition.
+struct Rows<T> {
+    rows: Vec<T>,
+    partitions: Vec<i32>,
+}
+
+impl<T> Default for Rows<T> {
+    fn default() -> Self {
+        Self { rows: Vec::new(), partitions: Vec::new() }
+    }
+}
+
+impl<T> Rows<T> {
+    /// Moves `rows` of `partition` in.
+    fn take(&mut self, partition: i32, rows: &mut Vec<T>) {
+        self.partitions.extend(std::iter::repeat_n(partition, rows.len()));
+        self.rows.append(rows);
+    }
+
+    fn drop_partitions(&mut self, lost: &[i32]) {
+        let mut of = self.partitions.iter();
+        self.rows.retain(|_| of.next().is_some_and(|p| !lost.contains(p)));
+        self.partitions.retain(|p| !lost.contains(p));
+    }
 }
 
 /// A partition this member holds a claim on.
@@ -155,11 +181,12 @@ impl GroupCheckpointer {
             let mut files = 0;
             if let Some(chain) = progress.state {
                 if chain.last < chain.first || chain.last - chain.first >= MAX_CHAIN_FILES {
-                    return Err(CheckpointError::Thread(format!(
-                        "the table names state files {}..={} of partition {partition}: not a \
-                         chain this program writes",
-                        chain.first, chain.last
-                    )));
+                    return Err(StateError::Corrupt {
+                        path: format!("the sessions table's summary, partition {partition}"),
+                        what: "state chain",
+                        message: format!("files {}..={}", chain.first, chain.last),
+                    }
+                    .into());
                 }
                 for seq in chain.first..=chain.last {
                     let bytes = sink.read_state(&self.group, partition, chain.epoch, seq).await?;
@@ -210,17 +237,19 @@ impl GroupCheckpointer {
         let publishing = Instant::now();
         let mut fenced = Vec::new();
         let mut retries = SinkRetries::new(self.sink_retry);
-        sink.add_columns(&cut.columns).await?;
+        // Every row moved out once, each with its partition, so a fenced
+        // partition's rows can be left out of the next attempt.
+        let (mut sessions, mut rejected) = (Rows::default(), Rows::default());
+        for part in &mut parts {
+            sessions.take(part.partition, &mut part.output.sessions);
+            rejected.take(part.partition, &mut part.output.rejected);
+        }
         while !parts.is_empty() {
             let progress = self.progress(&parts);
             let claimed: BTreeMap<i32, u64> = parts
                 .iter()
                 .filter_map(|c| Some((c.partition, self.owned.get(&c.partition)?.epoch)))
                 .collect();
-            let sessions: Vec<SessionRow> =
-                parts.iter().flat_map(|c| c.output.sessions.iter().cloned()).collect();
-            let rejected: Vec<RejectedEvent> =
-                parts.iter().flat_map(|c| c.output.rejected.iter().cloned()).collect();
             let properties = HashMap::from([
                 (CHECKPOINT_ID_KEY.to_owned(), id.to_string()),
                 (JOB_ID_KEY.to_owned(), self.owner.clone()),
@@ -234,13 +263,18 @@ impl GroupCheckpointer {
                 owner: &self.owner,
                 claimed: &claimed,
                 progress: &progress,
-                sessions: &sessions,
-                rejected: &rejected,
+                sessions: &sessions.rows,
+                rejected: &rejected.rows,
                 properties,
                 identity: (JOB_ID_KEY, &self.owner),
                 held: &held,
             };
-            match sink.commit_owned(output).await {
+            // A schema change, not a snapshot: idempotent, so safe to repeat.
+            let attempt = match sink.add_columns(&cut.columns).await {
+                Ok(()) => sink.commit_owned(output).await,
+                Err(error) => Err(error),
+            };
+            match attempt {
                 Ok(OwnedCommit::Committed) => break,
                 Ok(OwnedCommit::Fenced(lost)) => {
                     tracing::warn!(
@@ -248,6 +282,8 @@ impl GroupCheckpointer {
                         "partitions were claimed by another member: their output is dropped"
                     );
                     parts.retain(|c| !lost.contains(&c.partition));
+                    sessions.drop_partitions(&lost);
+                    rejected.drop_partitions(&lost);
                     for p in &lost {
                         self.owned.remove(p);
                     }

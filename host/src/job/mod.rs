@@ -295,7 +295,7 @@ async fn run_kafka(config: &JobConfig) -> Result<StreamSummary, JobError> {
             let owner = uuid::Uuid::new_v4().to_string();
             tracing::info!(group = config.kafka.group, member = owner, "joining as a group member");
             let group = GroupCheckpointer::new(&config.kafka.group, &owner, config.engine);
-            let engines = Engines::PerPartition(PartitionEngines::new());
+            let engines = Engines::PerPartition(PartitionEngines::default());
             (engines, Completer::Group(group), BTreeMap::new())
         }
         None => {

@@ -17,15 +17,17 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::engine::{Engine, EngineStats};
+use crate::engine::EngineStats;
 use crate::rules::lifecycle::SwapEvent;
 use crate::sink::{RejectedEvent, SessionRow};
 
 mod families;
+mod figures;
 mod recent;
 
 use families::{EndReason, FaultKind, Outcome, Partition, Reason, RuleVersion, RulesAction};
 
+pub use figures::EngineFigures;
 pub use recent::{CheckpointNote, DeadLetterNote, Recent, Sample};
 
 /// End reasons labelled one by one; later ones are counted together.
@@ -423,31 +425,6 @@ pub(crate) fn wall_clock_s() -> f64 {
 /// A poisoned lock only means a panic elsewhere; the data is still counters.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// What the metrics read of a run's engines, summed over them.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct EngineFigures {
-    /// Counters so far.
-    pub stats: EngineStats,
-    /// Events accepted and not yet handed to the rules.
-    pub waiting: u64,
-    /// Users held in memory.
-    pub users: usize,
-    /// The least watermark.
-    pub watermark: i64,
-}
-
-impl EngineFigures {
-    /// The figures of one engine.
-    pub fn of(engine: &Engine) -> Self {
-        Self {
-            stats: engine.stats(),
-            waiting: engine.events_waiting(),
-            users: engine.users_in_memory(),
-            watermark: engine.watermark(),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -59,8 +59,9 @@ pub struct KafkaConfig {
 }
 
 /// The client's context: keeps each partition's bounds from librdkafka's
-/// statistics (emitted once a second while polling), for the lag.
-struct PartitionBounds {
+/// statistics (emitted once a second while polling), for the lag, and a
+/// group member's rebalances until the run takes them.
+struct SourceContext {
     topic: String,
     /// `(low, high)` offsets per partition.
     bounds: Mutex<BTreeMap<i32, (i64, i64)>>,
@@ -75,7 +76,7 @@ fn topic_partitions(list: &TopicPartitionList, topic: &str) -> Vec<i32> {
     partitions
 }
 
-impl ClientContext for PartitionBounds {
+impl ClientContext for SourceContext {
     fn stats(&self, statistics: Statistics) {
         let Some(topic) = statistics.topics.get(&self.topic) else { return };
         let mut bounds = self.bounds.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -88,7 +89,7 @@ impl ClientContext for PartitionBounds {
     }
 }
 
-impl ConsumerContext for PartitionBounds {
+impl ConsumerContext for SourceContext {
     /// A group member's assignment changed (librdkafka has applied it).
     /// Partitions it gets are paused until the run has claimed them and
     /// knows where to read from.
@@ -113,7 +114,7 @@ impl ConsumerContext for PartitionBounds {
 
 /// A consumer of every partition of one topic.
 pub struct KafkaSource {
-    consumer: BaseConsumer<PartitionBounds>,
+    consumer: BaseConsumer<SourceContext>,
     config: KafkaConfig,
     partitions: Vec<i32>,
     /// Next offset to read, per partition.
@@ -182,8 +183,8 @@ impl KafkaSource {
 fn client(
     config: &KafkaConfig,
     session_timeout: Option<Duration>,
-) -> Result<BaseConsumer<PartitionBounds>, KafkaSourceError> {
-    let context = PartitionBounds {
+) -> Result<BaseConsumer<SourceContext>, KafkaSourceError> {
+    let context = SourceContext {
         topic: config.topic.clone(),
         bounds: Mutex::default(),
         rebalances: Mutex::default(),
@@ -219,7 +220,7 @@ fn client(
 
 /// The topic's partitions, waiting up to `wait` for its metadata.
 fn topic_partitions_of(
-    consumer: &BaseConsumer<PartitionBounds>,
+    consumer: &BaseConsumer<SourceContext>,
     config: &KafkaConfig,
     wait: Duration,
 ) -> Result<Vec<i32>, KafkaSourceError> {

@@ -77,6 +77,11 @@ impl Engine {
         Ok(changes)
     }
 
+    /// Whether a failed batch waits for a retry: no state can be taken then.
+    pub fn has_failed_batch(&self) -> bool {
+        !self.in_flight.is_empty()
+    }
+
     /// Everything the engine holds, as changes that replace whatever was
     /// stored before (every user, the whole text table): the first of a new
     /// chain of changes. Fails while a failed batch waits for a retry.

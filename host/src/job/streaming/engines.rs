@@ -28,6 +28,7 @@ pub(crate) enum Engines {
 }
 
 /// A group member's engines.
+#[derive(Default)]
 pub(crate) struct PartitionEngines {
     parts: BTreeMap<i32, Part>,
     /// The fields the rules in force declare (an engine restored later
@@ -46,24 +47,6 @@ struct Part {
     output: StagedOutput,
     /// Checkpoints since its last whole state; 0 before the first.
     since_whole: u32,
-}
-
-impl Default for PartitionEngines {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl PartitionEngines {
-    /// No partition yet.
-    pub(crate) fn new() -> Self {
-        Self {
-            parts: BTreeMap::new(),
-            fields: Vec::new(),
-            paths: Arc::default(),
-            retired: EngineStats::default(),
-        }
-    }
 }
 
 impl Engines {
@@ -165,17 +148,17 @@ impl Engines {
 
     /// A sample of the latest batch with the texts it refers to, for a dry run.
     pub(crate) fn sample(&self) -> (Texts<'_>, Option<Sample<'_>>) {
-        let mut first = None;
-        for engine in self.engines() {
-            if engine.sample().is_some() {
-                return (engine.texts(), engine.sample());
-            }
-            first.get_or_insert(engine);
-        }
-        match first {
-            Some(engine) => (engine.texts(), None),
+        let sampled = self.engines().find(|e| e.sample().is_some());
+        match sampled.or_else(|| self.engines().next()) {
+            Some(engine) => (engine.texts(), engine.sample()),
             None => (Texts { strings: &[], generation: 0 }, None),
         }
+    }
+
+    /// Whether a failed batch waits for a retry in some engine: no
+    /// checkpoint can be cut then.
+    pub(crate) fn has_failed_batch(&self) -> bool {
+        self.engines().any(Engine::has_failed_batch)
     }
 
     /// Runs the rules on what the watermark released (everything, at the end

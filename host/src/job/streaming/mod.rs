@@ -488,11 +488,11 @@ impl<S: StreamSource> EventLoop<'_, S> {
                     if held.is_empty() {
                         continue;
                     }
-                    let offsets = merged(&self.start_offsets, self.source.positions());
-                    match self.checkpoint(offsets, None) {
-                        // A batch waits for a retry: the next owner replays it.
-                        Err(StreamError::Engine(EngineError::Busy)) => {}
-                        other => other?,
+                    // While a batch waits for a retry nothing can be cut: the
+                    // next owner replays from the last checkpoint instead.
+                    if !self.engines.has_failed_batch() {
+                        let offsets = merged(&self.start_offsets, self.source.positions());
+                        self.checkpoint(offsets, None)?;
                     }
                     self.engines.drop_partitions(&held);
                     self.checkpoints.release(held.clone())?;

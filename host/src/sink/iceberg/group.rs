@@ -17,16 +17,14 @@
 //! fails against any snapshot committed since, a claim included.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use async_trait::async_trait;
 use iceberg::spec::DataFile;
 use iceberg::table::Table;
-use iceberg::{Catalog, Namespace, NamespaceIdent, TableCommit, TableCreation, TableIdent};
 use iceberg_catalog_sql::SqlCatalog;
 use serde::{Deserialize, Serialize};
 
 use super::commit::{append_transaction, latest_properties_with, reload};
+use super::pinned::{moved, Pinned};
 use super::{IcebergContext, IcebergSink, PROP_REJECTED_ROWS, PROP_SESSION_ROWS};
 use crate::sink::{RejectedEvent, SessionRow, SinkError};
 
@@ -316,8 +314,7 @@ pub(super) async fn append_if_unchanged(
 ) -> Result<Option<Table>, SinkError> {
     let context = || format!("committing to {}", table.identifier());
     let tx = append_transaction(table, files, properties)?;
-    let pinned = Pinned { catalog, table: table.clone(), served: AtomicBool::new(false) };
-    match tx.commit(&pinned).await {
+    match tx.commit(&Pinned::new(catalog, table)).await {
         Ok(table) => Ok(Some(table)),
         Err(error) => {
             // Lost the race if the table moved; otherwise a failure of its own.
@@ -334,108 +331,6 @@ pub(super) async fn append_if_unchanged(
 pub(super) fn group_properties(group: &str, progress: &GroupProgress) -> HashMap<String, String> {
     let json = serde_json::to_string(progress).unwrap_or_default();
     HashMap::from([(GROUP_KEY.to_owned(), group.to_owned()), (PARTITIONS_KEY.to_owned(), json)])
-}
-
-/// The catalog a pinned commit goes through: it serves the checked table
-/// once, and refuses to serve it again, so `Transaction::commit` cannot
-/// rebase the append onto a newer snapshot.
-#[derive(Debug)]
-struct Pinned<'a> {
-    catalog: &'a SqlCatalog,
-    table: Table,
-    served: AtomicBool,
-}
-
-fn moved() -> iceberg::Error {
-    iceberg::Error::new(
-        iceberg::ErrorKind::CatalogCommitConflicts,
-        "the table changed since it was checked",
-    )
-}
-
-#[async_trait]
-impl Catalog for Pinned<'_> {
-    async fn list_namespaces(
-        &self,
-        parent: Option<&NamespaceIdent>,
-    ) -> iceberg::Result<Vec<NamespaceIdent>> {
-        self.catalog.list_namespaces(parent).await
-    }
-
-    async fn create_namespace(
-        &self,
-        namespace: &NamespaceIdent,
-        properties: HashMap<String, String>,
-    ) -> iceberg::Result<Namespace> {
-        self.catalog.create_namespace(namespace, properties).await
-    }
-
-    async fn get_namespace(&self, namespace: &NamespaceIdent) -> iceberg::Result<Namespace> {
-        self.catalog.get_namespace(namespace).await
-    }
-
-    async fn namespace_exists(&self, namespace: &NamespaceIdent) -> iceberg::Result<bool> {
-        self.catalog.namespace_exists(namespace).await
-    }
-
-    async fn update_namespace(
-        &self,
-        namespace: &NamespaceIdent,
-        properties: HashMap<String, String>,
-    ) -> iceberg::Result<()> {
-        self.catalog.update_namespace(namespace, properties).await
-    }
-
-    async fn drop_namespace(&self, namespace: &NamespaceIdent) -> iceberg::Result<()> {
-        self.catalog.drop_namespace(namespace).await
-    }
-
-    async fn list_tables(&self, namespace: &NamespaceIdent) -> iceberg::Result<Vec<TableIdent>> {
-        self.catalog.list_tables(namespace).await
-    }
-
-    async fn create_table(
-        &self,
-        namespace: &NamespaceIdent,
-        creation: TableCreation,
-    ) -> iceberg::Result<Table> {
-        self.catalog.create_table(namespace, creation).await
-    }
-
-    async fn load_table(&self, table: &TableIdent) -> iceberg::Result<Table> {
-        if table != self.table.identifier() || self.served.swap(true, Ordering::SeqCst) {
-            return Err(moved());
-        }
-        Ok(self.table.clone())
-    }
-
-    async fn drop_table(&self, table: &TableIdent) -> iceberg::Result<()> {
-        self.catalog.drop_table(table).await
-    }
-
-    async fn purge_table(&self, table: &TableIdent) -> iceberg::Result<()> {
-        self.catalog.purge_table(table).await
-    }
-
-    async fn table_exists(&self, table: &TableIdent) -> iceberg::Result<bool> {
-        self.catalog.table_exists(table).await
-    }
-
-    async fn rename_table(&self, src: &TableIdent, dest: &TableIdent) -> iceberg::Result<()> {
-        self.catalog.rename_table(src, dest).await
-    }
-
-    async fn register_table(
-        &self,
-        table: &TableIdent,
-        metadata_location: String,
-    ) -> iceberg::Result<Table> {
-        self.catalog.register_table(table, metadata_location).await
-    }
-
-    async fn update_table(&self, commit: TableCommit) -> iceberg::Result<Table> {
-        self.catalog.update_table(commit).await
-    }
 }
 
 /// `group` as one path segment: letters, digits, `-`, `_` and `.` kept, any

@@ -20,7 +20,11 @@
 //!
 //! The parts follow iceberg-rust's own layering: `catalog` (the SQL catalog,
 //! namespace and tables), `schema` (columns, partition spec, checks), `batch`
-//! (rows to Arrow), `writer` (Parquet data files) and `commit` (snapshots).
+//! (rows to Arrow), `writer` (Parquet data files) and `commit` (snapshots);
+//! `group` keeps a consumer group's progress and fences its members.
+//!
+//! (Over 450 lines: most of it is the [`Sink`] implementation, each method a
+//! few lines handing over to the modules above.)
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -41,6 +45,7 @@ mod catalog;
 mod commit;
 mod group;
 pub mod maintain;
+mod pinned;
 mod remedy;
 mod schema;
 mod storage;

@@ -1,0 +1,28 @@
+//! What the metrics read of a run's engines after a batch.
+
+use crate::engine::{Engine, EngineStats};
+
+/// What the metrics read of a run's engines, summed over them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EngineFigures {
+    /// Counters so far.
+    pub stats: EngineStats,
+    /// Events accepted and not yet handed to the rules.
+    pub waiting: u64,
+    /// Users held in memory.
+    pub users: usize,
+    /// The least watermark.
+    pub watermark: i64,
+}
+
+impl EngineFigures {
+    /// The figures of one engine.
+    pub fn of(engine: &Engine) -> Self {
+        Self {
+            stats: engine.stats(),
+            waiting: engine.events_waiting(),
+            users: engine.users_in_memory(),
+            watermark: engine.watermark(),
+        }
+    }
+}
