@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use sessionize::sink::iceberg::{
-    GroupProgress, IcebergSink, OwnedCommit, OwnedOutput, PartitionProgress, SinkConfig,
+    GroupProgress, IcebergSink, OwnedCommit, OwnedOutput, PartitionProgress, Publish, RulesNote,
+    SinkConfig,
 };
 use sessionize::sink::{SessionRow, Sink};
 
@@ -33,6 +34,23 @@ async fn commit(
     claimed: &BTreeMap<i32, u64>,
     rows: &[SessionRow],
 ) -> Result<OwnedCommit, sessionize::sink::SinkError> {
+    let rules = RulesNote { active: "default-rules@1.0.0+abc", publish: None };
+    commit_with(sink, owner, checkpoint, claimed, rows, rules).await
+}
+
+/// Whether a member's commit went through (whatever it saw of the group).
+fn committed(outcome: &OwnedCommit) -> bool {
+    matches!(outcome, OwnedCommit::Committed(_))
+}
+
+async fn commit_with(
+    sink: &mut IcebergSink,
+    owner: &str,
+    checkpoint: u64,
+    claimed: &BTreeMap<i32, u64>,
+    rows: &[SessionRow],
+    rules: RulesNote<'_>,
+) -> Result<OwnedCommit, sessionize::sink::SinkError> {
     let progress: GroupProgress = claimed
         .keys()
         .map(|&p| (p, PartitionProgress { offset: Some(100), ..Default::default() }))
@@ -54,6 +72,7 @@ async fn commit(
         ]),
         identity: ("sessionize.job-id", owner),
         held: &held,
+        rules,
     };
     sink.commit_owned(output).await
 }
@@ -70,7 +89,7 @@ async fn a_member_whose_partition_was_claimed_since_commits_nothing() -> TestRes
         first.progress.iter().map(|(&p, entry)| (p, entry.epoch)).collect();
     assert_eq!(epochs, BTreeMap::from([(0, 1), (1, 1)]));
     let done = commit(&mut zombie, "zombie", 1, &epochs, &[session("u1", 0)]).await?;
-    assert_eq!(done, OwnedCommit::Committed);
+    assert!(committed(&done));
 
     // Partition 1 moves: the heir's claim raises its epoch and finds the
     // zombie's offset.
@@ -84,12 +103,9 @@ async fn a_member_whose_partition_was_claimed_since_commits_nothing() -> TestRes
     assert_eq!(refused, OwnedCommit::Fenced(vec![1]));
     let only_zero = BTreeMap::from([(0, 1)]);
     let kept = commit(&mut zombie, "zombie", 2, &only_zero, &[session("u3", 0)]).await?;
-    assert_eq!(kept, OwnedCommit::Committed);
+    assert!(committed(&kept));
     let heirs = BTreeMap::from([(1, 2)]);
-    assert_eq!(
-        commit(&mut heir, "heir", 1, &heirs, &[session("u4", 0)]).await?,
-        OwnedCommit::Committed
-    );
+    assert!(committed(&commit(&mut heir, "heir", 1, &heirs, &[session("u4", 0)]).await?));
 
     let rows: Vec<String> = sessions_of(&mut heir).await?;
     assert_eq!(rows, ["u1-0", "u3-0", "u4-0"]);
@@ -108,6 +124,48 @@ async fn state_files_are_read_back_by_another_member() -> TestResult {
     // The group name stays one directory under the table's.
     let state = dir.path().join("warehouse/sessions/user_sessions/sessionize-state/fleet~2f..~2fx");
     assert!(state.join("3/7-1.state").is_file());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_one_member_publishes_reach_the_others_and_claims_keep_them() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let config = SinkConfig::new(dir.path().join("warehouse"));
+    let mut a = IcebergSink::open(&config).await?;
+    let mut b = IcebergSink::open(&config).await?;
+    let a_claim = a.claim_partitions("fleet", "a", &[0]).await?;
+    assert_eq!(a_claim.fleet.rules, None);
+    let a_epochs = BTreeMap::from([(0, a_claim.progress[&0].epoch)]);
+
+    // A publishes v2: the component goes beside the table, the record into
+    // the commit.
+    let sha = "cd".repeat(32);
+    a.write_component("fleet", &sha, b"component v2".to_vec()).await?;
+    let v2 = Publish { version: "r@2+cdcd".into(), sha256: sha.clone(), only_if_none: false };
+    let published = RulesNote { active: "r@2+cdcd", publish: Some(&v2) };
+    let OwnedCommit::Committed(view) =
+        commit_with(&mut a, "a", 1, &a_epochs, &[], published).await?
+    else {
+        panic!("A's commit was refused");
+    };
+    assert_eq!(view.rules.as_ref().map(|r| (r.seq, r.version.as_str())), Some((1, "r@2+cdcd")));
+
+    // B's claim carries the record on; a later member starting with other
+    // rules does not replace it (only_if_none), and both show as members.
+    let b_claim = b.claim_partitions("fleet", "b", &[1]).await?;
+    assert_eq!(b_claim.fleet.rules, view.rules);
+    let b_epochs = BTreeMap::from([(1, b_claim.progress[&1].epoch)]);
+    let v1 = Publish { version: "r@1+abab".into(), sha256: "ab".repeat(32), only_if_none: true };
+    let starting = RulesNote { active: "r@1+abab", publish: Some(&v1) };
+    assert!(committed(&commit_with(&mut b, "b", 1, &b_epochs, &[], starting).await?));
+    let fleet = a.fleet("fleet").await?;
+    assert_eq!(fleet.rules.as_ref().map(|r| (r.seq, r.by.as_str())), Some((1, "a")));
+    let runs: Vec<(&str, &str)> =
+        fleet.members.iter().map(|(m, seen)| (m.as_str(), seen.rules.as_str())).collect();
+    assert_eq!(runs, [("a", "r@2+cdcd"), ("b", "r@1+abab")]);
+    assert_eq!(b.read_component("fleet", &sha, 1 << 20).await?, b"component v2");
+    // A component over the reader's limit is refused before it is read.
+    assert!(b.read_component("fleet", &sha, 4).await.is_err());
     Ok(())
 }
 

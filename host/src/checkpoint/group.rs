@@ -18,14 +18,16 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use super::fleet::{FleetUpdate, RulesExchange};
 use super::{
     dead_letter_unwritable, whole_millis, CheckpointError, CHECKPOINT_ID_KEY, JOB_ID_KEY,
     RULE_VERSION_KEY,
 };
 use crate::engine::{Engine, EngineChanges, EngineClocks, EngineConfig};
 use crate::rules::contract::SessionAttribute;
+use crate::rules::lifecycle::RulesToPublish;
 use crate::sink::iceberg::{
-    GroupProgress, OwnedCommit, OwnedOutput, PartitionProgress, StateChain,
+    GroupProgress, OwnedCommit, OwnedOutput, PartitionProgress, RulesNote, StateChain,
 };
 use crate::sink::{Sink, SinkRetries, SinkRetryPolicy};
 use crate::state::{encode_partition_file, PartitionState, StagedOutput, StateError};
@@ -62,6 +64,8 @@ pub(crate) struct GroupCut {
     pub(crate) rule_version: String,
     /// The attribute columns of the rules in force.
     pub(crate) columns: Vec<SessionAttribute>,
+    /// Rules to publish to the group with it.
+    pub(crate) publish: Option<RulesToPublish>,
 }
 
 impl GroupCut {
@@ -90,6 +94,18 @@ pub(crate) struct RestoredPartition {
     pub(crate) users: usize,
     /// State files read.
     pub(crate) files: u64,
+}
+
+/// A group member's checkpoint, completed.
+pub(crate) struct GroupCompleted {
+    /// Its id.
+    pub(crate) id: u64,
+    /// Partitions another member claimed meanwhile (dropped: nothing of
+    /// theirs was committed).
+    pub(crate) fenced: Vec<i32>,
+    /// What its commit learnt of the group's rules (none if nothing was
+    /// committed).
+    pub(crate) fleet: Option<FleetUpdate>,
 }
 
 /// Rows of many partitions, each with its partition.
@@ -140,6 +156,8 @@ pub struct GroupCheckpointer {
     owned: BTreeMap<i32, Owned>,
     sink_retry: SinkRetryPolicy,
     last_publish: Duration,
+    /// The group's rules, when this member takes part in them.
+    rules: Option<RulesExchange>,
 }
 
 impl GroupCheckpointer {
@@ -154,7 +172,14 @@ impl GroupCheckpointer {
             owned: BTreeMap::new(),
             sink_retry: SinkRetryPolicy::default(),
             last_publish: Duration::ZERO,
+            rules: None,
         }
+    }
+
+    /// Publishes and follows the group's rules through `exchange`.
+    pub(crate) fn exchanging_rules(mut self, exchange: RulesExchange) -> Self {
+        self.rules = Some(exchange);
+        self
     }
 
     /// How publishing retries a failing sink from now on.
@@ -217,14 +242,22 @@ impl GroupCheckpointer {
         Ok(restored)
     }
 
-    /// Writes the state files of `cut` and commits its output; returns its
-    /// id and the partitions another member claimed meanwhile (dropped:
-    /// nothing of theirs was committed).
+    /// Writes the state files of `cut` and commits its output, with the
+    /// rules it publishes.
     pub(crate) async fn complete(
         &mut self,
         sink: &mut impl Sink,
-        cut: GroupCut,
-    ) -> Result<(u64, Vec<i32>), CheckpointError> {
+        mut cut: GroupCut,
+    ) -> Result<GroupCompleted, CheckpointError> {
+        let publish = match &mut self.rules {
+            Some(exchange) => {
+                if let Some(rules) = cut.publish.take() {
+                    exchange.queue(rules);
+                }
+                exchange.upload(sink).await
+            }
+            None => None,
+        };
         let id = self.last_id + 1;
         self.last_id = id;
         let mut parts: Vec<PartitionCut> =
@@ -236,6 +269,7 @@ impl GroupCheckpointer {
         }
         let publishing = Instant::now();
         let mut fenced = Vec::new();
+        let mut committed = None;
         let mut retries = SinkRetries::new(self.sink_retry);
         // Every row moved out once, each with its partition, so a fenced
         // partition's rows can be left out of the next attempt.
@@ -268,6 +302,7 @@ impl GroupCheckpointer {
                 properties,
                 identity: (JOB_ID_KEY, &self.owner),
                 held: &held,
+                rules: RulesNote { active: &cut.rule_version, publish: publish.as_ref() },
             };
             // A schema change, not a snapshot: idempotent, so safe to repeat.
             let attempt = match sink.add_columns(&cut.columns).await {
@@ -275,7 +310,10 @@ impl GroupCheckpointer {
                 Err(error) => Err(error),
             };
             match attempt {
-                Ok(OwnedCommit::Committed) => break,
+                Ok(OwnedCommit::Committed(view)) => {
+                    committed = Some(view);
+                    break;
+                }
                 Ok(OwnedCommit::Fenced(lost)) => {
                     tracing::warn!(
                         partitions = ?lost,
@@ -307,7 +345,13 @@ impl GroupCheckpointer {
             }
         }
         self.last_publish = publishing.elapsed();
-        Ok((id, fenced))
+        let fleet = match (&mut self.rules, committed) {
+            (Some(exchange), Some(view)) => {
+                Some(exchange.take_in(sink, view, &cut.rule_version, publish.is_some()).await)
+            }
+            _ => None,
+        };
+        Ok(GroupCompleted { id, fenced, fleet })
     }
 
     /// Forgets the claim on `partitions` (given up in a rebalance; their last

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::group::{GroupCheckpointer, GroupCut, RestoredPartition};
+use super::fleet::FleetUpdate;
+use super::group::{GroupCheckpointer, GroupCompleted, GroupCut, RestoredPartition};
 use super::{CheckpointError, Checkpointer, PendingCheckpoint};
 use crate::sink::Sink;
 
@@ -74,6 +75,8 @@ pub(crate) struct Completed {
     /// Partitions another group member claimed first: nothing of theirs
     /// was published, and they are this member's no more.
     pub(crate) fenced: Vec<i32>,
+    /// What a group member's commit learnt of the group's rules.
+    pub(crate) fleet: Option<FleetUpdate>,
 }
 
 enum Work {
@@ -140,8 +143,8 @@ impl CheckpointThread {
                     let started = Instant::now();
                     let outcome = complete(runtime, &mut completer, sink, cut.pending);
                     let failed = outcome.is_err();
-                    let _ = done.send(Done::Checkpoint(outcome.map(|(id, fenced)| Completed {
-                        id,
+                    let _ = done.send(Done::Checkpoint(outcome.map(|group| Completed {
+                        id: group.id,
                         offsets,
                         oldest_closed: cut.oldest_closed,
                         took: started.elapsed(),
@@ -155,7 +158,8 @@ impl CheckpointThread {
                             Completer::Local(local) => local.state_bytes(),
                             Completer::Group(_) => None,
                         },
-                        fenced,
+                        fenced: group.fenced,
+                        fleet: group.fleet,
                     })));
                     if failed {
                         // Later checkpoints build on this one: stop here.
@@ -244,11 +248,11 @@ fn complete<S: Sink>(
     completer: &mut Completer,
     sink: &mut S,
     pending: Pending,
-) -> Result<(u64, Vec<i32>), CheckpointError> {
+) -> Result<GroupCompleted, CheckpointError> {
     match (completer, pending) {
-        (Completer::Local(local), Pending::Whole(pending)) => {
-            runtime.block_on(local.complete(sink, pending)).map(|id| (id, Vec::new()))
-        }
+        (Completer::Local(local), Pending::Whole(pending)) => runtime
+            .block_on(local.complete(sink, pending))
+            .map(|id| GroupCompleted { id, fenced: Vec::new(), fleet: None }),
         (Completer::Group(group), Pending::Partitions(cut)) => {
             runtime.block_on(group.complete(sink, cut))
         }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::admin::{self, AdminConfig, AdminError};
-use crate::checkpoint::{CheckpointError, Checkpointer, Completer, GroupCheckpointer};
+use crate::checkpoint::{CheckpointError, Checkpointer, Completer};
 use crate::engine::{Engine, EngineConfig};
 use crate::metrics::{JobMetrics, Readiness};
 use crate::rules::contract::Settings;
@@ -32,6 +32,7 @@ use crate::tools::generate::{generate, GeneratorConfig};
 use streaming::{Engines, PartitionEngines};
 
 pub mod bounded;
+mod group;
 mod ingest;
 mod maintenance;
 mod progress;
@@ -188,6 +189,12 @@ pub enum JobError {
         /// Why.
         source: std::io::Error,
     },
+    /// A consumer group's member could not start.
+    #[error("joining the consumer group: {why}")]
+    Group {
+        /// Why, in a sentence.
+        why: String,
+    },
     /// The bounded run failed.
     #[error(transparent)]
     Bounded(#[from] bounded::BoundedError),
@@ -290,13 +297,16 @@ async fn run_kafka(config: &JobConfig) -> Result<StreamSummary, JobError> {
     };
     let (engines, completer, offsets) = match config.scale_out {
         Some(_) => {
-            // A new member each start: its claims fence whatever an earlier
-            // run of this instance still held.
-            let owner = uuid::Uuid::new_v4().to_string();
-            tracing::info!(group = config.kafka.group, member = owner, "joining as a group member");
-            let group = GroupCheckpointer::new(&config.kafka.group, &owner, config.engine);
+            let member = group::Membership {
+                group: &config.kafka.group,
+                plugin,
+                max_component_bytes: config.max_component_bytes,
+                engine: config.engine,
+            };
+            let completer =
+                group::start_member(&member, &mut sink, &loader, &archive, &mut slot).await?;
             let engines = Engines::PerPartition(PartitionEngines::default());
-            (engines, Completer::Group(group), BTreeMap::new())
+            (engines, completer, BTreeMap::new())
         }
         None => {
             let store = StateStore::open(&config.state_dir)?;
@@ -338,6 +348,9 @@ async fn run_kafka(config: &JobConfig) -> Result<StreamSummary, JobError> {
         .accepting(requests)
         .loading_with(loader.keeping_in(archive.clone()))
         .checking_columns_with(sink.column_check());
+    if config.scale_out.is_some() {
+        rules = rules.in_group();
+    }
     let handle = tokio::runtime::Handle::current();
     tokio::task::block_in_place(|| {
         let wait = Duration::from_secs(30);

@@ -132,6 +132,36 @@ pub trait Sink {
         Err(no_group())
     }
 
+    /// Puts a rules component (named by its full SHA-256) where every
+    /// member of `group` reaches it.
+    async fn write_component(
+        &mut self,
+        group: &str,
+        sha256: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(), SinkError> {
+        let _ = (group, sha256, bytes);
+        Err(no_group())
+    }
+
+    /// Reads a rules component put there by [`Sink::write_component`],
+    /// refusing one larger than `max_bytes`.
+    async fn read_component(
+        &mut self,
+        group: &str,
+        sha256: &str,
+        max_bytes: u64,
+    ) -> Result<Vec<u8>, SinkError> {
+        let _ = (group, sha256, max_bytes);
+        Err(no_group())
+    }
+
+    /// The members of `group` and the rules they run, as its newest commit says.
+    async fn fleet(&mut self, group: &str) -> Result<iceberg::FleetView, SinkError> {
+        let _ = group;
+        Err(no_group())
+    }
+
     /// Whether [`Sink::commit`] can store `row`. The checkpoint asks before it
     /// stages a row: a row that fails its commit would fail every retry and
     /// every restart. By default every row can be stored.

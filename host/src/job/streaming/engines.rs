@@ -241,6 +241,7 @@ impl Engines {
                     partitions,
                     rule_version: rule_version.to_owned(),
                     columns: columns.to_vec(),
+                    publish: None,
                 }))
             }
         }

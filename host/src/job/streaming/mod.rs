@@ -421,7 +421,10 @@ impl<S: StreamSource> EventLoop<'_, S> {
         let output = std::mem::take(&mut self.staged);
         self.observe_engine_size();
         let columns = self.rules.rules().declarations().attributes.clone();
-        let pending = self.engines.cut(offsets, output, self.rules.rule_version(), &columns)?;
+        let mut pending = self.engines.cut(offsets, output, self.rules.rule_version(), &columns)?;
+        if let Pending::Partitions(cut) = &mut pending {
+            cut.publish = self.rules.take_publish();
+        }
         let outputs: Vec<&StagedOutput> = match &pending {
             Pending::Whole(pending) => vec![&pending.output],
             Pending::Partitions(cut) => cut.partitions.iter().map(|c| &c.output).collect(),
@@ -453,9 +456,12 @@ impl<S: StreamSource> EventLoop<'_, S> {
     /// Takes note of checkpoints the checkpoint thread has completed.
     fn take_completed(&mut self) -> Result<(), StreamError> {
         while let Some(completed) = self.checkpoints.try_completed() {
-            let completed = completed?;
+            let mut completed = completed?;
             if !completed.fenced.is_empty() {
                 self.lose(&completed.fenced);
+            }
+            if let Some(update) = completed.fleet.take() {
+                self.rules.take_in_group(update.view, update.follow, update.settled);
             }
             completed_checkpoint(&mut self.source, &mut self.summary, &self.metrics, completed);
         }

@@ -8,7 +8,9 @@
 //! - at the boundary the job applies it: a dry run on a sample of the latest
 //!   batch, then the switch ([`RulesSlot`], which keeps versions for rollback);
 //! - deployed components are kept in the state directory ([`RulesArchive`]) so
-//!   a restart can resume with them ([`deployed_before_restart`]).
+//!   a restart can resume with them ([`deployed_before_restart`]);
+//! - a member of a consumer group publishes an operator's change to the group
+//!   and follows what other members published ([`RulesToPublish`]).
 
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -18,6 +20,7 @@ use crate::rules::{ComponentRules, RulesError, RulesRuntime, Texts};
 use crate::sink::ColumnCheck;
 
 mod archive;
+mod fleet;
 mod loader;
 mod request;
 mod resume;
@@ -25,6 +28,8 @@ mod slot;
 mod watch;
 
 pub use archive::{ArchiveError, RulesArchive};
+pub use fleet::RulesToPublish;
+use fleet::{FleetRules, Origin};
 pub(crate) use loader::{mib_text, read_component};
 pub use loader::{RulesLoader, DEFAULT_MAX_COMPONENT_BYTES};
 use request::PendingReply;
@@ -44,22 +49,23 @@ impl Change {
     /// How long compiling the candidate took (on its own thread), for a deploy.
     pub fn compile_time(&self) -> Option<Duration> {
         match &self.0 {
-            ChangeKind::Deploy(.., took) => Some(*took),
+            ChangeKind::Deploy(_, _, _, took, _) => Some(*took),
             ChangeKind::Rollback(_) => None,
         }
     }
 }
 
 enum ChangeKind {
-    /// A compiled (or refused) component, its name, and how long compiling took.
-    Deploy(Box<Result<ComponentRules, RulesError>>, String, PendingReply, Duration),
+    /// A compiled (or refused) component, its name, how long compiling
+    /// took, and who asked.
+    Deploy(Box<Result<ComponentRules, RulesError>>, String, PendingReply, Duration, Origin),
     /// Back to the previous version.
     Rollback(PendingReply),
 }
 
 /// A request waiting for the compile thread.
 enum Queued {
-    Deploy(Candidate, PendingReply),
+    Deploy(Candidate, PendingReply, Origin),
     Rollback(PendingReply),
 }
 
@@ -67,7 +73,7 @@ impl Queued {
     fn refuse(self, why: String) {
         let why = Refusal::Refused(why);
         match self {
-            Queued::Deploy(_, reply) | Queued::Rollback(reply) => reply.send(Err(why)),
+            Queued::Deploy(_, reply, _) | Queued::Rollback(reply) => reply.send(Err(why)),
         }
     }
 }
@@ -83,13 +89,57 @@ pub struct RulesLifecycle {
     changes: mpsc::Receiver<Change>,
     /// Whether the sessions table can take a candidate's attributes.
     columns: Option<ColumnCheck>,
+    /// The group's rules, for a member of a consumer group.
+    fleet: Option<FleetRules>,
 }
 
 impl RulesLifecycle {
     /// Rules that change only by rollback after failures.
     pub fn new(slot: RulesSlot) -> Self {
         let (changes_tx, changes) = mpsc::channel();
-        Self { slot, requests: None, loader: None, queue: None, changes_tx, changes, columns: None }
+        Self {
+            slot,
+            requests: None,
+            loader: None,
+            queue: None,
+            changes_tx,
+            changes,
+            columns: None,
+            fleet: None,
+        }
+    }
+
+    /// A member of a consumer group: publishes its starting rules unless the
+    /// group has some, publishes what an operator changes here, and follows
+    /// what other members publish ([`RulesLifecycle::take_in_group`]).
+    pub fn in_group(mut self) -> Self {
+        let mut fleet = FleetRules::default();
+        fleet.start_with(self.slot.rule_version());
+        self.fleet = Some(fleet);
+        self
+    }
+
+    /// Rules to publish to the group with the next checkpoint.
+    pub fn take_publish(&mut self) -> Option<RulesToPublish> {
+        self.fleet.as_mut()?.take_publish()
+    }
+
+    /// Takes in what a commit saw of the group (`settled`: this member's
+    /// publish requests its checkpoints have settled so far), and queues the
+    /// deploy of `follow`, rules another member published, to be applied at
+    /// a checkpoint boundary.
+    pub fn take_in_group(
+        &mut self,
+        view: crate::sink::iceberg::FleetView,
+        follow: Option<(String, Vec<u8>)>,
+        settled: u64,
+    ) {
+        let Some(fleet) = &mut self.fleet else { return };
+        let Some(request) = fleet.take_in(view, follow, settled) else { return };
+        let (action, reply) = PendingReply::of(request);
+        if let RulesAction::Deploy(candidate) = action {
+            self.enqueue(Queued::Deploy(candidate, reply, Origin::Group));
+        }
     }
 
     /// Refuses candidates whose attributes `check` says the sessions table
@@ -125,22 +175,33 @@ impl RulesLifecycle {
     /// the order they were accepted, for the compile thread. `events_read` and
     /// `checkpoints` go into the status.
     pub fn serve_requests(&mut self, events_read: u64, checkpoints: u64) {
+        if let Some(fleet) = &mut self.fleet {
+            fleet.note_outcomes();
+        }
         let Some(requests) = &self.requests else { return };
         let mut queued = Vec::new();
         while let Ok(request) = requests.try_recv() {
             let (action, reply) = PendingReply::of(request);
             match action {
-                RulesAction::Status => reply.send(Ok(serde_json::json!({
-                    "active": self.slot.rule_version(),
-                    "history": self.slot.history().collect::<Vec<_>>(),
-                    "events_read": events_read,
-                    "checkpoints": checkpoints,
-                }))),
+                RulesAction::Status => {
+                    let mut status = serde_json::json!({
+                        "active": self.slot.rule_version(),
+                        "history": self.slot.history().collect::<Vec<_>>(),
+                        "events_read": events_read,
+                        "checkpoints": checkpoints,
+                    });
+                    if let Some(fleet) = &self.fleet {
+                        status["group"] = fleet.status();
+                    }
+                    reply.send(Ok(status));
+                }
                 RulesAction::Rollback => queued.push(Queued::Rollback(reply)),
                 RulesAction::Deploy(_) if self.loader.is_none() => {
                     reply.send(Err("this job takes no deploys".into()));
                 }
-                RulesAction::Deploy(candidate) => queued.push(Queued::Deploy(candidate, reply)),
+                RulesAction::Deploy(candidate) => {
+                    queued.push(Queued::Deploy(candidate, reply, Origin::Operator));
+                }
             }
         }
         for request in queued {
@@ -201,6 +262,9 @@ impl RulesLifecycle {
                 match self.slot.rollback(Some("requested".into())) {
                     Ok(version) => {
                         let pause = started.elapsed();
+                        if let Some(fleet) = &mut self.fleet {
+                            fleet.changed_here(&version);
+                        }
                         tracing::info!(rules = version, ?pause, "rules rolled back");
                         reply.send(Ok(serde_json::json!({ "active": version })));
                         Some(pause)
@@ -211,7 +275,7 @@ impl RulesLifecycle {
                     }
                 }
             }
-            ChangeKind::Deploy(loaded, name, reply, _) => {
+            ChangeKind::Deploy(loaded, name, reply, _, origin) => {
                 if let Some(why) = reply.expired() {
                     tracing::warn!(candidate = name, %why, "deploy not applied");
                     reply.send(Err(why));
@@ -234,6 +298,9 @@ impl RulesLifecycle {
                     Ok(version) => {
                         // The event flow waits only for the dry run and the switch.
                         let pause = started.elapsed();
+                        if let (Some(fleet), Origin::Operator) = (&mut self.fleet, origin) {
+                            fleet.changed_here(&version);
+                        }
                         tracing::info!(rules = version, candidate = name, ?pause, "rules swapped");
                         (Ok(serde_json::json!({ "active": version })), Some(pause))
                     }
@@ -273,7 +340,7 @@ fn compile_in_order(
     for request in waiting {
         let change = match request {
             Queued::Rollback(reply) => ChangeKind::Rollback(reply),
-            Queued::Deploy(candidate, reply) => {
+            Queued::Deploy(candidate, reply, origin) => {
                 // Not worth compiling: the answer would be "not applied" anyway.
                 if let Some(why) = reply.expired() {
                     reply.send(Err(why));
@@ -286,7 +353,7 @@ fn compile_in_order(
                 };
                 let started = Instant::now();
                 let loaded = loader.load_candidate(candidate);
-                ChangeKind::Deploy(Box::new(loaded), name, reply, started.elapsed())
+                ChangeKind::Deploy(Box::new(loaded), name, reply, started.elapsed(), origin)
             }
         };
         if changes.send(Change(change)).is_err() {

@@ -24,6 +24,7 @@ use iceberg_catalog_sql::SqlCatalog;
 use serde::{Deserialize, Serialize};
 
 use super::commit::{append_transaction, latest_properties_with, reload};
+use super::fleet::{FleetView, RulesNote};
 use super::pinned::{moved, Pinned};
 use super::{IcebergContext, IcebergSink, PROP_REJECTED_ROWS, PROP_SESSION_ROWS};
 use crate::sink::{RejectedEvent, SessionRow, SinkError};
@@ -68,8 +69,8 @@ pub type GroupProgress = BTreeMap<i32, PartitionProgress>;
 /// What a member's commit found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OwnedCommit {
-    /// Committed.
-    Committed,
+    /// Committed; the group's members and rules as the commit left them.
+    Committed(FleetView),
     /// Nothing committed: these partitions were claimed by another instance
     /// (or again) since this one claimed them.
     Fenced(Vec<i32>),
@@ -96,6 +97,8 @@ pub struct OwnedOutput<'a> {
     /// Whether the summary of this instance's latest snapshot shows the
     /// output committed already (an earlier attempt landed).
     pub held: &'a (dyn Fn(&HashMap<String, String>) -> bool + Sync),
+    /// What this instance runs, and the rules it publishes to the group.
+    pub rules: RulesNote<'a>,
 }
 
 /// Lost compare-and-swaps in a row before a commit or a claim gives up.
@@ -110,6 +113,8 @@ pub struct Claimed {
     /// dead-letter table (further than `progress` when a commit stopped
     /// between the two tables).
     pub dead_letters_to: BTreeMap<i32, i64>,
+    /// The group's members and rules as the claim found them.
+    pub fleet: FleetView,
 }
 
 impl IcebergSink {
@@ -124,6 +129,7 @@ impl IcebergSink {
         for _ in 0..MAX_LOST_RACES {
             self.refresh().await?;
             let mut sessions = progress_in(&self.sessions, group)?;
+            let fleet = fleet_in(&self.sessions, group);
             let mut rejected = progress_in(&self.rejected, group)?;
             for &p in partitions {
                 let s = sessions.entry(p).or_default();
@@ -134,14 +140,14 @@ impl IcebergSink {
             }
             // The dead-letter table first: the claim is in force once the
             // sessions table, the commit point, has it.
-            let props = group_properties(group, &rejected);
+            let props = group_properties(group, &rejected, None);
             let Some(table) =
                 append_if_unchanged(&self.catalog, &self.rejected, vec![], props).await?
             else {
                 continue;
             };
             self.rejected = table;
-            let props = group_properties(group, &sessions);
+            let props = group_properties(group, &sessions, Some(&fleet));
             let Some(table) =
                 append_if_unchanged(&self.catalog, &self.sessions, vec![], props).await?
             else {
@@ -151,7 +157,7 @@ impl IcebergSink {
             let dead_letters_to =
                 partitions.iter().filter_map(|p| Some((*p, rejected.get(p)?.offset?))).collect();
             sessions.retain(|p, _| partitions.contains(p));
-            return Ok(Claimed { progress: sessions, dead_letters_to });
+            return Ok(Claimed { progress: sessions, dead_letters_to, fleet });
         }
         Err(lost_races("claiming partitions"))
     }
@@ -182,7 +188,7 @@ impl IcebergSink {
             self.refresh().await?;
             if latest_properties_with(&self.sessions, key, value).is_some_and(|p| (output.held)(&p))
             {
-                return Ok(OwnedCommit::Committed);
+                return Ok(OwnedCommit::Committed(fleet_in(&self.sessions, output.group)));
             }
             let mut sessions = progress_in(&self.sessions, output.group)?;
             let lost = fenced(&sessions, output.owner, output.claimed);
@@ -201,7 +207,7 @@ impl IcebergSink {
                     rejected.entry(*p).or_default().offset = now.offset;
                 }
                 let mut props = properties.clone();
-                props.extend(group_properties(output.group, &rejected));
+                props.extend(group_properties(output.group, &rejected, None));
                 let files = rejected_files.clone();
                 match append_if_unchanged(&self.catalog, &self.rejected, files, props).await? {
                     Some(table) => self.rejected = table,
@@ -212,14 +218,17 @@ impl IcebergSink {
                 let entry = sessions.entry(*p).or_default();
                 (entry.offset, entry.state) = (now.offset, now.state);
             }
+            let mut fleet = fleet_in(&self.sessions, output.group);
+            let partitions = output.claimed.keys().copied().collect();
+            fleet.record(output.owner, output.rules, partitions, now_ms());
             let mut props = properties.clone();
-            props.extend(group_properties(output.group, &sessions));
+            props.extend(group_properties(output.group, &sessions, Some(&fleet)));
             let files = session_files.clone();
             match append_if_unchanged(&self.catalog, &self.sessions, files, props).await? {
                 Some(table) => {
                     self.sessions = table;
                     self.publish_schema();
-                    return Ok(OwnedCommit::Committed);
+                    return Ok(OwnedCommit::Committed(fleet));
                 }
                 None => continue,
             }
@@ -288,6 +297,19 @@ pub(super) fn progress_in(table: &Table, group: &str) -> Result<GroupProgress, S
     })
 }
 
+/// The group's members and rules in `table`'s newest group snapshot.
+pub(super) fn fleet_in(table: &Table, group: &str) -> FleetView {
+    latest_properties_with(table, GROUP_KEY, group)
+        .map(|props| FleetView::from_summary(&props))
+        .unwrap_or_default()
+}
+
+/// Now, in ms since the Unix epoch.
+fn now_ms() -> i64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    now.map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// The partitions of `claimed` (partition -> epoch) that `progress` no longer
 /// gives to `owner` under that epoch.
 pub(super) fn fenced(
@@ -327,10 +349,20 @@ pub(super) async fn append_if_unchanged(
     }
 }
 
-/// A group's summary properties for `progress`.
-pub(super) fn group_properties(group: &str, progress: &GroupProgress) -> HashMap<String, String> {
+/// A group's summary properties for `progress` and, in the sessions
+/// table, `fleet`.
+pub(super) fn group_properties(
+    group: &str,
+    progress: &GroupProgress,
+    fleet: Option<&FleetView>,
+) -> HashMap<String, String> {
     let json = serde_json::to_string(progress).unwrap_or_default();
-    HashMap::from([(GROUP_KEY.to_owned(), group.to_owned()), (PARTITIONS_KEY.to_owned(), json)])
+    let mut props = HashMap::from([
+        (GROUP_KEY.to_owned(), group.to_owned()),
+        (PARTITIONS_KEY.to_owned(), json),
+    ]);
+    props.extend(fleet.map(FleetView::properties).unwrap_or_default());
+    props
 }
 
 /// `group` as one path segment: letters, digits, `-`, `_` and `.` kept, any

@@ -43,6 +43,7 @@ mod attributes;
 mod batch;
 mod catalog;
 mod commit;
+mod fleet;
 mod group;
 pub mod maintain;
 mod pinned;
@@ -56,6 +57,7 @@ pub use batch::{
     MAX_BATCH_TEXT_BYTES,
 };
 pub use catalog::{CatalogUri, CatalogUriError, CATALOG_FILE, CATALOG_NAME};
+pub use fleet::{FleetRules, FleetView, MemberSeen, Publish, RulesNote, MEMBERS_KEY, RULES_KEY};
 pub use group::{
     Claimed, GroupProgress, OwnedCommit, OwnedOutput, PartitionProgress, StateChain, GROUP_KEY,
     PARTITIONS_KEY,
@@ -402,6 +404,28 @@ impl Sink for IcebergSink {
         seq: u64,
     ) -> Result<Vec<u8>, SinkError> {
         self.group_read_state(group, partition, epoch, seq).await
+    }
+
+    async fn write_component(
+        &mut self,
+        group: &str,
+        sha256: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(), SinkError> {
+        self.group_write_component(group, sha256, bytes).await
+    }
+
+    async fn read_component(
+        &mut self,
+        group: &str,
+        sha256: &str,
+        max_bytes: u64,
+    ) -> Result<Vec<u8>, SinkError> {
+        self.group_read_component(group, sha256, max_bytes).await
+    }
+
+    async fn fleet(&mut self, group: &str) -> Result<FleetView, SinkError> {
+        self.group_fleet(group).await
     }
 
     fn column_check(&self) -> ColumnCheck {
