@@ -8,6 +8,7 @@ Tansu 0.6.0 never evicts a frozen member, so a SIGSTOP zombie cannot be made
 on it.)"""
 
 import json
+import random
 import signal
 import time
 
@@ -154,3 +155,58 @@ def test_members_share_the_topic_and_a_killed_ones_partitions_move_with_their_se
     assert real_sessions(fleet) == expected
     restored = "partitions claimed and restored"
     assert restored in b.log.read_text() and restored in a2.log.read_text()
+
+
+def test_two_members_killed_twenty_times_lose_nothing_and_write_nothing_twice(
+        run, binary, broker, tmp_path):  # noqa: F811
+    """Today's kill -9 test with two members: 20 times, one of them (in turn)
+    is SIGKILLed at a random moment while it works, and started again."""
+    path = tmp_path / "events.jsonl"
+    # Two events a second: sessions close all along, so kills land in
+    # commits that carry sessions and dead letters, not only state.
+    run("generate", "--output", path, "--num-users", "2000", "--rate", "2", "--duration", "12h",
+        "--late-rate", "0", "--seed", "8", "--events", "42000")
+    lines = path.read_text().splitlines(keepends=True)
+    last = max(stamp(line) for line in lines)
+    flush = "".join(json.dumps({"uuid": f"flush-{i}", "event_id": f"flush-{i}",
+                                "event_timestamp": last + 86_400_000, "page_name": "end"}) + "\n"
+                    for i in range(FLUSHERS))
+    everything = tmp_path / "all.jsonl"
+    everything.write_text("".join(lines) + flush)
+    run("run", "--input", everything, "--warehouse", tmp_path / "bounded")
+    slices = [lines[len(lines) * i // 21: len(lines) * (i + 1) // 21] for i in range(21)]
+    slices[-1].append(flush)
+
+    def produce(i):
+        part = tmp_path / f"slice{i}.jsonl"
+        part.write_text("".join(slices[i]))
+        run("produce", "--kafka-servers", broker.servers, "--topic", "clicks", "--partitions", "8",
+            "--input", part)
+
+    produce(0)
+    fleet, rng = tmp_path / "fleet", random.Random(99)
+    members = [member(binary, broker, tmp_path, "m0"), member(binary, broker, tmp_path, "m1")]
+    for kill in range(20):
+        produce(kill + 1)
+        victim = members[kill % 2]
+        before = victim.consumed()
+        # At a random moment while it works: after it has taken in some of
+        # the new slice, anywhere in its cycle of polls, state writes and commits.
+        deadline = time.time() + 60
+        while victim.consumed() <= before:
+            assert victim.proc.poll() is None, victim.log.read_text()[-3000:]
+            assert time.time() < deadline, f"kill {kill}: the victim made no progress"
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0, 0.3))
+        victim.proc.send_signal(signal.SIGKILL)
+        victim.proc.wait()
+        members[kill % 2] = member(binary, broker, tmp_path, f"m{kill + 2}")
+    expected = real_sessions(tmp_path / "bounded")
+    wait_for_sessions(fleet, len(expected), members)
+    time.sleep(2)
+    stop(*members)
+
+    no_session_twice(fleet)
+    assert real_sessions(fleet) == expected
+    dead = lambda w: sorted((r["raw"], r["reason"]) for r in read_table(w, "sessions.rejected_events"))
+    assert dead(fleet) == dead(tmp_path / "bounded")

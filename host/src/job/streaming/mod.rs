@@ -164,6 +164,7 @@ pub fn run_streaming<S: StreamSource, K: Sink + Send>(
             metrics,
             last_report: now,
             off_partition_logged: 0,
+            unstarted: BTreeSet::new(),
         };
         job.run(stop)
     })
@@ -197,6 +198,9 @@ struct EventLoop<'a, S> {
     last_report: Instant,
     /// Events off their user's partition when that was last logged.
     off_partition_logged: u64,
+    /// Partitions claimed whose reading could not start: claimed again if
+    /// still assigned after the next poll.
+    unstarted: BTreeSet<i32>,
 }
 
 impl<S: StreamSource> EventLoop<'_, S> {
@@ -485,55 +489,91 @@ impl<S: StreamSource> EventLoop<'_, S> {
     /// A group member's rebalances: a last checkpoint for partitions taken
     /// away, then they are dropped; partitions assigned are claimed, their
     /// state restored, and read from where their last checkpoint ended.
+    /// The changes queued since the last poll are taken together: a
+    /// partition assigned and revoked again in between is not claimed (it
+    /// cannot be read), and one revoked and assigned back is handed over
+    /// and claimed again (another member may have claimed it meanwhile).
     fn rebalance(&mut self) -> Result<(), StreamError> {
-        for change in self.source.take_rebalance() {
+        let changes = self.source.take_rebalance();
+        if changes.is_empty() && self.unstarted.is_empty() {
+            return Ok(());
+        }
+        let mut assigned = std::mem::take(&mut self.unstarted);
+        let mut revoked = BTreeSet::new();
+        for change in changes {
             match change {
-                Rebalanced::Revoked(gone) => {
-                    let held: Vec<i32> =
-                        self.engines.held().into_iter().filter(|p| gone.contains(p)).collect();
-                    if held.is_empty() {
-                        continue;
-                    }
-                    // While a batch waits for a retry nothing can be cut: the
-                    // next owner replays from the last checkpoint instead.
-                    if !self.engines.has_failed_batch() {
-                        let offsets = merged(&self.start_offsets, self.source.positions());
-                        self.checkpoint(offsets, None)?;
-                    }
-                    self.engines.drop_partitions(&held);
-                    self.checkpoints.release(held.clone())?;
-                    for p in &held {
-                        self.last_message.remove(p);
-                    }
-                    tracing::info!(partitions = ?held, "partitions handed over");
+                Rebalanced::Assigned(added) => assigned.extend(added),
+                Rebalanced::Revoked(gone) => revoked.extend(gone),
+            }
+        }
+        // The source's partitions are the assignment as of now.
+        let now: BTreeSet<i32> = self.source.partitions().iter().copied().collect();
+        let gone: Vec<i32> = (self.engines.held().into_iter())
+            .filter(|p| revoked.contains(p) || !now.contains(p))
+            .collect();
+        if !gone.is_empty() {
+            self.hand_over(gone)?;
+        }
+        let held: BTreeSet<i32> = self.engines.held().into_iter().collect();
+        let added: Vec<i32> =
+            assigned.into_iter().filter(|p| now.contains(p) && !held.contains(p)).collect();
+        if !added.is_empty() {
+            self.claim(added)?;
+        }
+        self.metrics.set_partitions(self.source.partitions());
+        Ok(())
+    }
+
+    /// Cuts a last checkpoint for `gone`, then drops and releases them.
+    fn hand_over(&mut self, gone: Vec<i32>) -> Result<(), StreamError> {
+        // While a batch waits for a retry nothing can be cut: the next owner
+        // replays from the last checkpoint instead.
+        if !self.engines.has_failed_batch() {
+            let offsets = merged(&self.start_offsets, self.source.positions());
+            self.checkpoint(offsets, None)?;
+        }
+        self.engines.drop_partitions(&gone);
+        self.checkpoints.release(gone.clone())?;
+        for p in &gone {
+            self.last_message.remove(p);
+        }
+        tracing::info!(partitions = ?gone, "partitions handed over");
+        Ok(())
+    }
+
+    /// Claims `added`, restores their state and reads them from where their
+    /// last checkpoint ended.
+    fn claim(&mut self, added: Vec<i32>) -> Result<(), StreamError> {
+        let started = Instant::now();
+        let restored = self.checkpoints.claim(added.clone())?;
+        let users: usize = restored.iter().map(|r| r.users).sum();
+        let files: u64 = restored.iter().map(|r| r.files).sum();
+        let starts: Vec<(i32, Option<i64>)> =
+            restored.iter().map(|r| (r.partition, r.offset)).collect();
+        self.engines.restore(restored);
+        let now = Instant::now();
+        for (p, offset) in starts {
+            match self.source.start_at(p, offset) {
+                Ok(()) => {
+                    self.last_message.insert(p, now);
                 }
-                Rebalanced::Assigned(added) if added.is_empty() => {}
-                Rebalanced::Assigned(added) => {
-                    let started = Instant::now();
-                    let restored = self.checkpoints.claim(added.clone())?;
-                    let users: usize = restored.iter().map(|r| r.users).sum();
-                    let files: u64 = restored.iter().map(|r| r.files).sum();
-                    let starts: Vec<(i32, Option<i64>)> =
-                        restored.iter().map(|r| (r.partition, r.offset)).collect();
-                    self.engines.restore(restored);
-                    let now = Instant::now();
-                    for (p, offset) in starts {
-                        self.source
-                            .start_at(p, offset)
-                            .map_err(|e| StreamError::Source(Box::new(e)))?;
-                        self.last_message.insert(p, now);
-                    }
-                    tracing::info!(
-                        partitions = ?added,
-                        users,
-                        files,
-                        took_ms = started.elapsed().as_millis(),
-                        "partitions claimed and restored"
-                    );
+                Err(error) => {
+                    // Most likely revoked again meanwhile (the next poll says
+                    // so); if it is still assigned then, it is claimed again.
+                    tracing::warn!(partition = p, %error, "cannot start reading a claimed partition");
+                    self.engines.drop_partitions(&[p]);
+                    self.checkpoints.release(vec![p])?;
+                    self.unstarted.insert(p);
                 }
             }
-            self.metrics.set_partitions(self.source.partitions());
         }
+        tracing::info!(
+            partitions = ?added,
+            users,
+            files,
+            took_ms = started.elapsed().as_millis(),
+            "partitions claimed and restored"
+        );
         Ok(())
     }
 
