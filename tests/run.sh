@@ -36,6 +36,19 @@ if [ ! -x "$TANSU_ROOT/bin/tansu" ]; then
 fi
 export TANSU_BIN="$TANSU_ROOT/bin/tansu"
 
+step "Kafka-protocol broker whose coordinator evicts a frozen member (nisshi) for the zombie test"
+NISSHI_ROOT="$CACHE/nisshi"
+if [ ! -x "$NISSHI_ROOT/bin/nisshi" ]; then
+    # Tansu's successor; Tansu 0.6.0 never evicts a member that stops
+    # heartbeating with its connection open. nisshi needs rustc 1.96: the
+    # Debian rustc that guest/build.sh fetched above builds it.
+    T="$CACHE/wasm-toolchain/root"
+    LD_LIBRARY_PATH="$T/usr/lib/x86_64-linux-gnu:$T/usr/lib/llvm-22/lib" RUSTC="$T/usr/bin/rustc" \
+        CARGO_TARGET_DIR="$CACHE/nisshi-build" cargo install nisshi --version 0.8.1 --locked \
+        --root "$NISSHI_ROOT"
+fi
+export NISSHI_BIN="$NISSHI_ROOT/bin/nisshi"
+
 step "S3-compatible server (s3s-fs) for the object storage tests"
 S3S_ROOT="$CACHE/s3s"
 if [ ! -x "$S3S_ROOT/bin/s3s-fs" ]; then

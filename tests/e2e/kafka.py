@@ -1,5 +1,6 @@
-"""A Kafka-protocol broker (Tansu) on loopback for the tests, and helpers to drive
-the streaming job."""
+"""A Kafka-protocol broker (Tansu, or nisshi where the group coordinator must
+evict a frozen member) on loopback for the tests, and helpers to drive the
+streaming job."""
 
 import os
 import signal
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 
 TANSU = Path(os.environ.get("TANSU_BIN", Path.home() / ".cache/sessionize/tansu/bin/tansu"))
+NISSHI = Path(os.environ.get("NISSHI_BIN", Path.home() / ".cache/sessionize/nisshi/bin/nisshi"))
 
 
 def free_port() -> int:
@@ -21,7 +23,7 @@ class Broker:
     """Tansu with SQLite storage: data and committed offsets survive a restart."""
 
     def __init__(self, workdir: Path):
-        assert TANSU.exists(), f"{TANSU} missing: tests/run.sh installs it"
+        assert self.binary().exists(), f"{self.binary()} missing: tests/run.sh installs it"
         self.workdir = workdir
         self.port = free_port()
         self.proc = None
@@ -31,11 +33,17 @@ class Broker:
     def servers(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def binary(self) -> Path:
+        return TANSU
+
+    def storage(self) -> str:
+        return "sqlite://tansu.db"
+
     def start(self):
         url = f"tcp://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
-            [str(TANSU), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "sqlite://tansu.db"],
+            [str(self.binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", self.storage()],
             cwd=self.workdir, stdout=subprocess.DEVNULL,
             stderr=open(self.workdir / "broker.log", "ab"),
         )
@@ -52,6 +60,18 @@ class Broker:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
+
+
+class NisshiBroker(Broker):
+    """nisshi 0.8.1 (Tansu's successor), in memory: its group coordinator
+    evicts a member that stops heartbeating with its connection still open,
+    which Tansu 0.6.0's does not."""
+
+    def binary(self) -> Path:
+        return NISSHI
+
+    def storage(self) -> str:
+        return "memory://nisshi/"
 
 
 class Job:

@@ -2,18 +2,18 @@
 share a topic's partitions on a real broker (Tansu, cooperative-sticky), hand
 partitions and their open sessions over through the warehouse. The table,
 read back by pyiceberg, must equal a bounded run over the same events, with no
-session written twice. (Fencing a member that lost its partitions without
-noticing is tested against the real catalog in host/tests/group_fencing.rs:
-Tansu 0.6.0 never evicts a frozen member, so a SIGSTOP zombie cannot be made
-on it.)"""
+session written twice. The zombie test runs on nisshi: Tansu 0.6.0 never
+evicts a frozen (SIGSTOPped) member, so a zombie cannot be made on it."""
 
 import json
 import random
 import signal
 import time
 
+import pytest
+
 from conftest import SESSION_COLUMNS, catalog, read_table
-from kafka import Job
+from kafka import Job, NisshiBroker
 from test_streaming import broker  # noqa: F401  (fixture)
 
 GROUP = ("--kafka-group", "fleet", "--group-session-timeout", "6s")
@@ -210,3 +210,71 @@ def test_two_members_killed_twenty_times_lose_nothing_and_write_nothing_twice(
     assert real_sessions(fleet) == expected
     dead = lambda w: sorted((r["raw"], r["reason"]) for r in read_table(w, "sessions.rejected_events"))
     assert dead(fleet) == dead(tmp_path / "bounded")
+
+
+@pytest.fixture
+def nisshi(tmp_path):
+    b = NisshiBroker(tmp_path / "nisshi")
+    b.start()
+    yield b
+    b.stop()
+
+
+def log_time_ms(job, text):
+    """Wall-clock time (ms) of the first line of `job`'s log holding `text`, or None."""
+    from datetime import datetime
+    for line in job.log.read_text(errors="replace").splitlines():
+        if text in line:
+            stamp = line.split()[0].rstrip("Z")[:26]
+            return datetime.fromisoformat(stamp + "+00:00").timestamp() * 1000
+    return None
+
+
+def test_a_frozen_member_publishes_nothing_for_the_partitions_it_lost(
+        run, binary, nisshi, tmp_path):
+    """A is frozen (SIGSTOP) past the session timeout; the broker evicts it,
+    B claims its partitions and commits their sessions; A is resumed
+    (SIGCONT) and, before it notices, tries to go on: its commits for the
+    partitions it lost must be refused."""
+    expected, rest = prepare(run, tmp_path, nisshi)
+    fleet = tmp_path / "fleet"
+    a = member(binary, nisshi, tmp_path, "a")
+    a.wait_consumed(5000)
+    b = member(binary, nisshi, tmp_path, "b")
+    ida, idb = member_id(a), member_id(b)
+    wait_owners(fleet, lambda o: set(o.values()) == {ida, idb}, "B never claimed a partition")
+    a_held = {p for p, owner in owners(fleet).items() if owner == ida}
+
+    a.proc.send_signal(signal.SIGSTOP)
+    stopped_ms = time.time() * 1000
+    try:
+        wait_owners(fleet, lambda o: set(o.values()) == {idb},
+                    "the frozen member's partitions never moved", timeout=90)
+        # The rest of the input: B commits sessions of A's old partitions.
+        rest()
+        wait_for_sessions(fleet, len(expected), [b])
+    finally:
+        a.proc.send_signal(signal.SIGCONT)
+    resumed_ms = time.time() * 1000
+    # A notices: its commits are refused, or the group tells it first.
+    deadline = time.time() + 60
+    noticed = None
+    while noticed is None and time.time() < deadline:
+        fenced = log_time_ms(a, "another member claimed these partitions")
+        handed = log_time_ms(a, "partitions handed over")
+        noticed = min((t for t in (fenced, handed) if t and t > stopped_ms), default=None)
+        time.sleep(0.3)
+    assert noticed, f"the resumed member never noticed: {a.log.read_text()[-3000:]}"
+    time.sleep(3)
+    stop(a, b)
+
+    # Nothing of A's landed between its freeze and its noticing; what it
+    # published afterwards it had claimed again, and the table is exact.
+    table = catalog(fleet).load_table("sessions.user_sessions")
+    zombie = [s for s in table.snapshots()
+              if s.summary.get("sessionize.job-id") == ida
+              and stopped_ms < s.timestamp_ms <= max(noticed, resumed_ms)]
+    assert zombie == [], [s.summary for s in zombie]
+    assert a_held
+    no_session_twice(fleet)
+    assert real_sessions(fleet) == expected
