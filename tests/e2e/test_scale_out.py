@@ -155,6 +155,20 @@ def test_members_share_the_topic_and_a_killed_ones_partitions_move_with_their_se
     assert real_sessions(fleet) == expected
     restored = "partitions claimed and restored"
     assert restored in b.log.read_text() and restored in a2.log.read_text()
+    # Replaced state files are deleted: beside each partition's chain, at most
+    # the one file the killed member wrote and never committed.
+    table = catalog(fleet).load_table("sessions.user_sessions")
+    newest = max((s for s in table.snapshots() if s.summary.get("sessionize.group") == "fleet"),
+                 key=lambda s: s.sequence_number)
+    progress = json.loads(newest.summary["sessionize.partitions"])
+    extra = 0
+    for p, entry in progress.items():
+        chain = entry["state"]
+        named = {f"{chain['epoch']}-{seq}.state" for seq in range(chain["first"], chain["last"] + 1)}
+        files = {f.name for f in (fleet / "sessions/user_sessions/sessionize-state/fleet" / p).iterdir()}
+        assert named <= files, (p, named - files)
+        extra += len(files - named)
+    assert extra <= 8, f"{extra} state files no summary names"
 
 
 def test_two_members_killed_twenty_times_lose_nothing_and_write_nothing_twice(

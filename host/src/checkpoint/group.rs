@@ -145,6 +145,10 @@ struct Owned {
     dead_letters_to: Option<i64>,
     /// The clocks last written.
     clocks: Option<EngineClocks>,
+    /// Chains the newest summary may still name, to be deleted once a
+    /// commit names a newer whole state (the one restored, then each chain
+    /// a whole state starts over).
+    replaced: Vec<StateChain>,
 }
 
 /// Completes a group member's checkpoints (see the module docs).
@@ -204,7 +208,7 @@ impl GroupCheckpointer {
             let progress = claimed.progress.get(&partition).cloned().unwrap_or_default();
             let mut state = PartitionState::default();
             let mut files = 0;
-            if let Some(chain) = progress.state {
+            if let Some(chain) = &progress.state {
                 if chain.last < chain.first || chain.last - chain.first >= MAX_CHAIN_FILES {
                     return Err(StateError::Corrupt {
                         path: format!("the sessions table's summary, partition {partition}"),
@@ -228,6 +232,7 @@ impl GroupCheckpointer {
                     next_seq: 1,
                     dead_letters_to: claimed.dead_letters_to.get(&partition).copied(),
                     clocks: None,
+                    replaced: progress.state.into_iter().collect(),
                 },
             );
             let engine = state.into_engine(self.config);
@@ -266,6 +271,14 @@ impl GroupCheckpointer {
             dead_letter_unwritable(sink, id, &mut part.output);
             self.drop_published_dead_letters(part);
             self.write_state(sink, part).await?;
+        }
+        // Chains a whole state in this checkpoint replaces: deleted once it commits.
+        let mut stale: Vec<(i32, StateChain)> = Vec::new();
+        for part in parts.iter().filter(|c| c.whole) {
+            if let Some(owned) = self.owned.get_mut(&part.partition) {
+                let replaced = std::mem::take(&mut owned.replaced);
+                stale.extend(replaced.into_iter().map(|chain| (part.partition, chain)));
+            }
         }
         let publishing = Instant::now();
         let mut fenced = Vec::new();
@@ -345,6 +358,10 @@ impl GroupCheckpointer {
             }
         }
         self.last_publish = publishing.elapsed();
+        if committed.is_some() {
+            stale.retain(|(p, _)| !fenced.contains(p));
+            self.delete_stale(sink, &stale).await;
+        }
         let fleet = match (&mut self.rules, committed) {
             (Some(exchange), Some(view)) => {
                 Some(exchange.take_in(sink, view, &cut.rule_version, publish.is_some()).await)
@@ -352,6 +369,21 @@ impl GroupCheckpointer {
             _ => None,
         };
         Ok(GroupCompleted { id, fenced, fleet })
+    }
+
+    /// Deletes the files of `stale` chains, which no summary names any more.
+    /// A failure leaves files behind, nothing worse: logged, not retried.
+    async fn delete_stale(&self, sink: &mut impl Sink, stale: &[(i32, StateChain)]) {
+        for &(partition, chain) in stale {
+            for seq in chain.first..=chain.last {
+                if let Err(error) =
+                    sink.delete_state(&self.group, partition, chain.epoch, seq).await
+                {
+                    tracing::warn!(partition, %error, "a replaced state file was not deleted");
+                    return;
+                }
+            }
+        }
     }
 
     /// Forgets the claim on `partitions` (given up in a rebalance; their last
@@ -380,6 +412,9 @@ impl GroupCheckpointer {
             return Ok(());
         }
         let seq = owned.next_seq;
+        if let (true, Some(previous)) = (part.whole, owned.chain) {
+            owned.replaced.push(previous);
+        }
         let chain = match (part.whole, owned.chain) {
             (true, _) => StateChain { epoch: owned.epoch, first: seq, last: seq },
             (false, Some(chain)) => StateChain { last: seq, ..chain },

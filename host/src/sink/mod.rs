@@ -132,6 +132,18 @@ pub trait Sink {
         Err(no_group())
     }
 
+    /// Deletes one file of a partition's state that no summary names any more.
+    async fn delete_state(
+        &mut self,
+        group: &str,
+        partition: i32,
+        epoch: u64,
+        seq: u64,
+    ) -> Result<(), SinkError> {
+        let _ = (group, partition, epoch, seq);
+        Err(no_group())
+    }
+
     /// Puts a rules component (named by its full SHA-256) where every
     /// member of `group` reaches it.
     async fn write_component(

@@ -35,6 +35,11 @@ mod tests;
 
 pub(crate) use engines::{Engines, PartitionEngines};
 
+/// How long after losing a partition to another member's claim a member
+/// claims it again, if the group still assigns it here: longer than a
+/// member takes to hear from the group that it lost it.
+const RECLAIM_AFTER: Duration = Duration::from_secs(10);
+
 /// How the streaming loop paces itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamConfig {
@@ -165,6 +170,7 @@ pub fn run_streaming<S: StreamSource, K: Sink + Send>(
             last_report: now,
             off_partition_logged: 0,
             unstarted: BTreeSet::new(),
+            lost: BTreeMap::new(),
         };
         job.run(stop)
     })
@@ -201,6 +207,9 @@ struct EventLoop<'a, S> {
     /// Partitions claimed whose reading could not start: claimed again if
     /// still assigned after the next poll.
     unstarted: BTreeSet<i32>,
+    /// Partitions another member claimed, and when to claim them again if
+    /// the group still assigns them here.
+    lost: BTreeMap<i32, Instant>,
 }
 
 impl<S: StreamSource> EventLoop<'_, S> {
@@ -475,15 +484,22 @@ impl<S: StreamSource> EventLoop<'_, S> {
     /// Partitions another member claimed while this one still read them (it
     /// was frozen, or cut off): their engines go, and reading them stops
     /// until the group assigns them here again.
+    ///
+    /// If the group still assigns one here after [`RECLAIM_AFTER`] (a
+    /// coordinator may hand a partition to a new member before the old one
+    /// gave it up, and then give it back without telling), it is claimed
+    /// again: otherwise nobody would read it.
     fn lose(&mut self, partitions: &[i32]) {
         tracing::warn!(
             partitions = ?partitions,
-            "another member claimed these partitions: dropped here, and not read until assigned again"
+            "another member claimed these partitions: dropped here, and claimed again only if still assigned here later"
         );
         self.engines.drop_partitions(partitions);
         if let Err(error) = self.source.pause(partitions) {
             tracing::warn!(%error, "pausing partitions claimed elsewhere failed");
         }
+        let due = Instant::now() + RECLAIM_AFTER;
+        self.lost.extend(partitions.iter().map(|&p| (p, due)));
     }
 
     /// A group member's rebalances: a last checkpoint for partitions taken
@@ -495,6 +511,13 @@ impl<S: StreamSource> EventLoop<'_, S> {
     /// and claimed again (another member may have claimed it meanwhile).
     fn rebalance(&mut self) -> Result<(), StreamError> {
         let changes = self.source.take_rebalance();
+        let checked = Instant::now();
+        let due: Vec<i32> =
+            self.lost.iter().filter(|(_, &at)| at <= checked).map(|(&p, _)| p).collect();
+        for p in &due {
+            self.lost.remove(p);
+        }
+        self.unstarted.extend(due);
         if changes.is_empty() && self.unstarted.is_empty() {
             return Ok(());
         }

@@ -259,6 +259,19 @@ impl IcebergSink {
         output.write(bytes.into()).await.context(context)
     }
 
+    /// Deletes a partition's state file (one no summary names any more).
+    pub(super) async fn group_delete_state(
+        &self,
+        group: &str,
+        partition: i32,
+        epoch: u64,
+        seq: u64,
+    ) -> Result<(), SinkError> {
+        let location = self.state_location(group, partition, epoch, seq);
+        let context = || format!("deleting state file {location}");
+        self.sessions.file_io().delete(&location).await.context(context)
+    }
+
     /// Reads a partition's state file.
     pub(super) async fn group_read_state(
         &self,

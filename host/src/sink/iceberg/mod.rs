@@ -406,6 +406,16 @@ impl Sink for IcebergSink {
         self.group_read_state(group, partition, epoch, seq).await
     }
 
+    async fn delete_state(
+        &mut self,
+        group: &str,
+        partition: i32,
+        epoch: u64,
+        seq: u64,
+    ) -> Result<(), SinkError> {
+        self.group_delete_state(group, partition, epoch, seq).await
+    }
+
     async fn write_component(
         &mut self,
         group: &str,
