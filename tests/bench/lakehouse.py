@@ -14,7 +14,7 @@ then reports, per setup:
   - the time a pyiceberg query filtering one session_date and one
     user_hash_bucket takes, before and after compaction.
 
-    tests/bench/lakehouse.sh            # builds the release binary, then runs this
+    tests/bench/run.sh lakehouse        # builds the release binary, then runs this
 """
 
 import argparse

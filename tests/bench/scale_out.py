@@ -1,19 +1,19 @@
 """Benchmark: members of one consumer group (`sessionize run --scale-out`) on
-Tansu (SQLite storage) or nisshi (`--broker nisshi`, memory storage), all on
-this machine, local warehouse.
+Tansu (memory storage; `--broker tansu-sqlite`, or nisshi with `--broker
+nisshi`), all on this machine, local warehouse.
 
   - throughput: the same topic read by one member, then by two (fresh groups
     and tables), from the first claim to the commit that covers every record;
   - rebalance pause: with two members holding the state of a whole topic, a
     third joins and leaves again, `--changes` times (SIGTERM: a clean leave);
-    per move, from the old owner handing a partition over to the new owner
+    per move, from the old owner's revoke to the new owner
     reading it; and, for `--kills` SIGKILLs, from the kill to the survivor
     reading the dead member's partitions;
   - restore: 1,000,000 open sessions (one event for each of 1,000,000 users)
     handed over whole to a member that starts after the owner stopped, and
     half of them to a member that joins.
 
-    tests/bench/scale_out.sh             # builds the release binary, then runs this
+    tests/bench/run.sh scale_out         # builds the release binary, then runs this
 """
 
 import argparse
@@ -41,6 +41,11 @@ def at_ms(line):
 
 def partitions_of(line):
     return [int(p) for p in line.split("partitions=[")[1].split("]")[0].split(",") if p.strip()]
+
+
+def partitions_of_revoke(line):
+    inside = line.split("Revoked([")[1].split("]")[0]
+    return [int(p) for p in inside.split(",") if p.strip()]
 
 
 def events_in(line, field):
@@ -90,6 +95,13 @@ def wait_until(check, what, timeout=600):
         time.sleep(0.5)
 
 
+class MemoryTansu(Broker):
+    """Tansu with memory storage: SQLite storage caps reads near 40,000 events/s."""
+
+    def storage(self):
+        return "memory://tansu/"
+
+
 class Bench:
     def __init__(self, binary, work, broker):
         self.binary, self.work, self.broker = binary, work, broker
@@ -113,6 +125,13 @@ class Bench:
                 job.proc.wait(120)
             except subprocess.TimeoutExpired:
                 job.proc.kill()
+
+    def whole(self, topic, total):
+        """Events/s of one job without --scale-out (--test-mode: to the end)."""
+        started = time.perf_counter()
+        Job(self.binary, self.broker, topic, self.work / "whole", self.work / "whole-state",
+            "--test-mode", "--kafka-group", "whole", "--checkpoint-interval", "1s").wait(3600)
+        return total / (time.perf_counter() - started)
 
     def throughput(self, topic, total, members):
         """Events/s from the first claim to the commit covering every record."""
@@ -147,11 +166,13 @@ class Bench:
             c.proc.send_signal(signal.SIGTERM)
             c.proc.wait(120)
             time.sleep(3)
-        handed = log_lines(jobs, "partitions handed over")
+        # A revoke starts the pause (a member that leaves hands over in its
+        # final checkpoint, before the revoke it logs on leaving).
+        handed = [h for h in log_lines(jobs, "rebalanced change=Revoked(") if partitions_of_revoke(h[2])]
         claimed = log_lines(jobs, "partitions claimed and restored")
         pauses = []
         for t, _, line in handed:
-            for p in partitions_of(line):
+            for p in partitions_of_revoke(line):
                 # The next claim of it, by whichever member (the same one too).
                 after = [tc for tc, _, lc in claimed if tc >= t and p in partitions_of(lc)]
                 if after:
@@ -224,11 +245,12 @@ def main():
     parser.add_argument("--changes", type=int, default=20, help="joins+leaves of a third member")
     parser.add_argument("--kills", type=int, default=5)
     parser.add_argument("--sessions", type=int, default=1_000_000, help="open sessions to restore")
-    parser.add_argument("--broker", choices=("tansu", "nisshi"), default="tansu")
+    parser.add_argument("--broker", choices=("tansu", "tansu-sqlite", "nisshi"), default="tansu")
     args = parser.parse_args()
     binary = Path(args.binary).resolve()
     work = Path(tempfile.mkdtemp(prefix="sessionize-scale-"))
-    broker = (NisshiBroker if args.broker == "nisshi" else Broker)(work / "broker")
+    kinds = {"tansu": MemoryTansu, "tansu-sqlite": Broker, "nisshi": NisshiBroker}
+    broker = kinds[args.broker](work / "broker")
     broker.start()
     bench = Bench(binary, work, broker)
     try:
@@ -239,14 +261,16 @@ def main():
         bench.run("produce", "--kafka-servers", broker.servers, "--topic", "clicks",
                   "--partitions", 8, "--input", events)
         print(f"{total:,} events on 8 partitions ({args.broker})")
+        whole = bench.whole("clicks", total)
         one = bench.throughput("clicks", total, 1)
         two = bench.throughput("clicks", total, 2)
         print(f"\nthroughput, first claim to the commit covering every record:\n"
+              f"  one job without --scale-out (start to stop): {whole:,.0f} events/s\n"
               f"  1 member:  {one:,.0f} events/s\n  2 members: {two:,.0f} events/s ({two / one:.0%})")
 
         pauses, restores, deaths = bench.rebalances("clicks", total, args.changes, args.kills)
         print(f"\nrebalance, {args.changes} joins and {args.changes} leaves of a third member:")
-        print(f"  partition paused (handed over -> read by its new owner): {quantiles(pauses)}")
+        print(f"  partition paused (revoked -> read by its new owner):      {quantiles(pauses)}")
         print(f"  claim + restore per rebalance:                            {quantiles(restores)}")
         print(f"  member killed -> its partitions read again:               {quantiles(deaths)}")
 
