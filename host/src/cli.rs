@@ -62,6 +62,9 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Send clickstream to a Kafka topic, keyed by uuid (creates the topic).
     Produce(ProduceArgs),
+    /// Copy a topic not keyed by uuid into one that is, until stopped
+    /// (creates the topic).
+    Repartition(RepartitionArgs),
     /// Compact the tables' small files and expire old snapshots (safe while
     /// jobs write to them).
     Maintain(Box<MaintainArgs>),
@@ -164,6 +167,31 @@ pub struct ProduceArgs {
     /// time (event times then start at 2025-01-01).
     #[arg(long)]
     pub fast: bool,
+}
+
+/// `sessionize repartition`.
+#[derive(Debug, Args)]
+pub struct RepartitionArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS", default_value = "localhost:9092")]
+    pub kafka_servers: String,
+    /// The topic as its producers write it.
+    #[arg(long)]
+    pub from_topic: String,
+    /// The topic keyed by uuid, for `sessionize run --kafka-topic`.
+    #[arg(long)]
+    pub to_topic: String,
+    /// Partitions of the topic keyed by uuid, if it has to be created (1 to 10000).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(i32).range(1..=10_000))]
+    pub partitions: i32,
+    /// Consumer group of the repartition step: instances with the same one
+    /// share the input topic's partitions.
+    #[arg(long, default_value = "sessionize-repartition")]
+    pub kafka_group: String,
+    /// Time between commits of the input offsets (what a crash sends again):
+    /// seconds, or with a unit (500ms, 1m).
+    #[arg(long, default_value = "1", value_parser = seconds)]
+    pub commit_interval: Duration,
 }
 
 /// `sessionize run`.
@@ -550,6 +578,19 @@ mod tests {
         assert_eq!(hours("90m"), Ok(Duration::from_secs(5400)));
         assert!(minutes("0").is_err());
         assert!(minutes("soon").unwrap_err().contains("like 45m"));
+    }
+
+    #[test]
+    fn repartition_needs_both_topics_and_a_positive_interval() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(["sessionize", "repartition"].iter().chain(args))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        assert!(parse(&["--from-topic", "raw", "--to-topic", "clicks"]).is_ok());
+        assert!(parse(&["--from-topic", "raw"]).unwrap_err().contains("--to-topic"));
+        let zero = ["--from-topic", "raw", "--to-topic", "clicks", "--commit-interval", "0"];
+        assert!(parse(&zero).is_err());
     }
 
     #[test]

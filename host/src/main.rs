@@ -5,6 +5,7 @@ mod terminal;
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
@@ -12,13 +13,15 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use cli::{
-    Cli, Command, GenerateArgs, LogFormat, MaintainArgs, PluginCommand, ProduceArgs, RunArgs,
+    Cli, Command, GenerateArgs, LogFormat, MaintainArgs, PluginCommand, ProduceArgs,
+    RepartitionArgs, RunArgs,
 };
 use sessionize::job::{self, Input, RunProgress, Summary};
 use sessionize::sink::iceberg::maintain::TableMaintenance;
 use sessionize::source::file::FileSource;
 use sessionize::tools::generate::generate;
 use sessionize::tools::produce::{ensure_topic, produce};
+use sessionize::tools::repartition::{repartition, Repartition};
 use terminal::ProgressDisplay;
 
 fn main() -> ExitCode {
@@ -26,7 +29,7 @@ fn main() -> ExitCode {
     let log_level = match &cli.command {
         Command::Run(args) => args.log_level.as_str(),
         Command::Generate(_) => "warn",
-        Command::Produce(_) => "info",
+        Command::Produce(_) | Command::Repartition(_) => "info",
         Command::Plugin(_) => "warn",
         Command::Maintain(_) => "info",
         #[cfg(feature = "query")]
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(&args, progress),
         Command::Generate(args) => generate_command(&args),
         Command::Produce(args) => produce_command(&args),
+        Command::Repartition(args) => repartition_command(&args),
         Command::Plugin(command) => plugin_command(&command),
         Command::Maintain(args) => maintain_command(&args),
         #[cfg(feature = "query")]
@@ -261,6 +265,32 @@ fn plugin_test_command(args: &cli::PluginTestArgs) -> Result<()> {
 }
 
 /// `sessionize produce`.
+fn repartition_command(args: &RepartitionArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(ensure_topic(&args.kafka_servers, &args.to_topic, args.partitions))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
+    }
+    let config = Repartition {
+        servers: args.kafka_servers.clone(),
+        from: args.from_topic.clone(),
+        to: args.to_topic.clone(),
+        group: args.kafka_group.clone(),
+        commit_every: args.commit_interval,
+    };
+    tracing::info!(from = config.from, to = config.to, "repartitioning by uuid until stopped");
+    let done = repartition(&config, &stop)?;
+    println!(
+        "wrote {} events to {} keyed by uuid, {} without a uuid unkeyed",
+        done.keyed, config.to, done.unkeyed
+    );
+    Ok(())
+}
+
 fn produce_command(args: &ProduceArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

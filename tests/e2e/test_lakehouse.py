@@ -179,3 +179,4 @@ def test_a_catalog_uri_puts_the_sqlite_catalog_where_it_says(run, tmp_path):
     rows = SqlCatalog("sessionize", uri=uri, warehouse=f"file://{tmp_path}/wh").load_table(
         "sessions.user_sessions").scan().to_arrow().to_pylist()
     assert len(rows) > 50 and as_rows(rows) == as_rows(read_table(tmp_path / "default"))
+

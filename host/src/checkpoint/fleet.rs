@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 
 use crate::rules::lifecycle::{RulesArchive, RulesToPublish};
 use crate::sink::iceberg::{FleetRules, FleetView, Publish};
-use crate::sink::Sink;
+use crate::sink::{Sink, SinkError};
 
 /// What a member's checkpoint learnt of its group's rules.
 #[derive(Debug)]
@@ -33,6 +33,9 @@ pub(crate) struct RulesExchange {
     followed_seq: u64,
     /// Waiting to be published (again after a failed upload).
     to_publish: Option<RulesToPublish>,
+    /// Its component is beside the table already (a commit that failed
+    /// after the upload does not upload it again).
+    uploaded: Option<Publish>,
     /// Publish requests settled (see [`FleetUpdate::settled`]).
     settled: u64,
 }
@@ -52,6 +55,7 @@ impl RulesExchange {
             max_component_bytes,
             followed_seq,
             to_publish: None,
+            uploaded: None,
             settled: 0,
         }
     }
@@ -59,6 +63,7 @@ impl RulesExchange {
     /// Publishes `rules` with the next checkpoint that commits (a newer
     /// request replaces an older one not yet published).
     pub(crate) fn queue(&mut self, rules: RulesToPublish) {
+        self.uploaded = None;
         if self.to_publish.replace(rules).is_some() {
             self.settled += 1;
         }
@@ -66,6 +71,7 @@ impl RulesExchange {
 
     /// Drops the request waiting: it cannot be published.
     fn give_up(&mut self) {
+        self.uploaded = None;
         if self.to_publish.take().is_some() {
             self.settled += 1;
         }
@@ -76,6 +82,9 @@ impl RulesExchange {
     /// tried again with the next checkpoint.
     pub(crate) async fn upload(&mut self, sink: &mut impl Sink) -> Option<Publish> {
         let to = self.to_publish.as_ref()?;
+        if self.uploaded.is_some() {
+            return self.uploaded.clone();
+        }
         let bytes = match self.archive.find(&to.version) {
             Ok(Some(bytes)) => bytes,
             Ok(None) => {
@@ -95,7 +104,10 @@ impl RulesExchange {
         let sha256 = hex::encode(Sha256::digest(&bytes));
         match sink.write_component(&self.group, &sha256, bytes).await {
             Ok(()) => {
-                Some(Publish { version: to.version.clone(), sha256, only_if_none: to.only_if_none })
+                let publish =
+                    Publish { version: to.version.clone(), sha256, only_if_none: to.only_if_none };
+                self.uploaded = Some(publish.clone());
+                Some(publish)
             }
             Err(error) => {
                 tracing::warn!(rules = to.version, %error, "uploading rules failed; tried again with the next checkpoint");
@@ -128,7 +140,16 @@ impl RulesExchange {
                         self.followed_seq = rules.seq;
                         follow = Some((rules.version.clone(), bytes));
                     }
-                    Err(why) => {
+                    Err(FetchError { why, lasting: true }) => {
+                        self.followed_seq = rules.seq;
+                        tracing::error!(
+                            rules = rules.version,
+                            by = rules.by,
+                            why,
+                            "not following the group's rules: the rules in force stay"
+                        );
+                    }
+                    Err(FetchError { why, lasting: false }) => {
                         tracing::warn!(rules = rules.version, by = rules.by, why, "cannot follow the group's rules yet; tried again with the next checkpoint");
                     }
                 }
@@ -138,6 +159,16 @@ impl RulesExchange {
     }
 }
 
+/// Why the component of the group's rules could not be had.
+#[derive(Debug)]
+pub(crate) struct FetchError {
+    /// In a sentence.
+    pub(crate) why: String,
+    /// Whether trying again cannot help (no such component, not the one
+    /// recorded, too large for this member).
+    pub(crate) lasting: bool,
+}
+
 /// The component `rules` names, checked against its hash (the record and
 /// the file come from storage others can write).
 pub(crate) async fn fetch_component(
@@ -145,18 +176,24 @@ pub(crate) async fn fetch_component(
     group: &str,
     rules: &FleetRules,
     max_bytes: u64,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, FetchError> {
+    let lasting = |why| FetchError { why, lasting: true };
     if !rules.names_a_file() {
-        return Err(format!("the record names no component ({:?})", rules.sha256));
+        return Err(lasting(format!("the record names no component ({:?})", rules.sha256)));
     }
-    let bytes =
-        sink.read_component(group, &rules.sha256, max_bytes).await.map_err(|e| e.to_string())?;
+    let bytes = match sink.read_component(group, &rules.sha256, max_bytes).await {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            let lasting = matches!(error, SinkError::Config(_));
+            return Err(FetchError { why: error.to_string(), lasting });
+        }
+    };
     let actual = hex::encode(Sha256::digest(&bytes));
     if actual != rules.sha256 {
-        return Err(format!(
-            "the component hashes to {actual}, not to the {} recorded",
-            rules.sha256
-        ));
+        let recorded = &rules.sha256;
+        return Err(lasting(format!(
+            "the component hashes to {actual}, not to the {recorded} recorded"
+        )));
     }
     Ok(bytes)
 }

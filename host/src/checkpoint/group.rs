@@ -254,19 +254,24 @@ impl GroupCheckpointer {
         sink: &mut impl Sink,
         mut cut: GroupCut,
     ) -> Result<GroupCompleted, CheckpointError> {
+        let id = self.last_id + 1;
+        self.last_id = id;
+        let mut parts: Vec<PartitionCut> =
+            cut.partitions.into_iter().filter(|c| self.owned.contains_key(&c.partition)).collect();
+        // Rules go with a commit; a member with nothing to commit keeps them.
         let publish = match &mut self.rules {
             Some(exchange) => {
                 if let Some(rules) = cut.publish.take() {
                     exchange.queue(rules);
                 }
-                exchange.upload(sink).await
+                if parts.is_empty() {
+                    None
+                } else {
+                    exchange.upload(sink).await
+                }
             }
             None => None,
         };
-        let id = self.last_id + 1;
-        self.last_id = id;
-        let mut parts: Vec<PartitionCut> =
-            cut.partitions.into_iter().filter(|c| self.owned.contains_key(&c.partition)).collect();
         for part in &mut parts {
             dead_letter_unwritable(sink, id, &mut part.output);
             self.drop_published_dead_letters(part);

@@ -50,8 +50,8 @@ pub(super) async fn start_member(
         Some(rules) => {
             let bytes = fetch_component(sink, member.group, rules, member.max_component_bytes)
                 .await
-                .map_err(|why| JobError::Group {
-                    why: format!("cannot fetch the group's rules {}: {why}", rules.version),
+                .map_err(|error| JobError::Group {
+                    why: format!("cannot fetch the group's rules {}: {}", rules.version, error.why),
                 })?;
             let group_rules =
                 tokio::task::block_in_place(|| loader.load(&bytes)).map_err(|source| {

@@ -28,7 +28,7 @@ pub enum ProduceError {
     Source(#[from] FileSourceError),
 }
 
-fn kafka(what: &'static str) -> impl FnOnce(KafkaError) -> ProduceError {
+pub(crate) fn kafka(what: &'static str) -> impl FnOnce(KafkaError) -> ProduceError {
     move |source| ProduceError::Kafka { what, source }
 }
 
@@ -62,6 +62,39 @@ pub async fn ensure_topic(servers: &str, topic: &str, partitions: i32) -> Result
     Ok(())
 }
 
+/// A producer that batches for throughput.
+pub(crate) fn producer(
+    servers: &str,
+) -> Result<ThreadedProducer<DefaultProducerContext>, ProduceError> {
+    ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("enable.idempotence", "false")
+        .create()
+        .map_err(kafka("producer"))
+}
+
+/// Queues `record`, waiting while the producer's queue is full.
+pub(crate) fn send(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    record: BaseRecord<'_, str, [u8]>,
+) -> Result<(), ProduceError> {
+    let mut record = Some(record);
+    while let Some(r) = record.take() {
+        match producer.send(r) {
+            Ok(()) => {}
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                std::thread::sleep(Duration::from_millis(5));
+                record = Some(r);
+            }
+            Err((error, _)) => return Err(kafka("produce")(error)),
+        }
+    }
+    Ok(())
+}
+
 /// Sends every line of `source`, keyed by its uuid (malformed lines unkeyed:
 /// they still go through, to exercise the job's dead-letter path). With
 /// `pace`, waits so that event time advances with wall time. Returns lines sent.
@@ -71,14 +104,7 @@ pub fn produce(
     mut source: FileSource,
     pace: bool,
 ) -> Result<u64, ProduceError> {
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", servers)
-        .set("linger.ms", "20")
-        .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "1000000")
-        .set("enable.idempotence", "false")
-        .create()
-        .map_err(kafka("producer"))?;
+    let producer = producer(servers)?;
     let mut line = Vec::with_capacity(1024);
     let mut sent = 0u64;
     let started = Instant::now();
@@ -96,17 +122,7 @@ pub fn produce(
         if let Some((uuid, _)) = &key {
             record = record.key(uuid.as_str());
         }
-        let mut record = Some(record);
-        while let Some(r) = record.take() {
-            match producer.send(r) {
-                Ok(()) => {}
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    std::thread::sleep(Duration::from_millis(5));
-                    record = Some(r);
-                }
-                Err((error, _)) => return Err(kafka("produce")(error)),
-            }
-        }
+        send(&producer, record)?;
         sent += 1;
     }
     producer.flush(Duration::from_secs(60)).map_err(kafka("flush"))?;

@@ -123,13 +123,33 @@ pub(super) async fn open_catalog(
     props.insert(SQL_CATALOG_PROP_URI.to_string(), uri);
     props.insert(SQL_CATALOG_PROP_WAREHOUSE.to_string(), storage.location.clone());
     props.insert(SQL_CATALOG_PROP_BIND_STYLE.to_string(), bind_style.to_string());
-    let catalog = SqlCatalogBuilder::default()
-        .with_storage_factory(storage.factory.clone())
-        .load(CATALOG_NAME, props)
-        .await
-        .context(|| format!("opening the catalog {shown}"))?;
-    Ok((catalog, connection))
+    // The catalog creates its own tables on first use (`CREATE TABLE IF NOT
+    // EXISTS`); two jobs doing it at once on a fresh PostgreSQL catalog can
+    // see "type ... already exists" from the one that lost. Opening again
+    // then finds the tables made.
+    let mut attempt = 1;
+    loop {
+        let opened = SqlCatalogBuilder::default()
+            .with_storage_factory(storage.factory.clone())
+            .load(CATALOG_NAME, props.clone())
+            .await;
+        match opened {
+            Ok(catalog) => return Ok((catalog, connection)),
+            Err(error)
+                if attempt < CATALOG_OPEN_ATTEMPTS
+                    && error.to_string().contains("already exists") =>
+            {
+                tracing::info!(%error, "the catalog's tables were being created by another job; opening again");
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(error) => return Err(error).context(|| format!("opening the catalog {shown}")),
+        }
+    }
 }
+
+/// Attempts at opening a catalog whose tables another job is creating.
+const CATALOG_OPEN_ATTEMPTS: u32 = 5;
 
 /// Opens the catalog `config` names, as the sink does, for a reader: creates
 /// no namespace or table (`sessionize query`).

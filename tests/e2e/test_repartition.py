@@ -1,0 +1,86 @@
+"""A topic whose producers do not key by uuid: `sessionize repartition` writes it
+again keyed by uuid, and the job reading that topic gets each user's events on
+one partition. The repartition step is killed with SIGKILL once and restarted:
+it is at least once, and the job counts the records it sends again once. The
+table, read back by pyiceberg, equals a bounded run over the same events."""
+
+import random
+import signal
+import subprocess
+
+from confluent_kafka import Producer
+
+from kafka import Job
+from test_scale_out import FLUSHERS, real_sessions, stamp, wait_for_sessions
+from test_streaming import broker  # noqa: F401  (fixture)
+
+
+def scattered(broker, topic, lines):  # noqa: F811
+    """Each line to a random partition of an 8-partition topic, as producers
+    that key by something else (or nothing) do."""
+    producer = Producer({"bootstrap.servers": broker.servers, "linger.ms": 20})
+    rng = random.Random(5)
+    for line in lines:
+        producer.produce(topic, value=line.encode(), partition=rng.randrange(8))
+        producer.poll(0)
+    assert producer.flush(60) == 0
+
+
+def test_a_topic_not_keyed_by_uuid_is_repartitioned_and_sessionized_exactly(
+        run, binary, broker, tmp_path):  # noqa: F811
+    path = tmp_path / "events.jsonl"
+    run("generate", "--output", path, "--num-users", "1000", "--rate", "2", "--duration", "12h",
+        "--late-rate", "0", "--seed", "17", "--events", "20000")
+    lines = path.read_text().splitlines(keepends=True)
+    last = max(stamp(line) for line in lines)
+    flush = [f'{{"uuid":"flush-{i}","event_id":"flush-{i}","event_timestamp":{last + 86_400_000},'
+             f'"page_name":"end"}}\n' for i in range(FLUSHERS)]
+    everything = tmp_path / "all.jsonl"
+    everything.write_text("".join(lines + flush))
+    # Re-keyed events come out of order by as much as the raw backlog spans
+    # (a chunk below): 30 minutes of lateness covers it, for both runs.
+    lateness = ("--allowed-lateness", "30")
+    run("run", "--input", everything, "--warehouse", tmp_path / "bounded", *lateness)
+    expected = real_sessions(tmp_path / "bounded")
+
+    # The raw topic, created with 8 partitions, filled at random below.
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    run("produce", "--kafka-servers", broker.servers, "--topic", "raw", "--partitions", "8",
+        "--input", empty)
+
+    def repartition():
+        log = open(tmp_path / "repartition.log", "ab")
+        return subprocess.Popen(
+            [str(binary), "repartition", "--kafka-servers", broker.servers, "--from-topic", "raw",
+             "--to-topic", "clicks", "--partitions", "8", "--commit-interval", "300ms"],
+            stdout=subprocess.PIPE, stderr=log)
+
+    step = repartition()
+    job = Job(binary, broker, "clicks", tmp_path / "streamed", tmp_path / "state",
+              "--checkpoint-interval", "300ms", *lateness)
+    # As live traffic comes: minutes of event time at a time. (A backlog
+    # spread over partitions at random comes out of any re-keying as much out
+    # of order as the backlog is long, and late beyond the lateness.)
+    chunk, sent = 800, 0
+    for start in range(0, len(lines), chunk):
+        part = lines[start:start + chunk]
+        scattered(broker, "raw", part)
+        sent += len(part)
+        job.wait_consumed(sent)
+        if start // chunk == 8:
+            # Killed between commits: what it sent since its last one comes again.
+            step.send_signal(signal.SIGKILL)
+            step.wait()
+            step = repartition()
+    scattered(broker, "raw", flush)
+    wait_for_sessions(tmp_path / "streamed", len(expected), [job])
+    step.send_signal(signal.SIGTERM)
+    out, _ = step.communicate(timeout=60)
+    assert step.returncode == 0 and b"keyed by uuid" in out, out
+    job.proc.send_signal(signal.SIGTERM)
+    job.proc.wait(60)
+
+    assert real_sessions(tmp_path / "streamed") == expected
+    log = job.log.read_text()
+    assert "more than one partition" not in log, "a user's events came on two partitions"
