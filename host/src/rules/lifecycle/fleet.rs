@@ -31,7 +31,7 @@ pub(super) enum Origin {
 
 /// A member's part in its group's rules.
 #[derive(Default)]
-pub(super) struct FleetRules {
+pub(super) struct MemberRules {
     /// A change to publish with the next checkpoint.
     to_publish: Option<RulesToPublish>,
     /// Changes handed to checkpoints for publishing, and how many of those
@@ -45,7 +45,7 @@ pub(super) struct FleetRules {
     following: Vec<(String, Answer)>,
 }
 
-impl FleetRules {
+impl MemberRules {
     /// Publishes the starting rules, unless the group has rules already.
     pub(super) fn start_with(&mut self, version: &str) {
         self.to_publish = Some(RulesToPublish { version: version.to_owned(), only_if_none: true });
@@ -119,7 +119,7 @@ mod tests {
 
     #[test]
     fn the_group_is_followed_unless_a_change_made_here_is_on_its_way() {
-        let mut fleet = FleetRules::default();
+        let mut fleet = MemberRules::default();
         fleet.start_with("mine@1+aa");
         let start = fleet.take_publish();
         assert_eq!(start.map(|p| p.only_if_none), Some(true));

@@ -29,7 +29,7 @@ mod watch;
 
 pub use archive::{ArchiveError, RulesArchive};
 pub use fleet::RulesToPublish;
-use fleet::{FleetRules, Origin};
+use fleet::{MemberRules, Origin};
 pub(crate) use loader::{mib_text, read_component};
 pub use loader::{RulesLoader, DEFAULT_MAX_COMPONENT_BYTES};
 use request::PendingReply;
@@ -90,7 +90,7 @@ pub struct RulesLifecycle {
     /// Whether the sessions table can take a candidate's attributes.
     columns: Option<ColumnCheck>,
     /// The group's rules, for a member of a consumer group.
-    fleet: Option<FleetRules>,
+    fleet: Option<MemberRules>,
 }
 
 impl RulesLifecycle {
@@ -113,7 +113,7 @@ impl RulesLifecycle {
     /// group has some, publishes what an operator changes here, and follows
     /// what other members publish ([`RulesLifecycle::take_in_group`]).
     pub fn in_group(mut self) -> Self {
-        let mut fleet = FleetRules::default();
+        let mut fleet = MemberRules::default();
         fleet.start_with(self.slot.rule_version());
         self.fleet = Some(fleet);
         self
