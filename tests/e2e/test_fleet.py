@@ -12,7 +12,7 @@ import time
 
 from conftest import catalog
 from test_hot_swap import DIST, plugin
-from test_scale_out import (FLUSHERS, member, member_id, no_session_twice, real_sessions, stamp,
+from test_scale_out import (flushers, member, member_id, no_session_twice, real_sessions, stamp,
                             stop, wait_for_sessions, wait_owners)
 from test_streaming import broker  # noqa: F401  (fixture)
 
@@ -33,9 +33,7 @@ def prepare(run, tmp_path, broker):  # noqa: F811
     assert '"logout"' not in text
     lines = text.splitlines(keepends=True)
     last = max(stamp(line) for line in lines)
-    flush = "".join(json.dumps({"uuid": f"flush-{i}", "event_id": f"flush-{i}",
-                                "event_timestamp": last + 86_400_000, "page_name": "end"}) + "\n"
-                    for i in range(FLUSHERS))
+    flush = flushers(last)
     third = len(lines) // 3
     parts = [lines[:third], lines[third:2 * third], lines[2 * third:] + [flush]]
     paths = []

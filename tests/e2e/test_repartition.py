@@ -11,7 +11,7 @@ import subprocess
 from confluent_kafka import Producer
 
 from kafka import Job
-from test_scale_out import FLUSHERS, real_sessions, stamp, wait_for_sessions
+from test_scale_out import flushers, real_sessions, stamp, wait_for_sessions
 from test_streaming import broker  # noqa: F401  (fixture)
 
 
@@ -33,8 +33,7 @@ def test_a_topic_not_keyed_by_uuid_is_repartitioned_and_sessionized_exactly(
         "--late-rate", "0", "--seed", "17", "--events", "20000")
     lines = path.read_text().splitlines(keepends=True)
     last = max(stamp(line) for line in lines)
-    flush = [f'{{"uuid":"flush-{i}","event_id":"flush-{i}","event_timestamp":{last + 86_400_000},'
-             f'"page_name":"end"}}\n' for i in range(FLUSHERS)]
+    flush = flushers(last).splitlines(keepends=True)
     everything = tmp_path / "all.jsonl"
     everything.write_text("".join(lines + flush))
     # Re-keyed events come out of order by as much as the raw backlog spans

@@ -35,9 +35,7 @@ def prepare(run, tmp_path, broker, events=60000):  # noqa: F811
     last = max(stamp(line) for line in lines)
     first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
     first.write_text("".join(lines[: len(lines) // 2]))
-    flush = "".join(json.dumps({"uuid": f"flush-{i}", "event_id": f"flush-{i}",
-                                "event_timestamp": last + 86_400_000, "page_name": "end"}) + "\n"
-                    for i in range(FLUSHERS))
+    flush = flushers(last)
     second.write_text("".join(lines[len(lines) // 2:]) + flush)
     both = tmp_path / "both.jsonl"
     both.write_text(first.read_text() + second.read_text())
@@ -49,6 +47,14 @@ def prepare(run, tmp_path, broker, events=60000):  # noqa: F811
 
     produce(first)
     return real_sessions(tmp_path / "bounded"), lambda: produce(second)
+
+
+def flushers(last):
+    """One event per flusher user a day after `last`: moves every partition's
+    watermark past every real session."""
+    return "".join(json.dumps({"uuid": f"flush-{i}", "event_id": f"flush-{i}",
+                               "event_timestamp": last + 86_400_000, "page_name": "end"}) + "\n"
+                   for i in range(FLUSHERS))
 
 
 def member_id(job):
@@ -182,9 +188,7 @@ def test_two_members_killed_twenty_times_lose_nothing_and_write_nothing_twice(
         "--late-rate", "0", "--seed", "8", "--events", "42000")
     lines = path.read_text().splitlines(keepends=True)
     last = max(stamp(line) for line in lines)
-    flush = "".join(json.dumps({"uuid": f"flush-{i}", "event_id": f"flush-{i}",
-                                "event_timestamp": last + 86_400_000, "page_name": "end"}) + "\n"
-                    for i in range(FLUSHERS))
+    flush = flushers(last)
     everything = tmp_path / "all.jsonl"
     everything.write_text("".join(lines) + flush)
     run("run", "--input", everything, "--warehouse", tmp_path / "bounded")

@@ -14,6 +14,9 @@
 //! names, and fences the previous owner, whose commits for it are refused
 //! from then on. A refused partition is reported back and dropped; the
 //! others of the checkpoint are committed without it.
+//!
+//! (Over 450 lines: claim, complete and release share the per-partition
+//! bookkeeping in [`Owned`]; the rules exchange is already in `fleet.rs`.)
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
