@@ -1,4 +1,5 @@
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -6,6 +7,43 @@ import pytest
 from pyiceberg.catalog.sql import SqlCatalog
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _children() -> dict:
+    """Every process on this machine, by pid, with its parent's pid."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                # pid (comm) state ppid ...; comm may hold spaces and parentheses.
+                parents[int(entry)] = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    return parents
+
+
+def _descendants(root: int) -> set:
+    parents = _children()
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_process_outlives_its_test():
+    """Kills every process a test started (jobs, brokers, steps) once it ends,
+    passed or failed, so that a failed test leaves nothing running into the next."""
+    before = _descendants(os.getpid())
+    yield
+    for pid in _descendants(os.getpid()) - before:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 @pytest.fixture(scope="session")

@@ -111,3 +111,17 @@ class Job:
         out, _ = self.proc.communicate(timeout=timeout)
         assert self.proc.returncode == 0, f"job failed: {self.log.read_text()[-3000:]}"
         return out.decode()
+
+
+def topic_size(servers, topic) -> int:
+    """Records in `topic`: the sum of its partitions' high watermarks (every
+    topic here starts at offset 0)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": servers, "group.id": "topic-size"})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                   for p in partitions)
+    finally:
+        consumer.close()

@@ -10,10 +10,11 @@ import json
 import signal
 import time
 
-from conftest import catalog
+from conftest import catalog, read_table
+from reference import matches, sessionize
 from test_hot_swap import DIST, plugin
-from test_scale_out import (flushers, member, member_id, no_session_twice, real_sessions, stamp,
-                            stop, wait_for_sessions, wait_owners)
+from test_scale_out import (assert_model, flushers, member, member_id, no_session_twice,
+                            real_sessions, stamp, stop, wait_for_sessions, wait_owners)
 from test_streaming import broker  # noqa: F401  (fixture)
 
 LOGOUT = "logout-rules@"
@@ -43,6 +44,7 @@ def prepare(run, tmp_path, broker):  # noqa: F811
     both = tmp_path / "all.jsonl"
     both.write_text("".join("".join(p) for p in parts))
     run("run", "--input", both, "--warehouse", tmp_path / "bounded")
+    matches(read_table(tmp_path / "bounded"), sessionize(both.read_text().splitlines()).sessions)
 
     def produce(i):
         run("produce", "--kafka-servers", broker.servers, "--topic", "clicks", "--partitions", "8",
@@ -126,6 +128,7 @@ def test_three_members_come_and_go_and_a_deploy_reaches_all(
 
     no_session_twice(fleet)
     assert real_sessions(fleet) == expected
+    assert_model(broker, fleet)
     # Every row's rules were the group's at its commit: only the defaults
     # before the deploy, only the new rules once every member had them.
     snapshots = group_snapshots(fleet)

@@ -14,6 +14,7 @@ from pyiceberg.catalog.sql import SqlCatalog
 from conftest import SESSION_COLUMNS, read_table
 from kafka import Job
 from test_streaming import broker, generate, produce  # noqa: F401  (fixture)
+from reference import dead_positions, matches, read_topic, sessionize_records
 
 
 # Debian's libfaketime (.ci/run installs it): shifts the job's wall clock.
@@ -27,6 +28,10 @@ def as_rows(rows, columns=SESSION_COLUMNS):
 
 def dead_letters(rows):
     return sorted((r["source"], r["partition"], r["position"], r["reason"]) for r in rows)
+
+
+def lines_in(path):
+    return sum(1 for line in open(path) if line.strip())
 
 
 def assert_same_tables(lakehouse, reference):
@@ -97,6 +102,9 @@ def test_streaming_on_object_storage_survives_kill_minus_nine(run, binary, broke
         env=lakehouse.env).wait()
 
     assert_same_tables(lakehouse, tmp_path / "reference")
+    model = sessionize_records(read_topic(broker.servers, "clicks", lines_in(events), 180))
+    matches(lakehouse.read(), model.sessions)
+    assert dead_positions(lakehouse.read("sessions.rejected_events")) == model.dead
 
 
 def test_two_jobs_committing_to_one_table_lose_nothing(run, binary, broker, lakehouse, tmp_path):
@@ -127,6 +135,10 @@ def test_two_jobs_committing_to_one_table_lose_nothing(run, binary, broker, lake
     rows = lakehouse.read()
     assert len(rows) > 1000
     assert as_rows(rows) == as_rows(reference)
+    model = []
+    for name, lines in halves.items():
+        model += sessionize_records(read_topic(broker.servers, name, len(lines))).sessions
+    matches(rows, model)
     ids = [r["session_id"] for r in rows]
     assert len(ids) == len(set(ids)), "a session was written twice"
     # Both jobs committed many times into the one table, interleaved.

@@ -8,7 +8,8 @@ import time
 
 from conftest import catalog, read_table
 from kafka import Job
-from test_lakehouse import as_rows, assert_same_tables, dead_letters
+from reference import matches, read_topic, sessionize_records
+from test_lakehouse import as_rows, assert_same_tables, dead_letters, lines_in
 from test_streaming import broker, generate, produce  # noqa: F401  (fixture)
 
 COMMON = ("--checkpoint-interval", "100ms")
@@ -94,6 +95,8 @@ def test_maintenance_during_a_streaming_run_loses_and_doubles_nothing(
     assert maintained >= 2, "no compaction ran while the job was committing"
     print(f"{maintained} compactions during the run")
     assert_same_tables(lakehouse, tmp_path / "reference")
+    model = sessionize_records(read_topic(broker.servers, "clicks", len(lines)))
+    matches(lakehouse.read(), model.sessions)
 
 
 def test_a_job_maintains_its_own_tables_when_asked(run, binary, broker, tmp_path):
@@ -122,6 +125,8 @@ def test_a_job_maintains_its_own_tables_when_asked(run, binary, broker, tmp_path
                    if "compaction" in line and "files_removed=0" not in line]
     assert compactions, log()[-3000:]
     assert as_rows(read_table(tmp_path / "wh")) == as_rows(read_table(tmp_path / "reference"))
+    model = sessionize_records(read_topic(broker.servers, "clicks", lines_in(events)))
+    matches(read_table(tmp_path / "wh"), model.sessions)
     expiries = [line for line in log().splitlines() if "snapshot expiry" in line
                 and "user_sessions" in line]
     counts = [(int(line.split("snapshots_before=")[1].split()[0]),

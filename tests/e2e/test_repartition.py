@@ -1,8 +1,10 @@
 """A topic whose producers do not key by uuid: `sessionize repartition` writes it
 again keyed by uuid, and the job reading that topic gets each user's events on
 one partition. The repartition step is killed with SIGKILL once and restarted:
-it is at least once, and the job counts the records it sends again once. The
-table, read back by pyiceberg, equals a bounded run over the same events."""
+it is at least once, and the job counts the records it sends again once. It is
+killed before its first commit too, so that it certainly sends records twice.
+The table, read back by pyiceberg, equals the reference model over the keyed
+topic as read back (repeats included), and a bounded run over the events."""
 
 import random
 import signal
@@ -10,7 +12,9 @@ import subprocess
 
 from confluent_kafka import Producer
 
-from kafka import Job
+from kafka import Job, topic_size
+from conftest import read_table
+from reference import matches, read_topic, sessionize_records
 from test_scale_out import flushers, real_sessions, stamp, wait_for_sessions
 from test_streaming import broker  # noqa: F401  (fixture)
 
@@ -48,14 +52,16 @@ def test_a_topic_not_keyed_by_uuid_is_repartitioned_and_sessionized_exactly(
     run("produce", "--kafka-servers", broker.servers, "--topic", "raw", "--partitions", "8",
         "--input", empty)
 
-    def repartition():
+    def repartition(every="300ms"):
         log = open(tmp_path / "repartition.log", "ab")
         return subprocess.Popen(
             [str(binary), "repartition", "--kafka-servers", broker.servers, "--from-topic", "raw",
-             "--to-topic", "clicks", "--partitions", "8", "--commit-interval", "300ms"],
+             "--to-topic", "clicks", "--partitions", "8", "--commit-interval", every],
             stdout=subprocess.PIPE, stderr=log)
 
-    step = repartition()
+    # The first step never gets to commit: killed after it sent the first
+    # chunk, it leaves every record of it to be sent again.
+    step = repartition("1h")
     job = Job(binary, broker, "clicks", tmp_path / "streamed", tmp_path / "state",
               "--checkpoint-interval", "300ms", *lateness)
     # As live traffic comes: minutes of event time at a time. (A backlog
@@ -67,6 +73,13 @@ def test_a_topic_not_keyed_by_uuid_is_repartitioned_and_sessionized_exactly(
         scattered(broker, "raw", part)
         sent += len(part)
         job.wait_consumed(sent)
+        if start == 0:
+            step.send_signal(signal.SIGKILL)
+            step.wait()
+            step = repartition()
+            # Every record of the first chunk comes again (once the group
+            # lets go of the killed step's partitions) before more traffic.
+            job.wait_consumed(sent + len(part), timeout=180)
         if start // chunk == 8:
             # Killed between commits: what it sent since its last one comes again.
             step.send_signal(signal.SIGKILL)
@@ -81,5 +94,11 @@ def test_a_topic_not_keyed_by_uuid_is_repartitioned_and_sessionized_exactly(
     job.proc.wait(60)
 
     assert real_sessions(tmp_path / "streamed") == expected
+    keyed = topic_size(broker.servers, "clicks")
+    assert keyed >= len(lines) + len(flush) + chunk, "the first chunk was not sent twice"
+    model = sessionize_records(read_topic(broker.servers, "clicks", keyed), lateness_ms=30 * 60_000)
+    assert model.duplicates + model.late >= chunk, (model.duplicates, model.late)
+    matches(read_table(tmp_path / "streamed"), model.sessions,
+            skip=lambda s: s["uuid"].startswith("flush-"))
     log = job.log.read_text()
     assert "more than one partition" not in log, "a user's events came on two partitions"

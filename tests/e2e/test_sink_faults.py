@@ -7,6 +7,7 @@ import time
 
 from conftest import read_table
 from kafka import Job
+from reference import matches, read_topic, sessionize_records
 from test_streaming import broker, generate, produce, sessions  # noqa: F401  (fixture)
 
 
@@ -54,3 +55,5 @@ def test_a_locked_catalog_is_waited_out(run, binary, broker, tmp_path):
     ids = [r["session_id"] for r in read_table(warehouse)]
     assert len(ids) == len(set(ids)), "a session was written twice"
     assert dead_letters(warehouse) == dead_letters(tmp_path / "bounded")
+    model = sessionize_records(read_topic(broker.servers, "clicks", sum(1 for x in lines if x.strip())))
+    matches(read_table(warehouse), model.sessions)

@@ -216,9 +216,13 @@ class PageNumbers(html.parser.HTMLParser):
     def __init__(self):
         super().__init__()
         self.stack, self.by_id, self.rows = [], {}, Counter()
+        # Per element with an id: the tags inside it.
+        self.inside = {}
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
+        for element in filter(None, self.stack):
+            self.inside.setdefault(element, Counter())[tag] += 1
         self.stack.append(attrs.get("id"))
         if tag == "tr":
             for table in filter(None, self.stack):
@@ -288,7 +292,7 @@ def test_the_status_page_in_a_browser_shows_what_metrics_say(run, binary, broker
         # pause); the dead letters are the latest, with reasons.
         for chart in ["chart-throughput", "chart-lag", "chart-open-sessions",
                       "chart-watermark-delay"]:
-            assert f'id="{chart}"' in dom and "<polyline" in dom, chart
+            assert page.inside.get(chart, {}).get("polyline", 0) >= 1, (chart, page.inside.get(chart))
         assert page.rows["rules-table"] == 3, page.rows
         assert "deployed" in shown["rules-table"] and "started" in shown["rules-table"]
         assert page.rows["checkpoint-table"] > 1

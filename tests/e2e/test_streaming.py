@@ -11,6 +11,7 @@ import pytest
 
 from conftest import SESSION_COLUMNS, catalog, read_table
 from kafka import Broker, Job
+from reference import dead_positions, matches, read_topic, sessionize, sessionize_records
 
 
 def sessions(warehouse, with_reason=True):
@@ -50,6 +51,11 @@ def test_streaming_equals_the_bounded_run(run, binary, broker, tmp_path):
     job.wait()
 
     assert len(read_table(tmp_path / "streamed")) > 1500
+    # Both runs against the model: the file as one partition, the topic as read back.
+    matches(read_table(tmp_path / "bounded"), sessionize(events.read_text().splitlines()).sessions)
+    model = sessionize_records(read_topic(broker.servers, "clicks", n))
+    matches(read_table(tmp_path / "streamed"), model.sessions)
+    assert dead_positions(read_table(tmp_path / "streamed", "sessions.rejected_events")) == model.dead
     assert sessions(tmp_path / "streamed", False) == sessions(tmp_path / "bounded", False)
     # Reasons agree too, except where the end of input meets the watermark: the
     # topic's final watermark is the least over its partitions, the file's is one.
@@ -99,6 +105,9 @@ def test_kill_minus_nine_loses_nothing_and_writes_nothing_twice(run, binary, bro
     Job(binary, broker, "clicks", tmp_path / "crashed", tmp_path / "state", *common).wait()
 
     assert sessions(tmp_path / "crashed") == sessions(tmp_path / "reference")
+    model = sessionize_records(read_topic(broker.servers, "clicks", n, timeout=180))
+    matches(read_table(tmp_path / "crashed"), model.sessions)
+    assert dead_positions(read_table(tmp_path / "crashed", "sessions.rejected_events")) == model.dead
     ids = [r["session_id"] for r in read_table(tmp_path / "crashed")]
     assert len(ids) == len(set(ids)), "a session was written twice"
     dead = lambda w: sorted((r["partition"], r["position"]) for r in read_table(w, "sessions.rejected_events"))
@@ -129,6 +138,8 @@ def test_a_broker_outage_is_waited_out(run, binary, broker, tmp_path):
     Job(binary, broker, "clicks", tmp_path / "streamed", tmp_path / "state", "--test-mode").wait()
     run("run", "--input", events, "--warehouse", tmp_path / "bounded")
     assert sessions(tmp_path / "streamed", False) == sessions(tmp_path / "bounded", False)
+    model = sessionize_records(read_topic(broker.servers, "clicks", sum(1 for x in lines if x.strip())))
+    matches(read_table(tmp_path / "streamed"), model.sessions)
 
 
 def test_a_restart_keeps_open_sessions(run, binary, broker, tmp_path):
