@@ -23,12 +23,14 @@ mod plugin_test;
 mod query;
 mod status;
 mod table;
+mod token;
 
 pub use plugin_test::PluginTestArgs;
 #[cfg(feature = "query")]
 pub use query::QueryArgs;
 pub use status::StatusArgs;
 pub use table::{MaintainArgs, MaintenanceArgs, TableArgs};
+pub use token::AdminTokenArgs;
 
 /// Real-time user sessionization: clickstream in, one row per session out, with
 /// the session rules in a hot-swappable WebAssembly component.
@@ -136,9 +138,9 @@ pub struct JobAddress {
     /// The job's state directory: holds admin.addr and admin.token.
     #[arg(long, env = "SESSIONIZE_STATE_DIR", default_value = "./state")]
     pub state_dir: PathBuf,
-    /// The admin token (default: read from the state directory).
-    #[arg(long, env = "SESSIONIZE_ADMIN_TOKEN")]
-    pub admin_token: Option<String>,
+    /// Where the admin token comes from.
+    #[command(flatten)]
+    pub token: AdminTokenArgs,
     /// How long to wait for the job's answer: seconds, or with a unit (2m).
     #[arg(long, default_value = "120", value_parser = seconds)]
     pub timeout: Duration,
@@ -236,9 +238,10 @@ pub struct RunArgs {
     /// unless --admin-allow-remote.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub admin_addr: std::net::SocketAddr,
-    /// Admin token (default: generated, written to <state-dir>/admin.token, 0600).
-    #[arg(long, env = "SESSIONIZE_ADMIN_TOKEN")]
-    pub admin_token: Option<String>,
+    /// Where the admin token comes from (default: generated). The job
+    /// writes it to <state-dir>/admin.token, 0600.
+    #[command(flatten)]
+    pub token: AdminTokenArgs,
     /// Accept an --admin-addr beyond loopback (plain HTTP: anyone who reaches
     /// it with the token can change the rules).
     #[arg(long)]
@@ -433,7 +436,7 @@ impl RunArgs {
             },
             admin: AdminConfig {
                 addr: self.admin_addr,
-                token: self.admin_token.clone(),
+                token: None,
                 allow_remote: self.admin_allow_remote,
                 request_timeout: self.admin_timeout,
             },

@@ -97,6 +97,7 @@ fn two_thread_runtime() -> Result<tokio::runtime::Runtime> {
 fn run(args: &RunArgs, progress: bool) -> Result<()> {
     let runtime = two_thread_runtime()?;
     let mut config = args.job_config();
+    config.admin.token = args.token.token()?;
     let input = args.input();
     let display = match (&input, progress) {
         (Input::File(_) | Input::Sample, true) => {
@@ -196,8 +197,8 @@ fn plugin_command(command: &PluginCommand) -> Result<()> {
             _ => Ok(()),
         };
     };
-    let token = job.admin_token.as_deref();
-    let answer = sessionize::admin::ask_job(&job.state_dir, token, &call, job.timeout)?;
+    let token = job.token.token()?;
+    let answer = sessionize::admin::ask_job(&job.state_dir, token.as_deref(), &call, job.timeout)?;
     println!("{}", serde_json::to_string_pretty(&answer).unwrap_or_default());
     Ok(())
 }

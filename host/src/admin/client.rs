@@ -82,8 +82,10 @@ pub fn ask_job(
     )))?;
     let token = match token {
         Some(token) => token.to_owned(),
-        None => std::fs::read_to_string(state_dir.join("admin.token"))
-            .map_err(local("cannot read the admin token: pass --admin-token".into()))?,
+        None => std::fs::read_to_string(state_dir.join("admin.token")).map_err(local(
+            "cannot read the admin token: give --admin-token-file or set SESSIONIZE_ADMIN_TOKEN"
+                .into(),
+        ))?,
     };
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)

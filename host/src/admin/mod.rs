@@ -3,7 +3,7 @@
 //!
 //! Loopback only unless the operator says otherwise (`--admin-allow-remote`).
 //! Every request must carry the job's token (generated at start into
-//! `<state-dir>/admin.token`, mode 0600, or given with `--admin-token`), checked
+//! `<state-dir>/admin.token`, mode 0600, or given in `--admin-token-file` or `SESSIONIZE_ADMIN_TOKEN`), checked
 //! in constant time before any body is read. A deploy uploads the component's
 //! bytes, up to `--max-component-mib`; the job reads no path it is sent. Each
 //! request must be applied within `--admin-timeout`, or the client is told it
@@ -39,7 +39,7 @@ pub(crate) const COMPONENT_NAME_HEADER: &str = "x-sessionize-component";
 pub struct AdminConfig {
     /// Where it listens (`--admin-addr`); port 0 picks a free one.
     pub addr: SocketAddr,
-    /// The token (`--admin-token`); generated when absent.
+    /// The token (`--admin-token-file` or `SESSIONIZE_ADMIN_TOKEN`); generated when absent.
     pub token: Option<String>,
     /// Whether an address other than loopback is accepted (`--admin-allow-remote`).
     pub allow_remote: bool,
