@@ -574,3 +574,34 @@ fn a_log_flood_is_cut_to_a_budget_per_call_and_counted() {
     assert!(dropped >= 10_000 - PASSED as u64, "{dropped} counted");
     assert!(summary.contains(&format!("logged {dropped} more lines")), "{summary}");
 }
+
+/// A component whose module defines a hundred memories: each within the
+/// per-instance limit, a hundred times the limit together. Refused at load,
+/// before anything of it runs.
+#[test]
+fn a_component_with_many_memories_is_refused() {
+    use wasm_encoder::{
+        Component, InstanceSection, MemorySection, MemoryType, Module, ModuleSection,
+    };
+    let mut memories = MemorySection::new();
+    for _ in 0..100 {
+        memories.memory(MemoryType {
+            minimum: 1,
+            maximum: None,
+            memory64: false,
+            shared: false,
+            page_size_log2: None,
+        });
+    }
+    let mut module = Module::new();
+    module.section(&memories);
+    let mut component = Component::new();
+    component.section(&ModuleSection(&module));
+    let mut instances = InstanceSection::new();
+    instances.instantiate(0, Vec::<(&str, wasm_encoder::ModuleArg)>::new());
+    component.section(&instances);
+    let loader = Arc::new(ComponentLoader::new().unwrap());
+    let refused = loader.load(&component.finish(), &settings(&[]), SandboxLimits::default());
+    let Err(RulesError::Invalid(why)) = refused else { panic!("not refused as invalid") };
+    assert!(why.contains("100 memories"), "{why}");
+}

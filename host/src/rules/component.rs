@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::{Config, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::contract::{Batch, BatchResult, Declarations, Settings};
@@ -21,7 +21,7 @@ use sessionize_core::rules::{
     check_declarations, check_plugin_info, CheckScratch, NO_DECLARATIONS,
 };
 
-use super::sandbox::{clip, GuestOutput, LogBudget, Sandbox};
+use super::sandbox::{clip, GuestOutput, LogBudget, PluginLimits, Sandbox, MAX_MEMORIES};
 use super::wit::{convert01, convert02, v01, v02};
 use super::{check_result, RulesError, RulesRuntime, Texts, TextsSent};
 
@@ -107,6 +107,7 @@ impl ComponentLoader {
     ) -> Result<ComponentRules, RulesError> {
         let component = Component::new(&self.engine, bytes)
             .map_err(|e| RulesError::Invalid(format!("{e:#}")))?;
+        check_resources(&component)?;
         // Resolves imports now: a component that needs more than WASI and the
         // host log is refused here, not on its first batch.
         let pre = self
@@ -168,7 +169,7 @@ struct PluginHost {
     wasi: WasiCtx,
     output: GuestOutput,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: PluginLimits,
     /// The rule version, for the log; empty while the plugin is being loaded.
     plugin: Arc<str>,
     /// Lines the plugin may still log in this call.
@@ -333,12 +334,7 @@ impl ComponentRules {
                 wasi: sandbox.wasi,
                 output: sandbox.output,
                 table: ResourceTable::new(),
-                limits: StoreLimitsBuilder::new()
-                    .memory_size(self.limits.memory_bytes)
-                    .table_elements(1 << 20)
-                    .instances(16)
-                    .trap_on_grow_failure(true)
-                    .build(),
+                limits: PluginLimits::new(self.limits.memory_bytes),
                 plugin: Arc::from(self.rule_version.as_str()),
                 log_budget: LogBudget::new(self.log_lines_dropped.clone()),
             };
@@ -445,6 +441,20 @@ impl RulesRuntime for ComponentRules {
     fn warm_up(&mut self) -> Result<(), RulesError> {
         self.instance().map(|_| ())
     }
+}
+
+/// Refuses a component whose modules define more memories than an instance
+/// may have, before anything of it runs.
+fn check_resources(component: &Component) -> Result<(), RulesError> {
+    let Some(needs) = component.resources_required() else { return Ok(()) };
+    if needs.num_memories as usize > MAX_MEMORIES {
+        return Err(RulesError::Invalid(format!(
+            "the component defines {} memories; a plugin may have at most {MAX_MEMORIES} \
+             (its memory limit counts them together)",
+            needs.num_memories
+        )));
+    }
+    Ok(())
 }
 
 fn deadline_ticks(limits: SandboxLimits) -> u64 {

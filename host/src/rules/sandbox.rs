@@ -253,3 +253,102 @@ impl HostMonotonicClock for FrozenClock {
         0
     }
 }
+
+/// Most memories a plugin's modules may define together. A rules component
+/// needs one (a language runtime's may bring an adapter's); more only serve
+/// to multiply a per-memory limit.
+pub(super) const MAX_MEMORIES: usize = 4;
+
+/// Most elements one table may hold.
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
+/// Most tables and instances one plugin instance may create.
+const MAX_TABLES: usize = 64;
+const MAX_INSTANCES: usize = 16;
+
+/// What one plugin instance may take: its memory is counted over all its
+/// memories together (with multi-memory, a component could otherwise declare
+/// a hundred memories, each within the limit), at most [`MAX_MEMORIES`] of them.
+#[derive(Debug)]
+pub(super) struct PluginLimits {
+    /// The budget, bytes over every memory.
+    memory_bytes: usize,
+    /// Bytes the memories hold now.
+    memory_used: usize,
+}
+
+impl PluginLimits {
+    /// Limits with `memory_bytes` for all memories together.
+    pub(super) fn new(memory_bytes: usize) -> Self {
+        Self { memory_bytes, memory_used: 0 }
+    }
+}
+
+impl wasmtime::ResourceLimiter for PluginLimits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let used = self.memory_used.saturating_add(desired.saturating_sub(current));
+        if used > self.memory_bytes || maximum.is_some_and(|max| desired > max) {
+            // The phrase is how a failed call is told apart as out of memory.
+            wasmtime::bail!(
+                "forcing trap when growing memory to {desired} bytes: the plugin's memories \
+                 would hold {used} bytes, over its {} MiB",
+                self.memory_bytes >> 20
+            );
+        }
+        self.memory_used = used;
+        Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        Err(error.context("forcing trap when growing memory failed"))
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > MAX_TABLE_ELEMENTS || maximum.is_some_and(|max| desired > max) {
+            wasmtime::bail!("forcing trap when growing a table to {desired} elements");
+        }
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use wasmtime::ResourceLimiter;
+
+    use super::*;
+
+    #[test]
+    fn memory_is_counted_over_every_memory() {
+        let mib = 1 << 20;
+        let mut limits = PluginLimits::new(64 * mib);
+        assert!(limits.memory_growing(0, 40 * mib, None).unwrap());
+        // A second memory of 40 MiB would be within a per-memory limit of 64.
+        let error = limits.memory_growing(0, 40 * mib, None).unwrap_err().to_string();
+        assert!(error.contains("forcing trap when growing memory"), "{error}");
+        assert!(limits.memory_growing(0, 24 * mib, None).unwrap());
+        assert!(limits.memory_growing(40 * mib, 40 * mib + 1, None).is_err());
+        assert_eq!(limits.memories(), MAX_MEMORIES);
+    }
+}
