@@ -262,3 +262,31 @@ async fn staged_output_the_sink_cannot_store_does_not_block_recovery() {
     assert_eq!(rows_in(&sink).await, 1);
     assert_eq!(dead_letter_reasons(&sink).await.len(), 2);
 }
+
+/// A state store that holds a text twice (written by hand, or damaged) is
+/// refused as corrupt: restored, every later handle would shift by one and
+/// sessions would name the wrong pages.
+#[test]
+fn a_store_that_holds_a_text_twice_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::open(dir.path()).unwrap();
+    let mut engine = Engine::new(EngineConfig::default());
+    for (user, page) in [("a", "home"), ("b", "cart")] {
+        let event = Event {
+            uuid: user.into(),
+            event_id: None,
+            timestamp_ms: 1_000,
+            page_name: Some(page.into()),
+            event_name: None,
+            event_type: None,
+        };
+        engine.offer(0, &event);
+    }
+    let mut changes: EngineChanges = engine.take_changes().unwrap();
+    let home = changes.new_texts[0].clone();
+    changes.new_texts.insert(1, home);
+    let record = CheckpointRecord { id: 1, clocks: engine.clocks(), ..Default::default() };
+    store.write_checkpoint(&changes, &record, &StagedOutput::default()).unwrap();
+    let error = store.recover().expect_err("a text stored twice was accepted").to_string();
+    assert!(error.contains("twice") && error.contains("home"), "{error}");
+}

@@ -199,6 +199,7 @@ impl StateStore {
             None => None,
         };
         let mut texts = Vec::new();
+        let mut distinct = DistinctTexts::default();
         for entry in
             txn.open_table(TEXTS).map_err(|e| self.fail(e))?.iter().map_err(|e| self.fail(e))?
         {
@@ -208,6 +209,7 @@ impl StateStore {
                     self.corrupt("text table", format!("gap before handle {}", handle.value()))
                 );
             }
+            distinct.check(text.value()).map_err(|e| self.corrupt("text table", e))?;
             texts.push(text.value().to_owned());
         }
         let mut users = Vec::new();
@@ -276,4 +278,29 @@ impl StateStore {
 
 fn storage(path: &str, e: impl std::fmt::Display) -> StateError {
     StateError::Storage { path: path.to_owned(), message: e.to_string() }
+}
+/// Texts a store holds, each once: interning a second copy would give it the
+/// first one's handle and shift every later handle, so a restored session
+/// would name the wrong pages.
+#[derive(Default)]
+pub(crate) struct DistinctTexts(std::collections::HashSet<String>);
+
+impl DistinctTexts {
+    /// Takes `text` in, or says it was there already.
+    pub(crate) fn check(&mut self, text: &str) -> Result<(), String> {
+        if self.0.contains(text) {
+            return Err(format!("the text {:?} is stored twice", clipped(text)));
+        }
+        self.0.insert(text.to_owned());
+        Ok(())
+    }
+}
+
+/// The start of `text`, for a message.
+fn clipped(text: &str) -> &str {
+    let mut end = text.len().min(64);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }

@@ -4,15 +4,15 @@
 //! of one checkpoint. A new owner folds the chain into an engine.
 //!
 //! The files come from shared storage, so nothing in them is trusted: a file
-//! that does not decode, or whose texts do not follow on from the chain's,
-//! is refused as corrupt.
+//! that does not decode, whose texts do not follow on from the chain's, or
+//! that stores a text twice, is refused as corrupt, by its name.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{encoding, StateError};
+use super::{encoding, DistinctTexts, StateError};
 use crate::engine::{Engine, EngineChanges, EngineClocks, EngineConfig, UserState};
 use crate::rules::contract::EventField;
 
@@ -71,9 +71,10 @@ pub fn encode_partition_file(
 }
 
 /// A partition's state, folded from its chain one file at a time.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct PartitionState {
     texts: Vec<String>,
+    distinct: DistinctTexts,
     users: HashMap<Arc<str>, UserState>,
     clocks: EngineClocks,
     fields: Vec<EventField>,
@@ -81,28 +82,36 @@ pub struct PartitionState {
 }
 
 impl PartitionState {
-    /// Applies the next file of the chain.
-    pub fn apply(&mut self, bytes: &[u8]) -> Result<(), StateError> {
-        let file: File = encoding::decode(bytes).map_err(|e| corrupt("partition state", e))?;
+    /// Applies the next file of the chain, `name` (for messages).
+    pub fn apply(&mut self, name: &str, bytes: &[u8]) -> Result<(), StateError> {
+        let corrupt = |what, e: &dyn std::fmt::Display| StateError::Corrupt {
+            path: name.to_owned(),
+            what,
+            message: e.to_string(),
+        };
+        let file: File = encoding::decode(bytes).map_err(|e| corrupt("partition state", &e))?;
         if file.layout != LAYOUT {
-            return Err(corrupt("partition state", format!("unknown layout {}", file.layout)));
+            let layout = format!("unknown layout {}", file.layout);
+            return Err(corrupt("partition state", &layout));
         }
         if self.files == 0 && !file.replace_texts {
-            return Err(corrupt("partition state", "the chain does not start with a whole state"));
+            return Err(corrupt("partition state", &"the chain does not start with a whole state"));
         }
         if file.replace_texts {
             self.texts.clear();
+            self.distinct = DistinctTexts::default();
             self.users.clear();
         }
         if file.first_text as usize != self.texts.len() {
-            return Err(corrupt(
-                "partition state",
-                format!("texts from {} follow {}", file.first_text, self.texts.len()),
-            ));
+            let gap = format!("texts from {} follow {}", file.first_text, self.texts.len());
+            return Err(corrupt("partition state", &gap));
+        }
+        for text in &file.new_texts {
+            self.distinct.check(text).map_err(|e| corrupt("text", &e))?;
         }
         self.texts.extend(file.new_texts);
         for (uuid, record) in file.users {
-            let user = encoding::decode_user(&uuid, &record).map_err(|e| corrupt("user", e))?;
+            let user = encoding::decode_user(&uuid, &record).map_err(|e| corrupt("user", &e))?;
             self.users.insert(user.uuid.clone(), user);
         }
         for uuid in file.deletes {
@@ -127,7 +136,7 @@ impl PartitionState {
 }
 
 fn corrupt(what: &'static str, e: impl std::fmt::Display) -> StateError {
-    StateError::Corrupt { path: "shared partition state".into(), what, message: e.to_string() }
+    StateError::Corrupt { path: "a partition's state file".into(), what, message: e.to_string() }
 }
 
 #[cfg(test)]
@@ -174,8 +183,8 @@ mod tests {
         );
 
         let mut state = PartitionState::default();
-        for file in &chain {
-            state.apply(file).unwrap();
+        for (i, file) in chain.iter().enumerate() {
+            state.apply(&format!("1-{i}.state"), file).unwrap();
         }
         assert_eq!(state.users(), 4);
         let mut restored = state.into_engine(EngineConfig::default());
@@ -196,12 +205,27 @@ mod tests {
         engine.offer(0, &event("a", 1, "home"));
         let changes = engine.take_changes().unwrap();
         let delta = encode_partition_file(&changes, &engine.clocks()).unwrap();
-        assert!(PartitionState::default().apply(&delta).is_err());
+        assert!(PartitionState::default().apply("f", &delta).is_err());
         let whole = encode_partition_file(&engine.take_everything().unwrap(), &engine.clocks());
         let mut state = PartitionState::default();
-        state.apply(&whole.unwrap()).unwrap();
+        state.apply("f", &whole.unwrap()).unwrap();
         // The delta's texts start at 0 again: not a continuation.
-        assert!(state.apply(&delta).is_err());
-        assert!(PartitionState::default().apply(b"garbage").is_err());
+        assert!(state.apply("f", &delta).is_err());
+        assert!(PartitionState::default().apply("f", b"garbage").is_err());
+    }
+
+    #[test]
+    fn a_file_that_stores_a_text_twice_is_refused_by_its_name() {
+        let mut engine = Engine::new(EngineConfig::default());
+        engine.offer(0, &event("a", 1, "home"));
+        engine.offer(0, &event("b", 2, "cart"));
+        let mut whole = engine.take_everything().unwrap();
+        // "home" again: every later handle would shift by one.
+        let home = whole.new_texts[0].clone();
+        whole.new_texts.insert(1, home);
+        let bytes = encode_partition_file(&whole, &engine.clocks()).unwrap();
+        let error = PartitionState::default().apply("g/0/3-1.state", &bytes).unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("g/0/3-1.state") && message.contains("twice"), "{message}");
     }
 }
