@@ -8,13 +8,13 @@
 
 use std::sync::Arc;
 
+use super::table_catalog::TableCatalog;
 use arrow_array::builder::{BooleanBuilder, ListBuilder, StringBuilder};
 use arrow_array::{ArrayRef, Float64Array, Int64Array};
 use arrow_schema::{DataType, Field};
 use iceberg::spec::{ListType, NestedField, PrimitiveType, Schema, Type};
 use iceberg::table::Table;
 use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
-use iceberg_catalog_sql::SqlCatalog;
 
 use super::schema::{same_shape, sessions_schema, COL_BUCKET};
 use super::IcebergContext;
@@ -95,7 +95,7 @@ pub(crate) fn check_declared(schema: &Schema, declared: &[SessionAttribute]) -> 
 /// sessions table; returns the table as committed (unchanged if nothing was
 /// missing).
 pub(super) async fn add_attribute_columns(
-    catalog: &SqlCatalog,
+    catalog: &TableCatalog,
     table: Table,
     declared: &[SessionAttribute],
     rows: &[SessionRow],

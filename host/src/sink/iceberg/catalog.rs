@@ -186,7 +186,7 @@ fn encode_sqlite_path(path: &str) -> String {
 }
 
 pub(super) async fn ensure_namespace(
-    catalog: &SqlCatalog,
+    catalog: &impl Catalog,
     namespace: &NamespaceIdent,
 ) -> Result<(), SinkError> {
     let context = || format!("creating namespace {}", namespace.join("."));
@@ -202,7 +202,7 @@ pub(super) async fn ensure_namespace(
 }
 
 pub(super) async fn ensure_table(
-    catalog: &SqlCatalog,
+    catalog: &impl Catalog,
     namespace: &NamespaceIdent,
     name: &str,
     creation: fn(&str) -> iceberg::Result<TableCreation>,

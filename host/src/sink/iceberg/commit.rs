@@ -3,17 +3,17 @@
 
 use std::collections::HashMap;
 
+use super::table_catalog::TableCatalog;
 use iceberg::spec::DataFile;
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::Catalog;
-use iceberg_catalog_sql::SqlCatalog;
 
 use super::IcebergContext;
 use crate::sink::{carries, SinkError};
 
 pub(super) async fn append(
-    catalog: &SqlCatalog,
+    catalog: &TableCatalog,
     table: &Table,
     files: Vec<DataFile>,
     properties: HashMap<String, String>,
@@ -43,7 +43,7 @@ pub(super) fn append_transaction(
 /// Sets whichever of `properties` the table lacks or holds otherwise (a table
 /// created by an older version), and returns the table as committed.
 pub(super) async fn ensure_properties(
-    catalog: &SqlCatalog,
+    catalog: &TableCatalog,
     table: Table,
     properties: &HashMap<String, String>,
 ) -> Result<Table, SinkError> {
@@ -66,7 +66,7 @@ pub(super) async fn ensure_properties(
     tx.commit(catalog).await.context(context)
 }
 
-pub(super) async fn reload(catalog: &SqlCatalog, table: &Table) -> Result<Table, SinkError> {
+pub(super) async fn reload(catalog: &TableCatalog, table: &Table) -> Result<Table, SinkError> {
     catalog
         .load_table(table.identifier())
         .await

@@ -33,7 +33,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use iceberg::spec::{DataFile, SchemaRef};
 use iceberg::table::Table;
 use iceberg::NamespaceIdent;
-use iceberg_catalog_sql::SqlCatalog;
 use uuid::Uuid;
 
 use super::{ColumnCheck, CommitStats, RejectedEvent, SessionRow, Sink, SinkError, UnwritableRow};
@@ -47,9 +46,11 @@ mod fleet;
 mod group;
 pub mod maintain;
 mod pinned;
+mod pointer;
 mod remedy;
 mod schema;
 mod storage;
+mod table_catalog;
 mod writer;
 
 pub use batch::{
@@ -57,7 +58,10 @@ pub use batch::{
     MAX_BATCH_TEXT_BYTES,
 };
 pub use catalog::{CatalogUri, CatalogUriError, CATALOG_FILE, CATALOG_NAME};
-pub use fleet::{FleetRules, FleetView, MemberSeen, Publish, RulesNote, MEMBERS_KEY, RULES_KEY};
+pub use fleet::{
+    FleetRules, FleetView, MemberSeen, Publish, PublishKind, RulesNote, RulesRef, MEMBERS_KEY,
+    RULES_KEY,
+};
 pub use group::{
     Claimed, GroupProgress, OwnedCommit, OwnedOutput, PartitionProgress, StateChain, GROUP_KEY,
     PARTITIONS_KEY,
@@ -69,7 +73,7 @@ use attributes::{add_attribute_columns, check_declared};
 use batch::{check_session, rejected_batch, sessions_batches};
 #[cfg(feature = "query")]
 pub(crate) use catalog::open_configured_catalog;
-use catalog::{ensure_namespace, ensure_table, open_catalog};
+use catalog::{ensure_namespace, ensure_table};
 use commit::{append, ensure_properties, latest_properties_with, reload};
 use remedy::hinted_error;
 use schema::{
@@ -77,6 +81,7 @@ use schema::{
     table_properties,
 };
 use storage::Storage;
+use table_catalog::TableCatalog;
 use writer::write_data_files;
 
 /// Default namespace, used when the operator does not choose one.
@@ -147,7 +152,7 @@ impl SinkConfig {
 /// not have to rediscover the tables.
 #[derive(Debug)]
 pub struct IcebergSink {
-    catalog: SqlCatalog,
+    catalog: TableCatalog,
     sessions: Table,
     rejected: Table,
     /// Set after a failed commit: the cached metadata may be stale (another writer may have
@@ -461,8 +466,8 @@ const MAX_CREATION_RACES: u32 = 8;
 async fn open_tables(
     storage: &Storage,
     config: &SinkConfig,
-) -> Result<(SqlCatalog, Table, Table), SinkError> {
-    let (catalog, _) = open_catalog(storage, config.catalog.as_ref()).await?;
+) -> Result<(TableCatalog, Table, Table), SinkError> {
+    let catalog = TableCatalog::open(storage, config.catalog.as_ref()).await?;
     storage.probe().await?;
 
     let namespace = NamespaceIdent::new(config.database.clone());

@@ -7,17 +7,17 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::table_catalog::TableCatalog;
 use async_trait::async_trait;
 use iceberg::table::Table;
 use iceberg::{Catalog, Namespace, NamespaceIdent, TableCommit, TableCreation, TableIdent};
-use iceberg_catalog_sql::SqlCatalog;
 
 /// The catalog a pinned commit goes through: it serves the checked table
 /// once, and refuses to serve it again, so `Transaction::commit` cannot
 /// rebase the append onto a newer snapshot.
 #[derive(Debug)]
 pub(super) struct Pinned<'a> {
-    catalog: &'a SqlCatalog,
+    catalog: &'a TableCatalog,
     table: Table,
     served: AtomicBool,
 }
@@ -32,7 +32,7 @@ pub(super) fn moved() -> iceberg::Error {
 
 impl<'a> Pinned<'a> {
     /// A catalog that serves `table`, as checked, once.
-    pub(super) fn new(catalog: &'a SqlCatalog, table: &Table) -> Self {
+    pub(super) fn new(catalog: &'a TableCatalog, table: &Table) -> Self {
         Self { catalog, table: table.clone(), served: AtomicBool::new(false) }
     }
 }

@@ -1,17 +1,19 @@
-//! The compare-and-swap on a table's metadata pointer in the SQL catalog, for
-//! commits iceberg-rust's `Transaction` cannot express (a replace snapshot).
+//! The compare-and-swap on a table's metadata pointer in the SQL catalog:
+//! every commit the sink and maintenance make ends with it (see
+//! `table_catalog`), and compaction's replace snapshot, which iceberg-rust's
+//! `Transaction` cannot express, calls it directly.
 //!
-//! `Catalog::update_table` takes a `TableCommit`, whose builder iceberg-rust
-//! 0.10 keeps crate-private, so the swap is the same statement
-//! iceberg-catalog-sql runs: set the new location where the row still holds
-//! the one the new metadata was built on. Zero rows updated is a lost race.
+//! The statement is the one iceberg-catalog-sql runs (set the new location
+//! where the row still holds the one the new metadata was built on), but on
+//! its own, autocommitted, so its outcome is the commit's: zero rows updated
+//! is a lost race, an error is an error.
 
 use iceberg::TableIdent;
 use sqlx::any::AnyPoolOptions;
 use sqlx::AnyPool;
 
-use super::super::catalog::CatalogConnection;
-use super::super::CATALOG_NAME;
+use super::catalog::CatalogConnection;
+use super::CATALOG_NAME;
 use crate::sink::SinkError;
 
 /// A connection to the catalog's `iceberg_tables`.

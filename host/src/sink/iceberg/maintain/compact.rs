@@ -15,6 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::Arc;
 
+use super::super::table_catalog::{newest_time, TableCatalog};
 use futures::{StreamExt, TryStreamExt};
 use iceberg::spec::{
     DataFile, ManifestContentType, ManifestEntryRef, ManifestFile, ManifestListWriter,
@@ -22,11 +23,10 @@ use iceberg::spec::{
 };
 use iceberg::table::Table;
 use iceberg::{Catalog, MetadataLocation, TableIdent};
-use iceberg_catalog_sql::SqlCatalog;
 
+use super::super::pointer::MetadataPointer;
 use super::super::writer::write_data_files;
 use super::super::{wall_clock_ms, IcebergContext};
-use super::pointer::MetadataPointer;
 use crate::sink::SinkError;
 
 /// Snapshot summary key marking a snapshot made by table maintenance.
@@ -83,11 +83,11 @@ pub struct CompactionReport {
 /// Compacts `ident`'s small files; a table with nothing to compact is left
 /// as it is.
 pub(super) async fn compact(
-    catalog: &SqlCatalog,
-    pointer: &MetadataPointer,
+    catalog: &TableCatalog,
     ident: &TableIdent,
     options: CompactionOptions,
 ) -> Result<CompactionReport, SinkError> {
+    let pointer = catalog.pointer();
     let mut report = CompactionReport { table: ident.to_string(), ..Default::default() };
     let table = catalog.load_table(ident).await.context(|| format!("loading {ident}"))?;
     let Some(snapshot) = table.metadata().current_snapshot().cloned() else {
@@ -281,7 +281,7 @@ async fn swap_in(
         .with_snapshot_id(snapshot_id)
         .with_parent_snapshot_id(Some(head.snapshot_id()))
         .with_sequence_number(sequence)
-        .with_timestamp_ms(wall_clock_ms().max(metadata.last_updated_ms()))
+        .with_timestamp_ms(wall_clock_ms().max(newest_time(metadata)))
         .with_manifest_list(list_path.clone())
         .with_summary(replace_summary(&head, report))
         .with_schema_id(metadata.current_schema_id())

@@ -5,27 +5,22 @@
 //! One maintainer per table at a time.
 
 use iceberg::{Catalog, NamespaceIdent, TableIdent};
-use iceberg_catalog_sql::SqlCatalog;
 
-use super::catalog::open_catalog;
 use super::storage::Storage;
+use super::table_catalog::TableCatalog;
 use super::{IcebergContext, SinkConfig};
 use crate::sink::SinkError;
 
 mod compact;
 mod expire;
-mod pointer;
 
 pub use compact::{CompactionOptions, CompactionReport, MAINTENANCE_KEY};
 pub use expire::{ExpiryOptions, ExpiryReport};
 
-use pointer::MetadataPointer;
-
 /// The job's tables, opened for maintenance.
 pub struct TableMaintenance {
     storage: Storage,
-    catalog: SqlCatalog,
-    pointer: MetadataPointer,
+    catalog: TableCatalog,
     tables: Vec<TableIdent>,
 }
 
@@ -34,8 +29,7 @@ impl TableMaintenance {
     /// (a job creates them).
     pub async fn open(config: &SinkConfig) -> Result<Self, SinkError> {
         let storage = Storage::new(&config.warehouse, &config.s3)?;
-        let (catalog, connection) = open_catalog(&storage, config.catalog.as_ref()).await?;
-        let pointer = MetadataPointer::connect(&connection).await?;
+        let catalog = TableCatalog::open(&storage, config.catalog.as_ref()).await?;
         let namespace = NamespaceIdent::new(config.database.clone());
         let mut tables = Vec::new();
         for name in [&config.table, &config.rejected_table] {
@@ -52,7 +46,7 @@ impl TableMaintenance {
             }
             tables.push(table);
         }
-        Ok(Self { storage, catalog, pointer, tables })
+        Ok(Self { storage, catalog, tables })
     }
 
     /// Compacts each table's small files.
@@ -62,7 +56,7 @@ impl TableMaintenance {
     ) -> Result<Vec<CompactionReport>, SinkError> {
         let mut reports = Vec::new();
         for table in &self.tables {
-            reports.push(compact::compact(&self.catalog, &self.pointer, table, options).await?);
+            reports.push(compact::compact(&self.catalog, table, options).await?);
         }
         Ok(reports)
     }
