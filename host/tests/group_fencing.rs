@@ -5,9 +5,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use sessionize::sink::iceberg::maintain::{ExpiryOptions, TableMaintenance};
 use sessionize::sink::iceberg::{
-    GroupProgress, IcebergSink, OwnedCommit, OwnedOutput, PartitionProgress, Publish, RulesNote,
-    SinkConfig,
+    GroupProgress, IcebergSink, OwnedCommit, OwnedOutput, PartitionProgress, Publish, PublishKind,
+    RulesNote, SinkConfig, StateChain,
 };
 use sessionize::sink::{SessionRow, Sink};
 
@@ -55,23 +56,30 @@ async fn commit_with(
         .keys()
         .map(|&p| (p, PartitionProgress { offset: Some(100), ..Default::default() }))
         .collect();
-    let held = move |props: &HashMap<String, String>| {
-        props.get("sessionize.checkpoint-id").and_then(|v| v.parse::<u64>().ok())
-            >= Some(checkpoint)
-    };
+    commit_progress(sink, owner, checkpoint, claimed, &progress, rows, rules).await
+}
+
+async fn commit_progress(
+    sink: &mut IcebergSink,
+    owner: &str,
+    checkpoint: u64,
+    claimed: &BTreeMap<i32, u64>,
+    progress: &GroupProgress,
+    rows: &[SessionRow],
+    rules: RulesNote<'_>,
+) -> Result<OwnedCommit, sessionize::sink::SinkError> {
     let output = OwnedOutput {
         group: "fleet",
         owner,
         claimed,
-        progress: &progress,
+        progress,
         sessions: rows,
         rejected: &[],
         properties: HashMap::from([
             ("sessionize.checkpoint-id".to_owned(), checkpoint.to_string()),
             ("sessionize.job-id".to_owned(), owner.to_owned()),
         ]),
-        identity: ("sessionize.job-id", owner),
-        held: &held,
+        checkpoint,
         rules,
     };
     sink.commit_owned(output).await
@@ -141,7 +149,7 @@ async fn rules_one_member_publishes_reach_the_others_and_claims_keep_them() -> T
     // the commit.
     let sha = "cd".repeat(32);
     a.write_component("fleet", &sha, b"component v2".to_vec()).await?;
-    let v2 = Publish { version: "r@2+cdcd".into(), sha256: sha.clone(), only_if_none: false };
+    let v2 = publish("r@2+cdcd", &sha, PublishKind::Deploy, 0);
     let published = RulesNote { active: "r@2+cdcd", publish: Some(&v2) };
     let OwnedCommit::Committed(view) =
         commit_with(&mut a, "a", 1, &a_epochs, &[], published).await?
@@ -151,11 +159,11 @@ async fn rules_one_member_publishes_reach_the_others_and_claims_keep_them() -> T
     assert_eq!(view.rules.as_ref().map(|r| (r.seq, r.version.as_str())), Some((1, "r@2+cdcd")));
 
     // B's claim carries the record on; a later member starting with other
-    // rules does not replace it (only_if_none), and both show as members.
+    // rules does not replace it (a start), and both show as members.
     let b_claim = b.claim_partitions("fleet", "b", &[1]).await?;
     assert_eq!(b_claim.fleet.rules, view.rules);
     let b_epochs = BTreeMap::from([(1, b_claim.progress[&1].epoch)]);
-    let v1 = Publish { version: "r@1+abab".into(), sha256: "ab".repeat(32), only_if_none: true };
+    let v1 = publish("r@1+abab", &"ab".repeat(32), PublishKind::Start, 0);
     let starting = RulesNote { active: "r@1+abab", publish: Some(&v1) };
     assert!(committed(&commit_with(&mut b, "b", 1, &b_epochs, &[], starting).await?));
     let fleet = a.fleet("fleet").await?;
@@ -167,6 +175,97 @@ async fn rules_one_member_publishes_reach_the_others_and_claims_keep_them() -> T
     // A component over the reader's limit is refused before it is read.
     assert!(b.read_component("fleet", &sha, 4).await.is_err());
     Ok(())
+}
+
+fn publish(version: &str, sha256: &str, kind: PublishKind, based_on: u64) -> Publish {
+    Publish { version: version.into(), sha256: sha256.into(), kind, based_on }
+}
+
+/// A member holding no partitions accepted v2 while the group was at record
+/// 1; v3 then went out through another member. When the first member gets to
+/// commit, its publish of v2 must be refused, not roll the group back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_based_on_an_older_record_is_refused() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let config = SinkConfig::new(dir.path().join("warehouse"));
+    let mut a = IcebergSink::open(&config).await?;
+    let mut b = IcebergSink::open(&config).await?;
+    let none = BTreeMap::new();
+    let v1 = publish("r@1+aa", &"aa".repeat(32), PublishKind::Start, 0);
+    let start = RulesNote { active: "r@1+aa", publish: Some(&v1) };
+    assert!(committed(&commit_with(&mut b, "b", 1, &none, &[], start).await?));
+    let v3 = publish("r@3+cc", &"cc".repeat(32), PublishKind::Deploy, 1);
+    let deploy = RulesNote { active: "r@3+cc", publish: Some(&v3) };
+    assert!(committed(&commit_with(&mut b, "b", 2, &none, &[], deploy).await?));
+    // A's deploy of v2 was made against record 1.
+    let v2 = publish("r@2+bb", &"bb".repeat(32), PublishKind::Deploy, 1);
+    let stale = RulesNote { active: "r@2+bb", publish: Some(&v2) };
+    let OwnedCommit::Committed(view) = commit_with(&mut a, "a", 1, &none, &[], stale).await? else {
+        panic!("A's commit was refused");
+    };
+    assert!(!view.holds(&v2) && view.holds(&v3), "{view:?}");
+    assert_eq!(view.rules.as_ref().map(|r| (r.seq, r.version.as_str())), Some((2, "r@3+cc")));
+    Ok(())
+}
+
+/// The files a group resumes from are kept by maintenance however old they
+/// are (a fleet stopped over a long weekend); files nothing names go once
+/// old enough.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_keeps_every_file_the_group_names() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let config = SinkConfig::new(dir.path().join("warehouse"));
+    let mut a = IcebergSink::open(&config).await?;
+    let claim = a.claim_partitions("fleet", "a", &[0]).await?;
+    let epochs = BTreeMap::from([(0, claim.progress[&0].epoch)]);
+    let epoch = epochs[&0];
+    for seq in 1..=3 {
+        a.write_state("fleet", 0, epoch, seq, b"state".to_vec()).await?;
+    }
+    let chain = StateChain { epoch, first: 2, last: 3 };
+    let progress = GroupProgress::from([(
+        0,
+        PartitionProgress { offset: Some(10), state: Some(chain), ..Default::default() },
+    )]);
+    let sha = "ef".repeat(32);
+    a.write_component("fleet", &sha, b"component".to_vec()).await?;
+    let v1 = publish("r@1+ef", &sha, PublishKind::Start, 0);
+    let rules = RulesNote { active: "r@1+ef", publish: Some(&v1) };
+    let done = commit_progress(&mut a, "a", 1, &epochs, &progress, &[], rules).await?;
+    assert!(committed(&done));
+
+    let table = dir.path().join("warehouse/sessions/user_sessions");
+    let weekend = std::time::SystemTime::now() - std::time::Duration::from_secs(4 * 86_400);
+    for entry in walk(&table) {
+        std::fs::File::options().write(true).open(&entry)?.set_modified(weekend)?;
+    }
+    let maintenance = TableMaintenance::open(&config).await?;
+    let options = ExpiryOptions {
+        older_than: std::time::Duration::from_secs(86_400),
+        retain_last: 1,
+        writer_key: "sessionize.job-id".into(),
+        orphans_older_than: Some(std::time::Duration::from_secs(3 * 86_400)),
+    };
+    maintenance.expire(&options).await?;
+    let state = table.join("sessionize-state/fleet/0");
+    assert!(state.join(format!("{epoch}-2.state")).is_file());
+    assert!(state.join(format!("{epoch}-3.state")).is_file());
+    assert!(!state.join(format!("{epoch}-1.state")).exists(), "a file nothing names stayed");
+    assert!(table.join(format!("sessionize-rules/fleet/{sha}.wasm")).is_file());
+    Ok(())
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }
 
 async fn sessions_of(sink: &mut IcebergSink) -> Result<Vec<String>, Box<dyn std::error::Error>> {

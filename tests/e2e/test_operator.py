@@ -241,3 +241,66 @@ def test_a_bounded_run_shows_progress_on_a_terminal_only(run, binary, tmp_path):
     text = shown.decode(errors="replace")
     assert "events/s" in text and "ETA" in text and "MiB" in text, text[-2000:]
     assert b"sessions written:" in out
+
+
+def test_the_admin_token_comes_from_the_environment_or_a_file_never_argv(
+        run, binary, broker, tmp_path):  # noqa: F811
+    """Anything in argv is readable by every user of the machine (/proc/*/cmdline)."""
+    for args in (["run", "--test-mode", "--admin-token", "s3cret-s3cret-s3cret"],
+                 ["plugin", "status", "--state-dir", tmp_path, "--admin-token", "x" * 32]):
+        proc = run(*args, check=False)
+        stderr = proc.stderr.decode()
+        assert proc.returncode == 2, stderr
+        assert "SESSIONIZE_ADMIN_TOKEN" in stderr and "--admin-token-file" in stderr, stderr
+    short = dict(os.environ, SESSIONIZE_ADMIN_TOKEN="short")
+    proc = run("run", "--test-mode", "--warehouse", tmp_path / "wh", env=short, check=False)
+    assert proc.returncode != 0 and "at least 16" in proc.stderr.decode(), proc.stderr.decode()
+
+    clicks_topic(run, broker, tmp_path)
+    token = tmp_path / "token"
+    token.write_text("an-operators-token-of-some-length\n")
+    os.chmod(token, 0o600)
+    state = tmp_path / "state"
+    job = Job(binary, broker, "clicks", tmp_path / "wh", state, "--admin-token-file", token)
+    deadline = time.time() + 60
+    while not (state / "admin.addr").exists():
+        assert time.time() < deadline and job.proc.poll() is None, job.log.read_text()
+        time.sleep(0.2)
+    assert (state / "admin.token").read_text().strip() == token.read_text().strip()
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / "admin.addr").write_text((state / "admin.addr").read_text())
+    status = run("plugin", "status", "--state-dir", other, "--admin-token-file", token)
+    assert "default-rules@" in status.stdout.decode()
+    job.proc.send_signal(signal.SIGTERM)
+    job.wait()
+
+
+def test_the_status_page_beyond_loopback_shows_no_raw_records_unless_asked(
+        run, binary, broker, tmp_path):  # noqa: F811
+    """Rejected records are raw input, often personal data: a page served
+    beyond loopback (for Prometheus to scrape) leaves their text out."""
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"uuid":"ann","event_id":"e1","event_timestamp":1700000000000}\n'
+                      '{"uuid":"ann","event_id":"e2","event_timestamp":"secret-card-4242"}\n')
+    produce(run, broker, "clicks", events)
+    for flags, shown in ((), False), (("--status-raw-records",), True):
+        state = tmp_path / f"state{len(flags)}"
+        job = Job(binary, broker, "clicks", tmp_path / f"wh{len(flags)}", state,
+                  "--metrics-addr", "0.0.0.0:0", *flags)
+        deadline = time.time() + 60
+        while not (state / "metrics.addr").exists():
+            assert time.time() < deadline and job.proc.poll() is None, job.log.read_text()
+            time.sleep(0.2)
+        port = (state / "metrics.addr").read_text().strip().rsplit(":", 1)[1]
+        page = ""
+        while 'id="dead-letter-table"' not in page:
+            assert time.time() < deadline, page
+            _, page = http(("127.0.0.1", int(port)), "GET / HTTP/1.1\r\nHost: x\r\n"
+                           "Connection: close\r\n")
+            time.sleep(0.3)
+        assert ("secret-card-4242" in page) == shown, page
+        warned = "raw text of rejected records" in job.log.read_text()
+        assert warned != shown, job.log.read_text()
+        job.proc.send_signal(signal.SIGTERM)
+        job.wait()

@@ -6,21 +6,14 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use crate::rules::lifecycle::{RulesArchive, RulesToPublish};
-use crate::sink::iceberg::{FleetRules, FleetView, Publish};
+use crate::rules::lifecycle::{GroupUpdate, RulesArchive, RulesToPublish};
+use crate::sink::iceberg::{FleetRules, FleetView, Publish, PublishKind};
 use crate::sink::{Sink, SinkError};
 
-/// What a member's checkpoint learnt of its group's rules.
-#[derive(Debug)]
-pub(crate) struct FleetUpdate {
-    /// The members and rules as the commit left them.
-    pub(crate) view: FleetView,
-    /// Rules another member published that this one does not run: their
-    /// version and component, checked against the record's hash.
-    pub(crate) follow: Option<(String, Vec<u8>)>,
-    /// Publish requests this member has settled so far (published, given
-    /// up, or replaced by a newer one), counted since it started.
-    pub(crate) settled: u64,
+/// A publish request, with the record it was made against.
+struct Pending {
+    rules: RulesToPublish,
+    based_on: u64,
 }
 
 /// Uploads what a member publishes and fetches what it follows.
@@ -32,12 +25,14 @@ pub(crate) struct RulesExchange {
     /// The newest record taken in (followed, or already run).
     followed_seq: u64,
     /// Waiting to be published (again after a failed upload).
-    to_publish: Option<RulesToPublish>,
+    to_publish: Option<Pending>,
     /// Its component is beside the table already (a commit that failed
     /// after the upload does not upload it again).
     uploaded: Option<Publish>,
-    /// Publish requests settled (see [`FleetUpdate::settled`]).
+    /// Publish requests settled (see [`GroupUpdate::settled`]).
     settled: u64,
+    /// Why the group's rules cannot be fetched, until they change or can be.
+    unusable: Option<String>,
 }
 
 impl RulesExchange {
@@ -57,14 +52,26 @@ impl RulesExchange {
             to_publish: None,
             uploaded: None,
             settled: 0,
+            unusable: None,
         }
     }
 
+    /// A member that started without the group's rules: why not.
+    pub(crate) fn unusable(mut self, why: Option<String>) -> Self {
+        self.unusable = why;
+        self
+    }
+
     /// Publishes `rules` with the next checkpoint that commits (a newer
-    /// request replaces an older one not yet published).
+    /// request replaces an older one not yet published). An operator's
+    /// deploy is based on the newest record this member has taken in.
     pub(crate) fn queue(&mut self, rules: RulesToPublish) {
         self.uploaded = None;
-        if self.to_publish.replace(rules).is_some() {
+        let based_on = match &rules {
+            RulesToPublish::Rollback { based_on, .. } => *based_on,
+            _ => self.followed_seq,
+        };
+        if self.to_publish.replace(Pending { rules, based_on }).is_some() {
             self.settled += 1;
         }
     }
@@ -78,25 +85,36 @@ impl RulesExchange {
     }
 
     /// Puts the component of the rules waiting to be published beside the
-    /// table, and says what the commit should record. A failed upload is
-    /// tried again with the next checkpoint.
+    /// table (a rollback's is there already), and says what the commit
+    /// should record. A failed upload is tried again with the next checkpoint.
     pub(crate) async fn upload(&mut self, sink: &mut impl Sink) -> Option<Publish> {
-        let to = self.to_publish.as_ref()?;
+        let pending = self.to_publish.as_ref()?;
         if self.uploaded.is_some() {
             return self.uploaded.clone();
         }
-        let bytes = match self.archive.find(&to.version) {
+        let based_on = pending.based_on;
+        let (version, kind) = match &pending.rules {
+            RulesToPublish::Rollback { to, based_on } => {
+                let (version, sha256) = (to.version.clone(), to.sha256.clone());
+                let kind = PublishKind::Rollback;
+                self.uploaded = Some(Publish { version, sha256, kind, based_on: *based_on });
+                return self.uploaded.clone();
+            }
+            RulesToPublish::Start { version } => (version.clone(), PublishKind::Start),
+            RulesToPublish::Deploy { version } => (version.clone(), PublishKind::Deploy),
+        };
+        let bytes = match self.archive.find(&version) {
             Ok(Some(bytes)) => bytes,
             Ok(None) => {
                 tracing::warn!(
-                    rules = to.version,
+                    rules = version,
                     "rules not in the archive: not published to the group"
                 );
                 self.give_up();
                 return None;
             }
             Err(error) => {
-                tracing::warn!(rules = to.version, %error, "rules not published to the group");
+                tracing::warn!(rules = version, %error, "rules not published to the group");
                 self.give_up();
                 return None;
             }
@@ -104,58 +122,92 @@ impl RulesExchange {
         let sha256 = hex::encode(Sha256::digest(&bytes));
         match sink.write_component(&self.group, &sha256, bytes).await {
             Ok(()) => {
-                let publish =
-                    Publish { version: to.version.clone(), sha256, only_if_none: to.only_if_none };
-                self.uploaded = Some(publish.clone());
-                Some(publish)
+                self.uploaded = Some(Publish { version, sha256, kind, based_on });
+                self.uploaded.clone()
             }
             Err(error) => {
-                tracing::warn!(rules = to.version, %error, "uploading rules failed; tried again with the next checkpoint");
+                tracing::warn!(rules = version, %error, "uploading rules failed; tried again with the next checkpoint");
                 None
             }
         }
     }
 
     /// Takes in what a commit found: `running` made its output, and
-    /// `published` says whether it carried this member's rules (settled
-    /// then). Fetches the
-    /// component of a record this member does not run yet.
+    /// `published` is what it carried of this member's (settled then: taken
+    /// in by the group, or refused). Fetches the component of a record this
+    /// member does not run yet.
     pub(crate) async fn take_in(
         &mut self,
         sink: &mut impl Sink,
         view: FleetView,
         running: &str,
-        published: bool,
-    ) -> FleetUpdate {
-        if published {
+        published: Option<&Publish>,
+    ) -> GroupUpdate {
+        let mut refused = None;
+        if let Some(publish) = published {
+            if publish.kind != PublishKind::Start && !view.holds(publish) {
+                let newest = view.rules.as_ref().map_or("none".into(), |r| r.version.clone());
+                let why = format!(
+                    "the {} of {} made here was not published: the group's rules changed to \
+                     {newest} meanwhile, which this member follows; check `sessionize plugin \
+                     status` and change them again if need be",
+                    if publish.kind == PublishKind::Rollback { "rollback" } else { "deploy" },
+                    publish.version,
+                );
+                tracing::error!("{why}");
+                refused = Some(why);
+            }
             self.give_up();
         }
-        let mut follow = None;
-        if let Some(rules) = view.rules.as_ref().filter(|r| r.seq != self.followed_seq) {
-            if rules.version == running {
+        let follow = self.follow(sink, &view, running).await;
+        let unusable = self.unusable.clone();
+        GroupUpdate { view, follow, settled: self.settled, refused, unusable }
+    }
+
+    /// The component of the group's rules, if this member should follow them.
+    async fn follow(
+        &mut self,
+        sink: &mut impl Sink,
+        view: &FleetView,
+        running: &str,
+    ) -> Option<(String, Vec<u8>)> {
+        let rules = view.rules.as_ref()?;
+        if rules.version == running {
+            self.followed_seq = rules.seq;
+            self.unusable = None;
+            return None;
+        }
+        if rules.seq == self.followed_seq {
+            return None;
+        }
+        match fetch_component(sink, &self.group, rules, self.max_component_bytes).await {
+            Ok(bytes) => {
                 self.followed_seq = rules.seq;
-            } else {
-                match fetch_component(sink, &self.group, rules, self.max_component_bytes).await {
-                    Ok(bytes) => {
-                        self.followed_seq = rules.seq;
-                        follow = Some((rules.version.clone(), bytes));
-                    }
-                    Err(FetchError { why, lasting: true }) => {
-                        self.followed_seq = rules.seq;
-                        tracing::error!(
-                            rules = rules.version,
-                            by = rules.by,
-                            why,
-                            "not following the group's rules: the rules in force stay"
-                        );
-                    }
-                    Err(FetchError { why, lasting: false }) => {
-                        tracing::warn!(rules = rules.version, by = rules.by, why, "cannot follow the group's rules yet; tried again with the next checkpoint");
-                    }
-                }
+                self.unusable = None;
+                Some((rules.version.clone(), bytes))
+            }
+            Err(FetchError { why, lasting: true }) => {
+                self.followed_seq = rules.seq;
+                tracing::error!(
+                    rules = rules.version,
+                    by = rules.by,
+                    why,
+                    "not following the group's rules: the rules in force stay"
+                );
+                self.unusable = Some(format!("cannot use {}: {why}", rules.version));
+                None
+            }
+            Err(FetchError { why, lasting: false }) => {
+                tracing::warn!(
+                    rules = rules.version,
+                    by = rules.by,
+                    why,
+                    "cannot follow the group's rules yet; tried again with the next checkpoint"
+                );
+                self.unusable = Some(format!("cannot fetch {} yet: {why}", rules.version));
+                None
             }
         }
-        FleetUpdate { view, follow, settled: self.settled }
     }
 }
 

@@ -13,24 +13,28 @@
 //! the claim raises its epoch, restores its state from the chain the summary
 //! names, and fences the previous owner, whose commits for it are refused
 //! from then on. A refused partition is reported back and dropped; the
-//! others of the checkpoint are committed without it.
+//! others of the checkpoint are committed without it. A partition whose
+//! chain cannot be read is claimed but not restored, and reported back: the
+//! member pauses it and tries again later, while its other partitions go on
+//! (a corrupt file must not take down one member after another).
 //!
-//! (Over 450 lines: claim, complete and release share the per-partition
-//! bookkeeping in [`Owned`]; the rules exchange is already in `fleet.rs`.)
+//! The sink takes a commit as made only once a reload finds it, so chains a
+//! commit replaces are deleted only after it really landed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use super::fleet::{FleetUpdate, RulesExchange};
+use super::fleet::RulesExchange;
 use super::{
     dead_letter_unwritable, whole_millis, CheckpointError, CHECKPOINT_ID_KEY, JOB_ID_KEY,
     RULE_VERSION_KEY,
 };
 use crate::engine::{Engine, EngineChanges, EngineClocks, EngineConfig};
 use crate::rules::contract::SessionAttribute;
-use crate::rules::lifecycle::RulesToPublish;
+use crate::rules::lifecycle::{GroupUpdate, RulesToPublish};
 use crate::sink::iceberg::{
-    GroupProgress, OwnedCommit, OwnedOutput, PartitionProgress, RulesNote, StateChain,
+    FleetView, GroupProgress, OwnedCommit, OwnedOutput, PartitionProgress, Publish, RulesNote,
+    StateChain,
 };
 use crate::sink::{Sink, SinkRetries, SinkRetryPolicy};
 use crate::state::{encode_partition_file, PartitionState, StagedOutput, StateError};
@@ -99,6 +103,16 @@ pub(crate) struct RestoredPartition {
     pub(crate) files: u64,
 }
 
+/// What a claim got.
+#[derive(Default)]
+pub(crate) struct Claim {
+    /// The partitions restored.
+    pub(crate) restored: Vec<RestoredPartition>,
+    /// The partitions claimed whose state could not be read, and why: held
+    /// by this member (whoever held them before is fenced), not read.
+    pub(crate) unreadable: Vec<(i32, String)>,
+}
+
 /// A group member's checkpoint, completed.
 pub(crate) struct GroupCompleted {
     /// Its id.
@@ -108,7 +122,7 @@ pub(crate) struct GroupCompleted {
     pub(crate) fenced: Vec<i32>,
     /// What its commit learnt of the group's rules (none if nothing was
     /// committed).
-    pub(crate) fleet: Option<FleetUpdate>,
+    pub(crate) fleet: Option<Box<GroupUpdate>>,
 }
 
 /// Rows of many partitions, each with its partition.
@@ -199,33 +213,30 @@ impl GroupCheckpointer {
         self.last_publish
     }
 
-    /// Claims `partitions` and restores each one's state.
+    /// Claims `partitions` and restores each one's state. A partition whose
+    /// state cannot be read is claimed but not restored: it comes back among
+    /// [`Claim::unreadable`], and the others go on.
     pub(crate) async fn claim(
         &mut self,
         sink: &mut impl Sink,
         partitions: &[i32],
-    ) -> Result<Vec<RestoredPartition>, CheckpointError> {
+    ) -> Result<Claim, CheckpointError> {
         let claimed = sink.claim_partitions(&self.group, &self.owner, partitions).await?;
-        let mut restored = Vec::with_capacity(partitions.len());
+        let mut claim = Claim::default();
         for &partition in partitions {
             let progress = claimed.progress.get(&partition).cloned().unwrap_or_default();
-            let mut state = PartitionState::default();
-            let mut files = 0;
-            if let Some(chain) = &progress.state {
-                if chain.last < chain.first || chain.last - chain.first >= MAX_CHAIN_FILES {
-                    return Err(StateError::Corrupt {
-                        path: format!("the sessions table's summary, partition {partition}"),
-                        what: "state chain",
-                        message: format!("files {}..={}", chain.first, chain.last),
-                    }
-                    .into());
+            let (state, files) = match self.read_chain(sink, partition, &progress).await {
+                Ok(read) => read,
+                Err(error) => {
+                    tracing::error!(
+                        partition,
+                        %error,
+                        "the partition's state cannot be read: it is paused here and tried again"
+                    );
+                    claim.unreadable.push((partition, error.to_string()));
+                    continue;
                 }
-                for seq in chain.first..=chain.last {
-                    let bytes = sink.read_state(&self.group, partition, chain.epoch, seq).await?;
-                    state.apply(&bytes)?;
-                    files += 1;
-                }
-            }
+            };
             let users = state.users();
             self.owned.insert(
                 partition,
@@ -239,19 +250,41 @@ impl GroupCheckpointer {
                 },
             );
             let engine = state.into_engine(self.config);
-            restored.push(RestoredPartition {
-                partition,
-                engine,
-                offset: progress.offset,
-                users,
-                files,
-            });
+            let offset = progress.offset;
+            claim.restored.push(RestoredPartition { partition, engine, offset, users, files });
         }
-        Ok(restored)
+        Ok(claim)
+    }
+
+    /// Folds the chain `progress` names into a partition's state; returns it
+    /// and the files read.
+    async fn read_chain(
+        &self,
+        sink: &mut impl Sink,
+        partition: i32,
+        progress: &PartitionProgress,
+    ) -> Result<(PartitionState, u64), CheckpointError> {
+        let mut state = PartitionState::default();
+        let Some(chain) = &progress.state else { return Ok((state, 0)) };
+        if chain.last < chain.first || chain.last - chain.first >= MAX_CHAIN_FILES {
+            return Err(StateError::Corrupt {
+                path: format!("the sessions table's summary, partition {partition}"),
+                what: "state chain",
+                message: format!("files {}..={}", chain.first, chain.last),
+            }
+            .into());
+        }
+        for seq in chain.first..=chain.last {
+            let bytes = sink.read_state(&self.group, partition, chain.epoch, seq).await?;
+            let name = format!("{}/{partition}/{}-{seq}.state", self.group, chain.epoch);
+            state.apply(&name, &bytes)?;
+        }
+        Ok((state, chain.last - chain.first + 1))
     }
 
     /// Writes the state files of `cut` and commits its output, with the
-    /// rules it publishes.
+    /// rules it publishes. A member that holds no partitions commits only
+    /// to publish rules an operator gave it.
     pub(crate) async fn complete(
         &mut self,
         sink: &mut impl Sink,
@@ -261,17 +294,12 @@ impl GroupCheckpointer {
         self.last_id = id;
         let mut parts: Vec<PartitionCut> =
             cut.partitions.into_iter().filter(|c| self.owned.contains_key(&c.partition)).collect();
-        // Rules go with a commit; a member with nothing to commit keeps them.
         let publish = match &mut self.rules {
             Some(exchange) => {
                 if let Some(rules) = cut.publish.take() {
                     exchange.queue(rules);
                 }
-                if parts.is_empty() {
-                    None
-                } else {
-                    exchange.upload(sink).await
-                }
+                exchange.upload(sink).await
             }
             None => None,
         };
@@ -280,17 +308,50 @@ impl GroupCheckpointer {
             self.drop_published_dead_letters(part);
             self.write_state(sink, part).await?;
         }
-        // Chains a whole state in this checkpoint replaces: deleted once it commits.
-        let mut stale: Vec<(i32, StateChain)> = Vec::new();
+        let stale = self.replaced_by(&parts);
+        let publishing = Instant::now();
+        let outcome = self.commit(sink, id, parts, &cut.rule_version, &cut.columns, &publish).await;
+        self.last_publish = publishing.elapsed();
+        let (view, fenced) = outcome?;
+        if view.is_some() {
+            let stale: Vec<_> = stale.into_iter().filter(|(p, _)| !fenced.contains(p)).collect();
+            self.delete_stale(sink, &stale).await;
+        }
+        let fleet = match (&mut self.rules, view) {
+            (Some(exchange), Some(view)) => Some(Box::new(
+                exchange.take_in(sink, view, &cut.rule_version, publish.as_ref()).await,
+            )),
+            _ => None,
+        };
+        Ok(GroupCompleted { id, fenced, fleet })
+    }
+
+    /// The chains a whole state in `parts` replaces: to be deleted once it commits.
+    fn replaced_by(&mut self, parts: &[PartitionCut]) -> Vec<(i32, StateChain)> {
+        let mut stale = Vec::new();
         for part in parts.iter().filter(|c| c.whole) {
             if let Some(owned) = self.owned.get_mut(&part.partition) {
                 let replaced = std::mem::take(&mut owned.replaced);
                 stale.extend(replaced.into_iter().map(|chain| (part.partition, chain)));
             }
         }
-        let publishing = Instant::now();
+        stale
+    }
+
+    /// Commits the output of `parts` (and `publish`), leaving out partitions
+    /// another member claimed meanwhile, retrying while the sink's error may
+    /// clear. Returns the group as the commit left it (none if nothing was to
+    /// be committed) and the partitions fenced.
+    async fn commit(
+        &mut self,
+        sink: &mut impl Sink,
+        id: u64,
+        mut parts: Vec<PartitionCut>,
+        rule_version: &str,
+        columns: &[SessionAttribute],
+        publish: &Option<Publish>,
+    ) -> Result<(Option<FleetView>, Vec<i32>), CheckpointError> {
         let mut fenced = Vec::new();
-        let mut committed = None;
         let mut retries = SinkRetries::new(self.sink_retry);
         // Every row moved out once, each with its partition, so a fenced
         // partition's rows can be left out of the next attempt.
@@ -299,20 +360,12 @@ impl GroupCheckpointer {
             sessions.take(part.partition, &mut part.output.sessions);
             rejected.take(part.partition, &mut part.output.rejected);
         }
-        while !parts.is_empty() {
+        while !parts.is_empty() || publish.is_some() {
             let progress = self.progress(&parts);
             let claimed: BTreeMap<i32, u64> = parts
                 .iter()
                 .filter_map(|c| Some((c.partition, self.owned.get(&c.partition)?.epoch)))
                 .collect();
-            let properties = HashMap::from([
-                (CHECKPOINT_ID_KEY.to_owned(), id.to_string()),
-                (JOB_ID_KEY.to_owned(), self.owner.clone()),
-                (RULE_VERSION_KEY.to_owned(), cut.rule_version.clone()),
-            ]);
-            let held = move |props: &HashMap<String, String>| {
-                props.get(CHECKPOINT_ID_KEY).and_then(|v| v.parse::<u64>().ok()) >= Some(id)
-            };
             let output = OwnedOutput {
                 group: &self.group,
                 owner: &self.owner,
@@ -320,21 +373,21 @@ impl GroupCheckpointer {
                 progress: &progress,
                 sessions: &sessions.rows,
                 rejected: &rejected.rows,
-                properties,
-                identity: (JOB_ID_KEY, &self.owner),
-                held: &held,
-                rules: RulesNote { active: &cut.rule_version, publish: publish.as_ref() },
+                properties: HashMap::from([
+                    (CHECKPOINT_ID_KEY.to_owned(), id.to_string()),
+                    (JOB_ID_KEY.to_owned(), self.owner.clone()),
+                    (RULE_VERSION_KEY.to_owned(), rule_version.to_owned()),
+                ]),
+                checkpoint: id,
+                rules: RulesNote { active: rule_version, publish: publish.as_ref() },
             };
             // A schema change, not a snapshot: idempotent, so safe to repeat.
-            let attempt = match sink.add_columns(&cut.columns).await {
+            let attempt = match sink.add_columns(columns).await {
                 Ok(()) => sink.commit_owned(output).await,
                 Err(error) => Err(error),
             };
-            match attempt {
-                Ok(OwnedCommit::Committed(view)) => {
-                    committed = Some(view);
-                    break;
-                }
+            let error = match attempt {
+                Ok(OwnedCommit::Committed(view)) => return Ok((Some(view), fenced)),
                 Ok(OwnedCommit::Fenced(lost)) => {
                     tracing::warn!(
                         partitions = ?lost,
@@ -347,36 +400,25 @@ impl GroupCheckpointer {
                         self.owned.remove(p);
                     }
                     fenced.extend(lost);
+                    continue;
                 }
-                Err(error) => {
-                    let Some(delay) = retries.after_failure(&error) else {
-                        if !error.is_transient() {
-                            return Err(error.into());
-                        }
-                        return Err(CheckpointError::SinkUnavailable {
-                            checkpoint: id,
-                            attempts: retries.attempts(),
-                            waited: whole_millis(retries.elapsed()),
-                            source: error,
-                        });
-                    };
-                    tracing::warn!(checkpoint = id, %error, "publishing to the sink failed; retrying");
-                    tokio::time::sleep(delay).await;
+                Err(error) => error,
+            };
+            let Some(delay) = retries.after_failure(&error) else {
+                if !error.is_transient() {
+                    return Err(error.into());
                 }
-            }
+                return Err(CheckpointError::SinkUnavailable {
+                    checkpoint: id,
+                    attempts: retries.attempts(),
+                    waited: whole_millis(retries.elapsed()),
+                    source: error,
+                });
+            };
+            tracing::warn!(checkpoint = id, %error, "publishing to the sink failed; retrying");
+            tokio::time::sleep(delay).await;
         }
-        self.last_publish = publishing.elapsed();
-        if committed.is_some() {
-            stale.retain(|(p, _)| !fenced.contains(p));
-            self.delete_stale(sink, &stale).await;
-        }
-        let fleet = match (&mut self.rules, committed) {
-            (Some(exchange), Some(view)) => {
-                Some(exchange.take_in(sink, view, &cut.rule_version, publish.is_some()).await)
-            }
-            _ => None,
-        };
-        Ok(GroupCompleted { id, fenced, fleet })
+        Ok((None, fenced))
     }
 
     /// Deletes the files of `stale` chains, which no summary names any more.

@@ -42,7 +42,7 @@ mod tests;
 
 pub(crate) use fleet::{fetch_component, RulesExchange};
 pub use group::GroupCheckpointer;
-pub(crate) use group::{GroupCut, PartitionCut, RestoredPartition, WHOLE_STATE_EVERY};
+pub(crate) use group::{Claim, GroupCut, PartitionCut, RestoredPartition, WHOLE_STATE_EVERY};
 pub(crate) use thread::{CheckpointThread, Completed, Completer, Cut, Pending};
 
 /// Snapshot summary key: the checkpoint whose output the snapshot holds.

@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::fleet::FleetUpdate;
-use super::group::{GroupCheckpointer, GroupCompleted, GroupCut, RestoredPartition};
+use super::group::{Claim, GroupCheckpointer, GroupCompleted, GroupCut};
 use super::{CheckpointError, Checkpointer, PendingCheckpoint};
+use crate::rules::lifecycle::GroupUpdate;
 use crate::sink::Sink;
 
 /// What completes checkpoints: a job's own state store, or a group
@@ -76,7 +76,7 @@ pub(crate) struct Completed {
     /// was published, and they are this member's no more.
     pub(crate) fenced: Vec<i32>,
     /// What a group member's commit learnt of the group's rules.
-    pub(crate) fleet: Option<FleetUpdate>,
+    pub(crate) fleet: Option<Box<GroupUpdate>>,
 }
 
 enum Work {
@@ -87,7 +87,7 @@ enum Work {
 
 enum Done {
     Checkpoint(Result<Completed, CheckpointError>),
-    Claimed(Result<Vec<RestoredPartition>, CheckpointError>),
+    Claimed(Result<Claim, CheckpointError>),
 }
 
 /// The thread that completes checkpoints, in the order they were cut.
@@ -178,10 +178,7 @@ impl CheckpointThread {
 
     /// Claims `partitions` for this group member once the checkpoints cut
     /// before are complete, and restores their state.
-    pub(crate) fn claim(
-        &mut self,
-        partitions: Vec<i32>,
-    ) -> Result<Vec<RestoredPartition>, CheckpointError> {
+    pub(crate) fn claim(&mut self, partitions: Vec<i32>) -> Result<Claim, CheckpointError> {
         self.send(Work::Claim(partitions))?;
         loop {
             match self.done.recv() {

@@ -28,6 +28,11 @@ pub struct StatusArgs {
     /// seconds, or with a unit. Default: three checkpoint intervals, at least 60 s.
     #[arg(long, value_parser = super::seconds)]
     pub ready_max_checkpoint_age: Option<Duration>,
+    /// Show the raw text of rejected records on the status page even when
+    /// --metrics-addr is beyond loopback (they are raw input, often personal
+    /// data: left out there by default).
+    #[arg(long)]
+    pub status_raw_records: bool,
 }
 
 /// `--metrics-addr`.
@@ -55,6 +60,7 @@ impl StatusArgs {
         StatusConfig {
             addr,
             readiness: Readiness { max_lag: self.ready_max_lag, max_checkpoint_age },
+            raw_records: self.status_raw_records,
         }
     }
 }

@@ -228,7 +228,7 @@ async fn run_file(config: &JobConfig, source: FileSource) -> Result<RunSummary, 
             let always = Readiness { max_lag: u64::MAX, max_checkpoint_age: Duration::MAX };
             let metrics = Arc::new(JobMetrics::new(always));
             metrics.set_partitions(&[0]);
-            status::serve(addr, metrics.clone()).await?;
+            status::serve(addr, metrics.clone(), config.status.raw_records).await?;
             Some(metrics)
         }
         None => None,
@@ -272,7 +272,7 @@ async fn run_kafka(config: &JobConfig) -> Result<StreamSummary, JobError> {
     // a slow recovery shows as not ready.
     let metrics = Arc::new(JobMetrics::new(config.status.readiness));
     let status_addr = match config.status.addr {
-        Some(addr) => Some(status::serve(addr, metrics.clone()).await?),
+        Some(addr) => Some(status::serve(addr, metrics.clone(), config.status.raw_records).await?),
         None => None,
     };
     let loader = rules_loader(config.settings.clone(), config.limits, config.max_component_bytes)?;
@@ -295,6 +295,7 @@ async fn run_kafka(config: &JobConfig) -> Result<StreamSummary, JobError> {
         ),
         None => None,
     };
+    let mut joined_group = None;
     let (engines, completer, offsets) = match config.scale_out {
         Some(_) => {
             let member = group::Membership {
@@ -303,10 +304,12 @@ async fn run_kafka(config: &JobConfig) -> Result<StreamSummary, JobError> {
                 max_component_bytes: config.max_component_bytes,
                 engine: config.engine,
             };
-            let completer =
+            let joined =
                 group::start_member(&member, &mut sink, &loader, &archive, &mut slot).await?;
+            metrics.observe_group_rules(joined.diverged.clone());
+            joined_group = Some((joined.diverged, joined.fleet));
             let engines = Engines::PerPartition(PartitionEngines::default());
-            (engines, completer, BTreeMap::new())
+            (engines, joined.completer, BTreeMap::new())
         }
         None => {
             let store = StateStore::open(&config.state_dir)?;
@@ -348,8 +351,8 @@ async fn run_kafka(config: &JobConfig) -> Result<StreamSummary, JobError> {
         .accepting(requests)
         .loading_with(loader.keeping_in(archive.clone()))
         .checking_columns_with(sink.column_check());
-    if config.scale_out.is_some() {
-        rules = rules.in_group();
+    if let Some((diverged, fleet)) = joined_group {
+        rules = rules.in_group(diverged, fleet);
     }
     let handle = tokio::runtime::Handle::current();
     tokio::task::block_in_place(|| {

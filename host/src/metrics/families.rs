@@ -167,8 +167,24 @@ pub(super) fn register(r: &mut Registry, m: &JobMetrics) {
         "The rules in force (value 1, version in the label)",
         m.rules_info.clone(),
     );
+    r.register(
+        "group_rules_followed",
+        "1 while a group member runs its group's rules (or is no member), 0 while it cannot",
+        m.group_rules_followed.clone(),
+    );
+    r.register(
+        "partitions_unreadable",
+        "Partitions a group member holds but cannot restore (their state cannot be read)",
+        m.partitions_unreadable.clone(),
+    );
+    r.register(
+        "group_publishes_refused",
+        "Rules changes made here that the group refused (it had newer rules by then)",
+        m.publishes_refused.clone(),
+    );
     // Series whose labels are known start at zero, so that a rate over
     // them works from the first scrape and dashboards show 0, not "no data".
+    m.group_rules_followed.set(1);
     for outcome in ["accepted", "late", "duplicate", "rejected"] {
         let _ = m.events.get_or_create(&Outcome { outcome });
     }

@@ -115,12 +115,21 @@ pub struct JobMetrics {
     rules_changes: Family<RulesAction, Counter>,
     rules_info: Family<RuleVersion, Gauge>,
     last_checkpoint_time: Gauge<f64, AtomicU64>,
+    group_rules_followed: Gauge,
+    partitions_unreadable: Gauge,
+    publishes_refused: Counter,
+    /// Why a group member does not run its group's rules, if it does not.
+    diverged: Mutex<Option<String>>,
+    /// Partitions held whose state cannot be read, and why.
+    unreadable: Mutex<BTreeMap<i32, String>>,
     /// Engine counters already added to the metrics.
     reported: Mutex<EngineStats>,
     /// Milliseconds since `started` of the last completed checkpoint; -1 if none.
     last_checkpoint_ms: AtomicI64,
     /// Partitions the job reads; 0 until it reads any.
     partitions: AtomicU64,
+    /// The partitions as last set, whose gauges a later set may remove.
+    reported_partitions: Mutex<BTreeSet<i32>>,
     /// The sum of the per-partition lags.
     total_lag: AtomicU64,
     recent: Mutex<Recent>,
@@ -177,9 +186,15 @@ impl JobMetrics {
             rules_changes: Family::default(),
             rules_info: Family::default(),
             last_checkpoint_time: Gauge::default(),
+            group_rules_followed: Gauge::default(),
+            partitions_unreadable: Gauge::default(),
+            publishes_refused: Counter::default(),
+            diverged: Mutex::default(),
+            unreadable: Mutex::default(),
             reported: Mutex::new(EngineStats::default()),
             last_checkpoint_ms: AtomicI64::new(-1),
             partitions: AtomicU64::new(0),
+            reported_partitions: Mutex::default(),
             total_lag: AtomicU64::new(0),
             recent: Mutex::new(Recent::default()),
         };
@@ -196,9 +211,18 @@ impl JobMetrics {
         out
     }
 
-    /// The partitions the job reads.
+    /// The partitions the job reads. The lag and offset of partitions it no
+    /// longer reads go (after a rebalance another member reports them: two
+    /// series for one partition would add up wrong).
     pub fn set_partitions(&self, partitions: &[i32]) {
         self.partitions.store(partitions.len() as u64, Ordering::Relaxed);
+        let mut known = lock(&self.reported_partitions);
+        for &partition in known.iter().filter(|p| !partitions.contains(p)) {
+            self.lag.remove(&Partition { partition });
+            self.committed.remove(&Partition { partition });
+        }
+        known.clear();
+        known.extend(partitions);
     }
 
     /// After a batch: the engines' counters and gauges, and `read` more records.
@@ -275,7 +299,9 @@ impl JobMetrics {
     /// Per-partition lag (the partition's end minus the next offset to read).
     pub fn observe_lag(&self, lags: &BTreeMap<i32, i64>) {
         let mut total = 0u64;
-        for (&partition, &lag) in lags {
+        let known = lock(&self.reported_partitions);
+        for (&partition, &lag) in lags.iter().filter(|(p, _)| known.is_empty() || known.contains(p))
+        {
             let lag = lag.max(0);
             self.lag.get_or_create(&Partition { partition }).set(lag);
             total = total.saturating_add(lag as u64);
@@ -294,9 +320,14 @@ impl JobMetrics {
         if let Some(bytes) = checkpoint.state_bytes {
             self.state_bytes.set(clamp(bytes));
         }
+        // A last checkpoint for partitions handed over completes after they went.
+        let known = lock(&self.reported_partitions);
         for (&partition, &offset) in offsets {
-            self.committed.get_or_create(&Partition { partition }).set(offset);
+            if known.is_empty() || known.contains(&partition) {
+                self.committed.get_or_create(&Partition { partition }).set(offset);
+            }
         }
+        drop(known);
         self.last_checkpoint_time.set(wall_clock_s());
         let since_start = i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX);
         self.last_checkpoint_ms.store(since_start, Ordering::Relaxed);
@@ -328,6 +359,29 @@ impl JobMetrics {
         drop(recent);
         self.rules_info.clear();
         self.rules_info.get_or_create(&RuleVersion { rule_version: active.to_owned() }).set(1);
+    }
+
+    /// Whether a group member runs its group's rules: `None` if it does,
+    /// otherwise why not (it runs its own meanwhile).
+    pub fn observe_group_rules(&self, diverged: Option<String>) {
+        self.group_rules_followed.set(i64::from(diverged.is_none()));
+        *lock(&self.diverged) = diverged;
+    }
+
+    /// A change of rules made here was refused by the group.
+    pub fn observe_publish_refused(&self) {
+        self.publishes_refused.inc();
+    }
+
+    /// The partitions a group member holds but cannot restore, and why.
+    pub fn observe_unreadable(&self, partitions: &BTreeMap<i32, String>) {
+        self.partitions_unreadable.set(clamp(partitions.len() as u64));
+        *lock(&self.unreadable) = partitions.clone();
+    }
+
+    /// The partitions whose state cannot be read, and why, for the page.
+    pub fn unreadable(&self) -> BTreeMap<i32, String> {
+        lock(&self.unreadable).clone()
     }
 
     /// Takes a sample of the charted values (called once a second).
@@ -388,6 +442,14 @@ impl JobMetrics {
                 -1 => format!("no checkpoint completed in {}s since the start", age.as_secs()),
                 _ => format!("the last checkpoint completed {}s ago", age.as_secs()),
             });
+        }
+        if let Some(diverged) = lock(&self.diverged).as_ref() {
+            why.push(format!("not running the group's rules: {diverged}"));
+        }
+        for (partition, error) in lock(&self.unreadable).iter() {
+            why.push(format!(
+                "partition {partition} is paused: its state cannot be read ({error})"
+            ));
         }
         if why.is_empty() {
             Ok(())

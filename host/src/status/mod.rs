@@ -28,6 +28,9 @@ pub struct StatusConfig {
     pub addr: Option<SocketAddr>,
     /// What `/readyz` requires.
     pub readiness: Readiness,
+    /// Whether the page shows the raw text of rejected records even when it
+    /// is served beyond loopback (`--status-raw-records`).
+    pub raw_records: bool,
 }
 
 /// Why the status endpoint could not start.
@@ -43,18 +46,43 @@ pub struct StatusError {
     pub cause: std::io::Error,
 }
 
+/// What the handlers share.
+#[derive(Clone)]
+struct Served {
+    metrics: Arc<JobMetrics>,
+    /// Whether the page may show raw input (see [`StatusConfig::raw_records`]).
+    raw_records: bool,
+}
+
 /// Serves `metrics` on `addr` (port 0 picks a free one) until the process
 /// ends, sampling the charted values once a second. Returns the bound address.
-pub async fn serve(addr: SocketAddr, metrics: Arc<JobMetrics>) -> Result<SocketAddr, StatusError> {
+///
+/// Rejected records are raw input, often personal data: served beyond
+/// loopback (as Prometheus scraping wants), the page leaves their text out
+/// unless `raw_records` says otherwise.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<JobMetrics>,
+    raw_records: bool,
+) -> Result<SocketAddr, StatusError> {
     let listener =
         tokio::net::TcpListener::bind(addr).await.map_err(|cause| StatusError { addr, cause })?;
     let bound = listener.local_addr().map_err(|cause| StatusError { addr, cause })?;
+    let raw_records = raw_records || bound.ip().is_loopback();
+    if !raw_records {
+        tracing::warn!(
+            addr = %bound,
+            "the status page is reachable beyond loopback: it leaves out the raw text of \
+             rejected records (--status-raw-records shows it)"
+        );
+    }
+    let served = Served { metrics: metrics.clone(), raw_records };
     let app = Router::new()
         .route("/", get(status_page))
         .route("/metrics", get(prometheus))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .with_state(metrics.clone());
+        .with_state(served);
     tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {
             tracing::error!(%error, "metrics and status endpoint stopped");
@@ -72,13 +100,13 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<JobMetrics>) -> Result<SocketA
     Ok(bound)
 }
 
-async fn prometheus(State(metrics): State<Arc<JobMetrics>>) -> Response {
-    ([(header::CONTENT_TYPE, OPENMETRICS)], metrics.encode()).into_response()
+async fn prometheus(State(served): State<Served>) -> Response {
+    ([(header::CONTENT_TYPE, OPENMETRICS)], served.metrics.encode()).into_response()
 }
 
 /// 200 when ready; 503 with one line per reason when not.
-async fn ready(State(metrics): State<Arc<JobMetrics>>) -> Response {
-    match metrics.readiness() {
+async fn ready(State(served): State<Served>) -> Response {
+    match served.metrics.readiness() {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
         Err(reasons) => {
             let body: String = reasons.iter().map(|r| format!("not ready: {r}\n")).collect();
@@ -87,6 +115,6 @@ async fn ready(State(metrics): State<Arc<JobMetrics>>) -> Response {
     }
 }
 
-async fn status_page(State(metrics): State<Arc<JobMetrics>>) -> Html<String> {
-    Html(page::render(&metrics).into_string())
+async fn status_page(State(served): State<Served>) -> Html<String> {
+    Html(page::render(&served.metrics, served.raw_records).into_string())
 }

@@ -25,7 +25,7 @@ td.n { text-align: right; font-variant-numeric: tabular-nums; } code { font-size
 ";
 
 /// The whole page.
-pub(super) fn render(metrics: &JobMetrics) -> Markup {
+pub(super) fn render(metrics: &JobMetrics, raw_records: bool) -> Markup {
     let overview = metrics.overview();
     let recent = metrics.recent();
     let samples: Vec<Sample> = recent.samples().copied().collect();
@@ -49,7 +49,7 @@ pub(super) fn render(metrics: &JobMetrics) -> Markup {
                 h2 { "Rules" }
                 (rules(&recent))
                 h2 { "Latest dead letters" }
-                (dead_letters(&recent))
+                (dead_letters(&recent, raw_records))
             }
         }
     }
@@ -162,7 +162,9 @@ fn rules(recent: &crate::metrics::Recent) -> Markup {
     }
 }
 
-fn dead_letters(recent: &crate::metrics::Recent) -> Markup {
+/// The latest dead letters; without `raw`, neither their text nor the
+/// values their reasons quote.
+fn dead_letters(recent: &crate::metrics::Recent, raw: bool) -> Markup {
     html! {
         @if recent.latest_dead_letters().next().is_none() {
             p.empty { "none" }
@@ -171,14 +173,35 @@ fn dead_letters(recent: &crate::metrics::Recent) -> Markup {
                 tr { th { "reason" } th { "from" } th { "record" } }
                 @for dead in recent.latest_dead_letters() {
                     tr {
-                        td { (dead.reason) }
+                        @if raw {
+                            td { (dead.reason) }
+                        } @else {
+                            td { (unquoted(&dead.reason)) }
+                        }
                         td { (dead.source) " #" (dead.partition) " @" (dead.position) }
-                        td { code { (dead.raw) } }
+                        @if raw {
+                            td { code { (dead.raw) } }
+                        } @else {
+                            td.empty { "not shown beyond loopback (--status-raw-records)" }
+                        }
                     }
                 }
             }
         }
     }
+}
+
+/// `reason` with what it quotes from the record (`"..."`) left out.
+fn unquoted(reason: &str) -> String {
+    let mut out = String::with_capacity(reason.len());
+    for (i, part) in reason.split('"').enumerate() {
+        if i % 2 == 0 {
+            out.push_str(part);
+        } else {
+            out.push_str("\"…\"");
+        }
+    }
+    out
 }
 
 /// `2026-11-29T07:10:03Z`, from epoch seconds.

@@ -271,6 +271,11 @@ impl Engines {
         }
     }
 
+    /// Whether these are a group member's engines.
+    pub(crate) fn is_group(&self) -> bool {
+        matches!(self, Engines::PerPartition(_))
+    }
+
     /// The partitions held (a group member's), in order.
     pub(crate) fn held(&self) -> Vec<i32> {
         match self {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use super::ingest::{ingest, Intake};
 use super::summary::StreamSummary;
 use crate::checkpoint::{
-    CheckpointError, CheckpointThread, Checkpointer, Completed, Completer, Cut, Pending,
+    CheckpointError, CheckpointThread, Checkpointer, Claim, Completed, Completer, Cut, Pending,
 };
 use crate::engine::{Engine, EngineError};
 use crate::event::EventBlock;
@@ -171,6 +171,7 @@ pub fn run_streaming<S: StreamSource, K: Sink + Send>(
             off_partition_logged: 0,
             unstarted: BTreeSet::new(),
             lost: BTreeMap::new(),
+            unreadable: BTreeMap::new(),
         };
         job.run(stop)
     })
@@ -210,6 +211,9 @@ struct EventLoop<'a, S> {
     /// Partitions another member claimed, and when to claim them again if
     /// the group still assigns them here.
     lost: BTreeMap<i32, Instant>,
+    /// Partitions claimed whose state could not be read: paused, with when
+    /// to claim (and read) them again and why they could not be read.
+    unreadable: BTreeMap<i32, (Instant, String)>,
 }
 
 impl<S: StreamSource> EventLoop<'_, S> {
@@ -412,8 +416,12 @@ impl<S: StreamSource> EventLoop<'_, S> {
 
     /// The rules in force and their history, to the metrics.
     fn report_rules(&mut self) {
+        let diverged = self.rules.group_diverged().map(str::to_owned);
         let slot = self.rules.rules();
         self.metrics.observe_rules(slot.rule_version(), slot.history());
+        if self.engines.is_group() {
+            self.metrics.observe_group_rules(diverged);
+        }
     }
 
     /// Whether every partition has been read up to where it ended at the start.
@@ -474,7 +482,11 @@ impl<S: StreamSource> EventLoop<'_, S> {
                 self.lose(&completed.fenced);
             }
             if let Some(update) = completed.fleet.take() {
-                self.rules.take_in_group(update.view, update.follow, update.settled);
+                if update.refused.is_some() {
+                    self.metrics.observe_publish_refused();
+                }
+                self.rules.take_in_group(*update);
+                self.report_rules();
             }
             completed_checkpoint(&mut self.source, &mut self.summary, &self.metrics, completed);
         }
@@ -511,13 +523,7 @@ impl<S: StreamSource> EventLoop<'_, S> {
     /// and claimed again (another member may have claimed it meanwhile).
     fn rebalance(&mut self) -> Result<(), StreamError> {
         let changes = self.source.take_rebalance();
-        let checked = Instant::now();
-        let due: Vec<i32> =
-            self.lost.iter().filter(|(_, &at)| at <= checked).map(|(&p, _)| p).collect();
-        for p in &due {
-            self.lost.remove(p);
-        }
-        self.unstarted.extend(due);
+        self.take_due();
         if changes.is_empty() && self.unstarted.is_empty() {
             return Ok(());
         }
@@ -531,6 +537,11 @@ impl<S: StreamSource> EventLoop<'_, S> {
         }
         // The source's partitions are the assignment as of now.
         let now: BTreeSet<i32> = self.source.partitions().iter().copied().collect();
+        let unreadable = self.unreadable.len();
+        self.unreadable.retain(|p, _| now.contains(p) && !revoked.contains(p));
+        if self.unreadable.len() != unreadable {
+            self.report_unreadable();
+        }
         let gone: Vec<i32> = (self.engines.held().into_iter())
             .filter(|p| revoked.contains(p) || !now.contains(p))
             .collect();
@@ -545,6 +556,30 @@ impl<S: StreamSource> EventLoop<'_, S> {
         }
         self.metrics.set_partitions(self.source.partitions());
         Ok(())
+    }
+
+    /// Partitions due to be claimed again: lost to another member's claim,
+    /// or claimed but unreadable, a while ago (if still assigned here).
+    fn take_due(&mut self) {
+        let checked = Instant::now();
+        let lost: Vec<i32> =
+            self.lost.iter().filter(|(_, &at)| at <= checked).map(|(&p, _)| p).collect();
+        for p in &lost {
+            self.lost.remove(p);
+        }
+        let retry = checked + RECLAIM_AFTER;
+        let mut unreadable = Vec::new();
+        for (&p, (at, _)) in self.unreadable.iter_mut().filter(|(_, (at, _))| *at <= checked) {
+            *at = retry;
+            unreadable.push(p);
+        }
+        self.unstarted.extend(lost.into_iter().chain(unreadable));
+    }
+
+    /// The partitions whose state cannot be read, to the metrics.
+    fn report_unreadable(&self) {
+        let why = self.unreadable.iter().map(|(&p, (_, why))| (p, why.clone())).collect();
+        self.metrics.observe_unreadable(&why);
     }
 
     /// Cuts a last checkpoint for `gone`, then drops and releases them.
@@ -568,12 +603,13 @@ impl<S: StreamSource> EventLoop<'_, S> {
     /// last checkpoint ended.
     fn claim(&mut self, added: Vec<i32>) -> Result<(), StreamError> {
         let started = Instant::now();
-        let restored = self.checkpoints.claim(added.clone())?;
+        let Claim { restored, unreadable } = self.checkpoints.claim(added.clone())?;
         let users: usize = restored.iter().map(|r| r.users).sum();
         let files: u64 = restored.iter().map(|r| r.files).sum();
         let starts: Vec<(i32, Option<i64>)> =
             restored.iter().map(|r| (r.partition, r.offset)).collect();
         self.engines.restore(restored);
+        self.pause_unreadable(unreadable);
         let now = Instant::now();
         for (p, offset) in starts {
             match self.source.start_at(p, offset) {
@@ -598,6 +634,28 @@ impl<S: StreamSource> EventLoop<'_, S> {
             "partitions claimed and restored"
         );
         Ok(())
+    }
+
+    /// Keeps partitions whose state could not be read paused, to be
+    /// claimed and read again later; the others go on meanwhile.
+    fn pause_unreadable(&mut self, unreadable: Vec<(i32, String)>) {
+        if unreadable.is_empty() && self.unreadable.is_empty() {
+            return;
+        }
+        let partitions: Vec<i32> = unreadable.iter().map(|(p, _)| *p).collect();
+        if let Err(error) = self.source.pause(&partitions) {
+            tracing::warn!(%error, "pausing partitions whose state cannot be read failed");
+        }
+        let retry = Instant::now() + RECLAIM_AFTER;
+        for (p, why) in unreadable {
+            self.unreadable.insert(p, (retry, why));
+        }
+        let readable: Vec<i32> =
+            self.engines.held().into_iter().filter(|p| self.unreadable.contains_key(p)).collect();
+        for p in readable {
+            self.unreadable.remove(&p);
+        }
+        self.report_unreadable();
     }
 
     /// Open sessions and texts, to the metrics.

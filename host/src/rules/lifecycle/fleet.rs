@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::request::{Answer, Candidate, RulesAction, RulesRequest};
-use crate::sink::iceberg::FleetView;
+use crate::sink::iceberg::{FleetView, RulesRef};
 
 /// How long a change the group published may wait to be applied here: long,
 /// since nobody waits on it, but not forever.
@@ -13,11 +13,26 @@ const FOLLOW_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Rules a member publishes to its group with a checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RulesToPublish {
-    /// `name@version+hash` of the rules (their component is in the archive).
-    pub version: String,
-    /// Only if the group has no rules yet: the member's starting rules.
-    pub only_if_none: bool,
+pub enum RulesToPublish {
+    /// The member's starting rules, if the group has none yet (their
+    /// component is in the archive).
+    Start {
+        /// `name@version+hash` of the rules.
+        version: String,
+    },
+    /// An operator's deploy here (the component is in the archive).
+    Deploy {
+        /// `name@version+hash` of the rules.
+        version: String,
+    },
+    /// An operator's rollback sent here: the group goes back to the rules
+    /// its record kept, whichever member receives it.
+    Rollback {
+        /// The rules to go back to.
+        to: RulesRef,
+        /// The record it was asked against.
+        based_on: u64,
+    },
 }
 
 /// Where a change of rules came from.
@@ -43,17 +58,47 @@ pub(super) struct MemberRules {
     view: Option<FleetView>,
     /// Changes the group published, waiting to be applied here.
     following: Vec<(String, Answer)>,
+    /// Why this member does not run the group's rules, if it does not.
+    diverged: Option<String>,
+    /// The last change made here that the group refused.
+    refused: Option<String>,
 }
 
 impl MemberRules {
     /// Publishes the starting rules, unless the group has rules already.
-    pub(super) fn start_with(&mut self, version: &str) {
-        self.to_publish = Some(RulesToPublish { version: version.to_owned(), only_if_none: true });
+    pub(super) fn start_with(&mut self, version: &str, diverged: Option<String>, found: FleetView) {
+        self.to_publish = Some(RulesToPublish::Start { version: version.to_owned() });
+        self.diverged = diverged;
+        self.view = Some(found);
     }
 
     /// An operator's change is in force here: it goes to the group next.
     pub(super) fn changed_here(&mut self, version: &str) {
-        self.to_publish = Some(RulesToPublish { version: version.to_owned(), only_if_none: false });
+        self.to_publish = Some(RulesToPublish::Deploy { version: version.to_owned() });
+    }
+
+    /// An operator's rollback: the group goes back to the rules its record
+    /// kept before the ones in force. Returns what is asked, or why not.
+    pub(super) fn roll_back_group(&mut self) -> Result<serde_json::Value, String> {
+        let Some(rules) = self.view.as_ref().and_then(|view| view.rules.as_ref()) else {
+            return Err("this member has not seen its group's rules yet: try again after its \
+                        next checkpoint, or send the rollback to another member"
+                .into());
+        };
+        let Some(to) = rules.previous.first() else {
+            return Err(format!(
+                "the group has no earlier rules to go back to ({} is the first it recorded)",
+                rules.version
+            ));
+        };
+        self.to_publish = Some(RulesToPublish::Rollback { to: to.clone(), based_on: rules.seq });
+        tracing::info!(from = rules.version, to = to.version, "rolling the group back");
+        Ok(serde_json::json!({
+            "group_rollback": to.version,
+            "from": rules.version,
+            "note": "published with this member's next checkpoint; every member, this one \
+                     included, takes it at its own next checkpoint (see plugin status)",
+        }))
     }
 
     /// What the next checkpoint publishes.
@@ -63,19 +108,27 @@ impl MemberRules {
         Some(publish)
     }
 
-    /// Takes in what a commit saw (`settled`: publish requests settled by
-    /// the checkpoints so far); returns a deploy request for rules the group
-    /// published that this member should follow.
-    pub(super) fn take_in(
-        &mut self,
-        view: FleetView,
-        follow: Option<(String, Vec<u8>)>,
-        settled: u64,
-    ) -> Option<RulesRequest> {
+    /// Takes in what a commit saw; returns a deploy request for rules the
+    /// group published that this member should follow.
+    pub(super) fn take_in(&mut self, update: GroupUpdate, active: &str) -> Option<RulesRequest> {
+        let GroupUpdate { view, follow, settled, refused, unusable } = update;
         self.settled = settled;
+        if refused.is_some() {
+            self.refused = refused;
+        }
+        let in_force = view.rules.as_ref().map(|r| r.version.as_str());
+        self.diverged = match (unusable, in_force) {
+            (Some(why), _) => Some(why),
+            (None, Some(version)) if version == active || follow.is_some() => None,
+            (None, _) => self.diverged.take(),
+        };
         self.view = Some(view);
         let (version, bytes) = follow?;
-        if self.to_publish.as_ref().is_some_and(|p| !p.only_if_none) || self.settled < self.sent {
+        let own_pending = matches!(
+            self.to_publish,
+            Some(RulesToPublish::Deploy { .. } | RulesToPublish::Rollback { .. })
+        );
+        if own_pending || self.settled < self.sent {
             // This member's own change was published after it and wins.
             tracing::info!(
                 rules = version,
@@ -90,12 +143,15 @@ impl MemberRules {
         Some(request)
     }
 
-    /// Logs how the changes followed went.
+    /// Logs how the changes followed went; one that was refused here (its
+    /// dry run failed, or its settings) leaves this member on its own rules.
     pub(super) fn note_outcomes(&mut self) {
+        let diverged = &mut self.diverged;
         self.following.retain_mut(|(version, answer)| match answer.try_recv() {
             Ok(Ok(_)) => false,
             Ok(Err(why)) => {
                 tracing::warn!(rules = %version, %why, "the group's rules were not taken up here");
+                *diverged = Some(format!("{version} was refused here: {why}"));
                 false
             }
             Err(tokio::sync::oneshot::error::TryRecvError::Empty) => true,
@@ -103,37 +159,117 @@ impl MemberRules {
         });
     }
 
+    /// Why this member does not run its group's rules, if it does not.
+    pub(super) fn diverged(&self) -> Option<&str> {
+        self.diverged.as_deref()
+    }
+
     /// The group, for `plugin status`.
     pub(super) fn status(&self) -> serde_json::Value {
-        serde_json::to_value(&self.view).unwrap_or_default()
+        let mut status = match &self.view {
+            Some(view) => serde_json::to_value(view).unwrap_or_default(),
+            None => serde_json::json!({ "rules": null, "members": {} }),
+        };
+        if let Some(object) = status.as_object_mut() {
+            object.insert("diverged".into(), serde_json::json!(self.diverged));
+            object.insert("last_refused".into(), serde_json::json!(self.refused));
+        }
+        status
     }
+}
+
+/// What a member's commit brought back of its group's rules.
+#[derive(Debug, Default)]
+pub struct GroupUpdate {
+    /// The members and rules as the commit left them.
+    pub view: FleetView,
+    /// Rules to follow: their version and component.
+    pub follow: Option<(String, Vec<u8>)>,
+    /// Publish requests the checkpoints have settled so far.
+    pub settled: u64,
+    /// A change made here that the group refused, in a sentence.
+    pub refused: Option<String>,
+    /// Why the group's rules cannot be had here, if they cannot.
+    pub unusable: Option<String>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn follow() -> Option<(String, Vec<u8>)> {
-        Some(("theirs@2+ab".into(), b"component".to_vec()))
+    fn update(follow: bool, settled: u64) -> GroupUpdate {
+        let follow = follow.then(|| ("theirs@2+ab".into(), b"component".to_vec()));
+        GroupUpdate { follow, settled, ..GroupUpdate::default() }
     }
 
     #[test]
     fn the_group_is_followed_unless_a_change_made_here_is_on_its_way() {
         let mut fleet = MemberRules::default();
-        fleet.start_with("mine@1+aa");
+        fleet.start_with("mine@1+aa", None, FleetView::default());
         let start = fleet.take_publish();
-        assert_eq!(start.map(|p| p.only_if_none), Some(true));
+        assert!(matches!(start, Some(RulesToPublish::Start { .. })));
         // The first commit settles the starting rules and sees others'.
-        assert!(fleet.take_in(FleetView::default(), follow(), 1).is_some());
+        assert!(fleet.take_in(update(true, 1), "mine@1+aa").is_some());
 
         // An operator's change here, not yet published: what the group
         // published before it is not followed, neither before the cut that
         // carries it nor before that cut commits.
         fleet.changed_here("mine@3+cc");
-        assert!(fleet.take_in(FleetView::default(), follow(), 1).is_none());
-        assert_eq!(fleet.take_publish().map(|p| p.version), Some("mine@3+cc".into()));
-        assert!(fleet.take_in(FleetView::default(), follow(), 1).is_none());
-        assert!(fleet.take_in(FleetView::default(), follow(), 2).is_some());
+        assert!(fleet.take_in(update(true, 1), "mine@3+cc").is_none());
+        let deploy = fleet.take_publish();
+        assert_eq!(deploy, Some(RulesToPublish::Deploy { version: "mine@3+cc".into() }));
+        assert!(fleet.take_in(update(true, 1), "mine@3+cc").is_none());
+        assert!(fleet.take_in(update(true, 2), "mine@3+cc").is_some());
         assert!(fleet.take_publish().is_none());
+    }
+
+    #[test]
+    fn a_rollback_asks_for_the_groups_previous_rules_and_needs_some() {
+        let mut fleet = MemberRules::default();
+        assert!(fleet.roll_back_group().is_err());
+        let view = FleetView {
+            rules: Some(crate::sink::iceberg::FleetRules {
+                seq: 5,
+                version: "v3".into(),
+                sha256: "c".repeat(64),
+                by: "b".into(),
+                at_ms: 0,
+                previous: vec![RulesRef { version: "v2".into(), sha256: "b".repeat(64) }],
+            }),
+            ..FleetView::default()
+        };
+        fleet.take_in(GroupUpdate { view, ..GroupUpdate::default() }, "v3");
+        let asked = fleet.roll_back_group().unwrap();
+        assert_eq!(asked["group_rollback"], "v2");
+        let Some(RulesToPublish::Rollback { to, based_on }) = fleet.take_publish() else {
+            panic!("no rollback to publish")
+        };
+        assert_eq!((to.version.as_str(), based_on), ("v2", 5));
+    }
+
+    #[test]
+    fn rules_that_cannot_be_had_here_are_reported_until_they_run() {
+        let mut fleet = MemberRules::default();
+        fleet.start_with(
+            "mine@1",
+            Some("cannot use theirs@2: too large".into()),
+            FleetView::default(),
+        );
+        assert!(fleet.diverged().is_some());
+        let view = FleetView {
+            rules: Some(crate::sink::iceberg::FleetRules {
+                seq: 2,
+                version: "theirs@2".into(),
+                sha256: "a".repeat(64),
+                by: "b".into(),
+                at_ms: 0,
+                previous: vec![],
+            }),
+            ..FleetView::default()
+        };
+        fleet.take_in(GroupUpdate { view: view.clone(), ..GroupUpdate::default() }, "mine@1");
+        assert!(fleet.diverged().is_some());
+        fleet.take_in(GroupUpdate { view, ..GroupUpdate::default() }, "theirs@2");
+        assert!(fleet.diverged().is_none());
     }
 }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::engine::Sample;
 use crate::rules::{ComponentRules, RulesError, RulesRuntime, Texts};
+use crate::sink::iceberg::FleetView;
 use crate::sink::ColumnCheck;
 
 mod archive;
@@ -28,7 +29,7 @@ mod slot;
 mod watch;
 
 pub use archive::{ArchiveError, RulesArchive};
-pub use fleet::RulesToPublish;
+pub use fleet::{GroupUpdate, RulesToPublish};
 use fleet::{MemberRules, Origin};
 pub(crate) use loader::{mib_text, read_component};
 pub use loader::{RulesLoader, DEFAULT_MAX_COMPONENT_BYTES};
@@ -112,11 +113,18 @@ impl RulesLifecycle {
     /// A member of a consumer group: publishes its starting rules unless the
     /// group has some, publishes what an operator changes here, and follows
     /// what other members publish ([`RulesLifecycle::take_in_group`]).
-    pub fn in_group(mut self) -> Self {
+    /// `diverged`: why it started without the group's rules, if it did;
+    /// `found`: the group as it found it.
+    pub fn in_group(mut self, diverged: Option<String>, found: FleetView) -> Self {
         let mut fleet = MemberRules::default();
-        fleet.start_with(self.slot.rule_version());
+        fleet.start_with(self.slot.rule_version(), diverged, found);
         self.fleet = Some(fleet);
         self
+    }
+
+    /// Why this group member does not run its group's rules, if it does not.
+    pub fn group_diverged(&self) -> Option<&str> {
+        self.fleet.as_ref()?.diverged()
     }
 
     /// Rules to publish to the group with the next checkpoint.
@@ -124,18 +132,11 @@ impl RulesLifecycle {
         self.fleet.as_mut()?.take_publish()
     }
 
-    /// Takes in what a commit saw of the group (`settled`: this member's
-    /// publish requests its checkpoints have settled so far), and queues the
-    /// deploy of `follow`, rules another member published, to be applied at
-    /// a checkpoint boundary.
-    pub fn take_in_group(
-        &mut self,
-        view: crate::sink::iceberg::FleetView,
-        follow: Option<(String, Vec<u8>)>,
-        settled: u64,
-    ) {
+    /// Takes in what a commit saw of the group, and queues the deploy of
+    /// rules another member published, to be applied at a checkpoint boundary.
+    pub fn take_in_group(&mut self, update: GroupUpdate) {
         let Some(fleet) = &mut self.fleet else { return };
-        let Some(request) = fleet.take_in(view, follow, settled) else { return };
+        let Some(request) = fleet.take_in(update, self.slot.rule_version()) else { return };
         let (action, reply) = PendingReply::of(request);
         if let RulesAction::Deploy(candidate) = action {
             self.enqueue(Queued::Deploy(candidate, reply, Origin::Group));
@@ -195,7 +196,13 @@ impl RulesLifecycle {
                     }
                     reply.send(Ok(status));
                 }
-                RulesAction::Rollback => queued.push(Queued::Rollback(reply)),
+                RulesAction::Rollback => match &mut self.fleet {
+                    // In a group, the group's record says what came before,
+                    // not this member's history (a restarted member's holds
+                    // its command line's rules).
+                    Some(fleet) => reply.send(fleet.roll_back_group().map_err(Into::into)),
+                    None => queued.push(Queued::Rollback(reply)),
+                },
                 RulesAction::Deploy(_) if self.loader.is_none() => {
                     reply.send(Err("this job takes no deploys".into()));
                 }

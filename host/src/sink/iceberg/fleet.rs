@@ -14,6 +14,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+use iceberg::table::Table;
+
 use super::group::path_segment;
 use super::{IcebergContext, IcebergSink};
 use crate::sink::SinkError;
@@ -29,6 +31,18 @@ const MEMBER_FORGOTTEN_AFTER_MS: i64 = 15 * 60 * 1000;
 /// Most members the record keeps (the most recently seen).
 const MAX_MEMBERS: usize = 1_024;
 
+/// Rules the group ran before, kept for a rollback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RulesRef {
+    /// `name@version+hash` of the rules.
+    pub version: String,
+    /// The component's full SHA-256.
+    pub sha256: String,
+}
+
+/// Earlier rules a record keeps for rollbacks, newest first.
+const PREVIOUS_KEPT: usize = 8;
+
 /// The rules the whole group runs, as published last.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FleetRules {
@@ -42,15 +56,29 @@ pub struct FleetRules {
     pub by: String,
     /// When it was published, in ms since the Unix epoch.
     pub at_ms: i64,
+    /// The rules in force before, newest first: a rollback sent to any
+    /// member goes to the first of them.
+    #[serde(default)]
+    pub previous: Vec<RulesRef>,
 }
 
 impl FleetRules {
     /// Whether `sha256` can name a file: 64 lowercase hex digits (the record
     /// comes from storage others can write).
     pub(crate) fn names_a_file(&self) -> bool {
-        self.sha256.len() == 64
-            && self.sha256.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        names_a_file(&self.sha256)
     }
+
+    /// The components the record names (in force and kept), those that can
+    /// name a file.
+    pub(crate) fn components(&self) -> impl Iterator<Item = &str> {
+        let kept = self.previous.iter().map(|r| r.sha256.as_str());
+        std::iter::once(self.sha256.as_str()).chain(kept).filter(|sha| names_a_file(sha))
+    }
+}
+
+fn names_a_file(sha256: &str) -> bool {
+    sha256.len() == 64 && sha256.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// One member as its last commit left it.
@@ -73,6 +101,17 @@ pub struct FleetView {
     pub members: BTreeMap<String, MemberSeen>,
 }
 
+/// What a publish asks of the group's record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishKind {
+    /// A member's starting rules: recorded only if the group has none.
+    Start,
+    /// An operator's deploy: the new rules, the old ones kept for rollback.
+    Deploy,
+    /// An operator's rollback: back to the first rules kept.
+    Rollback,
+}
+
 /// Rules a member's commit publishes to the group (their component is
 /// already beside the table).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,8 +120,12 @@ pub struct Publish {
     pub version: String,
     /// The component's full SHA-256.
     pub sha256: String,
-    /// Only if the group has no rules yet: a member's starting rules.
-    pub only_if_none: bool,
+    /// What it asks.
+    pub kind: PublishKind,
+    /// The record (its `seq`; 0: none) the change was made against: a
+    /// deploy or rollback is refused when the group has moved on since,
+    /// or a member that missed newer rules would roll the group back.
+    pub based_on: u64,
 }
 
 /// What a member's commit says of its rules.
@@ -115,7 +158,8 @@ impl FleetView {
         }
     }
 
-    /// Takes in a member's commit: what it runs, and what it publishes.
+    /// Takes in a member's commit: what it runs, and what it publishes (a
+    /// deploy or rollback only if the record is still the one it was based on).
     pub(super) fn record(
         &mut self,
         owner: &str,
@@ -124,15 +168,7 @@ impl FleetView {
         now_ms: i64,
     ) {
         if let Some(publish) = note.publish {
-            if !(publish.only_if_none && self.rules.is_some()) {
-                self.rules = Some(FleetRules {
-                    seq: self.rules.as_ref().map_or(0, |r| r.seq) + 1,
-                    version: publish.version.clone(),
-                    sha256: publish.sha256.clone(),
-                    by: owner.to_owned(),
-                    at_ms: now_ms,
-                });
-            }
+            self.publish(owner, publish, now_ms);
         }
         self.members.insert(
             owner.to_owned(),
@@ -145,6 +181,40 @@ impl FleetView {
             let cutoff = seen[MAX_MEMBERS - 1];
             self.members.retain(|_, m| m.at_ms >= cutoff);
         }
+    }
+
+    fn publish(&mut self, owner: &str, publish: &Publish, now_ms: i64) {
+        let current = self.rules.as_ref();
+        let seq = current.map_or(0, |r| r.seq);
+        let previous = match (publish.kind, current) {
+            (PublishKind::Start, None) => Vec::new(),
+            (PublishKind::Start, Some(_)) => return,
+            _ if publish.based_on != seq => return,
+            (PublishKind::Deploy, current) => {
+                let now = current
+                    .map(|r| RulesRef { version: r.version.clone(), sha256: r.sha256.clone() });
+                let older = current.map(|r| r.previous.clone()).unwrap_or_default();
+                now.into_iter().chain(older).take(PREVIOUS_KEPT).collect()
+            }
+            (PublishKind::Rollback, Some(current)) => match current.previous.split_first() {
+                Some((to, older)) if to.sha256 == publish.sha256 => older.to_vec(),
+                _ => return,
+            },
+            (PublishKind::Rollback, None) => return,
+        };
+        self.rules = Some(FleetRules {
+            seq: seq + 1,
+            version: publish.version.clone(),
+            sha256: publish.sha256.clone(),
+            by: owner.to_owned(),
+            at_ms: now_ms,
+            previous,
+        });
+    }
+
+    /// Whether the record took `publish` in (its rules are in force).
+    pub fn holds(&self, publish: &Publish) -> bool {
+        self.rules.as_ref().is_some_and(|r| r.sha256 == publish.sha256)
     }
 
     /// Its summary properties.
@@ -163,11 +233,16 @@ impl FleetView {
     }
 }
 
+/// Where the component with full SHA-256 `sha256` of `group` lives: beside
+/// the sessions table.
+pub(super) fn component_location(table: &Table, group: &str, sha256: &str) -> String {
+    let table = table.metadata().location().trim_end_matches('/');
+    format!("{table}/sessionize-rules/{}/{sha256}.wasm", path_segment(group))
+}
+
 impl IcebergSink {
-    /// Where the component with full SHA-256 `sha256` of `group` lives.
     fn component_location(&self, group: &str, sha256: &str) -> String {
-        let table = self.sessions.metadata().location().trim_end_matches('/');
-        format!("{table}/sessionize-rules/{}/{sha256}.wasm", path_segment(group))
+        component_location(&self.sessions, group, sha256)
     }
 
     /// Puts a component beside the table, for the other members.
@@ -219,22 +294,67 @@ mod tests {
         RulesNote { active, publish }
     }
 
-    fn publish(version: &str, only_if_none: bool) -> Publish {
-        Publish { version: version.into(), sha256: "ab".repeat(32), only_if_none }
+    fn publish(version: &str, kind: PublishKind, based_on: u64) -> Publish {
+        let sha256 = format!("{:0>64}", version.len());
+        Publish { version: version.into(), sha256, kind, based_on }
+    }
+
+    fn in_force(view: &FleetView) -> Option<(u64, &str)> {
+        view.rules.as_ref().map(|r| (r.seq, r.version.as_str()))
     }
 
     #[test]
     fn a_publish_raises_the_sequence_and_a_starting_member_only_fills_a_gap() {
         let mut view = FleetView::default();
-        view.record("a", note("v1", Some(&publish("v1", true))), vec![0], 1_000);
-        assert_eq!(view.rules.as_ref().map(|r| (r.seq, r.version.as_str())), Some((1, "v1")));
-        view.record("b", note("v0", Some(&publish("v0", true))), vec![1], 2_000);
-        assert_eq!(view.rules.as_ref().map(|r| (r.seq, r.version.as_str())), Some((1, "v1")));
-        view.record("b", note("v2", Some(&publish("v2", false))), vec![1], 3_000);
+        view.record("a", note("v1", Some(&publish("v1", PublishKind::Start, 0))), vec![0], 1_000);
+        assert_eq!(in_force(&view), Some((1, "v1")));
+        view.record("b", note("v0", Some(&publish("v0", PublishKind::Start, 0))), vec![1], 2_000);
+        assert_eq!(in_force(&view), Some((1, "v1")));
+        view.record(
+            "b",
+            note("v22", Some(&publish("v22", PublishKind::Deploy, 1))),
+            vec![1],
+            3_000,
+        );
         assert_eq!(view.rules.as_ref().map(|r| (r.seq, r.by.as_str())), Some((2, "b")));
         assert_eq!(view.members["a"].rules, "v1");
-        assert_eq!(view.members["b"].rules, "v2");
+        assert_eq!(view.members["b"].rules, "v22");
         assert!(view.rules.as_ref().is_some_and(FleetRules::names_a_file));
+    }
+
+    #[test]
+    fn a_publish_based_on_an_older_record_is_refused() {
+        // A accepted v2 while the group was at record 1; v3 went out through
+        // B (record 2); A's publish must not roll the group back to v2.
+        let mut view = FleetView::default();
+        view.record("a", note("v1", Some(&publish("v1", PublishKind::Start, 0))), vec![0], 0);
+        let v3 = publish("v333", PublishKind::Deploy, 1);
+        view.record("b", note("v333", Some(&v3)), vec![1], 1);
+        let v2 = publish("v22", PublishKind::Deploy, 1);
+        view.record("a", note("v22", Some(&v2)), vec![0], 2);
+        assert_eq!(in_force(&view), Some((2, "v333")));
+        assert!(view.holds(&v3) && !view.holds(&v2));
+    }
+
+    #[test]
+    fn a_rollback_goes_to_the_rules_before_whoever_receives_it() {
+        let mut view = FleetView::default();
+        view.record("a", note("v1", Some(&publish("v1", PublishKind::Start, 0))), vec![0], 0);
+        view.record("a", note("v22", Some(&publish("v22", PublishKind::Deploy, 1))), vec![0], 1);
+        view.record("a", note("v333", Some(&publish("v333", PublishKind::Deploy, 2))), vec![0], 2);
+        let kept: Vec<&str> =
+            view.rules.as_ref().unwrap().previous.iter().map(|r| &*r.version).collect();
+        assert_eq!(kept, ["v22", "v1"]);
+        // Back to v22 from any member; a rollback to anything else is refused.
+        let wrong = publish("v4444", PublishKind::Rollback, 3);
+        view.record("c", note("v333", Some(&wrong)), vec![2], 3);
+        assert_eq!(in_force(&view), Some((3, "v333")));
+        view.record("c", note("v333", Some(&publish("v22", PublishKind::Rollback, 3))), vec![2], 3);
+        assert_eq!(in_force(&view), Some((4, "v22")));
+        let kept: Vec<&str> =
+            view.rules.as_ref().unwrap().previous.iter().map(|r| &*r.version).collect();
+        assert_eq!(kept, ["v1"]);
+        assert_eq!(view.rules.as_ref().unwrap().components().count(), 2);
     }
 
     #[test]
@@ -251,9 +371,17 @@ mod tests {
         assert_eq!((read.rules, read.members), (None, view.members));
         let bad = FleetRules { sha256: "../../x".into(), ..view_rules() };
         assert!(!bad.names_a_file());
+        assert_eq!(bad.components().count(), 0);
     }
 
     fn view_rules() -> FleetRules {
-        FleetRules { seq: 1, version: "v".into(), sha256: String::new(), by: "a".into(), at_ms: 0 }
+        FleetRules {
+            seq: 1,
+            version: "v".into(),
+            sha256: String::new(),
+            by: "a".into(),
+            at_ms: 0,
+            previous: Vec::new(),
+        }
     }
 }

@@ -16,15 +16,15 @@
 //! append's requirement (the main branch still at the checked snapshot) then
 //! fails against any snapshot committed since, a claim included.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
+use super::table_catalog::TableCatalog;
 use iceberg::spec::DataFile;
 use iceberg::table::Table;
-use iceberg_catalog_sql::SqlCatalog;
 use serde::{Deserialize, Serialize};
 
 use super::commit::{append_transaction, latest_properties_with, reload};
-use super::fleet::{FleetView, RulesNote};
+use super::fleet::{component_location, FleetRules, FleetView, RulesNote};
 use super::pinned::{moved, Pinned};
 use super::{IcebergContext, IcebergSink, PROP_REJECTED_ROWS, PROP_SESSION_ROWS};
 use crate::sink::{RejectedEvent, SessionRow, SinkError};
@@ -46,6 +46,11 @@ pub struct PartitionProgress {
     /// The instance that made the last claim.
     #[serde(default)]
     pub owner: String,
+    /// The owner's checkpoint that committed `offset`: how it finds out
+    /// whether a commit landed, from the newest snapshot alone (expiry may
+    /// have removed its own older ones).
+    #[serde(default)]
+    pub checkpoint: u64,
     /// The partition's state as of `offset` (sessions table only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<StateChain>,
@@ -90,13 +95,12 @@ pub struct OwnedOutput<'a> {
     pub sessions: &'a [SessionRow],
     /// Dead letters.
     pub rejected: &'a [RejectedEvent],
-    /// Summary properties of both snapshots; `identity` is among them.
+    /// Summary properties of both snapshots.
     pub properties: HashMap<String, String>,
-    /// The property only this instance's commits carry, as (key, value).
-    pub identity: (&'a str, &'a str),
-    /// Whether the summary of this instance's latest snapshot shows the
-    /// output committed already (an earlier attempt landed).
-    pub held: &'a (dyn Fn(&HashMap<String, String>) -> bool + Sync),
+    /// This instance's checkpoint, which `progress` carries: a table whose
+    /// newest progress shows it holds the output already (an earlier
+    /// attempt landed).
+    pub checkpoint: u64,
     /// What this instance runs, and the rules it publishes to the group.
     pub rules: RulesNote<'a>,
 }
@@ -126,17 +130,26 @@ impl IcebergSink {
         owner: &str,
         partitions: &[i32],
     ) -> Result<Claimed, SinkError> {
+        // Made, not yet seen: a claim counts once a reload finds it.
+        let mut made: Option<Claimed> = None;
         for _ in 0..MAX_LOST_RACES {
             self.refresh().await?;
             let mut sessions = progress_in(&self.sessions, group)?;
+            if let Some(claimed) = made.take() {
+                let epochs = claimed.progress.iter().map(|(&p, e)| (p, e.epoch)).collect();
+                if fenced(&sessions, owner, &epochs).is_empty() {
+                    return Ok(claimed);
+                }
+            }
             let fleet = fleet_in(&self.sessions, group);
             let mut rejected = progress_in(&self.rejected, group)?;
             for &p in partitions {
                 let s = sessions.entry(p).or_default();
                 let r = rejected.entry(p).or_default();
                 let epoch = s.epoch.max(r.epoch) + 1;
-                (s.epoch, s.owner) = (epoch, owner.to_owned());
-                (r.epoch, r.owner) = (epoch, owner.to_owned());
+                // Checkpoints count from the claim: the new owner's are its own.
+                (s.epoch, s.owner, s.checkpoint) = (epoch, owner.to_owned(), 0);
+                (r.epoch, r.owner, r.checkpoint) = (epoch, owner.to_owned(), 0);
             }
             // The dead-letter table first: the claim is in force once the
             // sessions table, the commit point, has it.
@@ -157,7 +170,7 @@ impl IcebergSink {
             let dead_letters_to =
                 partitions.iter().filter_map(|p| Some((*p, rejected.get(p)?.offset?))).collect();
             sessions.retain(|p, _| partitions.contains(p));
-            return Ok(Claimed { progress: sessions, dead_letters_to, fleet });
+            made = Some(Claimed { progress: sessions, dead_letters_to, fleet });
         }
         Err(lost_races("claiming partitions"))
     }
@@ -176,36 +189,36 @@ impl IcebergSink {
 
     async fn try_commit_owned(
         &mut self,
-        output: OwnedOutput<'_>,
+        mut output: OwnedOutput<'_>,
     ) -> Result<OwnedCommit, SinkError> {
-        let (key, value) = output.identity;
-        let mut properties = output.properties;
+        let mut properties = std::mem::take(&mut output.properties);
         properties.insert(PROP_SESSION_ROWS.to_string(), output.sessions.len().to_string());
         properties.insert(PROP_REJECTED_ROWS.to_string(), output.rejected.len().to_string());
         let (session_files, rejected_files) =
             self.write_output(output.sessions, output.rejected).await?;
+        let mut committed = false;
+        // A commit is taken as made only once a reload finds it: the catalog
+        // may report one that did not land.
         for _ in 0..MAX_LOST_RACES {
             self.refresh().await?;
-            if latest_properties_with(&self.sessions, key, value).is_some_and(|p| (output.held)(&p))
-            {
+            let mut sessions = progress_in(&self.sessions, output.group)?;
+            // (Output of no partition cannot be told apart: taken as made.)
+            if committed && (output.progress.is_empty() || holds(&sessions, &output)) {
                 return Ok(OwnedCommit::Committed(fleet_in(&self.sessions, output.group)));
             }
-            let mut sessions = progress_in(&self.sessions, output.group)?;
             let lost = fenced(&sessions, output.owner, output.claimed);
             if !lost.is_empty() {
                 return Ok(OwnedCommit::Fenced(lost));
             }
-            let rejected_held = latest_properties_with(&self.rejected, key, value)
-                .is_some_and(|p| (output.held)(&p));
-            if !rejected_files.is_empty() && !rejected_held {
-                let mut rejected = progress_in(&self.rejected, output.group)?;
+            let rejected = progress_in(&self.rejected, output.group)?;
+            if !rejected_files.is_empty() && !holds(&rejected, &output) {
                 let lost = fenced(&rejected, output.owner, output.claimed);
                 if !lost.is_empty() {
                     return Ok(OwnedCommit::Fenced(lost));
                 }
-                for (p, now) in output.progress {
-                    rejected.entry(*p).or_default().offset = now.offset;
-                }
+                let mut rejected = advanced(rejected, &output);
+                // State chains ride in the sessions table only.
+                rejected.values_mut().for_each(|entry| entry.state = None);
                 let mut props = properties.clone();
                 props.extend(group_properties(output.group, &rejected, None));
                 let files = rejected_files.clone();
@@ -214,34 +227,30 @@ impl IcebergSink {
                     None => continue,
                 }
             }
-            for (p, now) in output.progress {
-                let entry = sessions.entry(*p).or_default();
-                (entry.offset, entry.state) = (now.offset, now.state);
+            if holds(&sessions, &output) && !output.progress.is_empty() {
+                // An earlier call's attempt landed; nothing to add.
+                return Ok(OwnedCommit::Committed(fleet_in(&self.sessions, output.group)));
             }
+            sessions = advanced(sessions, &output);
             let mut fleet = fleet_in(&self.sessions, output.group);
             let partitions = output.claimed.keys().copied().collect();
             fleet.record(output.owner, output.rules, partitions, now_ms());
             let mut props = properties.clone();
             props.extend(group_properties(output.group, &sessions, Some(&fleet)));
             let files = session_files.clone();
-            match append_if_unchanged(&self.catalog, &self.sessions, files, props).await? {
-                Some(table) => {
-                    self.sessions = table;
-                    self.publish_schema();
-                    return Ok(OwnedCommit::Committed(fleet));
-                }
-                None => continue,
+            if let Some(table) =
+                append_if_unchanged(&self.catalog, &self.sessions, files, props).await?
+            {
+                self.sessions = table;
+                self.publish_schema();
+                committed = true;
             }
         }
         Err(lost_races("committing a group member's output"))
     }
 
-    /// Where state file `seq` of `partition`, written under `epoch`, lives:
-    /// beside the sessions table, so every instance that reaches the table
-    /// reaches it.
     fn state_location(&self, group: &str, partition: i32, epoch: u64, seq: u64) -> String {
-        let table = self.sessions.metadata().location().trim_end_matches('/');
-        format!("{table}/sessionize-state/{}/{partition}/{epoch}-{seq}.state", path_segment(group))
+        state_location(&self.sessions, group, partition, epoch, seq)
     }
 
     /// Writes a partition's state file.
@@ -287,11 +296,85 @@ impl IcebergSink {
     }
 }
 
+/// Where state file `seq` of `partition`, written under `epoch`, lives:
+/// beside the sessions table, so every instance that reaches the table
+/// reaches it.
+fn state_location(table: &Table, group: &str, partition: i32, epoch: u64, seq: u64) -> String {
+    let table = table.metadata().location().trim_end_matches('/');
+    format!("{table}/sessionize-state/{}/{partition}/{epoch}-{seq}.state", path_segment(group))
+}
+
+/// Every file beside `table` that a group's newest snapshot names: the
+/// state chains its partitions resume from and the components of its rules
+/// (in force, and kept for a rollback). Maintenance must never delete them,
+/// however old: a group stopped over a long weekend resumes from them.
+pub(super) fn named_files(table: &Table) -> HashSet<String> {
+    let mut newest: HashMap<&str, &iceberg::spec::SnapshotRef> = HashMap::new();
+    for snapshot in table.metadata().snapshots() {
+        let Some(group) = snapshot.summary().additional_properties.get(GROUP_KEY) else {
+            continue;
+        };
+        let entry = newest.entry(group).or_insert(snapshot);
+        if snapshot.sequence_number() > entry.sequence_number() {
+            *entry = snapshot;
+        }
+    }
+    let mut named = HashSet::new();
+    for (group, snapshot) in newest {
+        let props = &snapshot.summary().additional_properties;
+        let progress: GroupProgress = props
+            .get(PARTITIONS_KEY)
+            .and_then(|json| serde_json::from_str(json).ok())
+            .unwrap_or_default();
+        for (&partition, entry) in &progress {
+            let Some(chain) = entry.state.filter(|c| c.last - c.first < MAX_NAMED_CHAIN) else {
+                continue;
+            };
+            for seq in chain.first..=chain.last {
+                named.insert(state_location(table, group, partition, chain.epoch, seq));
+            }
+        }
+        let fleet = FleetView::from_summary(props);
+        for sha256 in fleet.rules.iter().flat_map(FleetRules::components) {
+            named.insert(component_location(table, group, sha256));
+        }
+    }
+    named
+}
+
+/// Longest chain [`named_files`] lists (a summary naming a longer one is
+/// refused on restore anyway).
+const MAX_NAMED_CHAIN: u64 = 1 << 16;
+
 fn lost_races(what: &str) -> SinkError {
     SinkError::Iceberg {
         context: format!("{what}: lost {MAX_LOST_RACES} races in a row to other writers"),
         source: Box::new(moved()),
     }
+}
+
+/// Whether `progress` shows `output` committed: every partition it covers
+/// at its checkpoint, under its claim. Output covering no partition (a
+/// member that holds none publishes rules) is never held: committing it
+/// again only records the same again.
+fn holds(progress: &GroupProgress, output: &OwnedOutput<'_>) -> bool {
+    !output.progress.is_empty()
+        && output.progress.keys().all(|p| {
+            progress.get(p).is_some_and(|entry| {
+                entry.owner == output.owner
+                    && output.claimed.get(p) == Some(&entry.epoch)
+                    && entry.checkpoint >= output.checkpoint
+            })
+        })
+}
+
+/// `progress` with `output`'s partitions moved on to where it leaves them.
+fn advanced(mut progress: GroupProgress, output: &OwnedOutput<'_>) -> GroupProgress {
+    for (p, now) in output.progress {
+        let entry = progress.entry(*p).or_default();
+        (entry.offset, entry.state, entry.checkpoint) = (now.offset, now.state, output.checkpoint);
+    }
+    progress
 }
 
 /// The group's newest progress in `table`, or none.
@@ -342,7 +425,7 @@ pub(super) fn fenced(
 /// Appends `files` (perhaps none) to `table` with `properties`, only if no
 /// snapshot was committed to it since it was loaded. `Ok(None)`: one was.
 pub(super) async fn append_if_unchanged(
-    catalog: &SqlCatalog,
+    catalog: &TableCatalog,
     table: &Table,
     files: Vec<DataFile>,
     properties: HashMap<String, String>,

@@ -223,6 +223,45 @@ fn names_no_domain(endpoint: &str) -> bool {
 }
 
 impl Storage {
+    /// Now, by the store's clock: the time it gives an object written under
+    /// `location` now. File ages are the store's times, so they are measured
+    /// against it, not against this machine's clock.
+    pub(super) async fn clock(&self, location: &str) -> Result<SystemTime, SinkError> {
+        let path =
+            format!("{location}/metadata/.sessionize-clock-{}", uuid::Uuid::new_v4().simple());
+        let io = FileIOBuilder::new(self.factory.clone()).with_props(self.props.clone()).build();
+        let context = || format!("reading the store's clock at {location}");
+        io.new_output(&path)
+            .map_err(|e| hinted_error(context(), e))?
+            .write(Bytes::from_static(b"now"))
+            .await
+            .map_err(|e| hinted_error(context(), e))?;
+        let written = self.modified(&path).await;
+        if let Err(error) = io.delete(&path).await {
+            tracing::warn!(path, %error, "could not delete the store's clock probe");
+        }
+        written.map_err(|detail| SinkError::Maintenance(format!("{}: {detail}", context())))
+    }
+
+    /// When the store last wrote the object at `path`.
+    async fn modified(&self, path: &str) -> Result<SystemTime, String> {
+        match &self.s3 {
+            None => {
+                let local = path.strip_prefix("file://").ok_or("not a local location")?;
+                std::fs::metadata(local).and_then(|m| m.modified()).map_err(|e| e.to_string())
+            }
+            Some((bucket, options)) => {
+                let key =
+                    path.strip_prefix(&format!("s3://{bucket}/")).ok_or("not in the bucket")?;
+                let operator = s3_operator(bucket, options).map_err(|e| e.to_string())?;
+                let stat = operator.stat(key).await.map_err(|e| e.to_string())?;
+                stat.last_modified()
+                    .map(Into::into)
+                    .ok_or_else(|| "the store gives no times".into())
+            }
+        }
+    }
+
     /// Every file under `location` (a table's), with its last modification.
     pub(super) async fn list(
         &self,

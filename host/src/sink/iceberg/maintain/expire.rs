@@ -9,18 +9,22 @@
 //! uses any more. Files no snapshot ever referenced (a writer that crashed
 //! between writing and committing) are found by listing the table's location
 //! (with opendal, as iceberg-rust's FileIO cannot list) and go once older
-//! than a safety age.
+//! than a safety age, by the store's clock (a maintainer whose own clock runs
+//! days ahead would otherwise take a commit in flight for an orphan). The
+//! files a consumer group resumes from (state chains, rules components) are
+//! referenced by its newest snapshot, which expiry always keeps.
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
+use super::super::table_catalog::TableCatalog;
 use futures::{stream, StreamExt, TryStreamExt};
 use iceberg::spec::{ManifestContentType, SnapshotRef};
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, ErrorKind, TableIdent};
-use iceberg_catalog_sql::SqlCatalog;
 
+use super::super::group::{named_files, GROUP_KEY};
 use super::super::storage::Storage;
 use super::super::{wall_clock_ms, IcebergContext};
 use crate::sink::SinkError;
@@ -70,7 +74,7 @@ pub struct ExpiryReport {
 
 /// Expires `ident`'s snapshots per `options` and deletes what only they used.
 pub(super) async fn expire(
-    catalog: &SqlCatalog,
+    catalog: &TableCatalog,
     storage: &Storage,
     ident: &TableIdent,
     options: &ExpiryOptions,
@@ -137,6 +141,7 @@ pub(super) async fn expire(
     }
     if let Some(age) = options.orphans_older_than {
         let mut referenced: HashSet<String> = kept.metadata;
+        referenced.extend(named_files(&after));
         referenced.extend(all.data.into_iter().chain(kept.data).map(|(path, _)| path));
         referenced.extend(log[old_metadata..].iter().map(|e| e.metadata_file.clone()));
         referenced.extend(after.metadata_location().map(str::to_owned));
@@ -156,8 +161,9 @@ async fn remove_orphans(
     referenced: &HashSet<String>,
     age: Duration,
 ) -> Result<usize, SinkError> {
-    let cutoff = SystemTime::now().checked_sub(age).unwrap_or(UNIX_EPOCH);
     let location = table.metadata().location().trim_end_matches('/');
+    let now = storage.clock(location).await?;
+    let cutoff = now.checked_sub(age).unwrap_or(UNIX_EPOCH);
     let mut deleted = 0;
     for (path, modified) in storage.list(location).await? {
         if modified < cutoff && !referenced.contains(&path) && delete(table, &path).await {
@@ -169,7 +175,10 @@ async fn remove_orphans(
 }
 
 /// The snapshots to expire: older than the cutoff, not among the newest
-/// `retain_last`, not the current one, not any writer's newest.
+/// `retain_last`, not the current one, not any writer's newest, not any
+/// consumer group's newest. A group's members are writers that come and go
+/// (a new id each start): the group's newest snapshot holds all of its
+/// progress, so it is kept, not one per member that ever ran.
 fn expirable(table: &Table, options: &ExpiryOptions) -> Vec<i64> {
     let metadata = table.metadata();
     let mut by_age: Vec<&SnapshotRef> = metadata.snapshots().collect();
@@ -179,8 +188,13 @@ fn expirable(table: &Table, options: &ExpiryOptions) -> Vec<i64> {
     keep.extend(metadata.current_snapshot().map(|s| s.snapshot_id()));
     let mut writers = HashSet::new();
     for snapshot in &by_age {
-        if let Some(writer) = snapshot.summary().additional_properties.get(&options.writer_key) {
-            if writers.insert(writer.clone()) {
+        let props = &snapshot.summary().additional_properties;
+        let writer = match props.get(GROUP_KEY) {
+            Some(group) => Some((true, group)),
+            None => props.get(&options.writer_key).map(|writer| (false, writer)),
+        };
+        if let Some((group, name)) = writer {
+            if writers.insert((group, name.clone())) {
                 keep.insert(snapshot.snapshot_id());
             }
         }
