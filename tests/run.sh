@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test, from a fresh clone:
-#   formatting and lints; the SDK's and plugins' unit tests; the host's unit and
+# Runs every test, from a fresh clone on Debian:
+#   installs the system packages the tests need; formatting and lints; the SDK's and plugins' unit tests; the host's unit and
 #   integration tests against the components built from guest/; the end-to-end
 #   tests that drive the built binary and read the Iceberg tables back with
 #   pyiceberg. Installs what it needs (guest toolchain, Python packages) into
@@ -13,6 +13,22 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 cd "$ROOT"
 
 step() { printf '\n==> %s\n' "$*"; }
+
+step "system packages"
+# Python for the independent reader, a C toolchain and cmake for librdkafka
+# (built from source by the rdkafka crate), PostgreSQL for the shared catalog
+# tests (they start their own server on loopback), libfaketime for the tests
+# of skewed clocks, and Chromium, the real browser the status page is tested in.
+missing=()
+for pkg in python3-venv python3-pip build-essential cmake pkg-config postgresql faketime chromium; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
 step "guest components"
 guest/build.sh

@@ -213,7 +213,7 @@ pub struct RunArgs {
     /// Share the topic with every instance started with the same
     /// --kafka-group and tables: the group assigns the partitions, and a
     /// partition's open sessions move with it through the warehouse
-    /// (README: Scaling out).
+    /// (docs/scale-out.md).
     #[arg(long, conflicts_with_all = ["test_mode", "input"])]
     pub scale_out: bool,
     /// With --scale-out: a member silent this long loses its partitions to

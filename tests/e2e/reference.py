@@ -1,5 +1,5 @@
 """The sessionization semantics written again, independently of the Rust code, in
-plain Python from README's Semantics section: the expectation the end-to-end
+plain Python from docs/semantics.md: the expectation the end-to-end
 tests compare the tables against.
 
 A file is one partition. A topic is read back with its own client

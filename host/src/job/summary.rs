@@ -156,7 +156,7 @@ impl std::fmt::Display for StreamSummary {
             writeln!(
                 f,
                 "off partition:     {} events of a user on another partition than its first: \
-                 key the topic by uuid (README: Input keyed by user)",
+                 key the topic by uuid (docs/operating.md: Input keyed by user)",
                 self.engine.off_partition
             )?;
         }

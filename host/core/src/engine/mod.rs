@@ -1,7 +1,7 @@
 //! The engine: admits events (lateness, duplicates), orders each user's events,
 //! advances the watermark, and hands the rules one batch of many users at a time.
 //!
-//! Semantics (see README): event time is judged per partition ([`clock`]); a
+//! Semantics (see docs/semantics.md): event time is judged per partition ([`clock`]); a
 //! user's events wait until the watermark passes them and are then released to
 //! the rules in (time, event id) order ([`users`], [`dispatch`]), so the result
 //! does not depend on arrival order within the lateness bound, nor on how

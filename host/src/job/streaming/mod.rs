@@ -315,7 +315,7 @@ impl<S: StreamSource> EventLoop<'_, S> {
             tracing::warn!(
                 events = off,
                 "events of a user arrive on more than one partition: key the topic by uuid \
-                 (README: Input keyed by user)"
+                 (docs/operating.md: Input keyed by user)"
             );
             self.off_partition_logged = off;
         }
