@@ -201,23 +201,52 @@ fn noise(die: &mut Die, users: u32, watermark: i64, texts: u32) -> BatchResult {
 fn change(die: &mut Die, answer: &mut BatchResult, users: u32, watermark: i64, texts: u32) {
     let closed = die.index(answer.closed.len());
     let user = die.index(answer.users.len());
-    let has_closed = !answer.closed.is_empty();
-    let has_user = !answer.users.is_empty();
-    match die.below(16) {
-        0 if has_closed => answer.closed[closed].user = die.below(u64::from(users) + 2) as u32,
-        1 if has_closed => {
-            let c = &mut answer.closed[closed];
-            c.start_ms = die.time(c.start_ms);
+    let kind = die.below(16);
+    match kind {
+        0..=7 | 13 | 15 if !answer.closed.is_empty() => {
+            change_closed(die, answer, kind, closed, users, texts);
         }
-        2 if has_closed => {
+        14 if answer.closed.len() > closed + 1 => {
+            // Merges two sessions in a row: fine when they are the same user's.
+            let next = answer.closed.remove(closed + 1);
             let c = &mut answer.closed[closed];
-            c.end_ms = die.time(c.end_ms);
+            c.end_ms = next.end_ms;
+            c.event_count = c.event_count.saturating_add(next.event_count);
+            for page in next.pages {
+                if !c.pages.contains(&page) {
+                    c.pages.push(page);
+                }
+            }
         }
-        3 if has_closed => {
-            let c = &mut answer.closed[closed];
-            c.event_count = die.count(c.event_count);
+        8..=11 if !answer.users.is_empty() => {
+            change_user(die, answer, kind, user, watermark, texts)
         }
-        4 if has_closed => {
+        12 => {
+            if die.below(2) == 0 {
+                answer.users.pop();
+            } else {
+                answer.users.push(UserOutcome { state: None, wake_at: None });
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Changes closed session `closed` of `answer` (there is one), as `kind` says.
+fn change_closed(
+    die: &mut Die,
+    answer: &mut BatchResult,
+    kind: u64,
+    closed: usize,
+    users: u32,
+    texts: u32,
+) {
+    match kind {
+        0 => answer.closed[closed].user = die.below(u64::from(users) + 2) as u32,
+        1 => answer.closed[closed].start_ms = die.time(answer.closed[closed].start_ms),
+        2 => answer.closed[closed].end_ms = die.time(answer.closed[closed].end_ms),
+        3 => answer.closed[closed].event_count = die.count(answer.closed[closed].event_count),
+        4 => {
             let pages = &mut answer.closed[closed].pages;
             match die.below(4) {
                 0 => pages.push(die.below(u64::from(texts) + 2) as u32),
@@ -228,12 +257,50 @@ fn change(die: &mut Die, answer: &mut BatchResult, users: u32, watermark: i64, t
                 _ => pages.clear(),
             }
         }
-        5 if has_closed => answer.closed[closed].end_reason = die.reason(),
-        6 if has_closed => {
+        5 => answer.closed[closed].end_reason = die.reason(),
+        6 => {
             answer.closed.remove(closed);
         }
-        7 if has_closed => answer.closed.push(answer.closed[closed].clone()),
-        8 if has_user => {
+        7 => answer.closed.push(answer.closed[closed].clone()),
+        13 => {
+            // Reopens a closed session: fine unless the input ended or the
+            // user has a session open already.
+            let c = answer.closed.remove(closed);
+            if let Some(outcome) = answer.users.get_mut(c.user as usize) {
+                outcome.state = Some(SessionState {
+                    start_ms: c.start_ms,
+                    last_ms: c.end_ms,
+                    event_count: c.event_count,
+                    pages: c.pages,
+                    data: Vec::new(),
+                });
+            }
+        }
+        _ => {
+            // Splits a session in two at a random time.
+            let c = answer.closed[closed].clone();
+            if c.event_count > 1 {
+                let at = die.time(c.start_ms);
+                let first = ClosedSession { end_ms: at, event_count: 1, ..c.clone() };
+                let second = ClosedSession { start_ms: at, event_count: c.event_count - 1, ..c };
+                answer.closed[closed] = first;
+                answer.closed.insert(closed + 1, second);
+            }
+        }
+    }
+}
+
+/// Changes the outcome of user `user` of `answer` (there is one), as `kind` says.
+fn change_user(
+    die: &mut Die,
+    answer: &mut BatchResult,
+    kind: u64,
+    user: usize,
+    watermark: i64,
+    texts: u32,
+) {
+    match kind {
+        8 => {
             // Closing the open session early keeps the contract.
             if let Some(state) = answer.users[user].state.take() {
                 answer.users[user].wake_at = None;
@@ -248,17 +315,16 @@ fn change(die: &mut Die, answer: &mut BatchResult, users: u32, watermark: i64, t
                 });
             }
         }
-        9 if has_user => {
-            if let Some(state) = answer.users[user].state.as_mut() {
-                match die.below(5) {
-                    0 => state.start_ms = die.time(state.start_ms),
-                    1 => state.last_ms = die.time(state.last_ms),
-                    2 => state.event_count = die.count(state.event_count),
-                    3 => state.data = die.bytes(),
-                    _ => state.pages = die.pages(texts),
-                }
-            } else {
-                // A session out of nowhere.
+        9 => match answer.users[user].state.as_mut() {
+            Some(state) => match die.below(5) {
+                0 => state.start_ms = die.time(state.start_ms),
+                1 => state.last_ms = die.time(state.last_ms),
+                2 => state.event_count = die.count(state.event_count),
+                3 => state.data = die.bytes(),
+                _ => state.pages = die.pages(texts),
+            },
+            // A session out of nowhere.
+            None => {
                 answer.users[user].state = Some(SessionState {
                     start_ms: die.time(watermark),
                     last_ms: die.time(watermark),
@@ -267,57 +333,12 @@ fn change(die: &mut Die, answer: &mut BatchResult, users: u32, watermark: i64, t
                     data: die.bytes(),
                 });
             }
-        }
-        10 if has_user => answer.users[user].wake_at = Some(die.time(watermark)),
-        11 if has_user => {
+        },
+        10 => answer.users[user].wake_at = Some(die.time(watermark)),
+        _ => {
             let other = die.index(answer.users.len());
             answer.users.swap(user, other);
         }
-        12 => {
-            if die.below(2) == 0 {
-                answer.users.pop();
-            } else {
-                answer.users.push(UserOutcome { state: None, wake_at: None });
-            }
-        }
-        13 if has_closed => {
-            // Reopens a closed session: fine unless the input ended or the
-            // user has a session open already.
-            let c = answer.closed.remove(closed);
-            if let Some(outcome) = answer.users.get_mut(c.user as usize) {
-                outcome.state = Some(SessionState {
-                    start_ms: c.start_ms,
-                    last_ms: c.end_ms,
-                    event_count: c.event_count,
-                    pages: c.pages,
-                    data: Vec::new(),
-                });
-            }
-        }
-        14 if answer.closed.len() > closed + 1 => {
-            // Merges two sessions in a row: fine when they are the same user's.
-            let next = answer.closed.remove(closed + 1);
-            let c = &mut answer.closed[closed];
-            c.end_ms = next.end_ms;
-            c.event_count = c.event_count.saturating_add(next.event_count);
-            for page in next.pages {
-                if !c.pages.contains(&page) {
-                    c.pages.push(page);
-                }
-            }
-        }
-        15 if has_closed => {
-            // Splits a session in two at a random time.
-            let c = answer.closed[closed].clone();
-            if c.event_count > 1 {
-                let at = die.time(c.start_ms);
-                let first = ClosedSession { end_ms: at, event_count: 1, ..c.clone() };
-                let second = ClosedSession { start_ms: at, event_count: c.event_count - 1, ..c };
-                answer.closed[closed] = first;
-                answer.closed.insert(closed + 1, second);
-            }
-        }
-        _ => {}
     }
 }
 

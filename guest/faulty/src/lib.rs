@@ -280,23 +280,28 @@ fn spoil(fault: Fault, result: &mut BatchResult, user: u32, users: u32, watermar
         }
         _ => {
             for closed in result.closed.iter_mut().filter(|c| c.user == user) {
-                match fault {
-                    Fault::ForeignUser => closed.user = users,
-                    Fault::EndBeforeStart => closed.end_ms = closed.start_ms - 1,
-                    Fault::OutsideEvents => closed.end_ms += 3_600_000,
-                    Fault::ForeignPage => closed.pages.push(u32::MAX),
-                    Fault::RepeatedPage => {
-                        if let Some(&first) = closed.pages.first() {
-                            closed.pages.push(first);
-                        }
-                    }
-                    Fault::LongReason => {
-                        closed.end_reason = EndReason::Custom("logout\n".repeat(1_000));
-                    }
-                    _ => {}
-                }
+                spoil_closed(fault, closed, users);
             }
         }
+    }
+}
+
+/// Breaks a rule in one of the user's closed sessions.
+fn spoil_closed(fault: Fault, closed: &mut ClosedSession, users: u32) {
+    match fault {
+        Fault::ForeignUser => closed.user = users,
+        Fault::EndBeforeStart => closed.end_ms = closed.start_ms - 1,
+        Fault::OutsideEvents => closed.end_ms += 3_600_000,
+        Fault::ForeignPage => closed.pages.push(u32::MAX),
+        Fault::RepeatedPage => {
+            if let Some(&first) = closed.pages.first() {
+                closed.pages.push(first);
+            }
+        }
+        Fault::LongReason => {
+            closed.end_reason = EndReason::Custom("logout\n".repeat(1_000));
+        }
+        _ => {}
     }
 }
 

@@ -22,7 +22,7 @@ use crate::rules::lifecycle::{
     RulesLifecycle, RulesLoader, RulesSlot,
 };
 use crate::rules::{ComponentLoader, ComponentRules, RulesError, RulesRuntime, SandboxLimits};
-use crate::sink::iceberg::{IcebergSink, SinkConfig};
+use crate::sink::iceberg::{FleetView, IcebergSink, SinkConfig};
 use crate::sink::{Sink, SinkError};
 use crate::source::file::{FileSource, FileSourceError};
 use crate::source::kafka::{KafkaConfig, KafkaSource, KafkaSourceError};
@@ -295,48 +295,85 @@ async fn run_kafka(config: &JobConfig) -> Result<StreamSummary, JobError> {
         ),
         None => None,
     };
-    let mut joined_group = None;
-    let (engines, completer, offsets) = match config.scale_out {
-        Some(_) => {
-            let member = group::Membership {
-                group: &config.kafka.group,
-                plugin,
-                max_component_bytes: config.max_component_bytes,
-                engine: config.engine,
-            };
-            let joined =
-                group::start_member(&member, &mut sink, &loader, &archive, &mut slot).await?;
-            metrics.observe_group_rules(joined.diverged.clone());
-            joined_group = Some((joined.diverged, joined.fleet));
-            let engines = Engines::PerPartition(PartitionEngines::default());
-            (engines, joined.completer, BTreeMap::new())
-        }
-        None => {
-            let store = StateStore::open(&config.state_dir)?;
-            let (mut checkpointer, resumed) =
-                Checkpointer::recover(store, &mut sink, config.engine).await?;
-            checkpointer.set_given_rules(slot.rule_version());
-            let checkpointed = CheckpointedRules {
-                in_force: resumed.rule_version.clone(),
-                given: resumed.given_rules.clone(),
-            };
-            tokio::task::block_in_place(|| {
-                resume_live_rules(&archive, &checkpointed, &loader, &mut slot)
-            });
-            tracing::info!(
-                checkpoint = resumed.checkpoint_id,
-                open_users = resumed.open_users,
-                offsets = ?resumed.offsets,
-                "state recovered"
-            );
-            let engines = Engines::Whole(Box::new(resumed.engine));
-            (engines, Completer::Local(checkpointer), resumed.offsets)
-        }
-    };
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, stop.clone()).map_err(JobError::Signals)?;
+    let start = Start { loader: &loader, archive: &archive, metrics: &metrics };
+    let mut resumed = resume(config, &start, &mut sink, &mut slot).await?;
+    let rules = rules_lifecycle(config, &start, slot, &sink, resumed.group.take()).await?;
+    stream(config, resumed, rules, &archive, sink, metrics)
+}
+
+/// What the steps of a streaming job's start share.
+struct Start<'a> {
+    loader: &'a RulesLoader,
+    archive: &'a Arc<RulesArchive>,
+    metrics: &'a Arc<JobMetrics>,
+}
+
+/// Where a streaming job resumes: its engines, its checkpoints, the offsets
+/// to read from, and (for a group member) how it joined.
+struct Resumed {
+    engines: Engines,
+    completer: Completer,
+    offsets: BTreeMap<i32, i64>,
+    /// Why a member runs its own rules, and the group as it found it.
+    group: Option<(Option<String>, FleetView)>,
+}
+
+/// Joins the group, or recovers the job's own state store.
+async fn resume(
+    config: &JobConfig,
+    start: &Start<'_>,
+    sink: &mut IcebergSink,
+    slot: &mut RulesSlot,
+) -> Result<Resumed, JobError> {
+    if config.scale_out.is_some() {
+        let member = group::Membership {
+            group: &config.kafka.group,
+            plugin: config.plugin.as_deref(),
+            max_component_bytes: config.max_component_bytes,
+            engine: config.engine,
+        };
+        let joined = group::start_member(&member, sink, start.loader, start.archive, slot).await?;
+        start.metrics.observe_group_rules(joined.diverged.clone());
+        return Ok(Resumed {
+            engines: Engines::PerPartition(PartitionEngines::default()),
+            completer: joined.completer,
+            offsets: BTreeMap::new(),
+            group: Some((joined.diverged, joined.fleet)),
+        });
     }
+    let store = StateStore::open(&config.state_dir)?;
+    let (mut checkpointer, resumed) = Checkpointer::recover(store, sink, config.engine).await?;
+    checkpointer.set_given_rules(slot.rule_version());
+    let checkpointed = CheckpointedRules {
+        in_force: resumed.rule_version.clone(),
+        given: resumed.given_rules.clone(),
+    };
+    tokio::task::block_in_place(|| {
+        resume_live_rules(start.archive, &checkpointed, start.loader, slot)
+    });
+    tracing::info!(
+        checkpoint = resumed.checkpoint_id,
+        open_users = resumed.open_users,
+        offsets = ?resumed.offsets,
+        "state recovered"
+    );
+    Ok(Resumed {
+        engines: Engines::Whole(Box::new(resumed.engine)),
+        completer: Completer::Local(checkpointer),
+        offsets: resumed.offsets,
+        group: None,
+    })
+}
+
+/// The rules and the changes operators ask of them: the admin endpoint, the
+/// plugin watcher, and (for a group member) the group's rules.
+async fn rules_lifecycle(
+    config: &JobConfig,
+    start: &Start<'_>,
+    slot: RulesSlot,
+    sink: &IcebergSink,
+    group: Option<(Option<String>, FleetView)>,
+) -> Result<RulesLifecycle, JobError> {
     let (requests_tx, requests) = std::sync::mpsc::channel();
     let token = config.admin.token.clone().unwrap_or_else(admin::new_token);
     let addr = admin::serve(&config.admin, &token, config.max_component_bytes, requests_tx.clone())
@@ -349,12 +386,29 @@ async fn run_kafka(config: &JobConfig) -> Result<StreamSummary, JobError> {
     }
     let mut rules = RulesLifecycle::new(slot)
         .accepting(requests)
-        .loading_with(loader.keeping_in(archive.clone()))
+        .loading_with(start.loader.clone().keeping_in(start.archive.clone()))
         .checking_columns_with(sink.column_check());
-    if let Some((diverged, fleet)) = joined_group {
+    if let Some((diverged, fleet)) = group {
         rules = rules.in_group(diverged, fleet);
     }
+    Ok(rules)
+}
+
+/// Runs the event loop until SIGINT or SIGTERM (or the end, with `--test-mode`).
+fn stream(
+    config: &JobConfig,
+    resumed: Resumed,
+    mut rules: RulesLifecycle,
+    archive: &RulesArchive,
+    mut sink: IcebergSink,
+    metrics: Arc<JobMetrics>,
+) -> Result<StreamSummary, JobError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone()).map_err(JobError::Signals)?;
+    }
     let handle = tokio::runtime::Handle::current();
+    let Resumed { engines, completer, offsets, .. } = resumed;
     tokio::task::block_in_place(|| {
         let wait = Duration::from_secs(30);
         let source = match config.scale_out {

@@ -82,27 +82,90 @@ struct Browser {
     burst_left: u32,
 }
 
+impl Browser {
+    /// A user with a random uuid-shaped id (the `i`th, so ids are distinct).
+    fn new(rng: &mut SmallRng, i: u32) -> Self {
+        let uuid = format!(
+            "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+            rng.random::<u32>(),
+            i & 0xffff,
+            rng.random_range(0..0xfff),
+            rng.random_range(0..0xfff),
+            rng.random::<u64>() & 0xffff_ffff_ffff
+        );
+        Self { uuid, page: 0, marathon: false, burst_left: 0 }
+    }
+
+    /// Moves on to the page of the next event: a new visit starts on the
+    /// first page; within one, mostly the next page, sometimes any.
+    fn browse(&mut self, rng: &mut SmallRng) {
+        if self.burst_left == 0 {
+            self.burst_left = rng.random_range(3..40);
+            self.marathon = rng.random_bool(0.03);
+            if self.marathon {
+                self.burst_left = 200;
+            }
+            self.page = 0;
+        } else {
+            self.page = if rng.random_bool(0.7) {
+                (self.page + 1) % PAGES.len()
+            } else {
+                rng.random_range(0..PAGES.len())
+            };
+        }
+        self.burst_left -= 1;
+    }
+
+    /// How long until this user's next event.
+    fn gap(&self, rng: &mut SmallRng, per_user_gap_ms: f64) -> i64 {
+        if self.burst_left == 0 {
+            // Between visits: well past the inactivity timeout.
+            rng.random_range(31 * 60_000..(per_user_gap_ms as i64 * 20).max(32 * 60_000))
+        } else if self.marathon {
+            rng.random_range(20_000..60_000)
+        } else {
+            rng.random_range(1_000..(per_user_gap_ms as i64).clamp(2_000, 20 * 60_000))
+        }
+    }
+}
+
+/// Writes into `line` the record of `b`'s event at `t` (or, now and then, a
+/// malformed record).
+fn record(
+    line: &mut String,
+    rng: &mut SmallRng,
+    malformed_rate: f64,
+    b: &Browser,
+    t: i64,
+    seq: u64,
+) {
+    line.clear();
+    if rng.random_bool(malformed_rate) {
+        line.push_str(match rng.random_range(0..4) {
+            0 => "{\"uuid\": \"broken\", \"event_timestamp\": \"yesterday\"}",
+            1 => "{\"event_timestamp\": 1}",
+            2 => "not json at all",
+            _ => "{\"uuid\": \"\", \"event_timestamp\": 5}",
+        });
+        line.push('\n');
+    } else {
+        let (name, kind) = EVENTS[rng.random_range(0..EVENTS.len())];
+        let ts = if rng.random_bool(0.5) { format!("\"{t}\"") } else { t.to_string() };
+        line.push_str(&format!(
+            "{{\"uuid\":\"{}\",\"event_id\":\"e{:012}\",\"event_timestamp\":{},\"page_name\":\"{}\",\"event_details\":{{\"event_name\":\"{}\",\"event_type\":\"{}\",\"event_value\":{}}}}}\n",
+            b.uuid, seq, ts, PAGES[b.page], name, kind, rng.random_range(0..1000)
+        ));
+    }
+}
+
 /// Writes `config`'s events as JSON lines to `out`, in delivery order. Returns
 /// the number of lines written.
 pub fn generate(config: &GeneratorConfig, out: &mut dyn Write) -> io::Result<u64> {
     let mut rng = SmallRng::seed_from_u64(config.seed);
     let end_ms = config.start_ms + (config.duration_s as i64) * 1000;
     let per_user_gap_ms = (config.num_users as f64 / config.rate.max(1e-9) * 1000.0).max(1.0);
-    let mut browsers: Vec<Browser> = (0..config.num_users)
-        .map(|i| Browser {
-            uuid: format!(
-                "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
-                rng.random::<u32>(),
-                i & 0xffff,
-                rng.random_range(0..0xfff),
-                rng.random_range(0..0xfff),
-                rng.random::<u64>() & 0xffff_ffff_ffff
-            ),
-            page: 0,
-            marathon: false,
-            burst_left: 0,
-        })
-        .collect();
+    let mut browsers: Vec<Browser> =
+        (0..config.num_users).map(|i| Browser::new(&mut rng, i)).collect();
     // Next event time per user; a heap yields events in time order.
     let mut next: BinaryHeap<Reverse<(i64, u32)>> = (0..config.num_users)
         .map(|u| {
@@ -118,49 +181,16 @@ pub fn generate(config: &GeneratorConfig, out: &mut dyn Write) -> io::Result<u64
         if t >= end_ms || config.max_events.is_some_and(|max| written >= max) {
             continue;
         }
-        while let Some(Reverse((due, _))) = held.peek() {
-            if *due > t {
-                break;
-            }
+        while held.peek().is_some_and(|Reverse((due, _))| *due <= t) {
             if let Some(Reverse((_, held_line))) = held.pop() {
                 out.write_all(held_line.as_bytes())?;
                 written += 1;
             }
         }
         let b = &mut browsers[u as usize];
-        if b.burst_left == 0 {
-            b.burst_left = rng.random_range(3..40);
-            b.marathon = rng.random_bool(0.03);
-            if b.marathon {
-                b.burst_left = 200;
-            }
-            b.page = 0;
-        } else {
-            b.page = if rng.random_bool(0.7) {
-                (b.page + 1) % PAGES.len()
-            } else {
-                rng.random_range(0..PAGES.len())
-            };
-        }
-        b.burst_left -= 1;
+        b.browse(&mut rng);
         event_seq += 1;
-        line.clear();
-        if rng.random_bool(config.malformed_rate) {
-            line.push_str(match rng.random_range(0..4) {
-                0 => "{\"uuid\": \"broken\", \"event_timestamp\": \"yesterday\"}",
-                1 => "{\"event_timestamp\": 1}",
-                2 => "not json at all",
-                _ => "{\"uuid\": \"\", \"event_timestamp\": 5}",
-            });
-            line.push('\n');
-        } else {
-            let (name, kind) = EVENTS[rng.random_range(0..EVENTS.len())];
-            let ts = if rng.random_bool(0.5) { format!("\"{t}\"") } else { t.to_string() };
-            line.push_str(&format!(
-                "{{\"uuid\":\"{}\",\"event_id\":\"e{:012}\",\"event_timestamp\":{},\"page_name\":\"{}\",\"event_details\":{{\"event_name\":\"{}\",\"event_type\":\"{}\",\"event_value\":{}}}}}\n",
-                b.uuid, event_seq, ts, PAGES[b.page], name, kind, rng.random_range(0..1000)
-            ));
-        }
+        record(&mut line, &mut rng, config.malformed_rate, b, t, event_seq);
         if rng.random_bool(config.late_rate) {
             // Up to 15 min late: some within the default 10 min lateness, some beyond.
             held.push(Reverse((t + rng.random_range(60_000..900_000), line.clone())));
@@ -172,15 +202,7 @@ pub fn generate(config: &GeneratorConfig, out: &mut dyn Write) -> io::Result<u64
             out.write_all(line.as_bytes())?;
             written += 1;
         }
-        let gap = if b.burst_left == 0 {
-            // Between visits: well past the inactivity timeout.
-            rng.random_range(31 * 60_000..(per_user_gap_ms as i64 * 20).max(32 * 60_000))
-        } else if b.marathon {
-            rng.random_range(20_000..60_000)
-        } else {
-            rng.random_range(1_000..(per_user_gap_ms as i64).clamp(2_000, 20 * 60_000))
-        };
-        next.push(Reverse((t + gap, u)));
+        next.push(Reverse((t + b.gap(&mut rng, per_user_gap_ms), u)));
     }
     while let Some(Reverse((_, held_line))) = held.pop() {
         out.write_all(held_line.as_bytes())?;

@@ -22,7 +22,10 @@
 
 use std::fmt;
 
-use super::contract::{Batch, BatchResult, ClosedSession, Declarations, EndReason, SessionState};
+use super::contract::{
+    Batch, BatchResult, ClosedSession, Declarations, EndReason, Event, SessionState, UserOutcome,
+    UserSlice,
+};
 use super::declare::check_attributes;
 use super::{RulesError, Texts};
 
@@ -290,51 +293,12 @@ pub fn check_result(
     }
     let mut next_event = 0usize;
     for (index, (slice, outcome)) in batch.users.iter().zip(&result.users).enumerate() {
-        let user = index as u32;
         let events_end = next_event + slice.event_count as usize;
         let events = batch.events.get(next_event..events_end).unwrap_or_default();
         next_event = events_end;
-
-        // What the user brought: its stored session and its events.
-        let stamp = scratch.fresh_stamp();
-        let mut times: Option<(i64, i64)> = None;
-        let mut widen = |from: i64, to: i64| {
-            times = Some(times.map_or((from, to), |(lo, hi)| (lo.min(from), hi.max(to))));
-        };
-        let mut before = u64::from(slice.event_count);
-        if let Some(stored) = &slice.state {
-            widen(stored.start_ms, stored.last_ms);
-            before += u64::from(stored.event_count);
-            mark(&mut scratch.marks, &stored.pages, stamp);
-        }
-        for event in events {
-            widen(event.timestamp_ms, event.timestamp_ms);
-            mark(&mut scratch.marks, event.page_name.as_slice(), stamp);
-        }
-
-        // What the plugin made of it.
-        let mut bounds = UserBounds { user, times, stamp, previous_end: None };
-        let mut after = 0u64;
-        let run = scratch.first[index] as usize..scratch.first[index + 1] as usize;
-        for position in run {
-            let closed_index = scratch.order[position];
-            let Some(closed) = result.closed.get(closed_index as usize) else { continue };
-            let span = Span {
-                start_ms: closed.start_ms,
-                end_ms: closed.end_ms,
-                event_count: closed.event_count,
-                pages: &closed.pages,
-                what: Which::Closed(closed_index),
-            };
-            check_span(scratch, &mut bounds, &span)?;
-            check_end_reason(user, closed_index, &closed.end_reason)?;
-            check_attributes(declared, closed_index, closed)?;
-            after += u64::from(closed.event_count);
-        }
-        if let Some(open) = &outcome.state {
-            check_open(scratch, &mut bounds, open, batch.end_of_input)?;
-            after += u64::from(open.event_count);
-        }
+        let user = index as u32;
+        let (mut bounds, before) = brought(scratch, user, slice, events);
+        let after = check_made(scratch, declared, batch, result, &mut bounds, outcome)?;
         if after != before {
             return Err(broken(
                 Rule::EventsConserved,
@@ -346,17 +310,76 @@ pub fn check_result(
                 ),
             ));
         }
-        if let Some(at) = outcome.wake_at {
-            if at <= batch.watermark {
-                return Err(broken(
-                    Rule::WakeAfterWatermark,
-                    Some(user),
-                    format_args!("wake-up at {at} is not after the watermark {}", batch.watermark),
-                ));
-            }
+        if let Some(at) = outcome.wake_at.filter(|&at| at <= batch.watermark) {
+            return Err(broken(
+                Rule::WakeAfterWatermark,
+                Some(user),
+                format_args!("wake-up at {at} is not after the watermark {}", batch.watermark),
+            ));
         }
     }
     Ok(())
+}
+
+/// What `user` brought to the batch (its stored session and its `events`):
+/// the bounds its sessions must keep within, and how many events it had.
+fn brought(
+    scratch: &mut CheckScratch,
+    user: u32,
+    slice: &UserSlice,
+    events: &[Event],
+) -> (UserBounds, u64) {
+    let stamp = scratch.fresh_stamp();
+    let mut times: Option<(i64, i64)> = None;
+    let mut widen = |from: i64, to: i64| {
+        times = Some(times.map_or((from, to), |(lo, hi)| (lo.min(from), hi.max(to))));
+    };
+    let mut before = u64::from(slice.event_count);
+    if let Some(stored) = &slice.state {
+        widen(stored.start_ms, stored.last_ms);
+        before += u64::from(stored.event_count);
+        mark(&mut scratch.marks, &stored.pages, stamp);
+    }
+    for event in events {
+        widen(event.timestamp_ms, event.timestamp_ms);
+        mark(&mut scratch.marks, event.page_name.as_slice(), stamp);
+    }
+    (UserBounds { user, times, stamp, previous_end: None }, before)
+}
+
+/// Checks what the plugin made of one user (its closed sessions and its
+/// open one) and returns the events those hold.
+fn check_made(
+    scratch: &mut CheckScratch,
+    declared: &Declarations,
+    batch: &Batch,
+    result: &BatchResult,
+    bounds: &mut UserBounds,
+    outcome: &UserOutcome,
+) -> Result<u64, RulesError> {
+    let user = bounds.user;
+    let index = user as usize;
+    let mut after = 0u64;
+    for position in scratch.first[index] as usize..scratch.first[index + 1] as usize {
+        let closed_index = scratch.order[position];
+        let Some(closed) = result.closed.get(closed_index as usize) else { continue };
+        let span = Span {
+            start_ms: closed.start_ms,
+            end_ms: closed.end_ms,
+            event_count: closed.event_count,
+            pages: &closed.pages,
+            what: Which::Closed(closed_index),
+        };
+        check_span(scratch, bounds, &span)?;
+        check_end_reason(user, closed_index, &closed.end_reason)?;
+        check_attributes(declared, closed_index, closed)?;
+        after += u64::from(closed.event_count);
+    }
+    if let Some(open) = &outcome.state {
+        check_open(scratch, bounds, open, batch.end_of_input)?;
+        after += u64::from(open.event_count);
+    }
+    Ok(after)
 }
 
 /// Gives `handles` (those within the table) the stamp `stamp`.

@@ -87,16 +87,35 @@ pub(super) async fn compact(
     ident: &TableIdent,
     options: CompactionOptions,
 ) -> Result<CompactionReport, SinkError> {
-    let pointer = catalog.pointer();
     let mut report = CompactionReport { table: ident.to_string(), ..Default::default() };
     let table = catalog.load_table(ident).await.context(|| format!("loading {ident}"))?;
     let Some(snapshot) = table.metadata().current_snapshot().cloned() else {
         return Ok(report);
     };
     let live = live_entries(&table, &snapshot).await?;
+    let groups = small_files(&table, &live, options);
+    if groups.is_empty() {
+        return Ok(report);
+    }
+    let (replaced, added) =
+        rewrite(&table, snapshot.snapshot_id(), &groups, options, &mut report).await?;
+    let manifests: ManifestCache = live
+        .iter()
+        .map(|(manifest, entries)| (manifest.manifest_path.clone(), Arc::new(entries.clone())))
+        .collect();
+    commit(catalog, table, &replaced, &added, manifests, &mut report).await?;
+    Ok(report)
+}
+
+/// The partitions worth compacting, with their files smaller than the target.
+fn small_files<'a>(
+    table: &Table,
+    live: &'a [(ManifestFile, Vec<ManifestEntryRef>)],
+    options: CompactionOptions,
+) -> HashMap<&'a Struct, Vec<&'a DataFile>> {
     let default_spec = table.metadata().default_partition_spec_id();
     let mut groups: HashMap<&Struct, Vec<&DataFile>> = HashMap::new();
-    for (manifest, entries) in &live {
+    for (manifest, entries) in live {
         if manifest.partition_spec_id != default_spec {
             continue;
         }
@@ -108,23 +127,27 @@ pub(super) async fn compact(
         }
     }
     groups.retain(|_, files| files.len() >= options.min_input_files.max(2));
-    if groups.is_empty() {
-        return Ok(report);
-    }
+    groups
+}
 
+/// Writes each group's rows into files of the target size; returns the
+/// paths replaced and the files written. Nothing is committed yet.
+async fn rewrite(
+    table: &Table,
+    snapshot_id: i64,
+    groups: &HashMap<&Struct, Vec<&DataFile>>,
+    options: CompactionOptions,
+    report: &mut CompactionReport,
+) -> Result<(HashSet<String>, Vec<DataFile>), SinkError> {
+    let ident = table.identifier();
     let mut replaced: HashSet<String> = HashSet::new();
     let mut added = Vec::new();
     let prefix = format!("compacted-{}", uuid::Uuid::new_v4().simple());
     for files in groups.values() {
         let paths: HashSet<String> = files.iter().map(|f| f.file_path().to_owned()).collect();
-        let batches = read_files(&table, snapshot.snapshot_id(), &paths).await?;
-        let written = write_data_files(
-            &table,
-            batches.into_iter().map(Ok),
-            &prefix,
-            usize::try_from(options.target_file_bytes).ok(),
-        )
-        .await?;
+        let batches = read_files(table, snapshot_id, &paths).await?;
+        let target = usize::try_from(options.target_file_bytes).ok();
+        let written = write_data_files(table, batches.into_iter().map(Ok), &prefix, target).await?;
         report.partitions += 1;
         report.files_removed += files.len();
         report.rows += files.iter().map(|f| f.record_count()).sum::<u64>();
@@ -133,7 +156,7 @@ pub(super) async fn compact(
         let rows_written: u64 = written.iter().map(|f| f.record_count()).sum();
         let rows_read: u64 = files.iter().map(|f| f.record_count()).sum();
         if rows_written != rows_read {
-            delete_all(&table, added.iter().chain(&written).map(DataFile::file_path)).await;
+            delete_all(table, added.iter().chain(&written).map(DataFile::file_path)).await;
             return Err(SinkError::Maintenance(format!(
                 "compacting {ident}: read {rows_read} rows but wrote {rows_written}; nothing \
                  committed"
@@ -143,41 +166,44 @@ pub(super) async fn compact(
         added.extend(written);
     }
     report.files_added = added.len();
+    Ok((replaced, added))
+}
 
-    let mut table = table;
-    let mut manifests: ManifestCache = live
-        .iter()
-        .map(|(manifest, entries)| (manifest.manifest_path.clone(), Arc::new(entries.clone())))
-        .collect();
+/// Swaps the replace snapshot in, on the newest head, until it wins or
+/// cannot.
+async fn commit(
+    catalog: &TableCatalog,
+    mut table: Table,
+    replaced: &HashSet<String>,
+    added: &[DataFile],
+    mut manifests: ManifestCache,
+    report: &mut CompactionReport,
+) -> Result<(), SinkError> {
+    let ident = table.identifier().clone();
     loop {
         let attempt = std::time::Instant::now();
-        let outcome = swap_in(pointer, &table, &replaced, &added, &mut manifests, &mut report);
+        let outcome = swap_in(catalog.pointer(), &table, replaced, added, &mut manifests, report);
         let outcome = outcome.await?;
         tracing::debug!(table = %ident, took = ?attempt.elapsed(), "compaction swap attempt");
-        match outcome {
-            Swap::Done => return Ok(report),
-            Swap::InputsGone => {
-                delete_all(&table, added.iter().map(DataFile::file_path)).await;
-                return Err(SinkError::Maintenance(format!(
-                    "compacting {ident}: another writer replaced some of the same files \
-                     meanwhile; nothing committed (run maintenance from one place at a time)"
-                )));
-            }
+        let why = match outcome {
+            Swap::Done => return Ok(()),
+            Swap::InputsGone => "another writer replaced some of the same files meanwhile; \
+                                 nothing committed (run maintenance from one place at a time)"
+                .to_owned(),
             Swap::Lost if report.lost_races + 1 >= MAX_SWAPS => {
-                delete_all(&table, added.iter().map(DataFile::file_path)).await;
-                return Err(SinkError::Maintenance(format!(
-                    "compacting {ident}: lost {MAX_SWAPS} commit races in a row; nothing \
-                     committed"
-                )));
+                format!("lost {MAX_SWAPS} commit races in a row; nothing committed")
             }
             Swap::Lost => {
                 report.lost_races += 1;
                 // Jitter, so as not to keep meeting a writer's commits in step.
                 let pause = rand::random::<u64>() % 50;
                 tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
-                table = catalog.load_table(ident).await.context(|| format!("loading {ident}"))?;
+                table = catalog.load_table(&ident).await.context(|| format!("loading {ident}"))?;
+                continue;
             }
-        }
+        };
+        delete_all(&table, added.iter().map(DataFile::file_path)).await;
+        return Err(SinkError::Maintenance(format!("compacting {ident}: {why}")));
     }
 }
 
@@ -204,67 +230,14 @@ async fn swap_in(
     let current_location = table.metadata_location_result().context(context)?.to_owned();
     let list = table.manifest_list_reader(&head).load().await.context(context)?;
     let io = table.file_io();
-    let schema = metadata.current_schema().clone();
-    let spec = metadata.default_partition_spec().as_ref().clone();
     let snapshot_id = new_snapshot_id(table);
-    let sequence = metadata.next_sequence_number();
     let location = metadata.location().trim_end_matches('/').to_owned();
     let token = uuid::Uuid::new_v4().simple().to_string();
-
-    // Every manifest holding a replaced file is merged into one new manifest.
-    let manifest_path = format!("{location}/metadata/{token}-m0.avro");
-    let mut writer = ManifestWriterBuilder::new(
-        io.new_output(&manifest_path).context(context)?,
-        Some(snapshot_id),
-        schema.clone(),
-        spec,
-    )
-    .build_v2_data();
-    let mut kept = Vec::new();
-    let mut found = 0;
-    for manifest in list.entries() {
-        let affected = manifest.content == ManifestContentType::Data
-            && manifest.partition_spec_id == metadata.default_partition_spec_id()
-            && {
-                let live = match manifests.get(&manifest.manifest_path) {
-                    Some(live) => live.clone(),
-                    None => {
-                        let loaded = manifest.load_manifest(io).await.context(context)?;
-                        let live: Vec<ManifestEntryRef> =
-                            loaded.entries().iter().filter(|e| e.is_alive()).cloned().collect();
-                        let live = Arc::new(live);
-                        manifests.insert(manifest.manifest_path.clone(), live.clone());
-                        live
-                    }
-                };
-                let hits = live.iter().filter(|e| replaced.contains(e.file_path())).count();
-                if hits > 0 {
-                    found += hits;
-                    for entry in live.iter() {
-                        let file = entry.data_file().clone();
-                        let seq = entry.sequence_number().unwrap_or(0);
-                        let file_seq = entry.file_sequence_number.or(Some(seq));
-                        if replaced.contains(entry.file_path()) {
-                            writer.add_delete_file(file, seq, file_seq).context(context)?;
-                        } else {
-                            let id = entry.snapshot_id().unwrap_or(manifest.added_snapshot_id);
-                            writer.add_existing_file(file, id, seq, file_seq).context(context)?;
-                        }
-                    }
-                }
-                hits > 0
-            };
-        if !affected {
-            kept.push(manifest.clone());
-        }
-    }
-    if found != replaced.len() {
+    let replacing = Replacing { table, snapshot_id, replaced, added, token: &token };
+    let Some((merged, kept)) = merge_manifests(&replacing, list.entries(), manifests).await? else {
         return Ok(Swap::InputsGone);
-    }
-    for file in added {
-        writer.add_file(file.clone(), sequence).context(context)?;
-    }
-    let merged = writer.write_manifest_file().await.context(context)?;
+    };
+    let manifest_path = merged.manifest_path.clone();
     report.manifests = (list.entries().len(), kept.len() + 1);
 
     let list_path = format!("{location}/metadata/snap-{snapshot_id}-0-{token}.avro");
@@ -272,7 +245,7 @@ async fn swap_in(
         io.new_output(&list_path).context(context)?.writer().await.context(context)?,
         snapshot_id,
         Some(head.snapshot_id()),
-        sequence,
+        metadata.next_sequence_number(),
     );
     list_writer.add_manifests(kept.into_iter().chain([merged])).context(context)?;
     list_writer.close().await.context(context)?;
@@ -280,7 +253,7 @@ async fn swap_in(
     let snapshot = Snapshot::builder()
         .with_snapshot_id(snapshot_id)
         .with_parent_snapshot_id(Some(head.snapshot_id()))
-        .with_sequence_number(sequence)
+        .with_sequence_number(metadata.next_sequence_number())
         .with_timestamp_ms(wall_clock_ms().max(newest_time(metadata)))
         .with_manifest_list(list_path.clone())
         .with_summary(replace_summary(&head, report))
@@ -311,6 +284,93 @@ async fn swap_in(
     }
     delete_all(table, [new_location.as_str(), list_path.as_str(), manifest_path.as_str()]).await;
     Ok(Swap::Lost)
+}
+
+/// One replace snapshot in the making.
+struct Replacing<'a> {
+    table: &'a Table,
+    snapshot_id: i64,
+    replaced: &'a HashSet<String>,
+    added: &'a [DataFile],
+    /// Names this attempt's files.
+    token: &'a str,
+}
+
+/// Merges every manifest of `list` that holds a replaced file into one new
+/// manifest (the replaced files deleted, the others kept, the new ones
+/// added), and returns it with the manifests left as they are; none if some
+/// replaced file is no longer live.
+async fn merge_manifests(
+    replacing: &Replacing<'_>,
+    list: &[ManifestFile],
+    manifests: &mut ManifestCache,
+) -> Result<Option<(ManifestFile, Vec<ManifestFile>)>, SinkError> {
+    let Replacing { table, snapshot_id, replaced, added, token } = replacing;
+    let context = || format!("committing the compaction of {}", table.identifier());
+    let metadata = table.metadata();
+    let io = table.file_io();
+    let location = metadata.location().trim_end_matches('/');
+    let manifest_path = format!("{location}/metadata/{token}-m0.avro");
+    let mut writer = ManifestWriterBuilder::new(
+        io.new_output(&manifest_path).context(context)?,
+        Some(*snapshot_id),
+        metadata.current_schema().clone(),
+        metadata.default_partition_spec().as_ref().clone(),
+    )
+    .build_v2_data();
+    let mut kept = Vec::new();
+    let mut found = 0;
+    for manifest in list {
+        let merged = manifest.content == ManifestContentType::Data
+            && manifest.partition_spec_id == metadata.default_partition_spec_id();
+        let live = match merged {
+            true => live_of(table, manifest, manifests).await?,
+            false => Arc::new(Vec::new()),
+        };
+        let hits = live.iter().filter(|e| replaced.contains(e.file_path())).count();
+        if hits == 0 {
+            kept.push(manifest.clone());
+            continue;
+        }
+        found += hits;
+        for entry in live.iter() {
+            let file = entry.data_file().clone();
+            let seq = entry.sequence_number().unwrap_or(0);
+            let file_seq = entry.file_sequence_number.or(Some(seq));
+            if replaced.contains(entry.file_path()) {
+                writer.add_delete_file(file, seq, file_seq).context(context)?;
+            } else {
+                let id = entry.snapshot_id().unwrap_or(manifest.added_snapshot_id);
+                writer.add_existing_file(file, id, seq, file_seq).context(context)?;
+            }
+        }
+    }
+    if found != replaced.len() {
+        return Ok(None);
+    }
+    for file in added.iter() {
+        writer.add_file(file.clone(), metadata.next_sequence_number()).context(context)?;
+    }
+    let merged = writer.write_manifest_file().await.context(context)?;
+    Ok(Some((merged, kept)))
+}
+
+/// The live entries of `manifest`, read once per compaction.
+async fn live_of(
+    table: &Table,
+    manifest: &ManifestFile,
+    manifests: &mut ManifestCache,
+) -> Result<Arc<Vec<ManifestEntryRef>>, SinkError> {
+    if let Some(live) = manifests.get(&manifest.manifest_path) {
+        return Ok(live.clone());
+    }
+    let context = || format!("reading the manifests of {}", table.identifier());
+    let loaded = manifest.load_manifest(table.file_io()).await.context(context)?;
+    let live: Vec<ManifestEntryRef> =
+        loaded.entries().iter().filter(|e| e.is_alive()).cloned().collect();
+    let live = Arc::new(live);
+    manifests.insert(manifest.manifest_path.clone(), live.clone());
+    Ok(live)
 }
 
 /// The live data files of `snapshot`, by manifest.
