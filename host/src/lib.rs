@@ -31,6 +31,7 @@ pub use sessionize_core::{engine, event};
 
 pub mod admin;
 pub mod checkpoint;
+pub mod group;
 pub mod job;
 pub mod metrics;
 #[cfg(feature = "query")]

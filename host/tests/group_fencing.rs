@@ -5,14 +5,18 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use sessionize::sink::iceberg::maintain::{ExpiryOptions, TableMaintenance};
-use sessionize::sink::iceberg::{
-    GroupProgress, IcebergSink, OwnedCommit, OwnedOutput, PartitionProgress, Publish, PublishKind,
-    RulesNote, SinkConfig, StateChain,
+use sessionize::group::{
+    CommitOutcome, GroupProgress, GroupStore, MemberCommit, PartitionProgress, Publish,
+    PublishKind, StateChain,
 };
+use sessionize::sink::iceberg::maintain::{ExpiryOptions, TableMaintenance};
+use sessionize::sink::iceberg::{IcebergSink, SinkConfig};
 use sessionize::sink::{SessionRow, Sink};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// The rules a commit was made by, and what it publishes.
+type Rules<'a> = (&'a str, Option<&'a Publish>);
 
 fn session(uuid: &str, start_ms: i64) -> SessionRow {
     SessionRow {
@@ -34,14 +38,13 @@ async fn commit(
     checkpoint: u64,
     claimed: &BTreeMap<i32, u64>,
     rows: &[SessionRow],
-) -> Result<OwnedCommit, sessionize::sink::SinkError> {
-    let rules = RulesNote { active: "default-rules@1.0.0+abc", publish: None };
-    commit_with(sink, owner, checkpoint, claimed, rows, rules).await
+) -> Result<CommitOutcome, sessionize::sink::SinkError> {
+    commit_with(sink, owner, checkpoint, claimed, rows, ("default-rules@1.0.0+abc", None)).await
 }
 
 /// Whether a member's commit went through (whatever it saw of the group).
-fn committed(outcome: &OwnedCommit) -> bool {
-    matches!(outcome, OwnedCommit::Committed(_))
+fn committed(outcome: &CommitOutcome) -> bool {
+    matches!(outcome, CommitOutcome::Committed(_))
 }
 
 async fn commit_with(
@@ -50,8 +53,8 @@ async fn commit_with(
     checkpoint: u64,
     claimed: &BTreeMap<i32, u64>,
     rows: &[SessionRow],
-    rules: RulesNote<'_>,
-) -> Result<OwnedCommit, sessionize::sink::SinkError> {
+    rules: Rules<'_>,
+) -> Result<CommitOutcome, sessionize::sink::SinkError> {
     let progress: GroupProgress = claimed
         .keys()
         .map(|&p| (p, PartitionProgress { offset: Some(100), ..Default::default() }))
@@ -66,9 +69,9 @@ async fn commit_progress(
     claimed: &BTreeMap<i32, u64>,
     progress: &GroupProgress,
     rows: &[SessionRow],
-    rules: RulesNote<'_>,
-) -> Result<OwnedCommit, sessionize::sink::SinkError> {
-    let output = OwnedOutput {
+    (rules, publish): Rules<'_>,
+) -> Result<CommitOutcome, sessionize::sink::SinkError> {
+    let commit = MemberCommit {
         group: "fleet",
         owner,
         claimed,
@@ -81,8 +84,9 @@ async fn commit_progress(
         ]),
         checkpoint,
         rules,
+        publish,
     };
-    sink.commit_owned(output).await
+    sink.commit_member(commit).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,7 +96,7 @@ async fn a_member_whose_partition_was_claimed_since_commits_nothing() -> TestRes
     let mut zombie = IcebergSink::open(&config).await?;
     let mut heir = IcebergSink::open(&config).await?;
 
-    let first = zombie.claim_partitions("fleet", "zombie", &[0, 1]).await?;
+    let first = zombie.claim("fleet", "zombie", &[0, 1]).await?;
     let epochs: BTreeMap<i32, u64> =
         first.progress.iter().map(|(&p, entry)| (p, entry.epoch)).collect();
     assert_eq!(epochs, BTreeMap::from([(0, 1), (1, 1)]));
@@ -101,14 +105,14 @@ async fn a_member_whose_partition_was_claimed_since_commits_nothing() -> TestRes
 
     // Partition 1 moves: the heir's claim raises its epoch and finds the
     // zombie's offset.
-    let second = heir.claim_partitions("fleet", "heir", &[1]).await?;
+    let second = heir.claim("fleet", "heir", &[1]).await?;
     assert_eq!(second.progress[&1].epoch, 2);
     assert_eq!(second.progress[&1].offset, Some(100));
 
     // The zombie, which has not noticed, commits for both: refused, and
     // nothing of it lands, not even partition 0's rows.
     let refused = commit(&mut zombie, "zombie", 2, &epochs, &[session("u2", 0)]).await?;
-    assert_eq!(refused, OwnedCommit::Fenced(vec![1]));
+    assert_eq!(refused, CommitOutcome::Fenced(vec![1]));
     let only_zero = BTreeMap::from([(0, 1)]);
     let kept = commit(&mut zombie, "zombie", 2, &only_zero, &[session("u3", 0)]).await?;
     assert!(committed(&kept));
@@ -141,8 +145,8 @@ async fn rules_one_member_publishes_reach_the_others_and_claims_keep_them() -> T
     let config = SinkConfig::new(dir.path().join("warehouse"));
     let mut a = IcebergSink::open(&config).await?;
     let mut b = IcebergSink::open(&config).await?;
-    let a_claim = a.claim_partitions("fleet", "a", &[0]).await?;
-    assert_eq!(a_claim.fleet.rules, None);
+    let a_claim = a.claim("fleet", "a", &[0]).await?;
+    assert_eq!(a_claim.view.rules, None);
     let a_epochs = BTreeMap::from([(0, a_claim.progress[&0].epoch)]);
 
     // A publishes v2: the component goes beside the table, the record into
@@ -150,8 +154,8 @@ async fn rules_one_member_publishes_reach_the_others_and_claims_keep_them() -> T
     let sha = "cd".repeat(32);
     a.write_component("fleet", &sha, b"component v2".to_vec()).await?;
     let v2 = publish("r@2+cdcd", &sha, PublishKind::Deploy, 0);
-    let published = RulesNote { active: "r@2+cdcd", publish: Some(&v2) };
-    let OwnedCommit::Committed(view) =
+    let published = ("r@2+cdcd", Some(&v2));
+    let CommitOutcome::Committed(view) =
         commit_with(&mut a, "a", 1, &a_epochs, &[], published).await?
     else {
         panic!("A's commit was refused");
@@ -160,13 +164,13 @@ async fn rules_one_member_publishes_reach_the_others_and_claims_keep_them() -> T
 
     // B's claim carries the record on; a later member starting with other
     // rules does not replace it (a start), and both show as members.
-    let b_claim = b.claim_partitions("fleet", "b", &[1]).await?;
-    assert_eq!(b_claim.fleet.rules, view.rules);
+    let b_claim = b.claim("fleet", "b", &[1]).await?;
+    assert_eq!(b_claim.view.rules, view.rules);
     let b_epochs = BTreeMap::from([(1, b_claim.progress[&1].epoch)]);
     let v1 = publish("r@1+abab", &"ab".repeat(32), PublishKind::Start, 0);
-    let starting = RulesNote { active: "r@1+abab", publish: Some(&v1) };
+    let starting = ("r@1+abab", Some(&v1));
     assert!(committed(&commit_with(&mut b, "b", 1, &b_epochs, &[], starting).await?));
-    let fleet = a.fleet("fleet").await?;
+    let fleet = a.view("fleet").await?;
     assert_eq!(fleet.rules.as_ref().map(|r| (r.seq, r.by.as_str())), Some((1, "a")));
     let runs: Vec<(&str, &str)> =
         fleet.members.iter().map(|(m, seen)| (m.as_str(), seen.rules.as_str())).collect();
@@ -178,7 +182,7 @@ async fn rules_one_member_publishes_reach_the_others_and_claims_keep_them() -> T
 }
 
 fn publish(version: &str, sha256: &str, kind: PublishKind, based_on: u64) -> Publish {
-    Publish { version: version.into(), sha256: sha256.into(), kind, based_on }
+    Publish { version: version.into(), sha256: Some(sha256.into()), kind, based_on }
 }
 
 /// A member holding no partitions accepted v2 while the group was at record
@@ -192,15 +196,16 @@ async fn a_publish_based_on_an_older_record_is_refused() -> TestResult {
     let mut b = IcebergSink::open(&config).await?;
     let none = BTreeMap::new();
     let v1 = publish("r@1+aa", &"aa".repeat(32), PublishKind::Start, 0);
-    let start = RulesNote { active: "r@1+aa", publish: Some(&v1) };
+    let start = ("r@1+aa", Some(&v1));
     assert!(committed(&commit_with(&mut b, "b", 1, &none, &[], start).await?));
     let v3 = publish("r@3+cc", &"cc".repeat(32), PublishKind::Deploy, 1);
-    let deploy = RulesNote { active: "r@3+cc", publish: Some(&v3) };
+    let deploy = ("r@3+cc", Some(&v3));
     assert!(committed(&commit_with(&mut b, "b", 2, &none, &[], deploy).await?));
     // A's deploy of v2 was made against record 1.
     let v2 = publish("r@2+bb", &"bb".repeat(32), PublishKind::Deploy, 1);
-    let stale = RulesNote { active: "r@2+bb", publish: Some(&v2) };
-    let OwnedCommit::Committed(view) = commit_with(&mut a, "a", 1, &none, &[], stale).await? else {
+    let stale = ("r@2+bb", Some(&v2));
+    let CommitOutcome::Committed(view) = commit_with(&mut a, "a", 1, &none, &[], stale).await?
+    else {
         panic!("A's commit was refused");
     };
     assert!(!view.holds(&v2) && view.holds(&v3), "{view:?}");
@@ -216,7 +221,7 @@ async fn maintenance_keeps_every_file_the_group_names() -> TestResult {
     let dir = tempfile::tempdir()?;
     let config = SinkConfig::new(dir.path().join("warehouse"));
     let mut a = IcebergSink::open(&config).await?;
-    let claim = a.claim_partitions("fleet", "a", &[0]).await?;
+    let claim = a.claim("fleet", "a", &[0]).await?;
     let epochs = BTreeMap::from([(0, claim.progress[&0].epoch)]);
     let epoch = epochs[&0];
     for seq in 1..=3 {
@@ -230,7 +235,7 @@ async fn maintenance_keeps_every_file_the_group_names() -> TestResult {
     let sha = "ef".repeat(32);
     a.write_component("fleet", &sha, b"component".to_vec()).await?;
     let v1 = publish("r@1+ef", &sha, PublishKind::Start, 0);
-    let rules = RulesNote { active: "r@1+ef", publish: Some(&v1) };
+    let rules = ("r@1+ef", Some(&v1));
     let done = commit_progress(&mut a, "a", 1, &epochs, &progress, &[], rules).await?;
     assert!(committed(&done));
 

@@ -5,7 +5,7 @@
 //! that changed, one file of state changes beside the table (the first of a
 //! chain holds the whole state), then commits the output with every
 //! partition's offset and chain in the snapshot summary
-//! ([`crate::sink::iceberg::PartitionProgress`]). The commit is the
+//! ([`crate::group::PartitionProgress`]). The commit is the
 //! checkpoint: a crash before it leaves files no summary names, and whoever
 //! owns the partition next resumes from the summary before.
 //!
@@ -24,18 +24,18 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use super::fleet::RulesExchange;
+use super::exchange::RulesExchange;
 use super::{
     dead_letter_unwritable, whole_millis, CheckpointError, CHECKPOINT_ID_KEY, JOB_ID_KEY,
     RULE_VERSION_KEY,
 };
 use crate::engine::{Engine, EngineChanges, EngineClocks, EngineConfig};
-use crate::rules::contract::SessionAttribute;
-use crate::rules::lifecycle::{GroupUpdate, RulesToPublish};
-use crate::sink::iceberg::{
-    FleetView, GroupProgress, OwnedCommit, OwnedOutput, PartitionProgress, Publish, RulesNote,
+use crate::group::{
+    CommitOutcome, GroupProgress, GroupStore, GroupView, MemberCommit, PartitionProgress, Publish,
     StateChain,
 };
+use crate::rules::contract::SessionAttribute;
+use crate::rules::lifecycle::GroupUpdate;
 use crate::sink::{Sink, SinkRetries, SinkRetryPolicy};
 use crate::state::{encode_partition_file, PartitionState, StagedOutput, StateError};
 
@@ -72,7 +72,7 @@ pub(crate) struct GroupCut {
     /// The attribute columns of the rules in force.
     pub(crate) columns: Vec<SessionAttribute>,
     /// Rules to publish to the group with it.
-    pub(crate) publish: Option<RulesToPublish>,
+    pub(crate) publish: Option<Publish>,
 }
 
 impl GroupCut {
@@ -218,10 +218,10 @@ impl GroupCheckpointer {
     /// [`Claim::unreadable`], and the others go on.
     pub(crate) async fn claim(
         &mut self,
-        sink: &mut impl Sink,
+        sink: &mut (impl Sink + GroupStore),
         partitions: &[i32],
     ) -> Result<Claim, CheckpointError> {
-        let claimed = sink.claim_partitions(&self.group, &self.owner, partitions).await?;
+        let claimed = sink.claim(&self.group, &self.owner, partitions).await?;
         let mut claim = Claim::default();
         for &partition in partitions {
             let progress = claimed.progress.get(&partition).cloned().unwrap_or_default();
@@ -260,7 +260,7 @@ impl GroupCheckpointer {
     /// and the files read.
     async fn read_chain(
         &self,
-        sink: &mut impl Sink,
+        sink: &mut (impl Sink + GroupStore),
         partition: i32,
         progress: &PartitionProgress,
     ) -> Result<(PartitionState, u64), CheckpointError> {
@@ -287,7 +287,7 @@ impl GroupCheckpointer {
     /// to publish rules an operator gave it.
     pub(crate) async fn complete(
         &mut self,
-        sink: &mut impl Sink,
+        sink: &mut (impl Sink + GroupStore),
         mut cut: GroupCut,
     ) -> Result<GroupCompleted, CheckpointError> {
         let id = self.last_id + 1;
@@ -344,13 +344,13 @@ impl GroupCheckpointer {
     /// be committed) and the partitions fenced.
     async fn commit(
         &mut self,
-        sink: &mut impl Sink,
+        sink: &mut (impl Sink + GroupStore),
         id: u64,
         mut parts: Vec<PartitionCut>,
         rule_version: &str,
         columns: &[SessionAttribute],
         publish: &Option<Publish>,
-    ) -> Result<(Option<FleetView>, Vec<i32>), CheckpointError> {
+    ) -> Result<(Option<GroupView>, Vec<i32>), CheckpointError> {
         let mut fenced = Vec::new();
         let mut retries = SinkRetries::new(self.sink_retry);
         // Every row moved out once, each with its partition, so a fenced
@@ -366,7 +366,7 @@ impl GroupCheckpointer {
                 .iter()
                 .filter_map(|c| Some((c.partition, self.owned.get(&c.partition)?.epoch)))
                 .collect();
-            let output = OwnedOutput {
+            let commit = MemberCommit {
                 group: &self.group,
                 owner: &self.owner,
                 claimed: &claimed,
@@ -379,16 +379,17 @@ impl GroupCheckpointer {
                     (RULE_VERSION_KEY.to_owned(), rule_version.to_owned()),
                 ]),
                 checkpoint: id,
-                rules: RulesNote { active: rule_version, publish: publish.as_ref() },
+                rules: rule_version,
+                publish: publish.as_ref(),
             };
             // A schema change, not a snapshot: idempotent, so safe to repeat.
             let attempt = match sink.add_columns(columns).await {
-                Ok(()) => sink.commit_owned(output).await,
+                Ok(()) => sink.commit_member(commit).await,
                 Err(error) => Err(error),
             };
             let error = match attempt {
-                Ok(OwnedCommit::Committed(view)) => return Ok((Some(view), fenced)),
-                Ok(OwnedCommit::Fenced(lost)) => {
+                Ok(CommitOutcome::Committed(view)) => return Ok((Some(view), fenced)),
+                Ok(CommitOutcome::Fenced(lost)) => {
                     tracing::warn!(
                         partitions = ?lost,
                         "partitions were claimed by another member: their output is dropped"
@@ -423,7 +424,7 @@ impl GroupCheckpointer {
 
     /// Deletes the files of `stale` chains, which no summary names any more.
     /// A failure leaves files behind, nothing worse: logged, not retried.
-    async fn delete_stale(&self, sink: &mut impl Sink, stale: &[(i32, StateChain)]) {
+    async fn delete_stale(&self, sink: &mut (impl Sink + GroupStore), stale: &[(i32, StateChain)]) {
         for &(partition, chain) in stale {
             for seq in chain.first..=chain.last {
                 if let Err(error) =
@@ -448,7 +449,7 @@ impl GroupCheckpointer {
     /// nothing changed.
     async fn write_state(
         &mut self,
-        sink: &mut impl Sink,
+        sink: &mut (impl Sink + GroupStore),
         part: &PartitionCut,
     ) -> Result<(), CheckpointError> {
         let Some(owned) = self.owned.get_mut(&part.partition) else { return Ok(()) };

@@ -33,14 +33,14 @@ use crate::engine::{Engine, EngineChanges, EngineClocks, EngineConfig, EngineErr
 use crate::sink::{divert_unwritable, Sink, SinkError, SinkRetries, SinkRetryPolicy};
 use crate::state::{CheckpointRecord, StagedOutput, StateError, StateStore};
 
-mod fleet;
+mod exchange;
 mod group;
 mod thread;
 
 #[cfg(test)]
 mod tests;
 
-pub(crate) use fleet::{fetch_component, RulesExchange};
+pub(crate) use exchange::{fetch_component, RulesExchange};
 pub use group::GroupCheckpointer;
 pub(crate) use group::{Claim, GroupCut, PartitionCut, RestoredPartition, WHOLE_STATE_EVERY};
 pub(crate) use thread::{CheckpointThread, Completed, Completer, Cut, Pending};

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::group::{Claim, GroupCheckpointer, GroupCompleted, GroupCut};
 use super::{CheckpointError, Checkpointer, PendingCheckpoint};
+use crate::group::GroupStore;
 use crate::rules::lifecycle::GroupUpdate;
 use crate::sink::Sink;
 
@@ -100,7 +101,7 @@ pub(crate) struct CheckpointThread {
 
 impl CheckpointThread {
     /// Starts the thread in `scope`; it owns the completer and the sink.
-    pub(crate) fn start<'scope, S: Sink + Send>(
+    pub(crate) fn start<'scope, S: Sink + GroupStore + Send>(
         scope: &'scope std::thread::Scope<'scope, '_>,
         runtime: &'scope tokio::runtime::Handle,
         mut completer: Completer,
@@ -240,7 +241,7 @@ impl CheckpointThread {
     }
 }
 
-fn complete<S: Sink>(
+fn complete<S: Sink + GroupStore>(
     runtime: &tokio::runtime::Handle,
     completer: &mut Completer,
     sink: &mut S,

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use super::{JobError, DEFAULT_RULES};
 use crate::checkpoint::{fetch_component, Completer, GroupCheckpointer, RulesExchange};
 use crate::engine::EngineConfig;
+use crate::group::{GroupStore, GroupView, RulesRecord};
 use crate::rules::lifecycle::{read_component, RulesArchive, RulesLoader, RulesSlot};
 use crate::rules::{ComponentRules, RulesRuntime};
-use crate::sink::iceberg::{FleetRules, FleetView};
 use crate::sink::Sink;
 
 /// What a member needs of the job's configuration.
@@ -34,7 +34,7 @@ pub(super) struct Joined {
     pub(super) diverged: Option<String>,
     /// The group as the member found it (a rollback sent to it before its
     /// first commit goes to the rules the record kept).
-    pub(super) fleet: FleetView,
+    pub(super) fleet: GroupView,
 }
 
 /// Joins as a new member: switches `slot` to the group's rules if it has
@@ -49,7 +49,7 @@ pub(super) struct Joined {
 /// `/readyz`, a metric) until it can follow the group.
 pub(super) async fn start_member(
     member: &Membership<'_>,
-    sink: &mut impl Sink,
+    sink: &mut (impl Sink + GroupStore),
     loader: &RulesLoader,
     archive: &Arc<RulesArchive>,
     slot: &mut RulesSlot,
@@ -60,7 +60,7 @@ pub(super) async fn start_member(
     tracing::info!(group = member.group, member = owner, "joining as a group member");
     let given = given_component(member)?;
     archive.keep(slot.rule_version(), &given)?;
-    let fleet = sink.fleet(member.group).await.map_err(|source| JobError::Group {
+    let fleet = sink.view(member.group).await.map_err(|source| JobError::Group {
         why: format!("cannot read the group's record: {source}"),
     })?;
     let (followed_seq, diverged) = match &fleet.rules {
@@ -102,10 +102,10 @@ pub(super) async fn start_member(
 /// member's archive; why neither, in a sentence.
 async fn group_rules(
     member: &Membership<'_>,
-    sink: &mut impl Sink,
+    sink: &mut (impl Sink + GroupStore),
     loader: &RulesLoader,
     archive: &RulesArchive,
-    rules: &FleetRules,
+    rules: &RulesRecord,
 ) -> Result<ComponentRules, String> {
     let fetched = fetch_component(sink, member.group, rules, member.max_component_bytes).await;
     let (bytes, why) = match fetched {

@@ -15,6 +15,7 @@ use std::time::Duration;
 use crate::admin::{self, AdminConfig, AdminError};
 use crate::checkpoint::{CheckpointError, Checkpointer, Completer};
 use crate::engine::{Engine, EngineConfig};
+use crate::group::GroupView;
 use crate::metrics::{JobMetrics, Readiness};
 use crate::rules::contract::Settings;
 use crate::rules::lifecycle::{
@@ -22,7 +23,7 @@ use crate::rules::lifecycle::{
     RulesLifecycle, RulesLoader, RulesSlot,
 };
 use crate::rules::{ComponentLoader, ComponentRules, RulesError, RulesRuntime, SandboxLimits};
-use crate::sink::iceberg::{FleetView, IcebergSink, SinkConfig};
+use crate::sink::iceberg::{IcebergSink, SinkConfig};
 use crate::sink::{Sink, SinkError};
 use crate::source::file::{FileSource, FileSourceError};
 use crate::source::kafka::{KafkaConfig, KafkaSource, KafkaSourceError};
@@ -315,7 +316,7 @@ struct Resumed {
     completer: Completer,
     offsets: BTreeMap<i32, i64>,
     /// Why a member runs its own rules, and the group as it found it.
-    group: Option<(Option<String>, FleetView)>,
+    group: Option<(Option<String>, GroupView)>,
 }
 
 /// Joins the group, or recovers the job's own state store.
@@ -372,7 +373,7 @@ async fn rules_lifecycle(
     start: &Start<'_>,
     slot: RulesSlot,
     sink: &IcebergSink,
-    group: Option<(Option<String>, FleetView)>,
+    group: Option<(Option<String>, GroupView)>,
 ) -> Result<RulesLifecycle, JobError> {
     let (requests_tx, requests) = std::sync::mpsc::channel();
     let token = config.admin.token.clone().unwrap_or_else(admin::new_token);

@@ -84,96 +84,6 @@ pub trait Sink {
         Arc::new(|_| Ok(()))
     }
 
-    /// Claims `partitions` for `owner`, a member of `group` (see
-    /// [`iceberg::GroupProgress`]): fences their previous owner and returns
-    /// where they stood. Only a sink that many instances share can.
-    async fn claim_partitions(
-        &mut self,
-        group: &str,
-        owner: &str,
-        partitions: &[i32],
-    ) -> Result<iceberg::Claimed, SinkError> {
-        let _ = (group, owner, partitions);
-        Err(no_group())
-    }
-
-    /// Commits a group member's output unless another member claimed one
-    /// of its partitions since.
-    async fn commit_owned(
-        &mut self,
-        output: iceberg::OwnedOutput<'_>,
-    ) -> Result<iceberg::OwnedCommit, SinkError> {
-        let _ = output;
-        Err(no_group())
-    }
-
-    /// Writes one file of a partition's state where every member reaches it.
-    async fn write_state(
-        &mut self,
-        group: &str,
-        partition: i32,
-        epoch: u64,
-        seq: u64,
-        bytes: Vec<u8>,
-    ) -> Result<(), SinkError> {
-        let _ = (group, partition, epoch, seq, bytes);
-        Err(no_group())
-    }
-
-    /// Reads one file of a partition's state.
-    async fn read_state(
-        &mut self,
-        group: &str,
-        partition: i32,
-        epoch: u64,
-        seq: u64,
-    ) -> Result<Vec<u8>, SinkError> {
-        let _ = (group, partition, epoch, seq);
-        Err(no_group())
-    }
-
-    /// Deletes one file of a partition's state that no summary names any more.
-    async fn delete_state(
-        &mut self,
-        group: &str,
-        partition: i32,
-        epoch: u64,
-        seq: u64,
-    ) -> Result<(), SinkError> {
-        let _ = (group, partition, epoch, seq);
-        Err(no_group())
-    }
-
-    /// Puts a rules component (named by its full SHA-256) where every
-    /// member of `group` reaches it.
-    async fn write_component(
-        &mut self,
-        group: &str,
-        sha256: &str,
-        bytes: Vec<u8>,
-    ) -> Result<(), SinkError> {
-        let _ = (group, sha256, bytes);
-        Err(no_group())
-    }
-
-    /// Reads a rules component put there by [`Sink::write_component`],
-    /// refusing one larger than `max_bytes`.
-    async fn read_component(
-        &mut self,
-        group: &str,
-        sha256: &str,
-        max_bytes: u64,
-    ) -> Result<Vec<u8>, SinkError> {
-        let _ = (group, sha256, max_bytes);
-        Err(no_group())
-    }
-
-    /// The members of `group` and the rules they run, as its newest commit says.
-    async fn fleet(&mut self, group: &str) -> Result<iceberg::FleetView, SinkError> {
-        let _ = group;
-        Err(no_group())
-    }
-
     /// Whether [`Sink::commit`] can store `row`. The checkpoint asks before it
     /// stages a row: a row that fails its commit would fail every retry and
     /// every restart. By default every row can be stored.
@@ -181,10 +91,6 @@ pub trait Sink {
         let _ = row;
         Ok(())
     }
-}
-
-fn no_group() -> SinkError {
-    SinkError::Config("this sink cannot hold the state of a consumer group's members".into())
 }
 
 /// Whether commit `properties` map `key` to `value`: how a writer knows its
@@ -314,6 +220,19 @@ pub enum SinkError {
     /// A configuration value is unusable (for example an empty table name).
     #[error("invalid Iceberg sink configuration: {0}")]
     Config(String),
+    /// A request the store refuses, and will refuse however often it is
+    /// asked (a component over the reader's limit, a record that does not
+    /// decode).
+    #[error("{0}")]
+    Refused(String),
+    /// A commit kept losing the catalog's compare-and-swap to other writers.
+    #[error("{what}: lost {races} races in a row to other writers")]
+    LostRaces {
+        /// What was being committed.
+        what: String,
+        /// Races lost.
+        races: u32,
+    },
     /// An Iceberg operation (catalog, write, commit) failed.
     #[error("Iceberg error while {context}: {source}")]
     Iceberg {
@@ -387,8 +306,13 @@ pub enum SinkError {
 impl SinkError {
     /// Whether a commit lost the catalog's compare-and-swap to another writer.
     pub fn is_lost_race(&self) -> bool {
-        matches!(self, SinkError::Iceberg { source, .. }
-            if source.kind() == ::iceberg::ErrorKind::CatalogCommitConflicts)
+        match self {
+            SinkError::LostRaces { .. } => true,
+            SinkError::Iceberg { source, .. } => {
+                source.kind() == ::iceberg::ErrorKind::CatalogCommitConflicts
+            }
+            _ => false,
+        }
     }
 
     /// Whether the failure may clear by itself, so the same call is worth
@@ -407,10 +331,13 @@ impl SinkError {
                             | ::iceberg::ErrorKind::CatalogCommitConflicts
                     )
             }
-            SinkError::CommitNotVisible { .. } | SinkError::CatalogDatabase { .. } => true,
+            SinkError::CommitNotVisible { .. }
+            | SinkError::CatalogDatabase { .. }
+            | SinkError::LostRaces { .. } => true,
             SinkError::Warehouse { .. }
             | SinkError::NonUtf8Path(_)
             | SinkError::Config(_)
+            | SinkError::Refused(_)
             | SinkError::Maintenance(_)
             | SinkError::Arrow { .. }
             | SinkError::Schema { .. }

@@ -2,6 +2,7 @@
 //! the default rules compiled natively: end detection, a failing checkpoint,
 //! and rule changes at checkpoint boundaries.
 
+use crate::group::{Claimed, CommitOutcome, GroupStore, GroupView, MemberCommit, MemoryGroupStore};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
@@ -112,11 +113,13 @@ impl StreamSource for ScriptedSource {
 /// One commit: its sessions, dead letters and properties.
 type Commit = (Vec<SessionRow>, Vec<RejectedEvent>, HashMap<String, String>);
 
-/// Keeps every commit; fails every commit from `fail_from` on.
+/// Keeps every commit; fails every commit from `fail_from` on. A group
+/// member's calls go to a store in memory.
 #[derive(Default)]
 struct MemorySink {
     commits: Vec<Commit>,
     fail_from: Option<usize>,
+    group: MemoryGroupStore,
 }
 
 impl MemorySink {
@@ -154,6 +157,77 @@ impl Sink for MemorySink {
         value: &str,
     ) -> Result<Option<HashMap<String, String>>, SinkError> {
         self.last_commit_properties(key, value).await
+    }
+}
+
+impl GroupStore for MemorySink {
+    async fn claim(
+        &mut self,
+        group: &str,
+        owner: &str,
+        partitions: &[i32],
+    ) -> Result<Claimed, SinkError> {
+        self.group.claim(group, owner, partitions).await
+    }
+
+    async fn commit_member(
+        &mut self,
+        commit: MemberCommit<'_>,
+    ) -> Result<CommitOutcome, SinkError> {
+        self.group.commit_member(commit).await
+    }
+
+    async fn write_state(
+        &mut self,
+        group: &str,
+        p: i32,
+        epoch: u64,
+        seq: u64,
+        bytes: Vec<u8>,
+    ) -> Result<(), SinkError> {
+        self.group.write_state(group, p, epoch, seq, bytes).await
+    }
+
+    async fn read_state(
+        &mut self,
+        group: &str,
+        p: i32,
+        epoch: u64,
+        seq: u64,
+    ) -> Result<Vec<u8>, SinkError> {
+        self.group.read_state(group, p, epoch, seq).await
+    }
+
+    async fn delete_state(
+        &mut self,
+        group: &str,
+        p: i32,
+        epoch: u64,
+        seq: u64,
+    ) -> Result<(), SinkError> {
+        self.group.delete_state(group, p, epoch, seq).await
+    }
+
+    async fn write_component(
+        &mut self,
+        group: &str,
+        sha256: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(), SinkError> {
+        self.group.write_component(group, sha256, bytes).await
+    }
+
+    async fn read_component(
+        &mut self,
+        group: &str,
+        sha256: &str,
+        max: u64,
+    ) -> Result<Vec<u8>, SinkError> {
+        self.group.read_component(group, sha256, max).await
+    }
+
+    async fn view(&mut self, group: &str) -> Result<GroupView, SinkError> {
+        self.group.view(group).await
     }
 }
 

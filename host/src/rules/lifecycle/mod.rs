@@ -10,18 +10,18 @@
 //! - deployed components are kept in the state directory ([`RulesArchive`]) so
 //!   a restart can resume with them ([`deployed_before_restart`]);
 //! - a member of a consumer group publishes an operator's change to the group
-//!   and follows what other members published ([`RulesToPublish`]).
+//!   and follows what other members published ([`GroupUpdate`]).
 
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::engine::Sample;
+use crate::group::{GroupView, Publish};
 use crate::rules::{ComponentRules, RulesError, RulesRuntime, Texts};
-use crate::sink::iceberg::FleetView;
 use crate::sink::ColumnCheck;
 
 mod archive;
-mod fleet;
+mod group;
 mod loader;
 mod request;
 mod resume;
@@ -29,8 +29,8 @@ mod slot;
 mod watch;
 
 pub use archive::{ArchiveError, RulesArchive};
-pub use fleet::{GroupUpdate, RulesToPublish};
-use fleet::{MemberRules, Origin};
+pub use group::GroupUpdate;
+use group::{MemberRules, Origin};
 pub(crate) use loader::{mib_text, read_component};
 pub use loader::{RulesLoader, DEFAULT_MAX_COMPONENT_BYTES};
 use request::PendingReply;
@@ -91,7 +91,7 @@ pub struct RulesLifecycle {
     /// Whether the sessions table can take a candidate's attributes.
     columns: Option<ColumnCheck>,
     /// The group's rules, for a member of a consumer group.
-    fleet: Option<MemberRules>,
+    group: Option<MemberRules>,
 }
 
 impl RulesLifecycle {
@@ -106,7 +106,7 @@ impl RulesLifecycle {
             changes_tx,
             changes,
             columns: None,
-            fleet: None,
+            group: None,
         }
     }
 
@@ -115,28 +115,28 @@ impl RulesLifecycle {
     /// what other members publish ([`RulesLifecycle::take_in_group`]).
     /// `diverged`: why it started without the group's rules, if it did;
     /// `found`: the group as it found it.
-    pub fn in_group(mut self, diverged: Option<String>, found: FleetView) -> Self {
-        let mut fleet = MemberRules::default();
-        fleet.start_with(self.slot.rule_version(), diverged, found);
-        self.fleet = Some(fleet);
+    pub fn in_group(mut self, diverged: Option<String>, found: GroupView) -> Self {
+        let mut member = MemberRules::default();
+        member.start_with(self.slot.rule_version(), diverged, found);
+        self.group = Some(member);
         self
     }
 
     /// Why this group member does not run its group's rules, if it does not.
     pub fn group_diverged(&self) -> Option<&str> {
-        self.fleet.as_ref()?.diverged()
+        self.group.as_ref()?.diverged()
     }
 
     /// Rules to publish to the group with the next checkpoint.
-    pub fn take_publish(&mut self) -> Option<RulesToPublish> {
-        self.fleet.as_mut()?.take_publish()
+    pub fn take_publish(&mut self) -> Option<Publish> {
+        self.group.as_mut()?.take_publish()
     }
 
     /// Takes in what a commit saw of the group, and queues the deploy of
     /// rules another member published, to be applied at a checkpoint boundary.
     pub fn take_in_group(&mut self, update: GroupUpdate) {
-        let Some(fleet) = &mut self.fleet else { return };
-        let Some(request) = fleet.take_in(update, self.slot.rule_version()) else { return };
+        let Some(member) = &mut self.group else { return };
+        let Some(request) = member.take_in(update, self.slot.rule_version()) else { return };
         let (action, reply) = PendingReply::of(request);
         if let RulesAction::Deploy(candidate) = action {
             self.enqueue(Queued::Deploy(candidate, reply, Origin::Group));
@@ -176,8 +176,8 @@ impl RulesLifecycle {
     /// the order they were accepted, for the compile thread. `events_read` and
     /// `checkpoints` go into the status.
     pub fn serve_requests(&mut self, events_read: u64, checkpoints: u64) {
-        if let Some(fleet) = &mut self.fleet {
-            fleet.note_outcomes();
+        if let Some(member) = &mut self.group {
+            member.note_outcomes();
         }
         let Some(requests) = &self.requests else { return };
         let mut queued = Vec::new();
@@ -191,16 +191,16 @@ impl RulesLifecycle {
                         "events_read": events_read,
                         "checkpoints": checkpoints,
                     });
-                    if let Some(fleet) = &self.fleet {
-                        status["group"] = fleet.status();
+                    if let Some(member) = &self.group {
+                        status["group"] = member.status();
                     }
                     reply.send(Ok(status));
                 }
-                RulesAction::Rollback => match &mut self.fleet {
+                RulesAction::Rollback => match &mut self.group {
                     // In a group, the group's record says what came before,
                     // not this member's history (a restarted member's holds
                     // its command line's rules).
-                    Some(fleet) => reply.send(fleet.roll_back_group().map_err(Into::into)),
+                    Some(member) => reply.send(member.roll_back_group().map_err(Into::into)),
                     None => queued.push(Queued::Rollback(reply)),
                 },
                 RulesAction::Deploy(_) if self.loader.is_none() => {
@@ -269,8 +269,8 @@ impl RulesLifecycle {
                 match self.slot.rollback(Some("requested".into())) {
                     Ok(version) => {
                         let pause = started.elapsed();
-                        if let Some(fleet) = &mut self.fleet {
-                            fleet.changed_here(&version);
+                        if let Some(member) = &mut self.group {
+                            member.changed_here(&version);
                         }
                         tracing::info!(rules = version, ?pause, "rules rolled back");
                         reply.send(Ok(serde_json::json!({ "active": version })));
@@ -305,8 +305,8 @@ impl RulesLifecycle {
                     Ok(version) => {
                         // The event flow waits only for the dry run and the switch.
                         let pause = started.elapsed();
-                        if let (Some(fleet), Origin::Operator) = (&mut self.fleet, origin) {
-                            fleet.changed_here(&version);
+                        if let (Some(member), Origin::Operator) = (&mut self.group, origin) {
+                            member.changed_here(&version);
                         }
                         tracing::info!(rules = version, candidate = name, ?pause, "rules swapped");
                         (Ok(serde_json::json!({ "active": version })), Some(pause))

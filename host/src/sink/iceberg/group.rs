@@ -1,4 +1,5 @@
-//! Many instances of one job, one consumer group, writing the same tables.
+//! A consumer group's store in the tables ([`GroupStore`] for [`IcebergSink`]):
+//! many instances of one job, one consumer group, writing the same tables.
 //!
 //! Each partition's progress (the next offset, where its state is, and who
 //! owns it under which epoch) rides in the snapshot summary of every commit
@@ -16,115 +17,138 @@
 //! append's requirement (the main branch still at the checked snapshot) then
 //! fails against any snapshot committed since, a claim included.
 
+//!
+//! The group's rules record and its members ride in the same summaries
+//! (`sessionize.fleet-rules`, `sessionize.members`), under the same
+//! compare-and-swap; the rules' components and the partitions' state files
+//! live beside the sessions table.
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use super::table_catalog::TableCatalog;
 use iceberg::spec::DataFile;
 use iceberg::table::Table;
-use serde::{Deserialize, Serialize};
 
 use super::commit::{append_transaction, latest_properties_with, reload};
-use super::fleet::{component_location, FleetRules, FleetView, RulesNote};
-use super::pinned::{moved, Pinned};
+use super::pinned::Pinned;
+use super::table_catalog::TableCatalog;
 use super::{IcebergContext, IcebergSink, PROP_REJECTED_ROWS, PROP_SESSION_ROWS};
-use crate::sink::{RejectedEvent, SessionRow, SinkError};
+use crate::group::{
+    advanced, claim, fenced, holds, Claimed, CommitOutcome, GroupProgress, GroupStore, GroupView,
+    MemberCommit, RulesRecord,
+};
+use crate::sink::SinkError;
 
 /// Snapshot summary key: the consumer group whose progress the snapshot records.
 pub const GROUP_KEY: &str = "sessionize.group";
-/// Snapshot summary key: every partition's [`PartitionProgress`], as JSON.
+/// Snapshot summary key: every partition's progress, as JSON.
 pub const PARTITIONS_KEY: &str = "sessionize.partitions";
-
-/// Where one partition stands, as the group's newest snapshot says.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PartitionProgress {
-    /// Next offset to read: the output of every record before it is in the table.
-    #[serde(default)]
-    pub offset: Option<i64>,
-    /// Raised by each claim; only the claimer may commit for the partition.
-    #[serde(default)]
-    pub epoch: u64,
-    /// The instance that made the last claim.
-    #[serde(default)]
-    pub owner: String,
-    /// The owner's checkpoint that committed `offset`: how it finds out
-    /// whether a commit landed, from the newest snapshot alone (expiry may
-    /// have removed its own older ones).
-    #[serde(default)]
-    pub checkpoint: u64,
-    /// The partition's state as of `offset` (sessions table only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub state: Option<StateChain>,
-}
-
-/// A partition's state files: a full one and the changes after it, all
-/// written under one epoch, numbered `first..=last`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StateChain {
-    /// The epoch the files were written under.
-    pub epoch: u64,
-    /// The full state.
-    pub first: u64,
-    /// The last change.
-    pub last: u64,
-}
-
-/// Every partition's progress.
-pub type GroupProgress = BTreeMap<i32, PartitionProgress>;
-
-/// What a member's commit found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OwnedCommit {
-    /// Committed; the group's members and rules as the commit left them.
-    Committed(FleetView),
-    /// Nothing committed: these partitions were claimed by another instance
-    /// (or again) since this one claimed them.
-    Fenced(Vec<i32>),
-}
-
-/// A group member's output and where it leaves its partitions.
-pub struct OwnedOutput<'a> {
-    /// The consumer group.
-    pub group: &'a str,
-    /// This instance, as its claims name it.
-    pub owner: &'a str,
-    /// The partitions this instance claimed, with the epoch of each claim.
-    pub claimed: &'a BTreeMap<i32, u64>,
-    /// The new offset (and state) of the partitions the output covers.
-    pub progress: &'a GroupProgress,
-    /// Sessions closed.
-    pub sessions: &'a [SessionRow],
-    /// Dead letters.
-    pub rejected: &'a [RejectedEvent],
-    /// Summary properties of both snapshots.
-    pub properties: HashMap<String, String>,
-    /// This instance's checkpoint, which `progress` carries: a table whose
-    /// newest progress shows it holds the output already (an earlier
-    /// attempt landed).
-    pub checkpoint: u64,
-    /// What this instance runs, and the rules it publishes to the group.
-    pub rules: RulesNote<'a>,
-}
+/// Snapshot summary key: the group's rules record, as JSON.
+pub const RULES_KEY: &str = "sessionize.fleet-rules";
+/// Snapshot summary key: every recently seen member, as JSON.
+pub const MEMBERS_KEY: &str = "sessionize.members";
 
 /// Lost compare-and-swaps in a row before a commit or a claim gives up.
 const MAX_LOST_RACES: u32 = 64;
 
-/// Partitions a claim gets, as they stood.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Claimed {
-    /// Each partition's progress in the sessions table, with the new epoch.
-    pub progress: GroupProgress,
-    /// Each partition's offset up to which its dead letters are in the
-    /// dead-letter table (further than `progress` when a commit stopped
-    /// between the two tables).
-    pub dead_letters_to: BTreeMap<i32, i64>,
-    /// The group's members and rules as the claim found them.
-    pub fleet: FleetView,
+impl GroupStore for IcebergSink {
+    async fn claim(
+        &mut self,
+        group: &str,
+        owner: &str,
+        partitions: &[i32],
+    ) -> Result<Claimed, SinkError> {
+        self.group_claim(group, owner, partitions).await
+    }
+
+    async fn commit_member(
+        &mut self,
+        commit: MemberCommit<'_>,
+    ) -> Result<CommitOutcome, SinkError> {
+        let result = self.try_commit_member(commit).await;
+        self.needs_refresh = result.is_err();
+        result
+    }
+
+    async fn write_state(
+        &mut self,
+        group: &str,
+        partition: i32,
+        epoch: u64,
+        seq: u64,
+        bytes: Vec<u8>,
+    ) -> Result<(), SinkError> {
+        let location = state_location(&self.sessions, group, partition, epoch, seq);
+        let context = || format!("writing state file {location}");
+        let output = self.sessions.file_io().new_output(&location).context(context)?;
+        output.write(bytes.into()).await.context(context)
+    }
+
+    async fn read_state(
+        &mut self,
+        group: &str,
+        partition: i32,
+        epoch: u64,
+        seq: u64,
+    ) -> Result<Vec<u8>, SinkError> {
+        let location = state_location(&self.sessions, group, partition, epoch, seq);
+        let context = || format!("reading state file {location}");
+        let input = self.sessions.file_io().new_input(&location).context(context)?;
+        Ok(input.read().await.context(context)?.to_vec())
+    }
+
+    async fn delete_state(
+        &mut self,
+        group: &str,
+        partition: i32,
+        epoch: u64,
+        seq: u64,
+    ) -> Result<(), SinkError> {
+        let location = state_location(&self.sessions, group, partition, epoch, seq);
+        let context = || format!("deleting state file {location}");
+        self.sessions.file_io().delete(&location).await.context(context)
+    }
+
+    async fn write_component(
+        &mut self,
+        group: &str,
+        sha256: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(), SinkError> {
+        let location = component_location(&self.sessions, group, sha256);
+        let context = || format!("writing rules component {location}");
+        let output = self.sessions.file_io().new_output(&location).context(context)?;
+        output.write(bytes.into()).await.context(context)
+    }
+
+    async fn read_component(
+        &mut self,
+        group: &str,
+        sha256: &str,
+        max_bytes: u64,
+    ) -> Result<Vec<u8>, SinkError> {
+        let location = component_location(&self.sessions, group, sha256);
+        let context = || format!("reading rules component {location}");
+        let input = self.sessions.file_io().new_input(&location).context(context)?;
+        let size = input.metadata().await.context(context)?.size;
+        if size > max_bytes {
+            return Err(SinkError::Refused(format!(
+                "rules component {location} is {size} bytes, more than the {max_bytes} this job \
+                 takes (--max-component-mib)"
+            )));
+        }
+        Ok(input.read().await.context(context)?.to_vec())
+    }
+
+    async fn view(&mut self, group: &str) -> Result<GroupView, SinkError> {
+        self.refresh().await?;
+        Ok(view_in(&self.sessions, group))
+    }
 }
 
 impl IcebergSink {
     /// Claims `partitions` for `owner` in `group`: raises each one's epoch in
     /// both tables, which fences whoever held them. Returns where they stood.
-    pub(super) async fn group_claim(
+    async fn group_claim(
         &mut self,
         group: &str,
         owner: &str,
@@ -141,16 +165,15 @@ impl IcebergSink {
                     return Ok(claimed);
                 }
             }
-            let fleet = fleet_in(&self.sessions, group);
+            let view = view_in(&self.sessions, group);
             let mut rejected = progress_in(&self.rejected, group)?;
-            for &p in partitions {
-                let s = sessions.entry(p).or_default();
-                let r = rejected.entry(p).or_default();
-                let epoch = s.epoch.max(r.epoch) + 1;
-                // Checkpoints count from the claim: the new owner's are its own.
-                (s.epoch, s.owner, s.checkpoint) = (epoch, owner.to_owned(), 0);
-                (r.epoch, r.owner, r.checkpoint) = (epoch, owner.to_owned(), 0);
-            }
+            let epoch = |p: i32| {
+                let of = |progress: &GroupProgress| progress.get(&p).map_or(0, |e| e.epoch);
+                of(&sessions).max(of(&rejected)) + 1
+            };
+            let epochs: BTreeMap<i32, u64> = partitions.iter().map(|&p| (p, epoch(p))).collect();
+            claim(&mut sessions, owner, partitions, |p| epochs[&p]);
+            claim(&mut rejected, owner, partitions, |p| epochs[&p]);
             // The dead-letter table first: the claim is in force once the
             // sessions table, the commit point, has it.
             let props = group_properties(group, &rejected, None);
@@ -160,7 +183,7 @@ impl IcebergSink {
                 continue;
             };
             self.rejected = table;
-            let props = group_properties(group, &sessions, Some(&fleet));
+            let props = group_properties(group, &sessions, Some(&view));
             let Some(table) =
                 append_if_unchanged(&self.catalog, &self.sessions, vec![], props).await?
             else {
@@ -170,73 +193,69 @@ impl IcebergSink {
             let dead_letters_to =
                 partitions.iter().filter_map(|p| Some((*p, rejected.get(p)?.offset?))).collect();
             sessions.retain(|p, _| partitions.contains(p));
-            made = Some(Claimed { progress: sessions, dead_letters_to, fleet });
+            made = Some(Claimed { progress: sessions, dead_letters_to, view });
         }
         Err(lost_races("claiming partitions"))
     }
 
     /// Commits a member's output unless a partition it covers was claimed
-    /// since, in the same order and with the same idempotence as
-    /// [`Sink::commit`].
-    pub(super) async fn group_commit(
+    /// since: dead letters first, then the sessions (the commit point), each
+    /// unless the newest progress shows an earlier attempt landed. A commit
+    /// counts once a reload finds it: the catalog may report one that did
+    /// not land.
+    async fn try_commit_member(
         &mut self,
-        output: OwnedOutput<'_>,
-    ) -> Result<OwnedCommit, SinkError> {
-        let result = self.try_commit_owned(output).await;
-        self.needs_refresh = result.is_err();
-        result
-    }
-
-    async fn try_commit_owned(
-        &mut self,
-        mut output: OwnedOutput<'_>,
-    ) -> Result<OwnedCommit, SinkError> {
-        let mut properties = std::mem::take(&mut output.properties);
-        properties.insert(PROP_SESSION_ROWS.to_string(), output.sessions.len().to_string());
-        properties.insert(PROP_REJECTED_ROWS.to_string(), output.rejected.len().to_string());
+        mut commit: MemberCommit<'_>,
+    ) -> Result<CommitOutcome, SinkError> {
+        let mut properties = std::mem::take(&mut commit.properties);
+        properties.insert(PROP_SESSION_ROWS.to_string(), commit.sessions.len().to_string());
+        properties.insert(PROP_REJECTED_ROWS.to_string(), commit.rejected.len().to_string());
         let (session_files, rejected_files) =
-            self.write_output(output.sessions, output.rejected).await?;
+            self.write_output(commit.sessions, commit.rejected).await?;
+        let shown = |progress: &GroupProgress| {
+            holds(progress, commit.owner, commit.claimed, commit.progress, commit.checkpoint)
+        };
         let mut committed = false;
-        // A commit is taken as made only once a reload finds it: the catalog
-        // may report one that did not land.
         for _ in 0..MAX_LOST_RACES {
             self.refresh().await?;
-            let mut sessions = progress_in(&self.sessions, output.group)?;
+            let sessions = progress_in(&self.sessions, commit.group)?;
             // (Output of no partition cannot be told apart: taken as made.)
-            if committed && (output.progress.is_empty() || holds(&sessions, &output)) {
-                return Ok(OwnedCommit::Committed(fleet_in(&self.sessions, output.group)));
+            if shown(&sessions) || (committed && commit.progress.is_empty()) {
+                return Ok(CommitOutcome::Committed(view_in(&self.sessions, commit.group)));
             }
-            let lost = fenced(&sessions, output.owner, output.claimed);
+            let lost = fenced(&sessions, commit.owner, commit.claimed);
             if !lost.is_empty() {
-                return Ok(OwnedCommit::Fenced(lost));
+                return Ok(CommitOutcome::Fenced(lost));
             }
-            let rejected = progress_in(&self.rejected, output.group)?;
-            if !rejected_files.is_empty() && !holds(&rejected, &output) {
-                let lost = fenced(&rejected, output.owner, output.claimed);
+            let rejected = progress_in(&self.rejected, commit.group)?;
+            if !rejected_files.is_empty() && !shown(&rejected) {
+                let lost = fenced(&rejected, commit.owner, commit.claimed);
                 if !lost.is_empty() {
-                    return Ok(OwnedCommit::Fenced(lost));
+                    return Ok(CommitOutcome::Fenced(lost));
                 }
-                let mut rejected = advanced(rejected, &output);
+                let mut rejected = advanced(rejected, commit.progress, commit.checkpoint);
                 // State chains ride in the sessions table only.
                 rejected.values_mut().for_each(|entry| entry.state = None);
                 let mut props = properties.clone();
-                props.extend(group_properties(output.group, &rejected, None));
+                props.extend(group_properties(commit.group, &rejected, None));
                 let files = rejected_files.clone();
                 match append_if_unchanged(&self.catalog, &self.rejected, files, props).await? {
                     Some(table) => self.rejected = table,
                     None => continue,
                 }
             }
-            if holds(&sessions, &output) && !output.progress.is_empty() {
-                // An earlier call's attempt landed; nothing to add.
-                return Ok(OwnedCommit::Committed(fleet_in(&self.sessions, output.group)));
-            }
-            sessions = advanced(sessions, &output);
-            let mut fleet = fleet_in(&self.sessions, output.group);
-            let partitions = output.claimed.keys().copied().collect();
-            fleet.record(output.owner, output.rules, partitions, now_ms());
+            let sessions = advanced(sessions, commit.progress, commit.checkpoint);
+            let mut view = view_in(&self.sessions, commit.group);
+            let partitions = commit.claimed.keys().copied().collect();
+            view.record(
+                commit.owner,
+                commit.rules,
+                commit.publish,
+                partitions,
+                commit_time(&self.sessions),
+            );
             let mut props = properties.clone();
-            props.extend(group_properties(output.group, &sessions, Some(&fleet)));
+            props.extend(group_properties(commit.group, &sessions, Some(&view)));
             let files = session_files.clone();
             if let Some(table) =
                 append_if_unchanged(&self.catalog, &self.sessions, files, props).await?
@@ -247,52 +266,6 @@ impl IcebergSink {
             }
         }
         Err(lost_races("committing a group member's output"))
-    }
-
-    fn state_location(&self, group: &str, partition: i32, epoch: u64, seq: u64) -> String {
-        state_location(&self.sessions, group, partition, epoch, seq)
-    }
-
-    /// Writes a partition's state file.
-    pub(super) async fn group_write_state(
-        &self,
-        group: &str,
-        partition: i32,
-        epoch: u64,
-        seq: u64,
-        bytes: Vec<u8>,
-    ) -> Result<(), SinkError> {
-        let location = self.state_location(group, partition, epoch, seq);
-        let context = || format!("writing state file {location}");
-        let output = self.sessions.file_io().new_output(&location).context(context)?;
-        output.write(bytes.into()).await.context(context)
-    }
-
-    /// Deletes a partition's state file (one no summary names any more).
-    pub(super) async fn group_delete_state(
-        &self,
-        group: &str,
-        partition: i32,
-        epoch: u64,
-        seq: u64,
-    ) -> Result<(), SinkError> {
-        let location = self.state_location(group, partition, epoch, seq);
-        let context = || format!("deleting state file {location}");
-        self.sessions.file_io().delete(&location).await.context(context)
-    }
-
-    /// Reads a partition's state file.
-    pub(super) async fn group_read_state(
-        &self,
-        group: &str,
-        partition: i32,
-        epoch: u64,
-        seq: u64,
-    ) -> Result<Vec<u8>, SinkError> {
-        let location = self.state_location(group, partition, epoch, seq);
-        let context = || format!("reading state file {location}");
-        let input = self.sessions.file_io().new_input(&location).context(context)?;
-        Ok(input.read().await.context(context)?.to_vec())
     }
 }
 
@@ -334,8 +307,8 @@ pub(super) fn named_files(table: &Table) -> HashSet<String> {
                 named.insert(state_location(table, group, partition, chain.epoch, seq));
             }
         }
-        let fleet = FleetView::from_summary(props);
-        for sha256 in fleet.rules.iter().flat_map(FleetRules::components) {
+        let view = view_from_summary(props);
+        for sha256 in view.rules.iter().flat_map(RulesRecord::components) {
             named.insert(component_location(table, group, sha256));
         }
     }
@@ -347,34 +320,7 @@ pub(super) fn named_files(table: &Table) -> HashSet<String> {
 const MAX_NAMED_CHAIN: u64 = 1 << 16;
 
 fn lost_races(what: &str) -> SinkError {
-    SinkError::Iceberg {
-        context: format!("{what}: lost {MAX_LOST_RACES} races in a row to other writers"),
-        source: Box::new(moved()),
-    }
-}
-
-/// Whether `progress` shows `output` committed: every partition it covers
-/// at its checkpoint, under its claim. Output covering no partition (a
-/// member that holds none publishes rules) is never held: committing it
-/// again only records the same again.
-fn holds(progress: &GroupProgress, output: &OwnedOutput<'_>) -> bool {
-    !output.progress.is_empty()
-        && output.progress.keys().all(|p| {
-            progress.get(p).is_some_and(|entry| {
-                entry.owner == output.owner
-                    && output.claimed.get(p) == Some(&entry.epoch)
-                    && entry.checkpoint >= output.checkpoint
-            })
-        })
-}
-
-/// `progress` with `output`'s partitions moved on to where it leaves them.
-fn advanced(mut progress: GroupProgress, output: &OwnedOutput<'_>) -> GroupProgress {
-    for (p, now) in output.progress {
-        let entry = progress.entry(*p).or_default();
-        (entry.offset, entry.state, entry.checkpoint) = (now.offset, now.state, output.checkpoint);
-    }
-    progress
+    SinkError::LostRaces { what: what.to_owned(), races: MAX_LOST_RACES }
 }
 
 /// The group's newest progress in `table`, or none.
@@ -385,7 +331,7 @@ pub(super) fn progress_in(table: &Table, group: &str) -> Result<GroupProgress, S
     let Some(json) = props.get(PARTITIONS_KEY) else { return Ok(GroupProgress::new()) };
     // Written by this program, but read from storage others can write: checked.
     serde_json::from_str(json).map_err(|e| {
-        SinkError::Config(format!(
+        SinkError::Refused(format!(
             "the partition progress of group {group} in {} does not decode ({e}); the table was \
              written by something else",
             table.identifier()
@@ -394,32 +340,16 @@ pub(super) fn progress_in(table: &Table, group: &str) -> Result<GroupProgress, S
 }
 
 /// The group's members and rules in `table`'s newest group snapshot.
-pub(super) fn fleet_in(table: &Table, group: &str) -> FleetView {
+fn view_in(table: &Table, group: &str) -> GroupView {
     latest_properties_with(table, GROUP_KEY, group)
-        .map(|props| FleetView::from_summary(&props))
+        .map(|props| view_from_summary(&props))
         .unwrap_or_default()
 }
 
-/// Now, in ms since the Unix epoch.
-fn now_ms() -> i64 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-    now.map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// The partitions of `claimed` (partition -> epoch) that `progress` no longer
-/// gives to `owner` under that epoch.
-pub(super) fn fenced(
-    progress: &GroupProgress,
-    owner: &str,
-    claimed: &BTreeMap<i32, u64>,
-) -> Vec<i32> {
-    claimed
-        .iter()
-        .filter(|(p, &epoch)| {
-            progress.get(p).is_none_or(|entry| entry.owner != owner || entry.epoch != epoch)
-        })
-        .map(|(&p, _)| p)
-        .collect()
+/// The time a member's commit notes: this machine's clock, but never before
+/// the table's newest snapshot (members' clocks may disagree).
+fn commit_time(table: &Table) -> i64 {
+    super::wall_clock_ms().max(super::table_catalog::newest_time(table.metadata()))
 }
 
 /// Appends `files` (perhaps none) to `table` with `properties`, only if no
@@ -446,18 +376,18 @@ pub(super) async fn append_if_unchanged(
 }
 
 /// A group's summary properties for `progress` and, in the sessions
-/// table, `fleet`.
+/// table, `view`.
 pub(super) fn group_properties(
     group: &str,
     progress: &GroupProgress,
-    fleet: Option<&FleetView>,
+    view: Option<&GroupView>,
 ) -> HashMap<String, String> {
     let json = serde_json::to_string(progress).unwrap_or_default();
     let mut props = HashMap::from([
         (GROUP_KEY.to_owned(), group.to_owned()),
         (PARTITIONS_KEY.to_owned(), json),
     ]);
-    props.extend(fleet.map(FleetView::properties).unwrap_or_default());
+    props.extend(view.map(view_properties).unwrap_or_default());
     props
 }
 
@@ -475,6 +405,46 @@ pub(super) fn path_segment(group: &str) -> String {
     out
 }
 
+/// Where the component with full SHA-256 `sha256` of `group` lives: beside
+/// the sessions table.
+pub(super) fn component_location(table: &Table, group: &str, sha256: &str) -> String {
+    let table = table.metadata().location().trim_end_matches('/');
+    format!("{table}/sessionize-rules/{}/{sha256}.wasm", path_segment(group))
+}
+
+/// The group's view in a snapshot's summary. A record that does not decode
+/// is left out with a warning: the next commit writes a good one.
+fn view_from_summary(props: &HashMap<String, String>) -> GroupView {
+    fn decode<T: serde::de::DeserializeOwned>(
+        props: &HashMap<String, String>,
+        key: &str,
+    ) -> Option<T> {
+        let json = props.get(key)?;
+        serde_json::from_str(json)
+            .map_err(|error| tracing::warn!(key, %error, "a group record does not decode: ignored"))
+            .ok()
+    }
+    GroupView {
+        rules: decode(props, RULES_KEY),
+        members: decode(props, MEMBERS_KEY).unwrap_or_default(),
+    }
+}
+
+/// The group view's summary properties.
+fn view_properties(view: &GroupView) -> Vec<(String, String)> {
+    let mut props = Vec::with_capacity(2);
+    if let Some(rules) = &view.rules {
+        props.push((RULES_KEY.to_owned(), serde_json::to_string(rules).unwrap_or_default()));
+    }
+    if !view.members.is_empty() {
+        props.push((
+            MEMBERS_KEY.to_owned(),
+            serde_json::to_string(&view.members).unwrap_or_default(),
+        ));
+    }
+    props
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -487,11 +457,12 @@ mod tests {
     }
 
     #[test]
-    fn a_partition_claimed_again_is_fenced() {
-        let mut progress = GroupProgress::new();
-        progress.insert(0, PartitionProgress { epoch: 3, owner: "a".into(), ..Default::default() });
-        progress.insert(1, PartitionProgress { epoch: 4, owner: "b".into(), ..Default::default() });
-        let claimed = BTreeMap::from([(0, 3), (1, 2), (2, 1)]);
-        assert_eq!(fenced(&progress, "a", &claimed), vec![1, 2]);
+    fn a_record_that_does_not_decode_is_left_out() {
+        let mut view = GroupView::default();
+        view.record("a", "v1", None, vec![0], 0);
+        let mut props: HashMap<String, String> = view_properties(&view).into_iter().collect();
+        props.insert(RULES_KEY.to_owned(), "{not json".to_owned());
+        let read = view_from_summary(&props);
+        assert_eq!((read.rules, read.members), (None, view.members));
     }
 }

@@ -42,7 +42,6 @@ mod attributes;
 mod batch;
 mod catalog;
 mod commit;
-mod fleet;
 mod group;
 pub mod maintain;
 mod pinned;
@@ -58,14 +57,7 @@ pub use batch::{
     MAX_BATCH_TEXT_BYTES,
 };
 pub use catalog::{CatalogUri, CatalogUriError, CATALOG_FILE, CATALOG_NAME};
-pub use fleet::{
-    FleetRules, FleetView, MemberSeen, Publish, PublishKind, RulesNote, RulesRef, MEMBERS_KEY,
-    RULES_KEY,
-};
-pub use group::{
-    Claimed, GroupProgress, OwnedCommit, OwnedOutput, PartitionProgress, StateChain, GROUP_KEY,
-    PARTITIONS_KEY,
-};
+pub use group::{GROUP_KEY, MEMBERS_KEY, PARTITIONS_KEY, RULES_KEY};
 pub use schema::{BUCKET_GROUP_WIDTH, USER_HASH_BUCKETS};
 pub use storage::{S3Options, Warehouse, WarehouseError};
 
@@ -375,72 +367,6 @@ impl Sink for IcebergSink {
                 Err(error)
             }
         }
-    }
-
-    async fn claim_partitions(
-        &mut self,
-        group: &str,
-        owner: &str,
-        partitions: &[i32],
-    ) -> Result<Claimed, SinkError> {
-        self.group_claim(group, owner, partitions).await
-    }
-
-    async fn commit_owned(&mut self, output: OwnedOutput<'_>) -> Result<OwnedCommit, SinkError> {
-        self.group_commit(output).await
-    }
-
-    async fn write_state(
-        &mut self,
-        group: &str,
-        partition: i32,
-        epoch: u64,
-        seq: u64,
-        bytes: Vec<u8>,
-    ) -> Result<(), SinkError> {
-        self.group_write_state(group, partition, epoch, seq, bytes).await
-    }
-
-    async fn read_state(
-        &mut self,
-        group: &str,
-        partition: i32,
-        epoch: u64,
-        seq: u64,
-    ) -> Result<Vec<u8>, SinkError> {
-        self.group_read_state(group, partition, epoch, seq).await
-    }
-
-    async fn delete_state(
-        &mut self,
-        group: &str,
-        partition: i32,
-        epoch: u64,
-        seq: u64,
-    ) -> Result<(), SinkError> {
-        self.group_delete_state(group, partition, epoch, seq).await
-    }
-
-    async fn write_component(
-        &mut self,
-        group: &str,
-        sha256: &str,
-        bytes: Vec<u8>,
-    ) -> Result<(), SinkError> {
-        self.group_write_component(group, sha256, bytes).await
-    }
-
-    async fn read_component(
-        &mut self,
-        group: &str,
-        sha256: &str,
-        max_bytes: u64,
-    ) -> Result<Vec<u8>, SinkError> {
-        self.group_read_component(group, sha256, max_bytes).await
-    }
-
-    async fn fleet(&mut self, group: &str) -> Result<FleetView, SinkError> {
-        self.group_fleet(group).await
     }
 
     fn column_check(&self) -> ColumnCheck {

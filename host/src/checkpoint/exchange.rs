@@ -1,20 +1,14 @@
-//! A group member's side of the fleet's rules (see
-//! [`crate::sink::iceberg::FleetView`]): with its checkpoints it publishes the
-//! rules an operator gave it, and learns of rules another member published.
+//! A group member's exchange of rules with its group's store (see
+//! [`crate::group::GroupView`]): with its checkpoints it publishes the rules
+//! an operator gave it, and learns of rules another member published.
 
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use crate::rules::lifecycle::{GroupUpdate, RulesArchive, RulesToPublish};
-use crate::sink::iceberg::{FleetRules, FleetView, Publish, PublishKind};
-use crate::sink::{Sink, SinkError};
-
-/// A publish request, with the record it was made against.
-struct Pending {
-    rules: RulesToPublish,
-    based_on: u64,
-}
+use crate::group::{GroupStore, GroupView, Publish, PublishKind, RulesRecord};
+use crate::rules::lifecycle::{GroupUpdate, RulesArchive};
+use crate::sink::SinkError;
 
 /// Uploads what a member publishes and fetches what it follows.
 pub(crate) struct RulesExchange {
@@ -24,11 +18,10 @@ pub(crate) struct RulesExchange {
     max_component_bytes: u64,
     /// The newest record taken in (followed, or already run).
     followed_seq: u64,
-    /// Waiting to be published (again after a failed upload).
-    to_publish: Option<Pending>,
-    /// Its component is beside the table already (a commit that failed
-    /// after the upload does not upload it again).
-    uploaded: Option<Publish>,
+    /// Waiting to be published (again after a failed upload); once its
+    /// `sha256` is set, its component is where every member reaches it (a
+    /// commit that failed after the upload does not upload it again).
+    to_publish: Option<Publish>,
     /// Publish requests settled (see [`GroupUpdate::settled`]).
     settled: u64,
     /// Why the group's rules cannot be fetched, until they change or can be.
@@ -50,7 +43,6 @@ impl RulesExchange {
             max_component_bytes,
             followed_seq,
             to_publish: None,
-            uploaded: None,
             settled: 0,
             unusable: None,
         }
@@ -62,47 +54,36 @@ impl RulesExchange {
         self
     }
 
-    /// Publishes `rules` with the next checkpoint that commits (a newer
-    /// request replaces an older one not yet published). An operator's
-    /// deploy is based on the newest record this member has taken in.
-    pub(crate) fn queue(&mut self, rules: RulesToPublish) {
-        self.uploaded = None;
-        let based_on = match &rules {
-            RulesToPublish::Rollback { based_on, .. } => *based_on,
-            _ => self.followed_seq,
-        };
-        if self.to_publish.replace(Pending { rules, based_on }).is_some() {
+    /// Publishes `publish` with the next checkpoint that commits (a newer
+    /// request replaces an older one not yet published). A deploy is made
+    /// against the newest record this member has taken in.
+    pub(crate) fn queue(&mut self, mut publish: Publish) {
+        if publish.kind != PublishKind::Rollback {
+            publish.based_on = self.followed_seq;
+            publish.sha256 = None;
+        }
+        if self.to_publish.replace(publish).is_some() {
             self.settled += 1;
         }
     }
 
     /// Drops the request waiting: it cannot be published.
     fn give_up(&mut self) {
-        self.uploaded = None;
         if self.to_publish.take().is_some() {
             self.settled += 1;
         }
     }
 
-    /// Puts the component of the rules waiting to be published beside the
-    /// table (a rollback's is there already), and says what the commit
-    /// should record. A failed upload is tried again with the next checkpoint.
-    pub(crate) async fn upload(&mut self, sink: &mut impl Sink) -> Option<Publish> {
-        let pending = self.to_publish.as_ref()?;
-        if self.uploaded.is_some() {
-            return self.uploaded.clone();
+    /// Puts the component of the rules waiting to be published where every
+    /// member reaches it (a rollback's is there already), and says what the
+    /// commit should carry. A failed upload is tried again with the next
+    /// checkpoint.
+    pub(crate) async fn upload(&mut self, store: &mut impl GroupStore) -> Option<Publish> {
+        let pending = self.to_publish.as_mut()?;
+        if pending.sha256.is_some() {
+            return Some(pending.clone());
         }
-        let based_on = pending.based_on;
-        let (version, kind) = match &pending.rules {
-            RulesToPublish::Rollback { to, based_on } => {
-                let (version, sha256) = (to.version.clone(), to.sha256.clone());
-                let kind = PublishKind::Rollback;
-                self.uploaded = Some(Publish { version, sha256, kind, based_on: *based_on });
-                return self.uploaded.clone();
-            }
-            RulesToPublish::Start { version } => (version.clone(), PublishKind::Start),
-            RulesToPublish::Deploy { version } => (version.clone(), PublishKind::Deploy),
-        };
+        let version = pending.version.clone();
         let bytes = match self.archive.find(&version) {
             Ok(Some(bytes)) => bytes,
             Ok(None) => {
@@ -120,10 +101,10 @@ impl RulesExchange {
             }
         };
         let sha256 = hex::encode(Sha256::digest(&bytes));
-        match sink.write_component(&self.group, &sha256, bytes).await {
+        match store.write_component(&self.group, &sha256, bytes).await {
             Ok(()) => {
-                self.uploaded = Some(Publish { version, sha256, kind, based_on });
-                self.uploaded.clone()
+                pending.sha256 = Some(sha256);
+                Some(pending.clone())
             }
             Err(error) => {
                 tracing::warn!(rules = version, %error, "uploading rules failed; tried again with the next checkpoint");
@@ -138,8 +119,8 @@ impl RulesExchange {
     /// member does not run yet.
     pub(crate) async fn take_in(
         &mut self,
-        sink: &mut impl Sink,
-        view: FleetView,
+        store: &mut impl GroupStore,
+        view: GroupView,
         running: &str,
         published: Option<&Publish>,
     ) -> GroupUpdate {
@@ -159,7 +140,7 @@ impl RulesExchange {
             }
             self.give_up();
         }
-        let follow = self.follow(sink, &view, running).await;
+        let follow = self.follow(store, &view, running).await;
         let unusable = self.unusable.clone();
         GroupUpdate { view, follow, settled: self.settled, refused, unusable }
     }
@@ -167,8 +148,8 @@ impl RulesExchange {
     /// The component of the group's rules, if this member should follow them.
     async fn follow(
         &mut self,
-        sink: &mut impl Sink,
-        view: &FleetView,
+        store: &mut impl GroupStore,
+        view: &GroupView,
         running: &str,
     ) -> Option<(String, Vec<u8>)> {
         let rules = view.rules.as_ref()?;
@@ -180,7 +161,7 @@ impl RulesExchange {
         if rules.seq == self.followed_seq {
             return None;
         }
-        match fetch_component(sink, &self.group, rules, self.max_component_bytes).await {
+        match fetch_component(store, &self.group, rules, self.max_component_bytes).await {
             Ok(bytes) => {
                 self.followed_seq = rules.seq;
                 self.unusable = None;
@@ -224,19 +205,19 @@ pub(crate) struct FetchError {
 /// The component `rules` names, checked against its hash (the record and
 /// the file come from storage others can write).
 pub(crate) async fn fetch_component(
-    sink: &mut impl Sink,
+    store: &mut impl GroupStore,
     group: &str,
-    rules: &FleetRules,
+    rules: &RulesRecord,
     max_bytes: u64,
 ) -> Result<Vec<u8>, FetchError> {
     let lasting = |why| FetchError { why, lasting: true };
     if !rules.names_a_file() {
         return Err(lasting(format!("the record names no component ({:?})", rules.sha256)));
     }
-    let bytes = match sink.read_component(group, &rules.sha256, max_bytes).await {
+    let bytes = match store.read_component(group, &rules.sha256, max_bytes).await {
         Ok(bytes) => bytes,
         Err(error) => {
-            let lasting = matches!(error, SinkError::Config(_));
+            let lasting = matches!(error, SinkError::Refused(_));
             return Err(FetchError { why: error.to_string(), lasting });
         }
     };

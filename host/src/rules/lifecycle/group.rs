@@ -1,39 +1,15 @@
 //! The rules of a consumer group's member: what an operator changes here is
 //! published to the group, and what another member published is followed
-//! here (see [`crate::sink::iceberg::FleetView`]).
+//! here (see [`crate::group::GroupView`]).
 
 use std::time::Duration;
 
 use super::request::{Answer, Candidate, RulesAction, RulesRequest};
-use crate::sink::iceberg::{FleetView, RulesRef};
+use crate::group::{GroupView, Publish, PublishKind};
 
 /// How long a change the group published may wait to be applied here: long,
 /// since nobody waits on it, but not forever.
 const FOLLOW_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// Rules a member publishes to its group with a checkpoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RulesToPublish {
-    /// The member's starting rules, if the group has none yet (their
-    /// component is in the archive).
-    Start {
-        /// `name@version+hash` of the rules.
-        version: String,
-    },
-    /// An operator's deploy here (the component is in the archive).
-    Deploy {
-        /// `name@version+hash` of the rules.
-        version: String,
-    },
-    /// An operator's rollback sent here: the group goes back to the rules
-    /// its record kept, whichever member receives it.
-    Rollback {
-        /// The rules to go back to.
-        to: RulesRef,
-        /// The record it was asked against.
-        based_on: u64,
-    },
-}
 
 /// Where a change of rules came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,14 +24,14 @@ pub(super) enum Origin {
 #[derive(Default)]
 pub(super) struct MemberRules {
     /// A change to publish with the next checkpoint.
-    to_publish: Option<RulesToPublish>,
+    to_publish: Option<Publish>,
     /// Changes handed to checkpoints for publishing, and how many of those
     /// the checkpoints have settled: while some are on their way, what the
     /// group published before them is not followed.
     sent: u64,
     settled: u64,
     /// The group as the last commit saw it, for `plugin status`.
-    view: Option<FleetView>,
+    view: Option<GroupView>,
     /// Changes the group published, waiting to be applied here.
     following: Vec<(String, Answer)>,
     /// Why this member does not run the group's rules, if it does not.
@@ -66,15 +42,15 @@ pub(super) struct MemberRules {
 
 impl MemberRules {
     /// Publishes the starting rules, unless the group has rules already.
-    pub(super) fn start_with(&mut self, version: &str, diverged: Option<String>, found: FleetView) {
-        self.to_publish = Some(RulesToPublish::Start { version: version.to_owned() });
+    pub(super) fn start_with(&mut self, version: &str, diverged: Option<String>, found: GroupView) {
+        self.to_publish = Some(Publish::new(version, PublishKind::Start));
         self.diverged = diverged;
         self.view = Some(found);
     }
 
     /// An operator's change is in force here: it goes to the group next.
     pub(super) fn changed_here(&mut self, version: &str) {
-        self.to_publish = Some(RulesToPublish::Deploy { version: version.to_owned() });
+        self.to_publish = Some(Publish::new(version, PublishKind::Deploy));
     }
 
     /// An operator's rollback: the group goes back to the rules its record
@@ -91,7 +67,12 @@ impl MemberRules {
                 rules.version
             ));
         };
-        self.to_publish = Some(RulesToPublish::Rollback { to: to.clone(), based_on: rules.seq });
+        self.to_publish = Some(Publish {
+            version: to.version.clone(),
+            kind: PublishKind::Rollback,
+            sha256: Some(to.sha256.clone()),
+            based_on: rules.seq,
+        });
         tracing::info!(from = rules.version, to = to.version, "rolling the group back");
         Ok(serde_json::json!({
             "group_rollback": to.version,
@@ -102,7 +83,7 @@ impl MemberRules {
     }
 
     /// What the next checkpoint publishes.
-    pub(super) fn take_publish(&mut self) -> Option<RulesToPublish> {
+    pub(super) fn take_publish(&mut self) -> Option<Publish> {
         let publish = self.to_publish.take()?;
         self.sent += 1;
         Some(publish)
@@ -124,10 +105,7 @@ impl MemberRules {
         };
         self.view = Some(view);
         let (version, bytes) = follow?;
-        let own_pending = matches!(
-            self.to_publish,
-            Some(RulesToPublish::Deploy { .. } | RulesToPublish::Rollback { .. })
-        );
+        let own_pending = self.to_publish.as_ref().is_some_and(|p| p.kind != PublishKind::Start);
         if own_pending || self.settled < self.sent {
             // This member's own change was published after it and wins.
             tracing::info!(
@@ -182,7 +160,7 @@ impl MemberRules {
 #[derive(Debug, Default)]
 pub struct GroupUpdate {
     /// The members and rules as the commit left them.
-    pub view: FleetView,
+    pub view: GroupView,
     /// Rules to follow: their version and component.
     pub follow: Option<(String, Vec<u8>)>,
     /// Publish requests the checkpoints have settled so far.
@@ -204,60 +182,62 @@ mod tests {
 
     #[test]
     fn the_group_is_followed_unless_a_change_made_here_is_on_its_way() {
-        let mut fleet = MemberRules::default();
-        fleet.start_with("mine@1+aa", None, FleetView::default());
-        let start = fleet.take_publish();
-        assert!(matches!(start, Some(RulesToPublish::Start { .. })));
+        let mut member = MemberRules::default();
+        member.start_with("mine@1+aa", None, GroupView::default());
+        let start = member.take_publish();
+        assert_eq!(start.map(|p| p.kind), Some(PublishKind::Start));
         // The first commit settles the starting rules and sees others'.
-        assert!(fleet.take_in(update(true, 1), "mine@1+aa").is_some());
+        assert!(member.take_in(update(true, 1), "mine@1+aa").is_some());
 
         // An operator's change here, not yet published: what the group
         // published before it is not followed, neither before the cut that
         // carries it nor before that cut commits.
-        fleet.changed_here("mine@3+cc");
-        assert!(fleet.take_in(update(true, 1), "mine@3+cc").is_none());
-        let deploy = fleet.take_publish();
-        assert_eq!(deploy, Some(RulesToPublish::Deploy { version: "mine@3+cc".into() }));
-        assert!(fleet.take_in(update(true, 1), "mine@3+cc").is_none());
-        assert!(fleet.take_in(update(true, 2), "mine@3+cc").is_some());
-        assert!(fleet.take_publish().is_none());
+        member.changed_here("mine@3+cc");
+        assert!(member.take_in(update(true, 1), "mine@3+cc").is_none());
+        let deploy = member.take_publish();
+        assert_eq!(deploy, Some(Publish::new("mine@3+cc", PublishKind::Deploy)));
+        assert!(member.take_in(update(true, 1), "mine@3+cc").is_none());
+        assert!(member.take_in(update(true, 2), "mine@3+cc").is_some());
+        assert!(member.take_publish().is_none());
     }
 
     #[test]
     fn a_rollback_asks_for_the_groups_previous_rules_and_needs_some() {
-        let mut fleet = MemberRules::default();
-        assert!(fleet.roll_back_group().is_err());
-        let view = FleetView {
-            rules: Some(crate::sink::iceberg::FleetRules {
+        let mut member = MemberRules::default();
+        assert!(member.roll_back_group().is_err());
+        let view = GroupView {
+            rules: Some(crate::group::RulesRecord {
                 seq: 5,
                 version: "v3".into(),
                 sha256: "c".repeat(64),
                 by: "b".into(),
                 at_ms: 0,
-                previous: vec![RulesRef { version: "v2".into(), sha256: "b".repeat(64) }],
+                previous: vec![crate::group::RulesRef {
+                    version: "v2".into(),
+                    sha256: "b".repeat(64),
+                }],
             }),
-            ..FleetView::default()
+            ..GroupView::default()
         };
-        fleet.take_in(GroupUpdate { view, ..GroupUpdate::default() }, "v3");
-        let asked = fleet.roll_back_group().unwrap();
+        member.take_in(GroupUpdate { view, ..GroupUpdate::default() }, "v3");
+        let asked = member.roll_back_group().unwrap();
         assert_eq!(asked["group_rollback"], "v2");
-        let Some(RulesToPublish::Rollback { to, based_on }) = fleet.take_publish() else {
-            panic!("no rollback to publish")
-        };
-        assert_eq!((to.version.as_str(), based_on), ("v2", 5));
+        let rollback = member.take_publish().expect("no rollback to publish");
+        assert_eq!((rollback.kind, rollback.version.as_str()), (PublishKind::Rollback, "v2"));
+        assert_eq!((rollback.sha256, rollback.based_on), (Some("b".repeat(64)), 5));
     }
 
     #[test]
     fn rules_that_cannot_be_had_here_are_reported_until_they_run() {
-        let mut fleet = MemberRules::default();
-        fleet.start_with(
+        let mut member = MemberRules::default();
+        member.start_with(
             "mine@1",
             Some("cannot use theirs@2: too large".into()),
-            FleetView::default(),
+            GroupView::default(),
         );
-        assert!(fleet.diverged().is_some());
-        let view = FleetView {
-            rules: Some(crate::sink::iceberg::FleetRules {
+        assert!(member.diverged().is_some());
+        let view = GroupView {
+            rules: Some(crate::group::RulesRecord {
                 seq: 2,
                 version: "theirs@2".into(),
                 sha256: "a".repeat(64),
@@ -265,11 +245,11 @@ mod tests {
                 at_ms: 0,
                 previous: vec![],
             }),
-            ..FleetView::default()
+            ..GroupView::default()
         };
-        fleet.take_in(GroupUpdate { view: view.clone(), ..GroupUpdate::default() }, "mine@1");
-        assert!(fleet.diverged().is_some());
-        fleet.take_in(GroupUpdate { view, ..GroupUpdate::default() }, "theirs@2");
-        assert!(fleet.diverged().is_none());
+        member.take_in(GroupUpdate { view: view.clone(), ..GroupUpdate::default() }, "mine@1");
+        assert!(member.diverged().is_some());
+        member.take_in(GroupUpdate { view, ..GroupUpdate::default() }, "theirs@2");
+        assert!(member.diverged().is_none());
     }
 }
