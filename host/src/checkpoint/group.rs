@@ -36,7 +36,7 @@ use crate::group::{
 };
 use crate::rules::contract::SessionAttribute;
 use crate::rules::lifecycle::GroupUpdate;
-use crate::sink::{Sink, SinkRetries, SinkRetryPolicy};
+use crate::sink::{Sink, SinkError, SinkRetries, SinkRetryPolicy};
 use crate::state::{encode_partition_file, PartitionState, StagedOutput, StateError};
 
 /// Files a chain may hold: a summary naming a longer one is refused (it
@@ -101,6 +101,32 @@ pub(crate) struct RestoredPartition {
     pub(crate) users: usize,
     /// State files read.
     pub(crate) files: u64,
+}
+
+/// Waits before the next attempt at checkpoint `id`'s commit, or says why
+/// there is none: `error` cannot clear, or the policy's budget is spent.
+async fn wait_to_retry(
+    retries: &mut SinkRetries,
+    id: u64,
+    error: SinkError,
+) -> Result<(), CheckpointError> {
+    let Some(delay) = retries.after_failure(&error) else {
+        if !error.is_transient() {
+            return Err(error.into());
+        }
+        return Err(CheckpointError::SinkUnavailable {
+            checkpoint: id,
+            attempts: retries.attempts(),
+            waited: whole_millis(retries.elapsed()),
+            source: error,
+        });
+    };
+    tracing::warn!(checkpoint = id, %error, "publishing to the sink failed; retrying");
+    // A lost race is retried at once: no trip through the timer.
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    Ok(())
 }
 
 /// What a claim got.
@@ -405,19 +431,7 @@ impl GroupCheckpointer {
                 }
                 Err(error) => error,
             };
-            let Some(delay) = retries.after_failure(&error) else {
-                if !error.is_transient() {
-                    return Err(error.into());
-                }
-                return Err(CheckpointError::SinkUnavailable {
-                    checkpoint: id,
-                    attempts: retries.attempts(),
-                    waited: whole_millis(retries.elapsed()),
-                    source: error,
-                });
-            };
-            tracing::warn!(checkpoint = id, %error, "publishing to the sink failed; retrying");
-            tokio::time::sleep(delay).await;
+            wait_to_retry(&mut retries, id, error).await?;
         }
         Ok((None, fenced))
     }

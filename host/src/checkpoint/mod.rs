@@ -283,7 +283,10 @@ impl Checkpointer {
                 %error,
                 "publishing to the sink failed; retrying"
             );
-            tokio::time::sleep(delay).await;
+            // A lost race is retried at once: no trip through the timer.
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
         }
         self.store.clear_staged(record.id)?;
         Ok(())

@@ -91,6 +91,12 @@ impl MemoryGroupStore {
         }
     }
 
+    /// The same store, its faults gone (a fleet's end, checked).
+    pub fn without_faults(mut self) -> Self {
+        self.faults = StoreFaults::default();
+        self
+    }
+
     /// Whether a fault of probability `p` strikes now.
     fn strikes(&mut self, p: f64) -> bool {
         p > 0.0 && self.rng.random_bool(p.min(1.0))

@@ -34,7 +34,7 @@ use streaming::{Engines, PartitionEngines};
 
 pub mod bounded;
 mod group;
-mod ingest;
+pub(crate) mod ingest;
 mod maintenance;
 mod progress;
 pub mod streaming;

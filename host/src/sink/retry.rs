@@ -44,6 +44,8 @@ pub(crate) struct SinkRetries {
     attempts: u32,
     races: u32,
     started: Instant,
+    /// The longest wait the policy allows, a lost race's included.
+    max_delay: Duration,
 }
 
 impl SinkRetries {
@@ -56,7 +58,7 @@ impl SinkRetries {
             .without_max_times()
             .with_jitter()
             .build();
-        Self { delays, attempts: 0, races: 0, started: Instant::now() }
+        Self { delays, attempts: 0, races: 0, started: Instant::now(), max_delay: policy.max_delay }
     }
 
     /// After a failed attempt: how long to wait before the next one, or `None`
@@ -70,7 +72,7 @@ impl SinkRetries {
         self.attempts += 1;
         if error.is_lost_race() && self.races < QUICK_RACE_RETRIES {
             self.races += 1;
-            return Some(Duration::from_millis(rand::random::<u64>() % 20));
+            return Some(Duration::from_millis(rand::random::<u64>() % 20).min(self.max_delay));
         }
         if error.is_transient() {
             self.delays.next()

@@ -22,7 +22,7 @@ pub(super) enum Origin {
 
 /// A member's part in its group's rules.
 #[derive(Default)]
-pub(super) struct MemberRules {
+pub(crate) struct MemberRules {
     /// A change to publish with the next checkpoint.
     to_publish: Option<Publish>,
     /// Changes handed to checkpoints for publishing, and how many of those
@@ -42,20 +42,20 @@ pub(super) struct MemberRules {
 
 impl MemberRules {
     /// Publishes the starting rules, unless the group has rules already.
-    pub(super) fn start_with(&mut self, version: &str, diverged: Option<String>, found: GroupView) {
+    pub(crate) fn start_with(&mut self, version: &str, diverged: Option<String>, found: GroupView) {
         self.to_publish = Some(Publish::new(version, PublishKind::Start));
         self.diverged = diverged;
         self.view = Some(found);
     }
 
     /// An operator's change is in force here: it goes to the group next.
-    pub(super) fn changed_here(&mut self, version: &str) {
+    pub(crate) fn changed_here(&mut self, version: &str) {
         self.to_publish = Some(Publish::new(version, PublishKind::Deploy));
     }
 
     /// An operator's rollback: the group goes back to the rules its record
     /// kept before the ones in force. Returns what is asked, or why not.
-    pub(super) fn roll_back_group(&mut self) -> Result<serde_json::Value, String> {
+    pub(crate) fn roll_back_group(&mut self) -> Result<serde_json::Value, String> {
         let Some(rules) = self.view.as_ref().and_then(|view| view.rules.as_ref()) else {
             return Err("this member has not seen its group's rules yet: try again after its \
                         next checkpoint, or send the rollback to another member"
@@ -83,7 +83,7 @@ impl MemberRules {
     }
 
     /// What the next checkpoint publishes.
-    pub(super) fn take_publish(&mut self) -> Option<Publish> {
+    pub(crate) fn take_publish(&mut self) -> Option<Publish> {
         let publish = self.to_publish.take()?;
         self.sent += 1;
         Some(publish)
@@ -91,7 +91,7 @@ impl MemberRules {
 
     /// Takes in what a commit saw; returns a deploy request for rules the
     /// group published that this member should follow.
-    pub(super) fn take_in(&mut self, update: GroupUpdate, active: &str) -> Option<RulesRequest> {
+    pub(crate) fn take_in(&mut self, update: GroupUpdate, active: &str) -> Option<RulesRequest> {
         let GroupUpdate { view, follow, settled, refused, unusable } = update;
         self.settled = settled;
         if refused.is_some() {
@@ -138,7 +138,7 @@ impl MemberRules {
     }
 
     /// Why this member does not run its group's rules, if it does not.
-    pub(super) fn diverged(&self) -> Option<&str> {
+    pub(crate) fn diverged(&self) -> Option<&str> {
         self.diverged.as_deref()
     }
 

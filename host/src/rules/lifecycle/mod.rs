@@ -30,7 +30,8 @@ mod watch;
 
 pub use archive::{ArchiveError, RulesArchive};
 pub use group::GroupUpdate;
-use group::{MemberRules, Origin};
+pub(crate) use group::MemberRules;
+use group::Origin;
 pub(crate) use loader::{mib_text, read_component};
 pub use loader::{RulesLoader, DEFAULT_MAX_COMPONENT_BYTES};
 use request::PendingReply;
