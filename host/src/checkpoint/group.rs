@@ -247,7 +247,15 @@ impl GroupCheckpointer {
         sink: &mut (impl Sink + GroupStore),
         partitions: &[i32],
     ) -> Result<Claim, CheckpointError> {
-        let claimed = sink.claim(&self.group, &self.owner, partitions).await?;
+        // Retried like a commit while the store's error may clear (a
+        // catalog restarting): a failed claim would stop the member.
+        let mut retries = SinkRetries::new(self.sink_retry);
+        let claimed = loop {
+            match sink.claim(&self.group, &self.owner, partitions).await {
+                Ok(claimed) => break claimed,
+                Err(error) => wait_to_retry(&mut retries, self.last_id, error).await?,
+            }
+        };
         let mut claim = Claim::default();
         for &partition in partitions {
             let progress = claimed.progress.get(&partition).cloned().unwrap_or_default();
