@@ -291,3 +291,52 @@ async fn sessions_of(sink: &mut IcebergSink) -> Result<Vec<String>, Box<dyn std:
     ids.sort();
     Ok(ids)
 }
+
+/// The metadata bytes one commit of a member holding `partitions` adds to
+/// the table's metadata file (each commit rewrites it with every snapshot
+/// kept): the group's record rides in a file of its own past 64 partitions.
+async fn metadata_bytes_per_commit(partitions: i32) -> Result<u64, Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let config = SinkConfig::new(dir.path().join("warehouse"));
+    let mut sink = IcebergSink::open(&config).await?;
+    let all: Vec<i32> = (0..partitions).collect();
+    let claimed = sink.claim("fleet", "a", &all).await?;
+    let epochs: BTreeMap<i32, u64> = claimed.progress.iter().map(|(&p, e)| (p, e.epoch)).collect();
+    let mut sizes = Vec::new();
+    for checkpoint in 1..=3 {
+        let progress: GroupProgress = all
+            .iter()
+            .map(|&p| {
+                let chain = StateChain { epoch: epochs[&p], first: 1, last: checkpoint };
+                let entry = PartitionProgress {
+                    offset: Some(1_000_000 + i64::from(p)),
+                    state: Some(chain),
+                    ..Default::default()
+                };
+                (p, entry)
+            })
+            .collect();
+        let rules = ("default-rules@1.0.0+abc", None);
+        let done =
+            commit_progress(&mut sink, "a", checkpoint, &epochs, &progress, &[], rules).await?;
+        assert!(committed(&done));
+        let location = sink.sessions_table().metadata_location().ok_or("no metadata")?;
+        sizes.push(std::fs::metadata(location.trim_start_matches("file://"))?.len());
+    }
+    // A second member restores what the first committed.
+    let mut b = IcebergSink::open(&config).await?;
+    let taken = b.claim("fleet", "b", &all).await?;
+    assert_eq!(taken.progress.len(), all.len());
+    assert!(taken.progress.values().all(|e| e.state.map(|c| c.last) == Some(3)));
+    Ok(sizes[2] - sizes[1])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_adds_little_metadata_at_a_thousand_partitions() -> TestResult {
+    for partitions in [8, 100, 1_000] {
+        let bytes = metadata_bytes_per_commit(partitions).await?;
+        println!("{partitions} partitions: {bytes} metadata bytes per commit");
+        assert!(bytes < 4_000, "{partitions} partitions: {bytes} bytes per commit");
+    }
+    Ok(())
+}

@@ -32,16 +32,34 @@ use super::commit::{append_transaction, latest_properties_with, reload};
 use super::pinned::Pinned;
 use super::table_catalog::TableCatalog;
 use super::{IcebergContext, IcebergSink, PROP_REJECTED_ROWS, PROP_SESSION_ROWS};
+use serde::{Deserialize, Serialize};
+
 use crate::group::{
     advanced, claim, fenced, holds, Claimed, CommitOutcome, GroupProgress, GroupStore, GroupView,
-    MemberCommit, RulesRecord,
+    MemberCommit, MemberSeen, RulesRecord,
 };
 use crate::sink::SinkError;
 
 /// Snapshot summary key: the consumer group whose progress the snapshot records.
 pub const GROUP_KEY: &str = "sessionize.group";
-/// Snapshot summary key: every partition's progress, as JSON.
+/// Snapshot summary key: every partition's progress, as JSON, while the
+/// group has at most [`INLINE_PARTITIONS`] of them.
 pub const PARTITIONS_KEY: &str = "sessionize.partitions";
+/// Snapshot summary key: the file holding every partition's progress and
+/// every member's record, for a group with more partitions or members than
+/// ride in the summary (written before the commit that names it, so
+/// offsets, state and output still move in one compare-and-swap).
+pub const PARTITIONS_FILE_KEY: &str = "sessionize.partitions-file";
+
+/// Most partitions whose progress rides in the summary itself: beyond, each
+/// snapshot would carry (and the metadata file repeat) kilobytes per commit.
+const INLINE_PARTITIONS: usize = 64;
+
+/// Most members whose records ride in the summary itself.
+const INLINE_MEMBERS: usize = 16;
+
+/// Largest progress file read back (it comes from shared storage).
+const MAX_PROGRESS_BYTES: u64 = 64 << 20;
 /// Snapshot summary key: the group's rules record, as JSON.
 pub const RULES_KEY: &str = "sessionize.fleet-rules";
 /// Snapshot summary key: every recently seen member, as JSON.
@@ -141,7 +159,7 @@ impl GroupStore for IcebergSink {
 
     async fn view(&mut self, group: &str) -> Result<GroupView, SinkError> {
         self.refresh().await?;
-        Ok(view_in(&self.sessions, group))
+        Ok(record_in(&self.sessions, group).await?.1)
     }
 }
 
@@ -158,15 +176,14 @@ impl IcebergSink {
         let mut made: Option<Claimed> = None;
         for _ in 0..MAX_LOST_RACES {
             self.refresh().await?;
-            let mut sessions = progress_in(&self.sessions, group)?;
+            let (mut sessions, view) = record_in(&self.sessions, group).await?;
             if let Some(claimed) = made.take() {
                 let epochs = claimed.progress.iter().map(|(&p, e)| (p, e.epoch)).collect();
                 if fenced(&sessions, owner, &epochs).is_empty() {
                     return Ok(claimed);
                 }
             }
-            let view = view_in(&self.sessions, group);
-            let mut rejected = progress_in(&self.rejected, group)?;
+            let mut rejected = progress_in(&self.rejected, group).await?;
             let epoch = |p: i32| {
                 let of = |progress: &GroupProgress| progress.get(&p).map_or(0, |e| e.epoch);
                 of(&sessions).max(of(&rejected)) + 1
@@ -176,14 +193,14 @@ impl IcebergSink {
             claim(&mut rejected, owner, partitions, |p| epochs[&p]);
             // The dead-letter table first: the claim is in force once the
             // sessions table, the commit point, has it.
-            let props = group_properties(group, &rejected, None);
+            let props = group_properties(&self.rejected, group, &rejected, None).await?;
             let Some(table) =
                 append_if_unchanged(&self.catalog, &self.rejected, vec![], props).await?
             else {
                 continue;
             };
             self.rejected = table;
-            let props = group_properties(group, &sessions, Some(&view));
+            let props = group_properties(&self.sessions, group, &sessions, Some(&view)).await?;
             let Some(table) =
                 append_if_unchanged(&self.catalog, &self.sessions, vec![], props).await?
             else {
@@ -218,16 +235,16 @@ impl IcebergSink {
         let mut committed = false;
         for _ in 0..MAX_LOST_RACES {
             self.refresh().await?;
-            let sessions = progress_in(&self.sessions, commit.group)?;
+            let (sessions, mut view) = record_in(&self.sessions, commit.group).await?;
             // (Output of no partition cannot be told apart: taken as made.)
             if shown(&sessions) || (committed && commit.progress.is_empty()) {
-                return Ok(CommitOutcome::Committed(view_in(&self.sessions, commit.group)));
+                return Ok(CommitOutcome::Committed(view));
             }
             let lost = fenced(&sessions, commit.owner, commit.claimed);
             if !lost.is_empty() {
                 return Ok(CommitOutcome::Fenced(lost));
             }
-            let rejected = progress_in(&self.rejected, commit.group)?;
+            let rejected = progress_in(&self.rejected, commit.group).await?;
             if !rejected_files.is_empty() && !shown(&rejected) {
                 let lost = fenced(&rejected, commit.owner, commit.claimed);
                 if !lost.is_empty() {
@@ -237,7 +254,8 @@ impl IcebergSink {
                 // State chains ride in the sessions table only.
                 rejected.values_mut().for_each(|entry| entry.state = None);
                 let mut props = properties.clone();
-                props.extend(group_properties(commit.group, &rejected, None));
+                props
+                    .extend(group_properties(&self.rejected, commit.group, &rejected, None).await?);
                 let files = rejected_files.clone();
                 match append_if_unchanged(&self.catalog, &self.rejected, files, props).await? {
                     Some(table) => self.rejected = table,
@@ -245,7 +263,6 @@ impl IcebergSink {
                 }
             }
             let sessions = advanced(sessions, commit.progress, commit.checkpoint);
-            let mut view = view_in(&self.sessions, commit.group);
             let partitions = commit.claimed.keys().copied().collect();
             view.record(
                 commit.owner,
@@ -255,7 +272,9 @@ impl IcebergSink {
                 commit_time(&self.sessions),
             );
             let mut props = properties.clone();
-            props.extend(group_properties(commit.group, &sessions, Some(&view)));
+            props.extend(
+                group_properties(&self.sessions, commit.group, &sessions, Some(&view)).await?,
+            );
             let files = session_files.clone();
             if let Some(table) =
                 append_if_unchanged(&self.catalog, &self.sessions, files, props).await?
@@ -278,10 +297,12 @@ fn state_location(table: &Table, group: &str, partition: i32, epoch: u64, seq: u
 }
 
 /// Every file beside `table` that a group's newest snapshot names: the
-/// state chains its partitions resume from and the components of its rules
-/// (in force, and kept for a rollback). Maintenance must never delete them,
-/// however old: a group stopped over a long weekend resumes from them.
-pub(super) fn named_files(table: &Table) -> HashSet<String> {
+/// file of its progress, the state chains its partitions resume from and the
+/// components of its rules (in force, and kept for a rollback). Maintenance
+/// must never delete them, however old: a group stopped over a long weekend
+/// resumes from them. Fails if a progress file cannot be read: nothing may
+/// be taken for an orphan then.
+pub(super) async fn named_files(table: &Table) -> Result<HashSet<String>, SinkError> {
     let mut newest: HashMap<&str, &iceberg::spec::SnapshotRef> = HashMap::new();
     for snapshot in table.metadata().snapshots() {
         let Some(group) = snapshot.summary().additional_properties.get(GROUP_KEY) else {
@@ -295,10 +316,8 @@ pub(super) fn named_files(table: &Table) -> HashSet<String> {
     let mut named = HashSet::new();
     for (group, snapshot) in newest {
         let props = &snapshot.summary().additional_properties;
-        let progress: GroupProgress = props
-            .get(PARTITIONS_KEY)
-            .and_then(|json| serde_json::from_str(json).ok())
-            .unwrap_or_default();
+        named.extend(props.get(PARTITIONS_FILE_KEY).cloned());
+        let (progress, view) = record_of(table, group, props).await?;
         for (&partition, entry) in &progress {
             let Some(chain) = entry.state.filter(|c| c.last - c.first < MAX_NAMED_CHAIN) else {
                 continue;
@@ -307,12 +326,11 @@ pub(super) fn named_files(table: &Table) -> HashSet<String> {
                 named.insert(state_location(table, group, partition, chain.epoch, seq));
             }
         }
-        let view = view_from_summary(props);
         for sha256 in view.rules.iter().flat_map(RulesRecord::components) {
             named.insert(component_location(table, group, sha256));
         }
     }
-    named
+    Ok(named)
 }
 
 /// Longest chain [`named_files`] lists (a summary naming a longer one is
@@ -324,26 +342,67 @@ fn lost_races(what: &str) -> SinkError {
 }
 
 /// The group's newest progress in `table`, or none.
-pub(super) fn progress_in(table: &Table, group: &str) -> Result<GroupProgress, SinkError> {
-    let Some(props) = latest_properties_with(table, GROUP_KEY, group) else {
-        return Ok(GroupProgress::new());
-    };
-    let Some(json) = props.get(PARTITIONS_KEY) else { return Ok(GroupProgress::new()) };
-    // Written by this program, but read from storage others can write: checked.
-    serde_json::from_str(json).map_err(|e| {
-        SinkError::Refused(format!(
-            "the partition progress of group {group} in {} does not decode ({e}); the table was \
-             written by something else",
-            table.identifier()
-        ))
-    })
+async fn progress_in(table: &Table, group: &str) -> Result<GroupProgress, SinkError> {
+    Ok(record_in(table, group).await?.0)
 }
 
-/// The group's members and rules in `table`'s newest group snapshot.
-fn view_in(table: &Table, group: &str) -> GroupView {
-    latest_properties_with(table, GROUP_KEY, group)
-        .map(|props| view_from_summary(&props))
-        .unwrap_or_default()
+/// The group's newest progress and view in `table` (none if it has none).
+async fn record_in(table: &Table, group: &str) -> Result<(GroupProgress, GroupView), SinkError> {
+    match latest_properties_with(table, GROUP_KEY, group) {
+        Some(props) => record_of(table, group, &props).await,
+        None => Ok(Default::default()),
+    }
+}
+
+/// What a group's record holds when it is too large for the summary.
+#[derive(Default, Serialize, Deserialize)]
+struct RecordFile {
+    partitions: GroupProgress,
+    #[serde(default)]
+    members: BTreeMap<String, MemberSeen>,
+}
+
+/// The progress and view a group snapshot's summary `props` in `table`
+/// holds or names.
+async fn record_of(
+    table: &Table,
+    group: &str,
+    props: &HashMap<String, String>,
+) -> Result<(GroupProgress, GroupView), SinkError> {
+    // Written by this program, but read from storage others can write: checked.
+    let undecodable = |e: &dyn std::fmt::Display| {
+        SinkError::Refused(format!(
+            "the record of group {group} in {} does not decode ({e}); the table was written by \
+             something else",
+            table.identifier()
+        ))
+    };
+    let mut view = view_from_summary(props);
+    if let Some(json) = props.get(PARTITIONS_KEY) {
+        return Ok((serde_json::from_str(json).map_err(|e| undecodable(&e))?, view));
+    }
+    let Some(location) = props.get(PARTITIONS_FILE_KEY) else {
+        return Ok((GroupProgress::new(), view));
+    };
+    if !location.starts_with(&progress_dir(table, group)) || location.contains("/../") {
+        return Err(undecodable(&format!("{location} is not where progress files live")));
+    }
+    let context = || format!("reading the record of group {group} from {location}");
+    let input = table.file_io().new_input(location).context(context)?;
+    let size = input.metadata().await.context(context)?.size;
+    if size > MAX_PROGRESS_BYTES {
+        return Err(undecodable(&format!("{location} is {size} bytes")));
+    }
+    let bytes = input.read().await.context(context)?;
+    let file: RecordFile = serde_json::from_slice(&bytes).map_err(|e| undecodable(&e))?;
+    view.members = file.members;
+    Ok((file.partitions, view))
+}
+
+/// Where a group's progress files for `table` live, beside it.
+fn progress_dir(table: &Table, group: &str) -> String {
+    let table = table.metadata().location().trim_end_matches('/');
+    format!("{table}/sessionize-state/{}/progress/", path_segment(group))
 }
 
 /// The time a member's commit notes: this machine's clock, but never before
@@ -375,20 +434,39 @@ pub(super) async fn append_if_unchanged(
     }
 }
 
-/// A group's summary properties for `progress` and, in the sessions
-/// table, `view`.
-pub(super) fn group_properties(
+/// A group's summary properties in `table` for `progress` and, in the
+/// sessions table, `view`. The progress of more than
+/// [`INLINE_PARTITIONS`] partitions goes to a file of its own beside the
+/// table first, which the summary names.
+async fn group_properties(
+    table: &Table,
     group: &str,
     progress: &GroupProgress,
     view: Option<&GroupView>,
-) -> HashMap<String, String> {
-    let json = serde_json::to_string(progress).unwrap_or_default();
-    let mut props = HashMap::from([
-        (GROUP_KEY.to_owned(), group.to_owned()),
-        (PARTITIONS_KEY.to_owned(), json),
-    ]);
-    props.extend(view.map(view_properties).unwrap_or_default());
-    props
+) -> Result<HashMap<String, String>, SinkError> {
+    let mut props = HashMap::from([(GROUP_KEY.to_owned(), group.to_owned())]);
+    let members = view.map_or(0, |v| v.members.len());
+    if progress.len() <= INLINE_PARTITIONS && members <= INLINE_MEMBERS {
+        let json = serde_json::to_string(progress).unwrap_or_default();
+        props.insert(PARTITIONS_KEY.to_owned(), json);
+        props.extend(view.map(view_properties).unwrap_or_default());
+        return Ok(props);
+    }
+    let file = RecordFile {
+        partitions: progress.clone(),
+        members: view.map(|v| v.members.clone()).unwrap_or_default(),
+    };
+    let json = serde_json::to_vec(&file).unwrap_or_default();
+    let location = format!("{}{}.json", progress_dir(table, group), uuid::Uuid::new_v4().simple());
+    let context = || format!("writing the record of group {group} to {location}");
+    let output = table.file_io().new_output(&location).context(context)?;
+    output.write(json.into()).await.context(context)?;
+    props.insert(PARTITIONS_FILE_KEY.to_owned(), location);
+    let rules = view.and_then(|v| v.rules.as_ref());
+    props.extend(
+        rules.map(|r| (RULES_KEY.to_owned(), serde_json::to_string(r).unwrap_or_default())),
+    );
+    Ok(props)
 }
 
 /// `group` as one path segment: letters, digits, `-`, `_` and `.` kept, any

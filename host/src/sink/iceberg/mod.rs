@@ -20,15 +20,14 @@
 //!
 //! The parts follow iceberg-rust's own layering: `catalog` (the SQL catalog,
 //! namespace and tables), `schema` (columns, partition spec, checks), `batch`
-//! (rows to Arrow), `writer` (Parquet data files) and `commit` (snapshots);
-//! `group` keeps a consumer group's progress and fences its members.
-//!
-//! (Over 450 lines: most of it is the [`Sink`] implementation, each method a
-//! few lines handing over to the modules above.)
+//! (rows to Arrow), `writer` (Parquet data files) and `commit` (snapshots),
+//! with `table_catalog` and `pointer` (every commit through our own
+//! compare-and-swap); `group` is a consumer group's store
+//! (`crate::group::GroupStore`) in the same tables; `maintain` is compaction
+//! and expiry.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use iceberg::spec::{DataFile, SchemaRef};
 use iceberg::table::Table;
@@ -57,7 +56,7 @@ pub use batch::{
     MAX_BATCH_TEXT_BYTES,
 };
 pub use catalog::{CatalogUri, CatalogUriError, CATALOG_FILE, CATALOG_NAME};
-pub use group::{GROUP_KEY, MEMBERS_KEY, PARTITIONS_KEY, RULES_KEY};
+pub use group::{GROUP_KEY, MEMBERS_KEY, PARTITIONS_FILE_KEY, PARTITIONS_KEY, RULES_KEY};
 pub use schema::{BUCKET_GROUP_WIDTH, USER_HASH_BUCKETS};
 pub use storage::{S3Options, Warehouse, WarehouseError};
 
@@ -427,10 +426,4 @@ fn random_uuid() -> Uuid {
     uuid::Builder::from_random_bytes(rand::random()).into_uuid()
 }
 
-/// Milliseconds since the epoch by the wall clock.
-pub(super) fn wall_clock_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+pub(super) use crate::clock::wall_clock_ms;

@@ -141,7 +141,7 @@ pub(super) async fn expire(
     }
     if let Some(age) = options.orphans_older_than {
         let mut referenced: HashSet<String> = kept.metadata;
-        referenced.extend(named_files(&after));
+        referenced.extend(named_files(&after).await?);
         referenced.extend(all.data.into_iter().chain(kept.data).map(|(path, _)| path));
         referenced.extend(log[old_metadata..].iter().map(|e| e.metadata_file.clone()));
         referenced.extend(after.metadata_location().map(str::to_owned));
