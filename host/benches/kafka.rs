@@ -27,8 +27,8 @@ use sessionize::job::streaming::{run_streaming, StreamParts};
 use sessionize::rules::lifecycle::{RulesLifecycle, RulesSlot};
 use sessionize::rules::{ComponentLoader, SandboxLimits};
 use sessionize::source::file::FileSource;
+use sessionize::source::generate::generate;
 use sessionize::state::{StagedOutput, StateStore};
-use sessionize::tools::generate::generate;
 use sessionize::tools::produce::{ensure_topic, produce};
 
 const TOPIC: &str = "bench";

@@ -21,10 +21,11 @@ use default_rules::DefaultRules;
 use sessionize::engine::{Engine, EngineConfig};
 use sessionize::job::bounded::run_bounded;
 use sessionize::job::Intake;
-use sessionize::rules::{ComponentLoader, NativeRules, RulesRuntime, SandboxLimits};
+use sessionize::rules::{ComponentLoader, RulesRuntime, SandboxLimits};
 use sessionize::sink::iceberg::{IcebergSink, SinkConfig};
 use sessionize::source::file::FileSource;
-use sessionize::tools::generate::generate;
+use sessionize::source::generate::generate;
+use sessionize_native::NativeRules;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();

@@ -26,7 +26,7 @@ use sessionize::rules::lifecycle::{
 };
 use sessionize::rules::{ComponentLoader, SandboxLimits};
 use sessionize::source::file::FileSource;
-use sessionize::tools::generate::generate;
+use sessionize::source::generate::generate;
 use sessionize::tools::produce::{ensure_topic, produce};
 
 const TOPIC: &str = "swap-bench";

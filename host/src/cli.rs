@@ -1,8 +1,5 @@
 //! Command-line interface: flags, their defaults, and what they mean, and the
 //! one place where flags become the library's configuration.
-//!
-//! (Over 450 lines: most of it is flag declarations with their help text, which
-//! clap turns into the parser and `--help`; splitting them would scatter one table.)
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -15,8 +12,8 @@ use sessionize::job::streaming::{FaultPolicy, StreamConfig};
 use sessionize::job::{Input, Intake, JobConfig, MaintenanceSchedule};
 use sessionize::rules::contract::Settings;
 use sessionize::rules::SandboxLimits;
+use sessionize::source::generate::GeneratorConfig;
 use sessionize::source::kafka::KafkaConfig;
-use sessionize::tools::generate::GeneratorConfig;
 
 mod plugin_test;
 #[cfg(feature = "query")]

@@ -19,7 +19,7 @@ use cli::{
 use sessionize::job::{self, Input, RunProgress, Summary};
 use sessionize::sink::iceberg::maintain::TableMaintenance;
 use sessionize::source::file::FileSource;
-use sessionize::tools::generate::generate;
+use sessionize::source::generate::generate;
 use sessionize::tools::produce::{ensure_topic, produce};
 use sessionize::tools::repartition::{repartition, Repartition};
 use terminal::ProgressDisplay;
@@ -303,9 +303,7 @@ fn produce_command(args: &ProduceArgs) -> Result<()> {
         None => {
             let mut config = args.generator.config().map_err(|e| anyhow!(e))?;
             if !args.fast {
-                config.start_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+                config.start_ms = sessionize::clock::wall_clock_ms();
             }
             let mut lines = Vec::new();
             generate(&config, &mut lines).context("generating events")?;

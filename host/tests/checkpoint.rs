@@ -11,12 +11,12 @@ use sessionize::checkpoint::{Checkpointer, CHECKPOINT_ID_KEY, JOB_ID_KEY};
 use sessionize::engine::{Engine, EngineChanges, EngineConfig};
 use sessionize::event::Event;
 use sessionize::rules::contract::Settings;
-use sessionize::rules::NativeRules;
 use sessionize::sink::iceberg::{IcebergSink, SinkConfig};
 use sessionize::sink::SessionRow;
 use sessionize::sink::Sink;
+use sessionize::source::generate::{generate, GeneratorConfig};
 use sessionize::state::{CheckpointRecord, StagedOutput, StateStore};
-use sessionize::tools::generate::{generate, GeneratorConfig};
+use sessionize_native::NativeRules;
 
 fn row(uuid: &str, start_ms: i64) -> SessionRow {
     SessionRow {

@@ -11,10 +11,11 @@ use sessionize::event::parse;
 use sessionize::rules::contract::{Batch, Event, Settings, UserSlice};
 use sessionize::rules::lifecycle::RulesSlot;
 use sessionize::rules::{
-    ComponentLoader, ComponentRules, NativeRules, RulesError, RulesRuntime, SandboxLimits, Texts,
+    ComponentLoader, ComponentRules, RulesError, RulesRuntime, SandboxLimits, Texts,
 };
 use sessionize::sink::SessionRow;
-use sessionize::tools::generate::{generate, GeneratorConfig};
+use sessionize::source::generate::{generate, GeneratorConfig};
+use sessionize_native::NativeRules;
 
 const MIN: i64 = 60_000;
 

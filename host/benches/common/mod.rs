@@ -13,9 +13,9 @@ use sessionize::job::streaming::{FaultPolicy, StreamConfig};
 use sessionize::job::Intake;
 use sessionize::rules::contract::Settings;
 use sessionize::sink::iceberg::{IcebergSink, SinkConfig};
+use sessionize::source::generate::GeneratorConfig;
 use sessionize::source::kafka::{KafkaConfig, KafkaSource};
 use sessionize::state::StateStore;
-use sessionize::tools::generate::GeneratorConfig;
 
 /// The benchmark data set: 10,000 users over up to two days, `events` lines.
 pub fn bench_events(events: u64) -> GeneratorConfig {

@@ -11,7 +11,7 @@ use sessionize_core::engine::{
 use sessionize_core::event::Event;
 use sessionize_core::rows::SessionRow;
 use sessionize_core::rules::contract::Settings;
-use sessionize_core::rules::NativeRules;
+use sessionize_native::NativeRules;
 
 const MIN: i64 = 60_000;
 const HOUR: i64 = 60 * MIN;

@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use sessionize_core::engine::{Admission, Engine, EngineConfig};
 use sessionize_core::event::{parse, Event, EventBlock, EventLimits};
 use sessionize_core::rules::contract::Settings;
-use sessionize_core::rules::NativeRules;
+use sessionize_native::NativeRules;
 
 const MIN: i64 = 60_000;
 

@@ -24,7 +24,7 @@ pub(crate) enum Completer {
 /// A checkpoint as cut, for its completer.
 pub(crate) enum Pending {
     /// All partitions at once, for [`Completer::Local`].
-    Whole(PendingCheckpoint),
+    AllPartitions(PendingCheckpoint),
     /// Partition by partition, for [`Completer::Group`].
     Partitions(GroupCut),
 }
@@ -32,14 +32,14 @@ pub(crate) enum Pending {
 impl Pending {
     fn offsets(&self) -> BTreeMap<i32, i64> {
         match self {
-            Pending::Whole(pending) => pending.offsets().clone(),
+            Pending::AllPartitions(pending) => pending.offsets().clone(),
             Pending::Partitions(cut) => cut.offsets(),
         }
     }
 
     fn counts(&self) -> (u64, u64) {
         match self {
-            Pending::Whole(pending) => {
+            Pending::AllPartitions(pending) => {
                 (pending.output.sessions.len() as u64, pending.output.rejected.len() as u64)
             }
             Pending::Partitions(cut) => cut.counts(),
@@ -248,7 +248,7 @@ fn complete<S: Sink + GroupStore>(
     pending: Pending,
 ) -> Result<GroupCompleted, CheckpointError> {
     match (completer, pending) {
-        (Completer::Local(local), Pending::Whole(pending)) => runtime
+        (Completer::Local(local), Pending::AllPartitions(pending)) => runtime
             .block_on(local.complete(sink, pending))
             .map(|id| GroupCompleted { id, fenced: Vec::new(), fleet: None }),
         (Completer::Group(group), Pending::Partitions(cut)) => {

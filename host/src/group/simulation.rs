@@ -37,9 +37,9 @@ use crate::job::ingest::{ingest, Intake};
 use crate::job::streaming::{Engines, PartitionEngines};
 use crate::rules::contract::Settings;
 use crate::rules::lifecycle::{Candidate, MemberRules, RulesAction, RulesArchive};
-use crate::rules::NativeRules;
 use crate::sink::{SessionRow, SinkRetryPolicy};
 use crate::state::StagedOutput;
+use sessionize_native::NativeRules;
 
 const GROUP: &str = "sim";
 /// Rules versions operators deploy (all cut sessions alike: the default

@@ -1,8 +1,9 @@
 //! The ingest step both runs share: a block of parsed records into the engine,
 //! and every record that is not accepted into the dead letters with its reason.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use crate::clock::wall_clock_ms;
 use crate::engine::{Admission, Engine};
 use crate::event::{BlockRecord, Event, EventBlock, EventLimits, Fields};
 use crate::sink::RejectedEvent;
@@ -125,11 +126,6 @@ pub(crate) fn ingest(
         }
     }
     rejected
-}
-
-fn wall_clock_ms() -> i64 {
-    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Why an event too far ahead is refused, naming the likely unit mistake:

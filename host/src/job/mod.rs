@@ -26,10 +26,10 @@ use crate::rules::{ComponentLoader, ComponentRules, RulesError, RulesRuntime, Sa
 use crate::sink::iceberg::{IcebergSink, SinkConfig};
 use crate::sink::{Sink, SinkError};
 use crate::source::file::{FileSource, FileSourceError};
+use crate::source::generate::{generate, GeneratorConfig};
 use crate::source::kafka::{KafkaConfig, KafkaSource, KafkaSourceError};
 use crate::state::{StateError, StateStore};
 use crate::status::{self, StatusConfig, StatusError};
-use crate::tools::generate::{generate, GeneratorConfig};
 use streaming::{Engines, PartitionEngines};
 
 pub mod bounded;
@@ -359,7 +359,7 @@ async fn resume(
         "state recovered"
     );
     Ok(Resumed {
-        engines: Engines::Whole(Box::new(resumed.engine)),
+        engines: Engines::AllPartitions(Box::new(resumed.engine)),
         completer: Completer::Local(checkpointer),
         offsets: resumed.offsets,
         group: None,

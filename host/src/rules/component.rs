@@ -1,9 +1,5 @@
 //! Rules as a WebAssembly component, run by wasmtime in a sandbox: bounded memory,
 //! a time budget per call, and WASI with no files, no network and no environment.
-//!
-//! (Over 450 lines: an instance's life, from compile to trap and rebuild, and
-//! its calls in either contract version read best in one place; the record
-//! conversions live in `wit.rs`.)
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

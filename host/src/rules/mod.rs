@@ -4,7 +4,7 @@
 //! - The runtime behind [`RulesRuntime`]: a sandboxed WebAssembly component
 //!   ([`ComponentRules`], compiled by a [`ComponentLoader`]; `wit` converts to the
 //!   generated types, `sandbox` is what WASI grants), or rules compiled into the
-//!   host ([`NativeRules`], the benchmark's baseline).
+//!   host (`sessionize_native::NativeRules`, for tests and the benchmark's baseline).
 //! - [`lifecycle`]: which rules are in force, and how they change while a job
 //!   runs: deploy requests, the compile queue, the swap at a checkpoint
 //!   boundary, rollback, the archive of deployed components, resume on restart.
@@ -16,4 +16,4 @@ mod wit;
 
 pub use component::{ComponentLoader, ComponentRules, SandboxLimits};
 use sessionize_core::rules::{check_result, TextsSent};
-pub use sessionize_core::rules::{contract, NativeRules, RulesError, RulesRuntime, Texts};
+pub use sessionize_core::rules::{contract, RulesError, RulesRuntime, Texts};

@@ -1,9 +1,10 @@
 //! The source stage: where records come from. Each record keeps where it was
 //! read (partition, position), so a rejected record can be traced back.
 //!
-//! A bounded run reads a [`file::FileSource`] to its end; the streaming run
-//! polls a [`StreamSource`] ([`kafka::KafkaSource`]) from positions it keeps in
-//! its checkpoints.
+//! A bounded run reads a [`file::FileSource`] to its end (or a sample
+//! [`generate`]d in memory, `--test-mode`); the streaming run polls a
+//! [`StreamSource`] ([`kafka::KafkaSource`]) from positions it keeps in its
+//! checkpoints. `sessionize generate` writes the same generated clickstream.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use std::time::Duration;
 use crate::event::EventBlock;
 
 pub mod file;
+pub mod generate;
 pub mod kafka;
 
 /// A change of a consumer group member's partitions.

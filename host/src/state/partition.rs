@@ -144,8 +144,8 @@ mod tests {
     use super::*;
     use crate::event::Event;
     use crate::rules::contract::Settings;
-    use crate::rules::NativeRules;
     use default_rules::DefaultRules;
+    use sessionize_native::NativeRules;
 
     fn event(uuid: &str, t: i64, page: &str) -> Event<'static> {
         Event {

@@ -5,8 +5,8 @@
 //! path or a name the host could not use refuses the plugin at load, before
 //! it sees an event; a value of the wrong type breaks [`Rule::AttributeType`].
 
-use super::check::{broken, quote};
 use super::contract::{AttributeValue, ClosedSession, Declarations};
+use super::rule::{broken, quote};
 use super::{Rule, RulesError};
 
 /// Most event fields one plugin may declare.

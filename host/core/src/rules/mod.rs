@@ -1,6 +1,6 @@
 //! The rules as the engine calls them: the contract's records in plain Rust
-//! ([`contract`]), the [`RulesRuntime`] trait every runtime implements, and
-//! [`NativeRules`], rules compiled into the process (tests, benchmark baseline).
+//! ([`contract`]) and the [`RulesRuntime`] trait every runtime implements
+//! (rules compiled into the process are in the `sessionize-native` crate).
 //! [`check_result`] is what every runtime checks in a plugin's answer before
 //! the engine may apply it. The WebAssembly runtime lives in the host crate.
 
@@ -9,16 +9,13 @@ use std::sync::Arc;
 mod check;
 pub mod contract;
 mod declare;
-mod native;
+mod rule;
 
-pub use check::{
-    check_plugin_info, check_result, CheckScratch, Rule, MAX_END_REASON_BYTES,
-    MAX_PLUGIN_NAME_BYTES, MAX_STATE_DATA_BYTES,
-};
+pub use check::{check_plugin_info, check_result, CheckScratch};
 pub use declare::{
     check_declarations, MAX_ATTRIBUTES, MAX_ATTRIBUTE_VALUE_BYTES, MAX_FIELDS, MAX_FIELD_PATH_BYTES,
 };
-pub use native::NativeRules;
+pub use rule::{Rule, MAX_END_REASON_BYTES, MAX_PLUGIN_NAME_BYTES, MAX_STATE_DATA_BYTES};
 
 /// Why rules could not be loaded or could not process a batch.
 #[derive(Debug, thiserror::Error)]

@@ -22,7 +22,7 @@ use super::super::ingest::Admit;
 /// A run's engines (see the module docs).
 pub(crate) enum Engines {
     /// One engine for every partition.
-    Whole(Box<Engine>),
+    AllPartitions(Box<Engine>),
     /// One engine per partition this member holds.
     PerPartition(PartitionEngines),
 }
@@ -53,7 +53,7 @@ impl Engines {
     /// The declared fields events are to carry, for the parser.
     pub(crate) fn field_paths(&self) -> Arc<FieldPaths> {
         match self {
-            Engines::Whole(engine) => engine.field_paths(),
+            Engines::AllPartitions(engine) => engine.field_paths(),
             Engines::PerPartition(set) => set.paths.clone(),
         }
     }
@@ -61,7 +61,7 @@ impl Engines {
     /// Makes `declared` the fields events carry, in every engine.
     pub(crate) fn declare_fields(&mut self, declared: &[EventField]) {
         match self {
-            Engines::Whole(engine) => engine.declare_fields(declared),
+            Engines::AllPartitions(engine) => engine.declare_fields(declared),
             Engines::PerPartition(set) => {
                 if set.fields != declared {
                     set.fields = declared.to_vec();
@@ -76,7 +76,7 @@ impl Engines {
 
     /// Declares the input's partitions to the watermark.
     pub(crate) fn register_partitions(&mut self, partitions: &[i32]) {
-        if let Engines::Whole(engine) = self {
+        if let Engines::AllPartitions(engine) = self {
             engine.register_partitions(partitions.iter().map(|&p| p as usize));
         }
     }
@@ -84,7 +84,7 @@ impl Engines {
     /// Marks a partition idle or active.
     pub(crate) fn set_idle(&mut self, partition: i32, idle: bool) {
         match self {
-            Engines::Whole(engine) => engine.set_idle(partition as usize, idle),
+            Engines::AllPartitions(engine) => engine.set_idle(partition as usize, idle),
             Engines::PerPartition(set) => {
                 if let Some(part) = set.parts.get_mut(&partition) {
                     part.engine.set_idle(partition as usize, idle);
@@ -98,7 +98,7 @@ impl Engines {
     /// itself alone).
     pub(crate) fn partitions_ahead(&self, drift_ms: i64) -> Vec<i32> {
         match self {
-            Engines::Whole(engine) => {
+            Engines::AllPartitions(engine) => {
                 engine.partitions_ahead(drift_ms).into_iter().map(|p| p as i32).collect()
             }
             Engines::PerPartition(_) => Vec::new(),
@@ -107,7 +107,7 @@ impl Engines {
 
     fn engines(&self) -> Box<dyn Iterator<Item = &Engine> + '_> {
         match self {
-            Engines::Whole(engine) => Box::new(std::iter::once(&**engine)),
+            Engines::AllPartitions(engine) => Box::new(std::iter::once(&**engine)),
             Engines::PerPartition(set) => Box::new(set.parts.values().map(|part| &part.engine)),
         }
     }
@@ -115,7 +115,7 @@ impl Engines {
     /// Counters so far, over every engine the run had.
     pub(crate) fn stats(&self) -> EngineStats {
         let mut total = match self {
-            Engines::Whole(_) => EngineStats::default(),
+            Engines::AllPartitions(_) => EngineStats::default(),
             Engines::PerPartition(set) => set.retired,
         };
         for engine in self.engines() {
@@ -171,7 +171,7 @@ impl Engines {
         staged: &mut StagedOutput,
     ) -> Result<usize, EngineError> {
         match self {
-            Engines::Whole(engine) => {
+            Engines::AllPartitions(engine) => {
                 let closed = engine.advance(rules, end_of_input)?;
                 let n = closed.len();
                 staged.sessions.extend(closed);
@@ -212,11 +212,11 @@ impl Engines {
         columns: &[SessionAttribute],
     ) -> Result<Pending, EngineError> {
         match self {
-            Engines::Whole(engine) => {
+            Engines::AllPartitions(engine) => {
                 let mut output = output;
                 output.columns = columns.to_vec();
                 let pending = PendingCheckpoint::cut(engine, offsets, output, rule_version)?;
-                Ok(Pending::Whole(pending))
+                Ok(Pending::AllPartitions(pending))
             }
             Engines::PerPartition(set) => {
                 let mut partitions = Vec::with_capacity(set.parts.len());
@@ -279,7 +279,7 @@ impl Engines {
     /// The partitions held (a group member's), in order.
     pub(crate) fn held(&self) -> Vec<i32> {
         match self {
-            Engines::Whole(_) => Vec::new(),
+            Engines::AllPartitions(_) => Vec::new(),
             Engines::PerPartition(set) => set.parts.keys().copied().collect(),
         }
     }
@@ -288,7 +288,7 @@ impl Engines {
 impl Admit for Engines {
     fn limit_clocks_to(&mut self, now_ms: i64) {
         match self {
-            Engines::Whole(engine) => engine.limit_clocks_to(now_ms),
+            Engines::AllPartitions(engine) => engine.limit_clocks_to(now_ms),
             Engines::PerPartition(set) => {
                 for part in set.parts.values_mut() {
                     part.engine.limit_clocks_to(now_ms);
@@ -304,7 +304,7 @@ impl Admit for Engines {
         fields: Fields<'_>,
     ) -> Option<Admission> {
         match self {
-            Engines::Whole(engine) => engine.admit(partition, event, fields),
+            Engines::AllPartitions(engine) => engine.admit(partition, event, fields),
             Engines::PerPartition(set) => {
                 let part = set.parts.get_mut(&partition)?;
                 Some(part.engine.offer_with_fields(partition as usize, event, Some(fields)))

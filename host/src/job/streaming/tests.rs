@@ -15,11 +15,11 @@ use crate::engine::EngineConfig;
 use crate::job::RunSummary;
 use crate::rules::contract::Settings;
 use crate::rules::lifecycle::{Candidate, RulesAction, RulesRequest, RulesSlot};
-use crate::rules::NativeRules;
 use crate::sink::{carries, CommitStats, RejectedEvent, SessionRow, SinkError};
 use crate::source::file::FileSource;
+use crate::source::generate::{generate, GeneratorConfig};
 use crate::state::StateStore;
-use crate::tools::generate::{generate, GeneratorConfig};
+use sessionize_native::NativeRules;
 
 /// Records per partition, served in order, a few at a time.
 struct ScriptedSource {

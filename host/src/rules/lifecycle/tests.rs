@@ -12,7 +12,7 @@ const LONG: Duration = Duration::from_secs(300);
 use crate::rules::contract::{
     AttributeType, Batch, BatchResult, Declarations, Event, SessionAttribute, Settings, UserSlice,
 };
-use crate::rules::NativeRules;
+use sessionize_native::NativeRules;
 
 /// Rules that fail every batch.
 struct Failing;
