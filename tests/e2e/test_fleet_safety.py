@@ -19,7 +19,8 @@ from conftest import catalog, read_table
 from kafka import Job
 from reference import matches, read_topic, sessionize_records
 from test_hot_swap import DIST, plugin
-from test_scale_out import GROUP, PACE, flushers, member, member_id, stamp, stop, wait_owners
+from test_scale_out import (GROUP, PACE, flushers, member, member_id, owners, stamp, stop,
+                            wait_owners)
 from test_streaming import broker  # noqa: F401  (fixture)
 
 FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
@@ -169,6 +170,19 @@ def test_a_rollback_sent_to_a_restarted_member_goes_to_the_groups_previous_rules
     b = member(binary, broker, tmp_path, "b")
     ida, idb = member_id(a), member_id(b)
     wait_owners(fleet, lambda o: set(o.values()) == {ida, idb}, "B never claimed a partition")
+    # A's per-partition gauges are its own partitions' only: after the
+    # rebalance, two members reporting one partition would add up wrong.
+    addr = metrics_addr(tmp_path / "a")
+
+    def gauged(name):
+        lines = get(f"http://{addr}/metrics")[1].splitlines()
+        return {int(line.split('partition="')[1].split('"')[0])
+                for line in lines if line.startswith(name + "{")}
+
+    held_by_a = lambda: {p for p, o in owners(fleet).items() if o == ida}  # noqa: E731
+    wait_until(lambda: gauged("sessionize_consumer_lag") == held_by_a(),
+               f"A reports lag for {gauged('sessionize_consumer_lag')}, holds {held_by_a()}")
+    assert gauged("sessionize_committed_offset") <= held_by_a()
     before = group_rules(fleet)["version"]
     assert before.startswith("default-rules@")
     plugin(run, tmp_path / "a", "deploy", DIST / "logout_rules.wasm")
