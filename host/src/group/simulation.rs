@@ -303,14 +303,19 @@ impl Fleet {
             return;
         }
         if let Some(from) = holder.filter(|&h| !twice && !self.members[&h].frozen) {
-            self.checkpoint(from);
-            if let Some(member) = self.members.get_mut(&from) {
-                member.engines.drop_partitions(&[p]);
-                member.checkpointer.release(&[p]);
-                member.offsets.remove(&p);
-            }
+            self.hand_over(from, p);
         }
         self.claim(to, p);
+    }
+
+    /// `from` gives `p` up: a last checkpoint, then it drops and releases it.
+    fn hand_over(&mut self, from: usize, p: i32) {
+        self.checkpoint(from);
+        if let Some(member) = self.members.get_mut(&from) {
+            member.engines.drop_partitions(&[p]);
+            member.checkpointer.release(&[p]);
+            member.offsets.remove(&p);
+        }
     }
 
     /// `slot` claims partition `p` and restores it (an unreadable one is
@@ -482,12 +487,7 @@ impl Fleet {
             .map(|(&s, _)| s)
             .collect();
         for from in holders {
-            self.checkpoint(from);
-            if let Some(member) = self.members.get_mut(&from) {
-                member.engines.drop_partitions(&[p]);
-                member.checkpointer.release(&[p]);
-                member.offsets.remove(&p);
-            }
+            self.hand_over(from, p);
         }
         self.claim(to, p);
     }
