@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use crate::group::{GroupStore, GroupView, Publish, PublishKind, RulesRecord};
-use crate::rules::lifecycle::{GroupUpdate, RulesArchive};
+use crate::group::{GroupStore, GroupUpdate, GroupView, Publish, PublishKind, RulesRecord};
+use crate::rules::lifecycle::RulesArchive;
 use crate::sink::SinkError;
 
 /// Uploads what a member publishes and fetches what it follows.

@@ -30,12 +30,12 @@ use super::{
     RULE_VERSION_KEY,
 };
 use crate::engine::{Engine, EngineChanges, EngineClocks, EngineConfig};
+use crate::group::GroupUpdate;
 use crate::group::{
     CommitOutcome, GroupProgress, GroupStore, GroupView, MemberCommit, PartitionProgress, Publish,
     StateChain,
 };
 use crate::rules::contract::SessionAttribute;
-use crate::rules::lifecycle::GroupUpdate;
 use crate::sink::{Sink, SinkError, SinkRetries, SinkRetryPolicy};
 use crate::state::{encode_partition_file, PartitionState, StagedOutput, StateError};
 

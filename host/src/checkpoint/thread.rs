@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::group::{Claim, GroupCheckpointer, GroupCompleted, GroupCut};
 use super::{CheckpointError, Checkpointer, PendingCheckpoint};
 use crate::group::GroupStore;
-use crate::rules::lifecycle::GroupUpdate;
+use crate::group::GroupUpdate;
 use crate::sink::Sink;
 
 /// What completes checkpoints: a job's own state store, or a group

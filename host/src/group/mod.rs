@@ -27,5 +27,5 @@ mod store;
 
 pub use memory::{LoggedCommit, MemoryGroupStore, StoreFaults};
 pub use progress::{advanced, claim, fenced, holds, GroupProgress, PartitionProgress, StateChain};
-pub use record::{GroupView, MemberSeen, Publish, PublishKind, RulesRecord, RulesRef};
+pub use record::{GroupUpdate, GroupView, MemberSeen, Publish, PublishKind, RulesRecord, RulesRef};
 pub use store::{Claimed, CommitOutcome, GroupStore, MemberCommit};

@@ -183,6 +183,21 @@ impl GroupView {
     }
 }
 
+/// What a member's commit brought back of its group's rules.
+#[derive(Debug, Default)]
+pub struct GroupUpdate {
+    /// The members and rules as the commit left them.
+    pub view: GroupView,
+    /// Rules to follow: their version and component.
+    pub follow: Option<(String, Vec<u8>)>,
+    /// Publish requests the checkpoints have settled so far.
+    pub settled: u64,
+    /// A change made here that the group refused, in a sentence.
+    pub refused: Option<String>,
+    /// Why the group's rules cannot be had here, if they cannot.
+    pub unusable: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::request::{Answer, Candidate, RulesAction, RulesRequest};
-use crate::group::{GroupView, Publish, PublishKind};
+use crate::group::{GroupUpdate, GroupView, Publish, PublishKind};
 
 /// How long a change the group published may wait to be applied here: long,
 /// since nobody waits on it, but not forever.
@@ -154,21 +154,6 @@ impl MemberRules {
         }
         status
     }
-}
-
-/// What a member's commit brought back of its group's rules.
-#[derive(Debug, Default)]
-pub struct GroupUpdate {
-    /// The members and rules as the commit left them.
-    pub view: GroupView,
-    /// Rules to follow: their version and component.
-    pub follow: Option<(String, Vec<u8>)>,
-    /// Publish requests the checkpoints have settled so far.
-    pub settled: u64,
-    /// A change made here that the group refused, in a sentence.
-    pub refused: Option<String>,
-    /// Why the group's rules cannot be had here, if they cannot.
-    pub unusable: Option<String>,
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::engine::Sample;
-use crate::group::{GroupView, Publish};
+use crate::group::{GroupUpdate, GroupView, Publish};
 use crate::rules::{ComponentRules, RulesError, RulesRuntime, Texts};
 use crate::sink::ColumnCheck;
 
@@ -29,7 +29,6 @@ mod slot;
 mod watch;
 
 pub use archive::{ArchiveError, RulesArchive};
-pub use group::GroupUpdate;
 pub(crate) use group::MemberRules;
 use group::Origin;
 pub(crate) use loader::{mib_text, read_component};
