@@ -78,7 +78,10 @@ impl RulesExchange {
     /// member reaches it (a rollback's is there already), and says what the
     /// commit should carry. A failed upload is tried again with the next
     /// checkpoint.
-    pub(crate) async fn upload(&mut self, store: &mut impl GroupStore) -> Option<Publish> {
+    pub(crate) async fn upload(
+        &mut self,
+        store: &mut impl GroupStore<Error = SinkError>,
+    ) -> Option<Publish> {
         let pending = self.to_publish.as_mut()?;
         if pending.sha256.is_some() {
             return Some(pending.clone());
@@ -119,7 +122,7 @@ impl RulesExchange {
     /// member does not run yet.
     pub(crate) async fn take_in(
         &mut self,
-        store: &mut impl GroupStore,
+        store: &mut impl GroupStore<Error = SinkError>,
         view: GroupView,
         running: &str,
         published: Option<&Publish>,
@@ -148,7 +151,7 @@ impl RulesExchange {
     /// The component of the group's rules, if this member should follow them.
     async fn follow(
         &mut self,
-        store: &mut impl GroupStore,
+        store: &mut impl GroupStore<Error = SinkError>,
         view: &GroupView,
         running: &str,
     ) -> Option<(String, Vec<u8>)> {
@@ -205,7 +208,7 @@ pub(crate) struct FetchError {
 /// The component `rules` names, checked against its hash (the record and
 /// the file come from storage others can write).
 pub(crate) async fn fetch_component(
-    store: &mut impl GroupStore,
+    store: &mut impl GroupStore<Error = SinkError>,
     group: &str,
     rules: &RulesRecord,
     max_bytes: u64,

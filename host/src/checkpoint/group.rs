@@ -244,7 +244,7 @@ impl GroupCheckpointer {
     /// [`Claim::unreadable`], and the others go on.
     pub(crate) async fn claim(
         &mut self,
-        sink: &mut (impl Sink + GroupStore),
+        sink: &mut (impl Sink + GroupStore<Error = SinkError>),
         partitions: &[i32],
     ) -> Result<Claim, CheckpointError> {
         // Retried like a commit while the store's error may clear (a
@@ -294,7 +294,7 @@ impl GroupCheckpointer {
     /// and the files read.
     async fn read_chain(
         &self,
-        sink: &mut (impl Sink + GroupStore),
+        sink: &mut (impl Sink + GroupStore<Error = SinkError>),
         partition: i32,
         progress: &PartitionProgress,
     ) -> Result<(PartitionState, u64), CheckpointError> {
@@ -321,7 +321,7 @@ impl GroupCheckpointer {
     /// to publish rules an operator gave it.
     pub(crate) async fn complete(
         &mut self,
-        sink: &mut (impl Sink + GroupStore),
+        sink: &mut (impl Sink + GroupStore<Error = SinkError>),
         mut cut: GroupCut,
     ) -> Result<GroupCompleted, CheckpointError> {
         let id = self.last_id + 1;
@@ -378,7 +378,7 @@ impl GroupCheckpointer {
     /// be committed) and the partitions fenced.
     async fn commit(
         &mut self,
-        sink: &mut (impl Sink + GroupStore),
+        sink: &mut (impl Sink + GroupStore<Error = SinkError>),
         id: u64,
         mut parts: Vec<PartitionCut>,
         rule_version: &str,
@@ -446,7 +446,11 @@ impl GroupCheckpointer {
 
     /// Deletes the files of `stale` chains, which no summary names any more.
     /// A failure leaves files behind, nothing worse: logged, not retried.
-    async fn delete_stale(&self, sink: &mut (impl Sink + GroupStore), stale: &[(i32, StateChain)]) {
+    async fn delete_stale(
+        &self,
+        sink: &mut (impl Sink + GroupStore<Error = SinkError>),
+        stale: &[(i32, StateChain)],
+    ) {
         for &(partition, chain) in stale {
             for seq in chain.first..=chain.last {
                 if let Err(error) =
@@ -471,7 +475,7 @@ impl GroupCheckpointer {
     /// nothing changed.
     async fn write_state(
         &mut self,
-        sink: &mut (impl Sink + GroupStore),
+        sink: &mut (impl Sink + GroupStore<Error = SinkError>),
         part: &PartitionCut,
     ) -> Result<(), CheckpointError> {
         let Some(owned) = self.owned.get_mut(&part.partition) else { return Ok(()) };

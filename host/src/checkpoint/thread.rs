@@ -10,7 +10,7 @@ use super::group::{Claim, GroupCheckpointer, GroupCompleted, GroupCut};
 use super::{CheckpointError, Checkpointer, PendingCheckpoint};
 use crate::group::GroupStore;
 use crate::group::GroupUpdate;
-use crate::sink::Sink;
+use crate::sink::{Sink, SinkError};
 
 /// What completes checkpoints: a job's own state store, or a group
 /// member's shared storage.
@@ -101,7 +101,7 @@ pub(crate) struct CheckpointThread {
 
 impl CheckpointThread {
     /// Starts the thread in `scope`; it owns the completer and the sink.
-    pub(crate) fn start<'scope, S: Sink + GroupStore + Send>(
+    pub(crate) fn start<'scope, S: Sink + GroupStore<Error = SinkError> + Send>(
         scope: &'scope std::thread::Scope<'scope, '_>,
         runtime: &'scope tokio::runtime::Handle,
         mut completer: Completer,
@@ -241,7 +241,7 @@ impl CheckpointThread {
     }
 }
 
-fn complete<S: Sink + GroupStore>(
+fn complete<S: Sink + GroupStore<Error = SinkError>>(
     runtime: &tokio::runtime::Handle,
     completer: &mut Completer,
     sink: &mut S,

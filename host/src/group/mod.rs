@@ -10,22 +10,19 @@
 //!   a [`Publish`] changes them (refused when made against an older record);
 //! - [`GroupStore`]: what the members need of shared storage. The Iceberg sink
 //!   implements it with the tables' snapshots (`sink::iceberg`);
-//!   [`MemoryGroupStore`] in memory, with the faults a real store has
+//!   `sink::MemoryGroupStore` in memory, with the faults a real store has
 //!   (lost races, commits reported but not made), for the tests.
 //!
-//! A member's side of it, its checkpoints and claims, is
+//! This module depends on nothing but the core's rows: storage depends on it.
+//! A member's side of the protocol, its checkpoints and claims, is
 //! `checkpoint::GroupCheckpointer`; its rules, `rules::lifecycle`. The whole
-//! protocol runs in a deterministic simulation (`simulation`, a test) over
-//! the in-memory store.
+//! protocol runs in a deterministic simulation (`job::simulation`, a test)
+//! over the in-memory store.
 
-mod memory;
 mod progress;
 mod record;
-#[cfg(test)]
-mod simulation;
 mod store;
 
-pub use memory::{LoggedCommit, MemoryGroupStore, StoreFaults};
 pub use progress::{advanced, claim, fenced, holds, GroupProgress, PartitionProgress, StateChain};
 pub use record::{GroupUpdate, GroupView, MemberSeen, Publish, PublishKind, RulesRecord, RulesRef};
 pub use store::{Claimed, CommitOutcome, GroupStore, MemberCommit};

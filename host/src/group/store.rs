@@ -2,13 +2,13 @@
 //! commits of a member's output that a fenced member cannot make, the
 //! partitions' state files, the rules' components and the group's record.
 //! The Iceberg sink is one such store (everything rides in the tables'
-//! snapshots and beside them); [`super::MemoryGroupStore`] is another, for
-//! the tests and the simulation.
+//! snapshots and beside them); `sink::MemoryGroupStore` is another, for the
+//! tests and the simulation.
 
 use std::collections::{BTreeMap, HashMap};
 
 use super::{GroupProgress, GroupView, Publish};
-use crate::sink::{RejectedEvent, SessionRow, SinkError};
+use sessionize_core::rows::{RejectedEvent, SessionRow};
 
 /// Partitions a claim got, as they stood.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -63,6 +63,10 @@ pub enum CommitOutcome {
 // The futures are only ever run with `block_on`, so no `Send` bound is needed.
 #[allow(async_fn_in_trait)]
 pub trait GroupStore {
+    /// What the store fails with (the Iceberg sink's and the memory store's
+    /// is `SinkError`, which says whether a failure may clear).
+    type Error;
+
     /// Claims `partitions` for `owner`, a member of `group`: raises each
     /// one's epoch, which fences whoever held it, and returns where they stood.
     async fn claim(
@@ -70,12 +74,14 @@ pub trait GroupStore {
         group: &str,
         owner: &str,
         partitions: &[i32],
-    ) -> Result<Claimed, SinkError>;
+    ) -> Result<Claimed, Self::Error>;
 
     /// Commits a member's output unless another member claimed one of its
     /// partitions since; taken as made only once the store shows it.
-    async fn commit_member(&mut self, commit: MemberCommit<'_>)
-        -> Result<CommitOutcome, SinkError>;
+    async fn commit_member(
+        &mut self,
+        commit: MemberCommit<'_>,
+    ) -> Result<CommitOutcome, Self::Error>;
 
     /// Writes one file of a partition's state where every member reaches it.
     async fn write_state(
@@ -85,7 +91,7 @@ pub trait GroupStore {
         epoch: u64,
         seq: u64,
         bytes: Vec<u8>,
-    ) -> Result<(), SinkError>;
+    ) -> Result<(), Self::Error>;
 
     /// Reads one file of a partition's state.
     async fn read_state(
@@ -94,7 +100,7 @@ pub trait GroupStore {
         partition: i32,
         epoch: u64,
         seq: u64,
-    ) -> Result<Vec<u8>, SinkError>;
+    ) -> Result<Vec<u8>, Self::Error>;
 
     /// Deletes one file of a partition's state that no commit names any more.
     async fn delete_state(
@@ -103,7 +109,7 @@ pub trait GroupStore {
         partition: i32,
         epoch: u64,
         seq: u64,
-    ) -> Result<(), SinkError>;
+    ) -> Result<(), Self::Error>;
 
     /// Puts a rules component (named by its full SHA-256) where every member
     /// of `group` reaches it.
@@ -112,17 +118,17 @@ pub trait GroupStore {
         group: &str,
         sha256: &str,
         bytes: Vec<u8>,
-    ) -> Result<(), SinkError>;
+    ) -> Result<(), Self::Error>;
 
     /// Reads a component [`GroupStore::write_component`] put there, refusing
-    /// one larger than `max_bytes` (a lasting refusal: `SinkError::Refused`).
+    /// one larger than `max_bytes` (a lasting refusal).
     async fn read_component(
         &mut self,
         group: &str,
         sha256: &str,
         max_bytes: u64,
-    ) -> Result<Vec<u8>, SinkError>;
+    ) -> Result<Vec<u8>, Self::Error>;
 
     /// The members of `group` and the rules they run, as its newest commit says.
-    async fn view(&mut self, group: &str) -> Result<GroupView, SinkError>;
+    async fn view(&mut self, group: &str) -> Result<GroupView, Self::Error>;
 }

@@ -11,7 +11,7 @@ use crate::engine::EngineConfig;
 use crate::group::{GroupStore, GroupView, RulesRecord};
 use crate::rules::lifecycle::{read_component, RulesArchive, RulesLoader, RulesSlot};
 use crate::rules::{ComponentRules, RulesRuntime};
-use crate::sink::Sink;
+use crate::sink::{Sink, SinkError};
 
 /// What a member needs of the job's configuration.
 pub(super) struct Membership<'a> {
@@ -49,7 +49,7 @@ pub(super) struct Joined {
 /// `/readyz`, a metric) until it can follow the group.
 pub(super) async fn start_member(
     member: &Membership<'_>,
-    sink: &mut (impl Sink + GroupStore),
+    sink: &mut (impl Sink + GroupStore<Error = SinkError>),
     loader: &RulesLoader,
     archive: &Arc<RulesArchive>,
     slot: &mut RulesSlot,
@@ -102,7 +102,7 @@ pub(super) async fn start_member(
 /// member's archive; why neither, in a sentence.
 async fn group_rules(
     member: &Membership<'_>,
-    sink: &mut (impl Sink + GroupStore),
+    sink: &mut (impl Sink + GroupStore<Error = SinkError>),
     loader: &RulesLoader,
     archive: &RulesArchive,
     rules: &RulesRecord,

@@ -37,6 +37,8 @@ mod group;
 pub(crate) mod ingest;
 mod maintenance;
 mod progress;
+#[cfg(test)]
+mod simulation;
 pub mod streaming;
 mod summary;
 

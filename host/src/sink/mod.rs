@@ -10,8 +10,10 @@ use std::sync::Arc;
 use arrow_schema::ArrowError;
 
 pub mod iceberg;
+mod memory;
 mod retry;
 
+pub use memory::{LoggedCommit, MemoryGroupStore, SinkCommit, StoreFaults};
 pub use retry::{SinkRetryPolicy, DEFAULT_SINK_RETRY_BUDGET};
 pub use sessionize_core::rows::{RejectedEvent, SessionRow};
 

@@ -23,7 +23,7 @@ use crate::group::GroupStore;
 use crate::metrics::{fault_kind, wall_clock_s, CheckpointNote, JobMetrics};
 use crate::rules::lifecycle::{Change, RulesLifecycle};
 use crate::rules::RulesRuntime;
-use crate::sink::Sink;
+use crate::sink::{Sink, SinkError};
 use crate::source::StreamSource;
 use crate::state::StagedOutput;
 
@@ -138,7 +138,7 @@ impl<'a, S, K> StreamParts<'a, S, K> {
 
 /// Runs until `stop` is set (a final checkpoint keeps open sessions for the next
 /// run) or, with `until_end`, until the source's end as of the start.
-pub fn run_streaming<S: StreamSource, K: Sink + GroupStore + Send>(
+pub fn run_streaming<S: StreamSource, K: Sink + GroupStore<Error = SinkError> + Send>(
     runtime: &tokio::runtime::Handle,
     parts: StreamParts<'_, S, K>,
     config: StreamConfig,

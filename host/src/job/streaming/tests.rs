@@ -2,7 +2,8 @@
 //! the default rules compiled natively: end detection, a failing checkpoint,
 //! and rule changes at checkpoint boundaries.
 
-use crate::group::{Claimed, CommitOutcome, GroupStore, GroupView, MemberCommit, MemoryGroupStore};
+use crate::group::{Claimed, CommitOutcome, GroupStore, GroupView, MemberCommit};
+use crate::sink::MemoryGroupStore;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
@@ -161,6 +162,8 @@ impl Sink for MemorySink {
 }
 
 impl GroupStore for MemorySink {
+    type Error = SinkError;
+
     async fn claim(
         &mut self,
         group: &str,

@@ -69,6 +69,8 @@ pub const MEMBERS_KEY: &str = "sessionize.members";
 const MAX_LOST_RACES: u32 = 64;
 
 impl GroupStore for IcebergSink {
+    type Error = SinkError;
+
     async fn claim(
         &mut self,
         group: &str,

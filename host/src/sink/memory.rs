@@ -9,11 +9,11 @@ use std::collections::{BTreeMap, HashMap};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::{
+use super::{carries, CommitStats, RejectedEvent, SessionRow, Sink, SinkError};
+use crate::group::{
     advanced, claim, fenced, holds, Claimed, CommitOutcome, GroupProgress, GroupStore, GroupView,
     MemberCommit,
 };
-use crate::sink::{CommitStats, RejectedEvent, SessionRow, Sink, SinkError};
 
 /// How often each fault strikes, out of one (0: never).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -149,6 +149,8 @@ impl MemoryGroupStore {
 }
 
 impl GroupStore for MemoryGroupStore {
+    type Error = SinkError;
+
     async fn claim(
         &mut self,
         group: &str,
@@ -304,8 +306,7 @@ impl Sink for MemoryGroupStore {
         key: &str,
         value: &str,
     ) -> Result<Option<HashMap<String, String>>, SinkError> {
-        let ours =
-            |(_, _, p): &&(_, _, HashMap<String, String>)| crate::sink::carries(p, key, value);
+        let ours = |(_, _, p): &&(_, _, HashMap<String, String>)| carries(p, key, value);
         Ok(self.sink_commits.iter().rev().find(ours).map(|(_, _, p)| p.clone()))
     }
 

@@ -29,15 +29,15 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 
-use super::{GroupStore, MemoryGroupStore, StoreFaults};
 use crate::checkpoint::{GroupCheckpointer, Pending, RulesExchange};
 use crate::engine::{Engine, EngineConfig};
 use crate::event::{EventBlock, EventLimits};
+use crate::group::GroupStore;
 use crate::job::ingest::{ingest, Intake};
 use crate::job::streaming::{Engines, PartitionEngines};
 use crate::rules::contract::Settings;
 use crate::rules::lifecycle::{Candidate, MemberRules, RulesAction, RulesArchive};
-use crate::sink::{SessionRow, SinkRetryPolicy};
+use crate::sink::{MemoryGroupStore, SessionRow, SinkRetryPolicy, StoreFaults};
 use crate::state::StagedOutput;
 use sessionize_native::NativeRules;
 
