@@ -606,3 +606,52 @@ fn a_component_with_many_memories_is_refused() {
     let Err(RulesError::Invalid(why)) = refused else { panic!("not refused as invalid") };
     assert!(why.contains("100 memories"), "{why}");
 }
+
+/// The `.cwasm` entries in `dir`.
+fn compiled_entries(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "cwasm"))
+        .collect();
+    entries.sort();
+    entries
+}
+
+#[test]
+fn a_restarted_loader_takes_compiled_components_from_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = SandboxLimits::default();
+    let loader =
+        |dir: &std::path::Path| Arc::new(ComponentLoader::new().unwrap().keeping_compiled_in(dir));
+    let default = std::fs::read(component_path("default_rules")).unwrap();
+    let logout = std::fs::read(component_path("logout_rules")).unwrap();
+    let first = loader(dir.path());
+    first.load(&default, &settings(&[]), limits).unwrap();
+    let default_entry = compiled_entries(dir.path());
+    assert_eq!(default_entry.len(), 1, "the compiled default rules are kept");
+    first.load(&logout, &settings(&[]), limits).unwrap();
+    let both = compiled_entries(dir.path());
+    let logout_entry = both.iter().find(|p| **p != default_entry[0]).unwrap().clone();
+
+    // The default rules' entry now holds the logout rules: a loader that
+    // compiled the bytes it is given would not notice.
+    std::fs::copy(&logout_entry, &default_entry[0]).unwrap();
+    let restarted = loader(dir.path());
+    let taken = restarted.load(&default, &settings(&[]), limits).unwrap();
+    assert!(taken.rule_version().starts_with("logout"), "{}", taken.rule_version());
+
+    // A damaged entry is compiled again, from the bytes given.
+    let mut damaged = std::fs::read(&default_entry[0]).unwrap();
+    damaged.truncate(damaged.len() / 2);
+    std::fs::write(&default_entry[0], damaged).unwrap();
+    let mut compiled = loader(dir.path()).load(&default, &settings(&[]), limits).unwrap();
+    assert!(compiled.rule_version().starts_with("default"), "{}", compiled.rule_version());
+    let mut lines = Vec::new();
+    generate(&GeneratorConfig::sample(), &mut lines).unwrap();
+    let mut native = NativeRules::<DefaultRules>::new("default-rules", &settings(&[])).unwrap();
+    assert_eq!(
+        without_version(&sessionize(&lines, &mut compiled)),
+        without_version(&sessionize(&lines, &mut native))
+    );
+}

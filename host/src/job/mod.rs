@@ -236,7 +236,9 @@ async fn run_file(config: &JobConfig, source: FileSource) -> Result<RunSummary, 
         }
         None => None,
     };
-    let loader = rules_loader(config.settings.clone(), config.limits, config.max_component_bytes)?;
+    // A bounded run keeps no state directory: it compiles once per run.
+    let loader =
+        rules_loader(config.settings.clone(), config.limits, config.max_component_bytes, None)?;
     // Plugin calls block: never on an async task.
     let plugin = config.plugin.as_deref();
     let mut rules = tokio::task::block_in_place(|| load_rules(&loader, plugin))?;
@@ -278,7 +280,13 @@ async fn run_kafka(config: &JobConfig) -> Result<StreamSummary, JobError> {
         Some(addr) => Some(status::serve(addr, metrics.clone(), config.status.raw_records).await?),
         None => None,
     };
-    let loader = rules_loader(config.settings.clone(), config.limits, config.max_component_bytes)?;
+    let compiled = config.state_dir.join("compiled");
+    let loader = rules_loader(
+        config.settings.clone(),
+        config.limits,
+        config.max_component_bytes,
+        Some(&compiled),
+    )?;
     let plugin = config.plugin.as_deref();
     let given = tokio::task::block_in_place(|| load_rules(&loader, plugin))?;
     let archive = Arc::new(RulesArchive::open(&config.state_dir)?);
@@ -483,14 +491,19 @@ async fn open_sink(config: &JobConfig) -> Result<IcebergSink, JobError> {
         .map_err(|source| JobError::Sink { warehouse: config.sink.warehouse.to_string(), source })
 }
 
-/// The loader every rules version of a job (or of `plugin test`) goes through.
+/// The loader every rules version of a job (or of `plugin test`) goes through;
+/// with `compiled`, compiled components are kept there for the next start.
 pub fn rules_loader(
     settings: Settings,
     limits: SandboxLimits,
     max_component_bytes: u64,
+    compiled: Option<&Path>,
 ) -> Result<RulesLoader, JobError> {
-    let loader = ComponentLoader::new()
+    let mut loader = ComponentLoader::new()
         .map_err(|source| JobError::Rules { context: "starting wasmtime".into(), source })?;
+    if let Some(dir) = compiled {
+        loader = loader.keeping_compiled_in(dir);
+    }
     Ok(RulesLoader::new(Arc::new(loader), settings, limits).taking_at_most(max_component_bytes))
 }
 

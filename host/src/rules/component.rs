@@ -12,6 +12,7 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::compiled::CompiledCache;
 use super::contract::{Batch, BatchResult, Declarations, Settings};
 use sessionize_core::rules::{
     check_declarations, check_plugin_info, CheckScratch, NO_DECLARATIONS,
@@ -45,6 +46,8 @@ impl Default for SandboxLimits {
 pub struct ComponentLoader {
     engine: wasmtime::Engine,
     linker: Linker<PluginHost>,
+    /// Where compiled components are kept between runs, if anywhere.
+    compiled: Option<CompiledCache>,
     ticker: Option<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
 }
@@ -78,7 +81,38 @@ impl ComponentLoader {
                 })
                 .map_err(|e| RulesError::Invalid(format!("cannot start epoch thread: {e}")))?
         };
-        Ok(Self { engine, linker, ticker: Some(ticker), stop })
+        Ok(Self { engine, linker, compiled: None, ticker: Some(ticker), stop })
+    }
+
+    /// Keeps compiled components in `dir`, so that loading one this
+    /// directory has seen skips compiling. A directory that cannot be made
+    /// only costs the saving (logged).
+    pub fn keeping_compiled_in(mut self, dir: &Path) -> Self {
+        match CompiledCache::open(dir, &self.engine) {
+            Ok(cache) => self.compiled = Some(cache),
+            Err(error) => {
+                tracing::warn!(dir = %dir.display(), %error, "compiled components not kept")
+            }
+        }
+        self
+    }
+
+    /// The component compiled, or as kept from an earlier compile.
+    fn compile(&self, bytes: &[u8]) -> Result<Component, RulesError> {
+        let invalid = |e: wasmtime::Error| RulesError::Invalid(format!("{e:#}"));
+        let Some(cache) = &self.compiled else {
+            return Component::new(&self.engine, bytes).map_err(invalid);
+        };
+        let digest: [u8; 32] = Sha256::digest(bytes).into();
+        if let Some(component) = cache.get(&self.engine, &digest) {
+            return Ok(component);
+        }
+        let compiled = self.engine.precompile_component(bytes).map_err(invalid)?;
+        // SAFETY: machine code this engine compiled a moment ago, in memory.
+        let component =
+            unsafe { Component::deserialize(&self.engine, &compiled) }.map_err(invalid)?;
+        cache.put(&digest, &compiled);
+        Ok(component)
     }
 
     /// Compiles and checks a component from a file.
@@ -101,8 +135,7 @@ impl ComponentLoader {
         settings: &Settings,
         limits: SandboxLimits,
     ) -> Result<ComponentRules, RulesError> {
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| RulesError::Invalid(format!("{e:#}")))?;
+        let component = self.compile(bytes)?;
         check_resources(&component)?;
         // Resolves imports now: a component that needs more than WASI and the
         // host log is refused here, not on its first batch.

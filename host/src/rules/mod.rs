@@ -2,13 +2,15 @@
 //!
 //! - [`contract`]: the contract's records in plain Rust, as the engine builds them.
 //! - The runtime behind [`RulesRuntime`]: a sandboxed WebAssembly component
-//!   ([`ComponentRules`], compiled by a [`ComponentLoader`]; `wit` converts to the
+//!   ([`ComponentRules`], compiled by a [`ComponentLoader`], which may keep
+//!   compiled components on disk (`compiled`); `wit` converts to the
 //!   generated types, `sandbox` is what WASI grants), or rules compiled into the
 //!   host (`sessionize_native::NativeRules`, for tests and the benchmark's baseline).
 //! - [`lifecycle`]: which rules are in force, and how they change while a job
 //!   runs: deploy requests, the compile queue, the swap at a checkpoint
 //!   boundary, rollback, the archive of deployed components, resume on restart.
 
+mod compiled;
 mod component;
 pub mod lifecycle;
 mod sandbox;
