@@ -138,14 +138,15 @@ impl EventBlock {
         // escapes point into it, only unescaped copies are added. That needs
         // the buffer's copy to be the record byte for byte: a record that is
         // not UTF-8 (serde_json does not check the values it skips) is refused.
-        let text = String::from_utf8_lossy(record);
-        if let Cow::Owned(_) = text {
-            let raw = self.store(&text);
+        // Validated first (std's check has a fast path for ASCII, the lossy
+        // conversion does not); only a refused record is converted.
+        let Ok(text) = std::str::from_utf8(record) else {
+            let raw = self.store(&String::from_utf8_lossy(record));
             let reason = Rejection::NotUtf8;
             self.items.push(BlockItem::Rejected { partition, position, raw, reason });
             return;
-        }
-        let raw = self.store(&text);
+        };
+        let raw = self.store(text);
         let base = record.as_ptr() as usize;
         let inside = |b: &str| {
             let at = b.as_ptr() as usize;
