@@ -9,11 +9,12 @@
 //! made for it. An entry starts with the SHA-256 of the rest, so a torn or
 //! damaged file is compiled again, never loaded. Loading machine code trusts
 //! the directory as much as the binary: it is created private (0700), in the
-//! job's state directory.
+//! job's state directory, and a directory or an entry that is not this user's
+//! own, or that others may write, is not used (as ssh treats its keys).
 
 use std::fs;
 use std::hash::{Hash, Hasher};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -37,6 +38,13 @@ impl CompiledCache {
         #[cfg(unix)]
         std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
         builder.create(dir)?;
+        let meta = fs::symlink_metadata(dir)?;
+        if !meta.is_dir() || !private(&meta) {
+            return Err(std::io::Error::other(
+                "not a directory of this user's that only it may write: make it so (chmod 700), \
+                 or remove it and the job makes it",
+            ));
+        }
         let mut hasher = Sha256Hasher::default();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let engine_key = hex::encode(&hasher.0.finalize()[..12]);
@@ -51,7 +59,14 @@ impl CompiledCache {
     /// an intact entry made by a compatible engine holds it.
     pub(crate) fn get(&self, engine: &wasmtime::Engine, component: &[u8; 32]) -> Option<Component> {
         let path = self.path(component);
-        let bytes = fs::read(&path).ok()?;
+        let mut file = fs::File::open(&path).ok()?;
+        // The opened file's own metadata: no swap between the check and the read.
+        if !file.metadata().is_ok_and(|meta| meta.is_file() && private(&meta)) {
+            tracing::warn!(path = %path.display(), "compiled component not this user's own, or writable by others; compiling again");
+            return None;
+        }
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).ok()?;
         let intact = bytes.len() > 32 && Sha256::digest(&bytes[32..])[..] == bytes[..32];
         if !intact {
             tracing::warn!(path = %path.display(), "compiled component damaged; compiling again");
@@ -116,6 +131,20 @@ impl CompiledCache {
     }
 }
 
+/// Whether only this process's user owns and may write what `meta` describes.
+#[cfg(unix)]
+fn private(meta: &fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let user = unsafe { libc::geteuid() };
+    meta.uid() == user && meta.mode() & 0o022 == 0
+}
+
+#[cfg(not(unix))]
+fn private(_meta: &fs::Metadata) -> bool {
+    true
+}
+
 /// Feeds `Hash` into SHA-256: unlike std's hashers, the same on every build.
 #[derive(Default)]
 struct Sha256Hasher(Sha256);
@@ -165,6 +194,28 @@ mod tests {
         assert!(cache.get(&engine, &key).is_none());
         fs::write(&path, b"short").unwrap();
         assert!(cache.get(&engine, &key).is_none());
+    }
+
+    #[test]
+    fn an_entry_or_a_directory_others_may_write_is_not_used() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine();
+        let cache = CompiledCache::open(&dir.path().join("compiled"), &engine).unwrap();
+        let bytes = component();
+        let key: [u8; 32] = Sha256::digest(&bytes).into();
+        cache.put(&key, &engine.precompile_component(&bytes).unwrap());
+        let path = cache.path(&key);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(cache.get(&engine, &key).is_none());
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(cache.get(&engine, &key).is_some());
+
+        let open = dir.path().join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+        let refused = CompiledCache::open(&open, &engine).err().unwrap();
+        assert!(refused.to_string().contains("chmod 700"), "{refused}");
     }
 
     #[test]
