@@ -30,10 +30,9 @@ use super::{
     RULE_VERSION_KEY,
 };
 use crate::engine::{Engine, EngineChanges, EngineClocks, EngineConfig};
-use crate::group::GroupUpdate;
 use crate::group::{
-    CommitOutcome, GroupProgress, GroupStore, GroupView, MemberCommit, PartitionProgress, Publish,
-    StateChain,
+    CommitOutcome, GroupProgress, GroupStore, GroupUpdate, GroupView, MemberCommit,
+    PartitionProgress, Publish, StateChain,
 };
 use crate::rules::contract::SessionAttribute;
 use crate::sink::{Sink, SinkError, SinkRetries, SinkRetryPolicy};

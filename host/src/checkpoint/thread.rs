@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::group::{Claim, GroupCheckpointer, GroupCompleted, GroupCut};
 use super::{CheckpointError, Checkpointer, PendingCheckpoint};
-use crate::group::GroupStore;
-use crate::group::GroupUpdate;
+use crate::group::{GroupStore, GroupUpdate};
 use crate::sink::{Sink, SinkError};
 
 /// What completes checkpoints: a job's own state store, or a group

@@ -141,6 +141,7 @@ impl Fleet {
             lose_race: rng.random_range(0.0..0.2),
             lost_answer: rng.random_range(0.0..0.15),
             failed_read: rng.random_range(0.0..0.1),
+            fail_commits_from: None,
         };
         let input = input(&mut rng, shape.partitions, shape.events);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build();

@@ -11,6 +11,8 @@
 //! the directory as much as the binary: it is created private (0700), in the
 //! job's state directory, and a directory or an entry that is not this user's
 //! own, or that others may write, is not used (as ssh treats its keys).
+//! wasmtime's own cache (its `cache` feature) checks neither, so it is not
+//! used: the state directory is not trusted.
 
 use std::fs;
 use std::hash::{Hash, Hasher};

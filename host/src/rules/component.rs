@@ -98,20 +98,19 @@ impl ComponentLoader {
     }
 
     /// The component compiled, or as kept from an earlier compile.
-    fn compile(&self, bytes: &[u8]) -> Result<Component, RulesError> {
+    fn compile(&self, bytes: &[u8], digest: &[u8; 32]) -> Result<Component, RulesError> {
         let invalid = |e: wasmtime::Error| RulesError::Invalid(format!("{e:#}"));
         let Some(cache) = &self.compiled else {
             return Component::new(&self.engine, bytes).map_err(invalid);
         };
-        let digest: [u8; 32] = Sha256::digest(bytes).into();
-        if let Some(component) = cache.get(&self.engine, &digest) {
+        if let Some(component) = cache.get(&self.engine, digest) {
             return Ok(component);
         }
         let compiled = self.engine.precompile_component(bytes).map_err(invalid)?;
         // SAFETY: machine code this engine compiled a moment ago, in memory.
         let component =
             unsafe { Component::deserialize(&self.engine, &compiled) }.map_err(invalid)?;
-        cache.put(&digest, &compiled);
+        cache.put(digest, &compiled);
         Ok(component)
     }
 
@@ -135,7 +134,8 @@ impl ComponentLoader {
         settings: &Settings,
         limits: SandboxLimits,
     ) -> Result<ComponentRules, RulesError> {
-        let component = self.compile(bytes)?;
+        let digest: [u8; 32] = Sha256::digest(bytes).into();
+        let component = self.compile(bytes, &digest)?;
         check_resources(&component)?;
         // Resolves imports now: a component that needs more than WASI and the
         // host log is refused here, not on its first batch.
@@ -154,7 +154,7 @@ impl ComponentLoader {
                 }
             },
         };
-        let hash = hex::encode(&Sha256::digest(bytes)[..6]);
+        let hash = hex::encode(&digest[..6]);
         let scratch = match pre {
             Pre::V02(_) => Scratch::V02(convert02::empty_batch()),
             Pre::V01(_) => Scratch::V01(convert01::empty_batch()),

@@ -24,6 +24,9 @@ pub struct StoreFaults {
     pub lost_answer: f64,
     /// A state file cannot be read this time.
     pub failed_read: f64,
+    /// Every [`Sink::commit`] from this one on (counting from 1) fails, for
+    /// good: a sink whose error does not clear.
+    pub fail_commits_from: Option<usize>,
 }
 
 /// One commit a member made.
@@ -95,6 +98,11 @@ impl MemoryGroupStore {
     pub fn without_faults(mut self) -> Self {
         self.faults = StoreFaults::default();
         self
+    }
+
+    /// The sessions of every [`Sink::commit`], in order.
+    pub fn sessions(&self) -> Vec<SessionRow> {
+        self.sink_commits.iter().flat_map(|(sessions, _, _)| sessions.iter().cloned()).collect()
     }
 
     /// Whether a fault of probability `p` strikes now.
@@ -297,6 +305,9 @@ impl Sink for MemoryGroupStore {
         rejected: &[RejectedEvent],
         properties: HashMap<String, String>,
     ) -> Result<CommitStats, SinkError> {
+        if self.faults.fail_commits_from.is_some_and(|n| self.sink_commits.len() + 1 >= n) {
+            return Err(SinkError::Config("the disk is on fire".into()));
+        }
         self.sink_commits.push((sessions.to_vec(), rejected.to_vec(), properties));
         Ok(CommitStats::default())
     }

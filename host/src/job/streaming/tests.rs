@@ -2,8 +2,7 @@
 //! the default rules compiled natively: end detection, a failing checkpoint,
 //! and rule changes at checkpoint boundaries.
 
-use crate::group::{Claimed, CommitOutcome, GroupStore, GroupView, MemberCommit};
-use crate::sink::MemoryGroupStore;
+use crate::sink::{MemoryGroupStore, StoreFaults};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
@@ -16,7 +15,7 @@ use crate::engine::EngineConfig;
 use crate::job::RunSummary;
 use crate::rules::contract::Settings;
 use crate::rules::lifecycle::{Candidate, RulesAction, RulesRequest, RulesSlot};
-use crate::sink::{carries, CommitStats, RejectedEvent, SessionRow, SinkError};
+use crate::sink::SessionRow;
 use crate::source::file::FileSource;
 use crate::source::generate::{generate, GeneratorConfig};
 use crate::state::StateStore;
@@ -111,128 +110,8 @@ impl StreamSource for ScriptedSource {
     }
 }
 
-/// One commit: its sessions, dead letters and properties.
-type Commit = (Vec<SessionRow>, Vec<RejectedEvent>, HashMap<String, String>);
-
-/// Keeps every commit; fails every commit from `fail_from` on. A group
-/// member's calls go to a store in memory.
-#[derive(Default)]
-struct MemorySink {
-    commits: Vec<Commit>,
-    fail_from: Option<usize>,
-    group: MemoryGroupStore,
-}
-
-impl MemorySink {
-    fn sessions(&self) -> Vec<SessionRow> {
-        self.commits.iter().flat_map(|(s, _, _)| s.iter().cloned()).collect()
-    }
-}
-
-impl Sink for MemorySink {
-    async fn commit(
-        &mut self,
-        sessions: &[SessionRow],
-        rejected: &[RejectedEvent],
-        properties: HashMap<String, String>,
-    ) -> Result<CommitStats, SinkError> {
-        if self.fail_from.is_some_and(|n| self.commits.len() + 1 >= n) {
-            return Err(SinkError::Config("the disk is on fire".into()));
-        }
-        self.commits.push((sessions.to_vec(), rejected.to_vec(), properties));
-        Ok(CommitStats::default())
-    }
-
-    async fn last_commit_properties(
-        &mut self,
-        key: &str,
-        value: &str,
-    ) -> Result<Option<HashMap<String, String>>, SinkError> {
-        let ours = |(_, _, p): &&(_, _, HashMap<String, String>)| carries(p, key, value);
-        Ok(self.commits.iter().rev().find(ours).map(|(_, _, p)| p.clone()))
-    }
-
-    async fn last_rejected_commit_properties(
-        &mut self,
-        key: &str,
-        value: &str,
-    ) -> Result<Option<HashMap<String, String>>, SinkError> {
-        self.last_commit_properties(key, value).await
-    }
-}
-
-impl GroupStore for MemorySink {
-    type Error = SinkError;
-
-    async fn claim(
-        &mut self,
-        group: &str,
-        owner: &str,
-        partitions: &[i32],
-    ) -> Result<Claimed, SinkError> {
-        self.group.claim(group, owner, partitions).await
-    }
-
-    async fn commit_member(
-        &mut self,
-        commit: MemberCommit<'_>,
-    ) -> Result<CommitOutcome, SinkError> {
-        self.group.commit_member(commit).await
-    }
-
-    async fn write_state(
-        &mut self,
-        group: &str,
-        p: i32,
-        epoch: u64,
-        seq: u64,
-        bytes: Vec<u8>,
-    ) -> Result<(), SinkError> {
-        self.group.write_state(group, p, epoch, seq, bytes).await
-    }
-
-    async fn read_state(
-        &mut self,
-        group: &str,
-        p: i32,
-        epoch: u64,
-        seq: u64,
-    ) -> Result<Vec<u8>, SinkError> {
-        self.group.read_state(group, p, epoch, seq).await
-    }
-
-    async fn delete_state(
-        &mut self,
-        group: &str,
-        p: i32,
-        epoch: u64,
-        seq: u64,
-    ) -> Result<(), SinkError> {
-        self.group.delete_state(group, p, epoch, seq).await
-    }
-
-    async fn write_component(
-        &mut self,
-        group: &str,
-        sha256: &str,
-        bytes: Vec<u8>,
-    ) -> Result<(), SinkError> {
-        self.group.write_component(group, sha256, bytes).await
-    }
-
-    async fn read_component(
-        &mut self,
-        group: &str,
-        sha256: &str,
-        max: u64,
-    ) -> Result<Vec<u8>, SinkError> {
-        self.group.read_component(group, sha256, max).await
-    }
-
-    async fn view(&mut self, group: &str) -> Result<GroupView, SinkError> {
-        self.group.view(group).await
-    }
-}
+/// Keeps every commit (a group member's in its log); fails as its faults say.
+type MemorySink = MemoryGroupStore;
 
 /// The bounded run over the same lines, with the default rules: what a
 /// streaming run must equal.
@@ -327,7 +206,7 @@ fn a_run_to_the_end_writes_what_the_bounded_run_writes() {
     assert_eq!(summary.rejected, expected.rejected);
     assert!(summary.checkpoints > 3, "{} checkpoints", summary.checkpoints);
     assert_eq!(sorted(sink.sessions()), sorted(bounded.sessions()));
-    let dead: usize = sink.commits.iter().map(|(_, r, _)| r.len()).sum();
+    let dead: usize = sink.sink_commits.iter().map(|(_, r, _)| r.len()).sum();
     assert_eq!(dead as u64, expected.rejected + expected.engine.late);
 }
 
@@ -408,7 +287,7 @@ fn every_event_is_accounted_for_over_several_partitions() {
     let in_sessions: u64 = sink.sessions().iter().map(|s| u64::from(s.event_count)).sum();
     assert_eq!(in_sessions, e.accepted);
     // The last checkpoint's offsets are where every partition ended.
-    let last = sink.commits.last().unwrap();
+    let last = sink.sink_commits.last().unwrap();
     let offsets: BTreeMap<i32, i64> =
         serde_json::from_str::<HashMap<String, i64>>(&last.2[crate::checkpoint::OFFSETS_KEY])
             .unwrap()
@@ -420,13 +299,16 @@ fn every_event_is_accounted_for_over_several_partitions() {
 
 #[test]
 fn a_checkpoint_that_cannot_commit_stops_the_run_with_its_cause() {
-    let mut sink = MemorySink { fail_from: Some(3), ..MemorySink::default() };
+    let mut sink = MemorySink::with_faults(
+        StoreFaults { fail_commits_from: Some(3), ..StoreFaults::default() },
+        0,
+    );
     let mut rules = RulesLifecycle::new(RulesSlot::new(native("default")));
     let outcome = run_to_end(ScriptedSource::new(&sample(), 2), &mut sink, &mut rules);
     let error = outcome.expect_err("the run must stop");
     assert!(matches!(error, StreamError::Checkpoint(_)), "{error}");
     assert!(error.to_string().contains("the disk is on fire"), "{error}");
-    assert_eq!(sink.commits.len(), 2, "the commits before the failure stand");
+    assert_eq!(sink.sink_commits.len(), 2, "the commits before the failure stand");
 }
 
 #[test]
@@ -453,8 +335,8 @@ fn a_rollback_takes_effect_at_a_checkpoint_boundary() {
     assert_eq!(summary.swap_pauses.count(), 1);
     // Each checkpoint was cut by one version: its rows and its snapshot agree.
     let versions: Vec<&str> =
-        sink.commits.iter().map(|(_, _, p)| p[RULE_VERSION_KEY].as_str()).collect();
-    for (rows, _, props) in &sink.commits {
+        sink.sink_commits.iter().map(|(_, _, p)| p[RULE_VERSION_KEY].as_str()).collect();
+    for (rows, _, props) in &sink.sink_commits {
         assert!(rows.iter().all(|r| *r.rule_version == props[RULE_VERSION_KEY]));
     }
     let switch = versions.iter().position(|v| *v == "first+native").unwrap();
