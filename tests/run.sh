@@ -19,12 +19,22 @@ step "system packages"
 # (built from source by the rdkafka crate), PostgreSQL for the shared catalog
 # tests (they start their own server on loopback), libfaketime for the tests
 # of skewed clocks, and Chromium, the real browser the status page is tested in.
+PACKAGES=(python3-venv python3-pip build-essential cmake pkg-config postgresql faketime chromium)
 missing=()
-for pkg in python3-venv python3-pip build-essential cmake pkg-config postgresql faketime chromium; do
+for pkg in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
-    SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+    if [ "$(id -u)" = 0 ]; then
+        SUDO=""
+    elif sudo -n true 2>/dev/null; then
+        SUDO=sudo
+    else
+        echo "tests/run.sh: missing Debian packages (${missing[*]}); install them as root with" \
+            "'apt-get update && apt-get install -y ${PACKAGES[*]}', or run this as root" >&2
+        exit 1
+    fi
+    echo "installing ${missing[*]}"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi
@@ -35,8 +45,12 @@ guest/build.sh
 
 step "python test environment"
 VENV="$CACHE/venv"
-[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 STAMP="$VENV/.requirements.sha256"
+# A venv that an interrupted run half made (a python without pip) is made again.
+if ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
+    rm -rf "$VENV"
+    python3 -m venv "$VENV"
+fi
 if ! sha256sum --status -c "$STAMP" 2>/dev/null; then
     "$VENV/bin/pip" install --quiet --upgrade pip
     "$VENV/bin/pip" install --quiet -r tests/requirements.txt
@@ -56,14 +70,14 @@ step "Kafka-protocol broker whose coordinator evicts a frozen member (nisshi) fo
 NISSHI_ROOT="$CACHE/nisshi"
 if [ ! -x "$NISSHI_ROOT/bin/nisshi" ]; then
     # Tansu's successor; Tansu 0.6.0 never evicts a member that stops
-    # heartbeating with its connection open. nisshi needs rustc 1.96: the
-    # Debian rustc that guest/build.sh fetched above builds it. Memory storage
-    # only (dynostore): without SQLite and PostgreSQL it builds in about half
-    # the time.
-    T="$CACHE/wasm-toolchain/root"
-    LD_LIBRARY_PATH="$T/usr/lib/x86_64-linux-gnu:$T/usr/lib/llvm-22/lib" RUSTC="$T/usr/bin/rustc" \
-        CARGO_TARGET_DIR="$CACHE/nisshi-build" cargo install nisshi --version 0.8.1 --locked \
-        --no-default-features --features dynostore --root "$NISSHI_ROOT"
+    # heartbeating with its connection open. nisshi needs rustc 1.96, newer
+    # than rustup's here: Debian's rustc-web (guest/toolchain.sh, the one the
+    # guest build uses without a wasm target) builds it. Memory storage only
+    # (dynostore): without SQLite and PostgreSQL it builds in about half the time.
+    # shellcheck disable=SC1090
+    (. "$(guest/toolchain.sh)" && RUSTC="$TOOLCHAIN_RUSTC" CARGO_TARGET_DIR="$CACHE/nisshi-build" \
+        cargo install nisshi --version 0.8.1 --locked --no-default-features --features dynostore \
+        --root "$NISSHI_ROOT")
 fi
 export NISSHI_BIN="$NISSHI_ROOT/bin/nisshi"
 
@@ -87,14 +101,19 @@ export COMPONENTIZE_PY="$VENV/bin/componentize-py"
 step "javascript rules component (componentize-js, from npm)"
 guest/js-rules/build.sh
 
+# Every cargo step below asks for the same features (the query engine
+# included, for its tests), so no step rebuilds the tree for other ones: the
+# binary the end-to-end tests drive is the one the test build made.
+FEATURES=(--workspace --locked --features sessionize/query)
+
 step "format and lints"
 cargo fmt --all --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy "${FEATURES[@]}" --all-targets -- -D warnings
 
 step "unit and integration tests"
-cargo test --workspace --locked
+cargo test "${FEATURES[@]}"
 
 step "end-to-end tests (binary + pyiceberg)"
-cargo build --workspace --locked
+cargo build "${FEATURES[@]}" --bin sessionize
 SESSIONIZE_BIN="$CARGO_TARGET_DIR/debug/sessionize" \
-    "$VENV/bin/python" -m pytest -q tests/e2e "$@"
+    "$VENV/bin/python" -m pytest -q --durations=10 tests/e2e "$@"

@@ -73,6 +73,17 @@ def run(binary):
     return _run
 
 
+# Debian's libfaketime (tests/run.sh installs the faketime package).
+FAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+
+
+def clock_shifted(env: dict, shift: str) -> dict:
+    """`env` with the wall clock moved by `shift` ("+2h", "+4d"; monotonic time
+    untouched) for the processes started with it."""
+    assert FAKETIME.exists(), f"{FAKETIME} is missing: tests/run.sh installs Debian's faketime package"
+    return dict(env, LD_PRELOAD=str(FAKETIME), FAKETIME=shift, DONT_FAKE_MONOTONIC="1")
+
+
 def catalog(warehouse: Path) -> SqlCatalog:
     """The table as any pyiceberg user would open it: no extra setup."""
     return SqlCatalog(

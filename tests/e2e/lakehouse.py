@@ -78,7 +78,7 @@ class Postgres:
     """A throwaway PostgreSQL server: initdb on a temporary directory, loopback only."""
 
     def __init__(self):
-        assert (PG_BIN / "initdb").exists(), f"{PG_BIN}/initdb missing: .ci/run installs postgresql"
+        assert (PG_BIN / "initdb").exists(), f"{PG_BIN}/initdb missing: tests/run.sh installs Debian's postgresql package"
         self.dir = Path(tempfile.mkdtemp(prefix="sessionize-pg-"))
         self.port = free_port()
         # initdb refuses to run as root.

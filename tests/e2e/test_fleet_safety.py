@@ -15,7 +15,7 @@ import urllib.request
 
 import psycopg
 
-from conftest import catalog, read_table
+from conftest import catalog, clock_shifted, read_table
 from kafka import Job
 from reference import matches, read_topic, sessionize_records
 from test_hot_swap import DIST, plugin
@@ -23,7 +23,6 @@ from test_scale_out import (GROUP, PACE, flushers, member, member_id, owners, st
                             wait_owners)
 from test_streaming import broker  # noqa: F401  (fixture)
 
-FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 FLUSH = lambda row: row["uuid"].startswith("flush-")  # noqa: E731
 
 
@@ -387,7 +386,7 @@ def test_a_member_whose_clock_is_two_minutes_behind_keeps_committing(
     m = member(binary, broker, tmp_path, "m")
     idm = member_id(m)
     m.wait_consumed(lines_in(first))
-    ahead = dict(os.environ, LD_PRELOAD=FAKETIME, FAKETIME="+2m", DONT_FAKE_MONOTONIC="1")
+    ahead = clock_shifted(os.environ, "+2m")
     other = tmp_path / "other.jsonl"
     other.write_text("".join(
         json.dumps({"uuid": f"ahead-{i}", "event_id": f"a{i}", "event_timestamp": 1_700_000_000_000,
@@ -422,7 +421,7 @@ def test_maintenance_on_a_clock_days_ahead_deletes_no_live_file(
     fleet = tmp_path / "fleet"
     m = member(binary, broker, tmp_path, "m")
     m.wait_consumed(2000)
-    ahead = dict(os.environ, LD_PRELOAD=FAKETIME, FAKETIME="+4d", DONT_FAKE_MONOTONIC="1")
+    ahead = clock_shifted(os.environ, "+4d")
     produce(run, broker, second)
     model = expected(broker, first, second)
     for _ in range(12):

@@ -11,14 +11,10 @@ import zlib
 
 from pyiceberg.catalog.sql import SqlCatalog
 
-from conftest import SESSION_COLUMNS, read_table
+from conftest import SESSION_COLUMNS, clock_shifted, read_table
 from kafka import Job
 from test_streaming import broker, generate, produce  # noqa: F401  (fixture)
 from reference import dead_positions, matches, read_topic, sessionize_records
-
-
-# Debian's libfaketime (.ci/run installs it): shifts the job's wall clock.
-FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 
 
 def as_rows(rows, columns=SESSION_COLUMNS):
@@ -164,8 +160,7 @@ def test_store_failures_say_what_to_do(run, lakehouse, tmp_path):
                                                    AWS_ENDPOINT_URL="http://127.0.0.1:1"))
     assert "cannot be reached: check --s3-endpoint" in unreachable
     # The store checks each request's signed time: this machine's clock two hours ahead.
-    skewed = fails(*lakehouse.flags, env=dict(lakehouse.env, LD_PRELOAD=FAKETIME,
-                                              FAKETIME="+2h", DONT_FAKE_MONOTONIC="1"))
+    skewed = fails(*lakehouse.flags, env=clock_shifted(lakehouse.env, "+2h"))
     assert "refused the request's time: set this machine's clock right (NTP)" in skewed
     no_catalog = fails("--warehouse", lakehouse.warehouse, env=lakehouse.env)
     assert "give --catalog-uri" in no_catalog

@@ -240,7 +240,7 @@ class PageNumbers(html.parser.HTMLParser):
 
 
 def chromium(*args):
-    assert CHROMIUM, "Chromium is missing: .ci/run installs Debian's chromium package"
+    assert CHROMIUM, "Chromium is missing: tests/run.sh installs Debian's chromium package"
     return subprocess.run(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
          "--hide-scrollbars", f"--user-data-dir={ARTIFACTS / 'chromium-profile'}", *args],
