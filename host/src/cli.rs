@@ -16,14 +16,12 @@ use sessionize::source::generate::GeneratorConfig;
 use sessionize::source::kafka::KafkaConfig;
 
 mod plugin_test;
-#[cfg(feature = "query")]
 mod query;
 mod status;
 mod table;
 mod token;
 
 pub use plugin_test::PluginTestArgs;
-#[cfg(feature = "query")]
 pub use query::QueryArgs;
 pub use status::StatusArgs;
 pub use table::{MaintainArgs, MaintenanceArgs, TableArgs};
@@ -70,8 +68,8 @@ pub enum Command {
     /// Manage the rules of a running job: deploy, status, rollback.
     #[command(subcommand)]
     Plugin(PluginCommand),
-    /// Run SQL over the tables and print the rows (a table, CSV or JSON lines).
-    #[cfg(feature = "query")]
+    /// Run SQL over the tables and print the rows (a table, CSV or JSON lines;
+    /// in builds with the `query` feature).
     Query(Box<QueryArgs>),
 }
 

@@ -32,7 +32,6 @@ fn main() -> ExitCode {
         Command::Produce(_) | Command::Repartition(_) => "info",
         Command::Plugin(_) => "warn",
         Command::Maintain(_) => "info",
-        #[cfg(feature = "query")]
         Command::Query(_) => "warn",
     };
     let filter = EnvFilter::try_from_env("SESSIONIZE_LOG").unwrap_or_else(|_| {
@@ -52,7 +51,6 @@ fn main() -> ExitCode {
         Command::Repartition(args) => repartition_command(&args),
         Command::Plugin(command) => plugin_command(&command),
         Command::Maintain(args) => maintain_command(&args),
-        #[cfg(feature = "query")]
         Command::Query(args) => query_command(&args),
     };
     match outcome {
@@ -184,6 +182,17 @@ fn query_command(args: &cli::QueryArgs) -> Result<()> {
         eprintln!("files scanned: none (the query read no table)");
     }
     Ok(())
+}
+
+/// `sessionize query` in a build without the query engine.
+#[cfg(not(feature = "query"))]
+fn query_command(_args: &cli::QueryArgs) -> Result<()> {
+    anyhow::bail!(
+        "this sessionize was built without the query engine (DataFusion, the cargo feature \
+         `query`, left out of the default build because it doubles a cold build): rebuild with \
+         `cargo build --release --features query`, or install with \
+         `cargo install --path host --features query`"
+    )
 }
 
 /// `sessionize plugin ...`.

@@ -1,6 +1,7 @@
 //! `sessionize query`'s flags.
 
 use clap::Args;
+#[cfg(feature = "query")]
 use sessionize::query::OutputFormat;
 
 use super::TableArgs;
@@ -38,6 +39,7 @@ pub enum QueryFormat {
     Json,
 }
 
+#[cfg(feature = "query")]
 impl QueryArgs {
     /// The output format these flags ask for.
     pub fn output_format(&self) -> OutputFormat {
