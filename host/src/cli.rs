@@ -463,6 +463,10 @@ impl PluginCommand {
     }
 }
 
+/// The most events a second `generate` and `produce` make: far beyond any
+/// broker here, and low enough that a visit's event count stays finite.
+const MAX_RATE: f64 = 10_000_000.0;
+
 impl GeneratorArgs {
     /// The generator these flags describe, or a sentence saying what is wrong.
     pub fn config(&self) -> Result<GeneratorConfig, String> {
@@ -489,6 +493,12 @@ impl GeneratorArgs {
         }
         if config.num_users == 0 || config.rate.is_nan() || config.rate <= 0.0 {
             return Err("--num-users and --rate must be greater than zero".into());
+        }
+        if config.rate > MAX_RATE {
+            return Err(format!(
+                "--rate must be at most {MAX_RATE} events a second (got {})",
+                config.rate
+            ));
         }
         Ok(config)
     }

@@ -27,7 +27,7 @@ def events(tmp_path_factory, binary):
     import subprocess
     path = tmp_path_factory.mktemp("input") / "events.jsonl"
     subprocess.run(
-        [str(binary), "generate", "--num-users", "400", "--rate", "40", "--duration", "10h",
+        [str(binary), "generate", "--num-users", "1000", "--rate", "4", "--duration", "10h",
          "--seed", "7", "--malformed-rate", "0.002", "--output", str(path)],
         check=True,
     )

@@ -30,7 +30,7 @@ def plugin(run, state, *args, check=True):
 
 def test_swap_to_logout_rules_and_back_loses_nothing(run, binary, broker, tmp_path):  # noqa: F811
     events = tmp_path / "events.jsonl"
-    generate(run, events, "--num-users", "500", "--rate", "20", "--duration", "12h",
+    generate(run, events, "--num-users", "500", "--rate", "2", "--duration", "12h",
              "--late-rate", "0", "--seed", "21", "--events", "30000")
     lines = events.read_text().splitlines(keepends=True)
     parts = [lines[:10000], lines[10000:20000], lines[20000:]]

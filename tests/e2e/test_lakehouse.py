@@ -50,7 +50,7 @@ def user_of(line):
 
 def test_a_bounded_run_on_object_storage_equals_the_local_run(run, lakehouse, tmp_path):
     events = tmp_path / "events.jsonl"
-    generate(run, events, "--num-users", "800", "--rate", "50", "--duration", "8h",
+    generate(run, events, "--num-users", "800", "--rate", "3", "--duration", "8h",
              "--seed", "21", "--events", "20000")
     run("run", "--input", events, "--warehouse", tmp_path / "local")
     run("run", "--input", events, *lakehouse.flags, "--state-dir", tmp_path / "state",
@@ -71,7 +71,7 @@ def test_a_bounded_run_on_object_storage_equals_the_local_run(run, lakehouse, tm
 def test_streaming_on_object_storage_survives_kill_minus_nine(run, binary, broker, lakehouse,
                                                                tmp_path):
     events = tmp_path / "events.jsonl"
-    generate(run, events, "--num-users", "3000", "--rate", "100", "--duration", "1d",
+    generate(run, events, "--num-users", "3000", "--rate", "13", "--duration", "1d",
              "--seed", "8", "--events", "150000")
     produce(run, broker, "clicks", events)
     common = ("--test-mode", "--checkpoint-interval", "100ms", "--max-events-per-batch", "1000")
@@ -175,7 +175,7 @@ def test_store_failures_say_what_to_do(run, lakehouse, tmp_path):
 
 def test_a_catalog_uri_puts_the_sqlite_catalog_where_it_says(run, tmp_path):
     events = tmp_path / "events.jsonl"
-    generate(run, events, "--num-users", "200", "--rate", "20", "--duration", "2h",
+    generate(run, events, "--num-users", "200", "--rate", "0.8", "--duration", "2h",
              "--seed", "2", "--events", "3000")
     uri = f"sqlite:///{tmp_path}/shared-catalog.db"
     run("run", "--input", events, "--warehouse", tmp_path / "wh", "--catalog-uri", uri)

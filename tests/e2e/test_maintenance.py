@@ -147,7 +147,7 @@ def strays(data_dir, age_seconds):
 
 def test_orphan_files_older_than_the_age_are_deleted(run, lakehouse, tmp_path):
     events = tmp_path / "events.jsonl"
-    generate(run, events, "--num-users", "300", "--rate", "20", "--duration", "3h",
+    generate(run, events, "--num-users", "300", "--rate", "1.3", "--duration", "3h",
              "--seed", "12", "--events", "5000")
     local = tmp_path / "wh"
     run("run", "--input", events, "--warehouse", local)

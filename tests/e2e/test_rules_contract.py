@@ -229,7 +229,7 @@ def test_the_python_sdk_cuts_the_same_sessions_with_the_same_attributes(run, tmp
 def test_rules_in_javascript_cut_the_same_sessions_as_the_rust_default_rules(run, tmp_path):
     """guest/js-rules (componentize-js): three languages, one contract."""
     events = tmp_path / "events.jsonl"
-    run("generate", "--output", events, "--num-users", "300", "--duration", "6h",
+    run("generate", "--output", events, "--num-users", "300", "--rate", "1.3", "--duration", "6h",
         "--events", "20000", "--seed", "5")
     for flags in ([], ["--inactivity-timeout", "5m", "--max-session-duration", "20m"]):
         compared = run("plugin", "test", DIST / "js_rules.wasm", "--input", events,

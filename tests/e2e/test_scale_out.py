@@ -30,7 +30,7 @@ def prepare(run, tmp_path, broker, events=60000):  # noqa: F811
     and returns the sessions of a bounded run over all of it (flushers left
     out) and `rest`."""
     path = tmp_path / "events.jsonl"
-    run("generate", "--output", path, "--num-users", "2000", "--rate", "40", "--duration", "12h",
+    run("generate", "--output", path, "--num-users", "3000", "--rate", "10", "--duration", "12h",
         "--late-rate", "0", "--seed", "21", "--events", str(events))
     lines = open(path).read().splitlines(keepends=True)
     last = max(stamp(line) for line in lines)

@@ -17,7 +17,7 @@ def dead_letters(warehouse):
 
 def test_a_locked_catalog_is_waited_out(run, binary, broker, tmp_path):
     events = tmp_path / "events.jsonl"
-    generate(run, events, "--num-users", "2000", "--rate", "100", "--duration", "6h",
+    generate(run, events, "--num-users", "2000", "--rate", "8.7", "--duration", "6h",
              "--late-rate", "0", "--seed", "17", "--events", "30000")
     lines = events.read_text().splitlines(keepends=True)
     first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"

@@ -42,7 +42,7 @@ def test_streaming_equals_the_bounded_run(run, binary, broker, tmp_path):
     events = tmp_path / "events.jsonl"
     # No event beyond the lateness: a file is one partition, the topic four, and
     # lateness is judged per partition.
-    n = generate(run, events, "--num-users", "1000", "--rate", "40", "--duration", "12h",
+    n = generate(run, events, "--num-users", "1000", "--rate", "4.3", "--duration", "12h",
              "--late-rate", "0", "--seed", "11", "--events", "40000")
     produce(run, broker, "clicks", events)
     run("run", "--input", events, "--warehouse", tmp_path / "bounded")
@@ -74,7 +74,7 @@ def test_streaming_equals_the_bounded_run(run, binary, broker, tmp_path):
 
 def test_kill_minus_nine_loses_nothing_and_writes_nothing_twice(run, binary, broker, tmp_path):
     events = tmp_path / "events.jsonl"
-    n = generate(run, events, "--num-users", "5000", "--rate", "200", "--duration", "2d",
+    n = generate(run, events, "--num-users", "5000", "--rate", "20", "--duration", "2d",
                  "--seed", "5", "--events", "600000")
     assert n >= 200_000
     produce(run, broker, "clicks", events)
@@ -117,7 +117,7 @@ def test_kill_minus_nine_loses_nothing_and_writes_nothing_twice(run, binary, bro
 def test_a_broker_outage_is_waited_out(run, binary, broker, tmp_path):
     first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
     events = tmp_path / "events.jsonl"
-    generate(run, events, "--num-users", "2000", "--rate", "100", "--duration", "6h",
+    generate(run, events, "--num-users", "2000", "--rate", "8.7", "--duration", "6h",
              "--late-rate", "0", "--seed", "3", "--events", "30000")
     lines = events.read_text().splitlines(keepends=True)
     first.write_text("".join(lines[:15000]))
