@@ -76,7 +76,7 @@ def hostile_events(run, tmp_path, n=20000):
     """Generated events (with duplicates and late ones) and a few records that
     are not events, each kind of rejection at least once."""
     events = tmp_path / "events.jsonl"
-    generate(run, events, "--num-users", "400", "--rate", "30", "--duration", "6h",
+    generate(run, events, "--num-users", "400", "--rate", "1.7", "--duration", "6h",
              "--seed", "5", "--events", str(n))
     bad = ['{"uuid": "x", "event_timestamp": "yesterday"}', "not json at all",
            '{"event_timestamp": 1735689600000}', '{"uuid": 7, "event_timestamp": 1}']
@@ -274,6 +274,7 @@ def test_the_status_page_in_a_browser_shows_what_metrics_say(run, binary, broker
             "events-rejected": outcomes["rejected"],
             "sessions-closed": total(m, "sessionize_sessions_closed_total"),
             "open-sessions": value(m, "sessionize_open_sessions"),
+            "users-waiting": value(m, "sessionize_users_waiting"),
             "pending-events": value(m, "sessionize_pending_events"),
             "checkpoints": value(m, "sessionize_checkpoints_total"),
         }

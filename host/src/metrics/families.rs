@@ -55,6 +55,15 @@ pub(super) const FAULT_KINDS: [&str; 6] =
 /// Registers the metrics of `m` under the `sessionize_` prefix, and starts the
 /// series whose labels are known at zero.
 pub(super) fn register(r: &mut Registry, m: &JobMetrics) {
+    register_input(r, m);
+    register_engine(r, m);
+    register_checkpoints(r, m);
+    register_rules(r, m);
+    start_at_zero(m);
+}
+
+/// What was read and what became of it.
+fn register_input(r: &mut Registry, m: &JobMetrics) {
     r.register("events_read", "Records read from the input", m.read.clone());
     r.register(
         "events_off_partition",
@@ -86,6 +95,10 @@ pub(super) fn register(r: &mut Registry, m: &JobMetrics) {
         "Next offset to read, per partition, as of the last published checkpoint",
         m.committed.clone(),
     );
+}
+
+/// The engine's clocks and what it holds.
+fn register_engine(r: &mut Registry, m: &JobMetrics) {
     r.register_with_unit(
         "watermark_timestamp",
         "The watermark (event time every event still to come is at or after), epoch",
@@ -99,6 +112,12 @@ pub(super) fn register(r: &mut Registry, m: &JobMetrics) {
         m.watermark_delay.clone(),
     );
     r.register("open_sessions", "Users with an open session", m.open_sessions.clone());
+    r.register(
+        "users_waiting",
+        "Users with accepted events waiting for the watermark, which belong to no session \
+         yet (a user may also have an open session, and then counts in both)",
+        m.users_waiting.clone(),
+    );
     r.register(
         "pending_events",
         "Accepted events waiting for the watermark",
@@ -120,6 +139,10 @@ pub(super) fn register(r: &mut Registry, m: &JobMetrics) {
         Unit::Bytes,
         m.state_bytes.clone(),
     );
+}
+
+/// Checkpoints and the commits they publish.
+fn register_checkpoints(r: &mut Registry, m: &JobMetrics) {
     r.register("checkpoints", "Checkpoints completed", m.checkpoints.clone());
     r.register_with_unit(
         "checkpoint_duration",
@@ -145,6 +168,10 @@ pub(super) fn register(r: &mut Registry, m: &JobMetrics) {
         Unit::Seconds,
         m.last_checkpoint_time.clone(),
     );
+}
+
+/// The rules component and the group's rules.
+fn register_rules(r: &mut Registry, m: &JobMetrics) {
     r.register("plugin_calls", "Calls into the rules component", m.plugin_calls.clone());
     r.register_with_unit(
         "plugin_call_duration",
@@ -182,8 +209,11 @@ pub(super) fn register(r: &mut Registry, m: &JobMetrics) {
         "Rules changes made here that the group refused (it had newer rules by then)",
         m.publishes_refused.clone(),
     );
-    // Series whose labels are known start at zero, so that a rate over
-    // them works from the first scrape and dashboards show 0, not "no data".
+}
+
+/// Series whose labels are known start at zero, so that a rate over them
+/// works from the first scrape and dashboards show 0, not "no data".
+fn start_at_zero(m: &JobMetrics) {
     m.group_rules_followed.set(1);
     for outcome in ["accepted", "late", "duplicate", "rejected"] {
         let _ = m.events.get_or_create(&Outcome { outcome });

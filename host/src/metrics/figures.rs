@@ -15,6 +15,17 @@ pub struct EngineFigures {
     pub watermark: i64,
 }
 
+/// What a walk over the engines' users counts: now and then, not per batch.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EngineSize {
+    /// Users with an open session.
+    pub open_sessions: usize,
+    /// Users with events waiting for the watermark (open session or not).
+    pub users_waiting: usize,
+    /// Distinct texts interned.
+    pub texts: usize,
+}
+
 impl EngineFigures {
     /// The figures of one engine.
     pub fn of(engine: &Engine) -> Self {

@@ -27,7 +27,7 @@ mod recent;
 
 use families::{EndReason, FaultKind, Outcome, Partition, Reason, RuleVersion, RulesAction};
 
-pub use figures::EngineFigures;
+pub use figures::{EngineFigures, EngineSize};
 pub use recent::{CheckpointNote, DeadLetterNote, Recent, Sample};
 
 /// End reasons labelled one by one; later ones are counted together.
@@ -68,6 +68,8 @@ pub struct Overview {
     pub sessions_closed: u64,
     /// `sessionize_open_sessions`.
     pub open_sessions: i64,
+    /// `sessionize_users_waiting`.
+    pub users_waiting: i64,
     /// `sessionize_pending_events`.
     pub pending_events: i64,
     /// `sessionize_watermark_delay_seconds`.
@@ -101,6 +103,7 @@ pub struct JobMetrics {
     watermark: Gauge<f64, AtomicU64>,
     watermark_delay: Gauge<f64, AtomicU64>,
     open_sessions: Gauge,
+    users_waiting: Gauge,
     pending_events: Gauge,
     users_in_memory: Gauge,
     texts: Gauge,
@@ -171,6 +174,7 @@ impl JobMetrics {
             watermark: Gauge::default(),
             watermark_delay: Gauge::default(),
             open_sessions: Gauge::default(),
+            users_waiting: Gauge::default(),
             pending_events: Gauge::default(),
             users_in_memory: Gauge::default(),
             texts: Gauge::default(),
@@ -291,9 +295,10 @@ impl JobMetrics {
     }
 
     /// Gauges that take a walk over the engine's users: once per checkpoint.
-    pub fn observe_engine_size(&self, open_sessions: usize, texts: usize) {
-        self.open_sessions.set(clamp(open_sessions as u64));
-        self.texts.set(clamp(texts as u64));
+    pub fn observe_engine_size(&self, size: EngineSize) {
+        self.open_sessions.set(clamp(size.open_sessions as u64));
+        self.users_waiting.set(clamp(size.users_waiting as u64));
+        self.texts.set(clamp(size.texts as u64));
     }
 
     /// Per-partition lag (the partition's end minus the next offset to read).
@@ -407,6 +412,7 @@ impl JobMetrics {
             rejected: outcome("rejected"),
             sessions_closed: self.sessions_closed_sum.load(Ordering::Relaxed),
             open_sessions: self.open_sessions.get(),
+            users_waiting: self.users_waiting.get(),
             pending_events: self.pending_events.get(),
             watermark_delay_s: self.watermark_delay.get(),
             lag: self.total_lag.load(Ordering::Relaxed),

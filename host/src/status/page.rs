@@ -68,7 +68,7 @@ fn headline(overview: &Overview) -> Markup {
 }
 
 fn numbers(o: &Overview) -> Markup {
-    let cells: [(&str, &str, String); 11] = [
+    let cells: [(&str, &str, String); 12] = [
         ("events-read", "events read", o.read.to_string()),
         ("events-accepted", "accepted", o.accepted.to_string()),
         ("events-late", "late", o.late.to_string()),
@@ -76,6 +76,7 @@ fn numbers(o: &Overview) -> Markup {
         ("events-rejected", "rejected", o.rejected.to_string()),
         ("sessions-closed", "sessions closed", o.sessions_closed.to_string()),
         ("open-sessions", "open sessions", o.open_sessions.to_string()),
+        ("users-waiting", "users waiting", o.users_waiting.to_string()),
         ("pending-events", "events waiting", o.pending_events.to_string()),
         ("consumer-lag", "consumer lag", o.lag.to_string()),
         ("watermark-delay", "watermark delay (s)", format!("{:.1}", o.watermark_delay_s)),

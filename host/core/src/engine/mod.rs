@@ -261,6 +261,12 @@ impl Engine {
         self.users.ids().filter(|&u| self.users.slot(u).state.is_some()).count()
     }
 
+    /// Users with accepted events waiting for the watermark, open session or
+    /// not. Counts them: call it now and then, not per event.
+    pub fn users_waiting(&self) -> usize {
+        self.users.ids().filter(|&u| !self.users.slot(u).pending.is_empty()).count()
+    }
+
     /// Admits or drops one event that arrived on `partition`.
     pub fn offer(&mut self, partition: usize, event: &Event<'_>) -> Admission {
         self.offer_with_fields(partition, event, None)

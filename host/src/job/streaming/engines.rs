@@ -12,7 +12,7 @@ use crate::checkpoint::{
 };
 use crate::engine::{Admission, Engine, EngineError, EngineStats, Sample};
 use crate::event::{Event, FieldPaths, Fields};
-use crate::metrics::EngineFigures;
+use crate::metrics::{EngineFigures, EngineSize};
 use crate::rules::contract::{EventField, SessionAttribute};
 use crate::rules::{RulesRuntime, Texts};
 use crate::state::StagedOutput;
@@ -139,11 +139,14 @@ impl Engines {
         }
     }
 
-    /// Open sessions and interned texts (counted: now and then, not per event).
-    pub(crate) fn size(&self) -> (usize, usize) {
-        let open = self.engines().map(Engine::open_sessions).sum();
-        let texts = self.engines().map(|e| e.texts().strings.len()).sum();
-        (open, texts)
+    /// Open sessions, users waiting and interned texts (counted: now and
+    /// then, not per event).
+    pub(crate) fn size(&self) -> EngineSize {
+        EngineSize {
+            open_sessions: self.engines().map(Engine::open_sessions).sum(),
+            users_waiting: self.engines().map(Engine::users_waiting).sum(),
+            texts: self.engines().map(|e| e.texts().strings.len()).sum(),
+        }
     }
 
     /// A sample of the latest batch with the texts it refers to, for a dry run.

@@ -492,20 +492,19 @@ impl<S: StreamSource> EventLoop<'_, S> {
         Ok(())
     }
 
-    /// Open sessions and texts, to the metrics.
+    /// Open sessions, users waiting and texts, to the metrics.
     fn observe_engine_size(&self) {
-        let (open, texts) = self.engines.size();
-        self.metrics.observe_engine_size(open, texts);
+        self.metrics.observe_engine_size(self.engines.size());
     }
 
     /// Waits for the checkpoint thread to finish the last checkpoints.
     fn finish(self, started: Instant) -> Result<StreamSummary, StreamError> {
-        let (open, texts) = self.engines.size();
+        let size = self.engines.size();
         let EventLoop { checkpoints, mut source, mut summary, engines, metrics, .. } = self;
         for completed in checkpoints.finish() {
             completed_checkpoint(&mut source, &mut summary, &metrics, completed?);
         }
-        metrics.observe_engine_size(open, texts);
+        metrics.observe_engine_size(size);
         summary.engine = engines.stats();
         summary.elapsed = started.elapsed();
         Ok(summary)
