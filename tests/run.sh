@@ -12,7 +12,8 @@ CACHE="${SESSIONIZE_CACHE:-$HOME/.cache/sessionize}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 cd "$ROOT"
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step says when it started, so a run's log shows where the time went.
+step() { printf '\n==> %s (at %dm%02ds)\n' "$*" $((SECONDS / 60)) $((SECONDS % 60)); }
 
 step "system packages"
 # Python for the independent reader, a C toolchain and cmake for librdkafka
