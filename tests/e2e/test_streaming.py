@@ -75,7 +75,7 @@ def test_streaming_equals_the_bounded_run(run, binary, broker, tmp_path):
 def test_kill_minus_nine_loses_nothing_and_writes_nothing_twice(run, binary, broker, tmp_path):
     events = tmp_path / "events.jsonl"
     n = generate(run, events, "--num-users", "5000", "--rate", "20", "--duration", "2d",
-                 "--seed", "5", "--events", "600000")
+                 "--seed", "5", "--events", "400000")
     assert n >= 200_000
     produce(run, broker, "clicks", events)
     common = ("--test-mode", "--checkpoint-interval", "100ms", "--max-events-per-batch", "1000")
