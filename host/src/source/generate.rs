@@ -152,17 +152,21 @@ impl VisitShape {
         Self { length: high, pace: 1.0 }
     }
 
+    /// Mean events of an ordinary visit.
+    fn visit_events(&self) -> f64 {
+        f64::from(VISIT_EVENTS.0 + VISIT_EVENTS.1 - 1) / 2.0 * self.length
+    }
+
     /// Mean time of an ordinary visit and of a marathon, and of a rest, ms.
     fn mean_times_ms(&self) -> (f64, f64, f64) {
-        let visit_events = f64::from(VISIT_EVENTS.0 + VISIT_EVENTS.1 - 1) / 2.0 * self.length;
-        let visit = visit_events * (mean(BROWSE_GAP_MS) + PAUSE_CHANCE * mean(PAUSE_MS));
+        let visit = self.visit_events() * (mean(BROWSE_GAP_MS) + PAUSE_CHANCE * mean(PAUSE_MS));
         (visit, MARATHON_EVENTS * mean(MARATHON_GAP_MS), mean(REST_MS))
     }
 
     /// Events a second one user gives, cycling through visits and rests.
     fn events_per_user_per_s(&self) -> f64 {
-        let visit_events = f64::from(VISIT_EVENTS.0 + VISIT_EVENTS.1 - 1) / 2.0 * self.length;
-        let events = (1.0 - MARATHON_SHARE) * visit_events + MARATHON_SHARE * MARATHON_EVENTS;
+        let events =
+            (1.0 - MARATHON_SHARE) * self.visit_events() + MARATHON_SHARE * MARATHON_EVENTS;
         let (visit, marathon, rest) = self.mean_times_ms();
         let cycle = (1.0 - MARATHON_SHARE) * visit + MARATHON_SHARE * marathon + rest;
         self.pace * events / cycle * 1000.0
@@ -271,7 +275,7 @@ impl Crowd {
     fn new(config: &GeneratorConfig, rng: &mut SmallRng) -> Self {
         let browsers: Vec<Browser> = (0..config.num_users).map(|i| Browser::new(rng, i)).collect();
         let rested = (0..config.num_users)
-            .map(|u| Reverse((config.start_ms - rng.random_range(0..30 * 60_000), u)))
+            .map(|u| Reverse((config.start_ms - uniform(rng, (0.0, 30.0 * MINUTE_MS)) as i64, u)))
             .collect();
         Self {
             browsers,
