@@ -9,7 +9,7 @@
 //! checkpoint: a crash before it leaves files no summary names, and whoever
 //! owns the partition next resumes from the summary before.
 //!
-//! A partition is *claimed* before it is read ([`GroupCheckpointer::claim`]):
+//! A partition is *claimed* before it is read ([`CheckpointStore::claim`]):
 //! the claim raises its epoch, restores its state from the chain the summary
 //! names, and fences the previous owner, whose commits for it are refused
 //! from then on. A refused partition is reported back and dropped; the
@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use super::exchange::RulesExchange;
 use super::{
-    dead_letter_unwritable, whole_millis, CheckpointError, CHECKPOINT_ID_KEY, JOB_ID_KEY,
-    RULE_VERSION_KEY,
+    dead_letter_unwritable, whole_millis, CheckpointCut, CheckpointError, CheckpointStore,
+    ShardCut, Span, CHECKPOINT_ID_KEY, JOB_ID_KEY, RULE_VERSION_KEY,
 };
 use crate::engine::{Engine, EngineChanges, EngineClocks, EngineConfig};
 use crate::group::{
@@ -42,54 +42,38 @@ use crate::state::{encode_partition_file, PartitionState, StagedOutput, StateErr
 /// comes from shared storage), and a member starts a new chain long before.
 const MAX_CHAIN_FILES: u64 = 1_024;
 
-/// Changes after which a partition's next file is its whole state again,
-/// which bounds what a new owner reads.
-pub(crate) const WHOLE_STATE_EVERY: u32 = 32;
-
-/// One partition's part of a cut.
-pub(crate) struct PartitionCut {
-    /// The partition.
-    pub(crate) partition: i32,
+/// One partition's part of a cut, as this store reads a shard.
+struct PartitionCut {
+    partition: i32,
     /// Next offset to read (none before its first record).
-    pub(crate) offset: Option<i64>,
-    /// What changed since its last cut, or everything.
-    pub(crate) changes: EngineChanges,
-    /// Whether `changes` is everything (the first file of a chain).
-    pub(crate) whole: bool,
-    /// Its event-time clock.
-    pub(crate) clocks: EngineClocks,
-    /// Sessions and dead letters of its records since its last cut.
-    pub(crate) output: StagedOutput,
+    offset: Option<i64>,
+    changes: EngineChanges,
+    whole: bool,
+    clocks: EngineClocks,
+    output: StagedOutput,
 }
 
-/// A group member's checkpoint as cut.
-pub(crate) struct GroupCut {
-    /// Each partition's part.
-    pub(crate) partitions: Vec<PartitionCut>,
-    /// The rules that cut it.
-    pub(crate) rule_version: String,
-    /// The attribute columns of the rules in force.
-    pub(crate) columns: Vec<SessionAttribute>,
-    /// Rules to publish to the group with it.
-    pub(crate) publish: Option<Publish>,
-}
-
-impl GroupCut {
-    /// Next offset per partition.
-    pub(crate) fn offsets(&self) -> BTreeMap<i32, i64> {
-        self.partitions.iter().filter_map(|c| Some((c.partition, c.offset?))).collect()
-    }
-
-    /// Sessions and dead letters it holds.
-    pub(crate) fn counts(&self) -> (u64, u64) {
-        let sessions = self.partitions.iter().map(|c| c.output.sessions.len() as u64).sum();
-        let dead = self.partitions.iter().map(|c| c.output.rejected.len() as u64).sum();
-        (sessions, dead)
+impl PartitionCut {
+    /// `shard`, which must be one partition's.
+    fn of(shard: ShardCut) -> Result<Self, CheckpointError> {
+        let Span::Partition(partition) = shard.span else {
+            return Err(CheckpointError::Thread(
+                "a group member's engines are by partition".into(),
+            ));
+        };
+        Ok(Self {
+            partition,
+            offset: shard.offsets.get(&partition).copied(),
+            changes: shard.changes,
+            whole: shard.whole,
+            clocks: shard.clocks,
+            output: shard.output,
+        })
     }
 }
 
 /// A claimed partition, restored.
-pub(crate) struct RestoredPartition {
+pub struct RestoredPartition {
     /// The partition.
     pub(crate) partition: i32,
     /// Its engine as of its last checkpoint.
@@ -130,7 +114,7 @@ async fn wait_to_retry(
 
 /// What a claim got.
 #[derive(Default)]
-pub(crate) struct Claim {
+pub struct Claim {
     /// The partitions restored.
     pub(crate) restored: Vec<RestoredPartition>,
     /// The partitions claimed whose state could not be read, and why: held
@@ -138,12 +122,13 @@ pub(crate) struct Claim {
     pub(crate) unreadable: Vec<(i32, String)>,
 }
 
-/// A group member's checkpoint, completed.
-pub(crate) struct GroupCompleted {
+/// A checkpoint, completed by its store.
+#[derive(Debug)]
+pub struct Recorded {
     /// Its id.
     pub(crate) id: u64,
-    /// Partitions another member claimed meanwhile (dropped: nothing of
-    /// theirs was committed).
+    /// Partitions another group member claimed meanwhile (dropped: nothing
+    /// of theirs was committed).
     pub(crate) fenced: Vec<i32>,
     /// What its commit learnt of the group's rules (none if nothing was
     /// committed).
@@ -207,6 +192,10 @@ pub struct GroupCheckpointer {
 }
 
 impl GroupCheckpointer {
+    /// Cuts after which a partition's next file is its whole state again
+    /// (the first is whole too), which bounds what a new owner reads.
+    pub(crate) const WHOLE_STATE_EVERY: Option<u32> = Some(32);
+
     /// A member of `group` that names itself `owner` in its claims (unique
     /// per process: a restarted instance is a new member).
     pub fn new(group: &str, owner: &str, config: EngineConfig) -> Self {
@@ -233,15 +222,18 @@ impl GroupCheckpointer {
         self.sink_retry = policy;
     }
 
-    /// How long publishing the last completed checkpoint took.
-    pub(crate) fn last_publish_time(&self) -> Duration {
-        self.last_publish
+    /// Forgets the claim on `partitions` (given up in a rebalance; their last
+    /// checkpoint is already cut).
+    pub(crate) fn release(&mut self, partitions: &[i32]) {
+        for p in partitions {
+            self.owned.remove(p);
+        }
     }
 
     /// Claims `partitions` and restores each one's state. A partition whose
     /// state cannot be read is claimed but not restored: it comes back among
     /// [`Claim::unreadable`], and the others go on.
-    pub(crate) async fn claim(
+    async fn claim_and_restore(
         &mut self,
         sink: &mut (impl Sink + GroupStore<Error = SinkError>),
         partitions: &[i32],
@@ -318,15 +310,20 @@ impl GroupCheckpointer {
     /// Writes the state files of `cut` and commits its output, with the
     /// rules it publishes. A member that holds no partitions commits only
     /// to publish rules an operator gave it.
-    pub(crate) async fn complete(
+    async fn write_and_commit(
         &mut self,
         sink: &mut (impl Sink + GroupStore<Error = SinkError>),
-        mut cut: GroupCut,
-    ) -> Result<GroupCompleted, CheckpointError> {
+        mut cut: CheckpointCut,
+    ) -> Result<Recorded, CheckpointError> {
         let id = self.last_id + 1;
         self.last_id = id;
-        let mut parts: Vec<PartitionCut> =
-            cut.partitions.into_iter().filter(|c| self.owned.contains_key(&c.partition)).collect();
+        let mut parts = Vec::with_capacity(cut.shards.len());
+        for shard in std::mem::take(&mut cut.shards) {
+            let part = PartitionCut::of(shard)?;
+            if self.owned.contains_key(&part.partition) {
+                parts.push(part);
+            }
+        }
         let publish = match &mut self.rules {
             Some(exchange) => {
                 if let Some(rules) = cut.publish.take() {
@@ -356,7 +353,7 @@ impl GroupCheckpointer {
             )),
             _ => None,
         };
-        Ok(GroupCompleted { id, fenced, fleet })
+        Ok(Recorded { id, fenced, fleet })
     }
 
     /// The chains a whole state in `parts` replaces: to be deleted once it commits.
@@ -462,14 +459,6 @@ impl GroupCheckpointer {
         }
     }
 
-    /// Forgets the claim on `partitions` (given up in a rebalance; their last
-    /// checkpoint is already cut).
-    pub(crate) fn release(&mut self, partitions: &[i32]) {
-        for p in partitions {
-            self.owned.remove(p);
-        }
-    }
-
     /// Writes `part`'s changes as the next file of its chain, unless
     /// nothing changed.
     async fn write_state(
@@ -536,5 +525,32 @@ impl GroupCheckpointer {
         };
         let p = part.partition;
         part.output.rejected.retain(|dead| dead.partition != p || dead.position >= to);
+    }
+}
+
+impl<S: Sink + GroupStore<Error = SinkError>> CheckpointStore<S> for GroupCheckpointer {
+    async fn complete(
+        &mut self,
+        sink: &mut S,
+        cut: CheckpointCut,
+    ) -> Result<Recorded, CheckpointError> {
+        self.write_and_commit(sink, cut).await
+    }
+
+    async fn claim(&mut self, sink: &mut S, partitions: &[i32]) -> Result<Claim, CheckpointError> {
+        self.claim_and_restore(sink, partitions).await
+    }
+
+    fn release(&mut self, partitions: &[i32]) {
+        GroupCheckpointer::release(self, partitions);
+    }
+
+    fn last_publish_time(&self) -> Duration {
+        self.last_publish
+    }
+
+    /// Nothing on local disk: the state is beside the table.
+    fn state_bytes(&self) -> Option<u64> {
+        None
     }
 }

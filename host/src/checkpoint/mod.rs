@@ -1,10 +1,12 @@
 //! The checkpoint protocol: one checkpoint ties the input offsets consumed, the
 //! state after them, and the Iceberg snapshot holding the sessions they closed.
 //!
-//! The event loop only *cuts* a checkpoint ([`PendingCheckpoint::cut`]: the
-//! engine's changed users, its clocks, the offsets and the output, taken at one
-//! instant); [`Checkpointer::complete`] does the slow steps, one checkpoint at a
-//! time and in order, on the [`CheckpointThread`] beside the loop:
+//! The event loop only *cuts* a checkpoint ([`CheckpointCut`]: for each of its
+//! engines the changed users, the clocks, the offsets and the output, taken at
+//! one instant). A [`CheckpointStore`] does the slow steps, one checkpoint at a
+//! time and in order, on the [`CheckpointThread`] beside the loop. There are
+//! two: a group member's ([`GroupCheckpointer`], state beside the table; see
+//! its module), and a job's own, [`Checkpointer`], whose steps are:
 //!
 //! 1. One redb transaction writes the state changes, the checkpoint record
 //!    (id, offsets, clocks) and the checkpoint's output, staged.
@@ -29,21 +31,24 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use crate::engine::{Engine, EngineChanges, EngineClocks, EngineConfig, EngineError};
+use crate::engine::{Engine, EngineConfig, EngineError};
 use crate::sink::{divert_unwritable, Sink, SinkError, SinkRetries, SinkRetryPolicy};
 use crate::state::{CheckpointRecord, StagedOutput, StateError, StateStore};
 
+mod cut;
 mod exchange;
 mod group;
+mod store;
 mod thread;
 
 #[cfg(test)]
 mod tests;
 
+pub use cut::{CheckpointCut, ShardCut, Span};
 pub(crate) use exchange::{fetch_component, RulesExchange};
-pub use group::GroupCheckpointer;
-pub(crate) use group::{Claim, GroupCut, PartitionCut, RestoredPartition, WHOLE_STATE_EVERY};
-pub(crate) use thread::{CheckpointThread, Completed, Completer, Cut, Pending};
+pub use group::{Claim, GroupCheckpointer, Recorded, RestoredPartition};
+pub use store::CheckpointStore;
+pub(crate) use thread::{CheckpointThread, Completed, Cut};
 
 /// Snapshot summary key: the checkpoint whose output the snapshot holds.
 pub const CHECKPOINT_ID_KEY: &str = "sessionize.checkpoint-id";
@@ -103,39 +108,6 @@ pub struct Resumed {
     pub rule_version: String,
     /// The rules the command line gave the run that cut it.
     pub given_rules: String,
-}
-
-/// A checkpoint as cut by the event loop, not yet durable.
-pub(crate) struct PendingCheckpoint {
-    changes: EngineChanges,
-    offsets: BTreeMap<i32, i64>,
-    clocks: EngineClocks,
-    rule_version: String,
-    pub(crate) output: StagedOutput,
-}
-
-impl PendingCheckpoint {
-    /// Takes what the checkpoint holds at this instant: the users changed since
-    /// the last cut, the clocks, the input `offsets` and the `output` they closed.
-    pub(crate) fn cut(
-        engine: &mut Engine,
-        offsets: BTreeMap<i32, i64>,
-        output: StagedOutput,
-        rule_version: &str,
-    ) -> Result<Self, EngineError> {
-        Ok(Self {
-            changes: engine.take_changes()?,
-            clocks: engine.clocks(),
-            offsets,
-            rule_version: rule_version.to_owned(),
-            output,
-        })
-    }
-
-    /// The input offsets the checkpoint resumes from.
-    pub(crate) fn offsets(&self) -> &BTreeMap<i32, i64> {
-        &self.offsets
-    }
 }
 
 /// Runs checkpoints against one state store and one sink.
@@ -200,39 +172,20 @@ impl Checkpointer {
         self.sink_retry = policy;
     }
 
-    /// How long publishing the last completed checkpoint took, retries included.
-    pub(crate) fn last_publish_time(&self) -> Duration {
-        self.last_publish
-    }
-
-    /// The state store's size on disk, if it can be read.
-    pub(crate) fn state_bytes(&self) -> Option<u64> {
-        self.store.file_size()
-    }
-
-    /// Makes a cut checkpoint durable and publishes it (steps 1 to 3 of the
-    /// module docs). Checkpoints must be completed in the order they were cut.
-    pub(crate) async fn complete(
-        &mut self,
-        sink: &mut impl Sink,
-        pending: PendingCheckpoint,
-    ) -> Result<u64, CheckpointError> {
-        let PendingCheckpoint { changes, offsets, clocks, rule_version, mut output } = pending;
-        let record = CheckpointRecord {
-            id: self.last_id + 1,
-            offsets,
-            clocks,
-            rule_version,
-            given_rules: self.given_rules.clone(),
-        };
-        dead_letter_unwritable(sink, record.id, &mut output);
-        self.store.write_checkpoint(&changes, &record, &output)?;
-        drop(changes);
-        self.last_id = record.id;
-        let publishing = Instant::now();
-        self.publish(sink, &record, &output).await?;
-        self.last_publish = publishing.elapsed();
-        Ok(record.id)
+    /// The one shard of a job on its own's cut: the whole topic's.
+    fn topic_shard(cut: CheckpointCut) -> Result<(ShardCut, CheckpointCut), CheckpointError> {
+        let mut cut = cut;
+        if cut.publish.is_some() {
+            return Err(CheckpointError::Thread(
+                "a job on its own has no group to publish rules to".into(),
+            ));
+        }
+        match (cut.shards.pop(), cut.shards.is_empty()) {
+            (Some(shard), true) if shard.span == Span::Topic && !shard.whole => Ok((shard, cut)),
+            _ => Err(CheckpointError::Thread(
+                "a job on its own cuts one shard, the whole topic's changes".into(),
+            )),
+        }
     }
 
     /// Commits a checkpoint's output to Iceberg unless it is already there,
@@ -324,6 +277,54 @@ impl Checkpointer {
         ]);
         Sink::commit(sink, &output.sessions, rejected, props).await?;
         Ok(Published::Committed)
+    }
+}
+
+impl<S: Sink> CheckpointStore<S> for Checkpointer {
+    /// Makes a cut checkpoint durable and publishes it (steps 1 to 3 of the
+    /// module docs). Checkpoints must be completed in the order they were cut.
+    async fn complete(
+        &mut self,
+        sink: &mut S,
+        cut: CheckpointCut,
+    ) -> Result<Recorded, CheckpointError> {
+        let (shard, cut) = Self::topic_shard(cut)?;
+        let ShardCut { changes, offsets, clocks, mut output, .. } = shard;
+        output.columns = cut.columns;
+        let record = CheckpointRecord {
+            id: self.last_id + 1,
+            offsets,
+            clocks,
+            rule_version: cut.rule_version,
+            given_rules: self.given_rules.clone(),
+        };
+        dead_letter_unwritable(sink, record.id, &mut output);
+        self.store.write_checkpoint(&changes, &record, &output)?;
+        drop(changes);
+        self.last_id = record.id;
+        let publishing = Instant::now();
+        self.publish(sink, &record, &output).await?;
+        self.last_publish = publishing.elapsed();
+        Ok(Recorded { id: record.id, fenced: Vec::new(), fleet: None })
+    }
+
+    async fn claim(
+        &mut self,
+        _sink: &mut S,
+        _partitions: &[i32],
+    ) -> Result<Claim, CheckpointError> {
+        Err(CheckpointError::Thread("a job on its own claims no partitions".into()))
+    }
+
+    /// Nothing to give up: a job on its own holds no claims.
+    fn release(&mut self, _partitions: &[i32]) {}
+
+    fn last_publish_time(&self) -> Duration {
+        self.last_publish
+    }
+
+    fn state_bytes(&self) -> Option<u64> {
+        self.store.file_size()
     }
 }
 

@@ -11,7 +11,7 @@ use arrow_array::{Array, RecordBatch, StringArray};
 use futures::TryStreamExt;
 use iceberg::table::Table;
 
-use super::{CheckpointError, Checkpointer, PendingCheckpoint};
+use super::{CheckpointCut, CheckpointError, CheckpointStore, Checkpointer, ShardCut, Span};
 use crate::engine::{Engine, EngineConfig};
 use crate::sink::iceberg::{IcebergSink, SinkConfig};
 use crate::sink::{
@@ -91,12 +91,11 @@ async fn a_session_the_table_cannot_store_is_dead_lettered_not_staged() {
     let mut sessions = vec![row("fine", MARCH_1_MS)];
     sessions.extend(unwritable());
     let output = StagedOutput { sessions, rejected: vec![dead_letter(7)], columns: Vec::new() };
-    let pending =
-        PendingCheckpoint::cut(&mut engine, BTreeMap::from([(0, 10)]), output, "test@1").unwrap();
+    let cut = topic_cut(&mut engine, output);
 
-    let id = checkpointer.complete(&mut sink, pending).await.unwrap();
+    let recorded = checkpointer.complete(&mut sink, cut).await.unwrap();
 
-    assert_eq!(id, 1);
+    assert_eq!(recorded.id, 1);
     assert_eq!(strings(sink.sessions_table(), "uuid").await, ["fine"]);
     // Every session is accounted for: the three that cannot be stored are
     // dead letters, with what is wrong with them, beside the input's own.
@@ -252,13 +251,25 @@ async fn fresh_job(dir: &Path, sink: &mut ScriptedSink) -> (Checkpointer, Engine
     (checkpointer, resumed.engine)
 }
 
-fn one_checkpoint(engine: &mut Engine) -> PendingCheckpoint {
+/// A job on its own's cut of `engine` at offset 10 of partition 0, with `output`.
+fn topic_cut(engine: &mut Engine, output: StagedOutput) -> CheckpointCut {
+    let offsets = BTreeMap::from([(0, 10)]);
+    let shard = ShardCut::take(engine, Span::Topic, offsets, output, false).unwrap();
+    CheckpointCut {
+        shards: vec![shard],
+        rule_version: "test@1".into(),
+        columns: Vec::new(),
+        publish: None,
+    }
+}
+
+fn one_checkpoint(engine: &mut Engine) -> CheckpointCut {
     let output = StagedOutput {
         sessions: vec![row("a", MARCH_1_MS), row("b", MARCH_1_MS)],
         rejected: vec![dead_letter(3)],
         columns: Vec::new(),
     };
-    PendingCheckpoint::cut(engine, BTreeMap::from([(0, 10)]), output, "test@1").unwrap()
+    topic_cut(engine, output)
 }
 
 #[tokio::test]
@@ -270,9 +281,9 @@ async fn a_sink_that_fails_for_a_while_is_retried_and_written_once() {
     sink.script =
         [Call::Locked, Call::Works, Call::Locked, Call::Works, Call::Works, Call::Locked].into();
 
-    let id = checkpointer.complete(&mut sink, one_checkpoint(&mut engine)).await.unwrap();
+    let recorded = checkpointer.complete(&mut sink, one_checkpoint(&mut engine)).await.unwrap();
 
-    assert_eq!(id, 1);
+    assert_eq!(recorded.id, 1);
     assert_eq!(sink.sessions_written(), ["a", "b"]);
     assert_eq!(sink.dead_letters_written(), [3]);
     drop(checkpointer);

@@ -6,50 +6,15 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::group::{Claim, GroupCheckpointer, GroupCompleted, GroupCut};
-use super::{CheckpointError, Checkpointer, PendingCheckpoint};
+use super::group::{Claim, Recorded};
+use super::{CheckpointCut, CheckpointError, CheckpointStore};
 use crate::group::{GroupStore, GroupUpdate};
 use crate::sink::{Sink, SinkError};
-
-/// What completes checkpoints: a job's own state store, or a group
-/// member's shared storage.
-pub(crate) enum Completer {
-    /// One instance, state in its state directory.
-    Local(Checkpointer),
-    /// A member of a consumer group, state beside the table.
-    Group(GroupCheckpointer),
-}
-
-/// A checkpoint as cut, for its completer.
-pub(crate) enum Pending {
-    /// All partitions at once, for [`Completer::Local`].
-    AllPartitions(PendingCheckpoint),
-    /// Partition by partition, for [`Completer::Group`].
-    Partitions(GroupCut),
-}
-
-impl Pending {
-    fn offsets(&self) -> BTreeMap<i32, i64> {
-        match self {
-            Pending::AllPartitions(pending) => pending.offsets().clone(),
-            Pending::Partitions(cut) => cut.offsets(),
-        }
-    }
-
-    fn counts(&self) -> (u64, u64) {
-        match self {
-            Pending::AllPartitions(pending) => {
-                (pending.output.sessions.len() as u64, pending.output.rejected.len() as u64)
-            }
-            Pending::Partitions(cut) => cut.counts(),
-        }
-    }
-}
 
 /// A cut checkpoint on its way to the checkpoint thread.
 pub(crate) struct Cut {
     /// The checkpoint.
-    pub(crate) pending: Pending,
+    pub(crate) checkpoint: CheckpointCut,
     /// When the oldest session it publishes closed.
     pub(crate) oldest_closed: Option<Instant>,
 }
@@ -99,13 +64,17 @@ pub(crate) struct CheckpointThread {
 }
 
 impl CheckpointThread {
-    /// Starts the thread in `scope`; it owns the completer and the sink.
-    pub(crate) fn start<'scope, S: Sink + GroupStore<Error = SinkError> + Send>(
+    /// Starts the thread in `scope`; it owns the checkpoint store and the sink.
+    pub(crate) fn start<'scope, C, S>(
         scope: &'scope std::thread::Scope<'scope, '_>,
         runtime: &'scope tokio::runtime::Handle,
-        mut completer: Completer,
+        mut store: C,
         sink: &'scope mut S,
-    ) -> Result<Self, CheckpointError> {
+    ) -> Result<Self, CheckpointError>
+    where
+        C: CheckpointStore<S> + 'scope,
+        S: Sink + GroupStore<Error = SinkError> + Send,
+    {
         // One cut may wait while another completes; a third waits on the loop.
         let (work, queue) = mpsc::sync_channel::<Work>(1);
         let (done, completed) = mpsc::channel();
@@ -113,54 +82,24 @@ impl CheckpointThread {
             .name("checkpoint".into())
             .spawn_scoped(scope, move || {
                 for item in queue {
-                    let cut = match item {
-                        Work::Cut(cut) => *cut,
+                    let failed = match item {
+                        Work::Cut(cut) => {
+                            let completed = complete(runtime, &mut store, sink, *cut);
+                            let failed = completed.is_err();
+                            let _ = done.send(Done::Checkpoint(completed));
+                            failed
+                        }
                         Work::Claim(partitions) => {
-                            let claimed = match &mut completer {
-                                Completer::Group(group) => {
-                                    runtime.block_on(group.claim(sink, &partitions))
-                                }
-                                Completer::Local(_) => Err(CheckpointError::Thread(
-                                    "a job that is no group member claims no partitions".into(),
-                                )),
-                            };
+                            let claimed = runtime.block_on(store.claim(sink, &partitions));
                             let failed = claimed.is_err();
                             let _ = done.send(Done::Claimed(claimed));
-                            if failed {
-                                break;
-                            }
-                            continue;
+                            failed
                         }
                         Work::Release(partitions) => {
-                            if let Completer::Group(group) = &mut completer {
-                                group.release(&partitions);
-                            }
-                            continue;
+                            store.release(&partitions);
+                            false
                         }
                     };
-                    let offsets = cut.pending.offsets();
-                    let (sessions, dead_letters) = cut.pending.counts();
-                    let started = Instant::now();
-                    let outcome = complete(runtime, &mut completer, sink, cut.pending);
-                    let failed = outcome.is_err();
-                    let _ = done.send(Done::Checkpoint(outcome.map(|group| Completed {
-                        id: group.id,
-                        offsets,
-                        oldest_closed: cut.oldest_closed,
-                        took: started.elapsed(),
-                        commit_took: match &completer {
-                            Completer::Local(local) => local.last_publish_time(),
-                            Completer::Group(group) => group.last_publish_time(),
-                        },
-                        sessions,
-                        dead_letters,
-                        state_bytes: match &completer {
-                            Completer::Local(local) => local.state_bytes(),
-                            Completer::Group(_) => None,
-                        },
-                        fenced: group.fenced,
-                        fleet: group.fleet,
-                    })));
                     if failed {
                         // Later checkpoints build on this one: stop here.
                         break;
@@ -240,19 +179,27 @@ impl CheckpointThread {
     }
 }
 
-fn complete<S: Sink + GroupStore<Error = SinkError>>(
+/// Completes `cut` with `store`, and says how it went.
+fn complete<C: CheckpointStore<S>, S>(
     runtime: &tokio::runtime::Handle,
-    completer: &mut Completer,
+    store: &mut C,
     sink: &mut S,
-    pending: Pending,
-) -> Result<GroupCompleted, CheckpointError> {
-    match (completer, pending) {
-        (Completer::Local(local), Pending::AllPartitions(pending)) => runtime
-            .block_on(local.complete(sink, pending))
-            .map(|id| GroupCompleted { id, fenced: Vec::new(), fleet: None }),
-        (Completer::Group(group), Pending::Partitions(cut)) => {
-            runtime.block_on(group.complete(sink, cut))
-        }
-        _ => Err(CheckpointError::Thread("a cut of the other kind of checkpoint".into())),
-    }
+    cut: Cut,
+) -> Result<Completed, CheckpointError> {
+    let offsets = cut.checkpoint.offsets();
+    let (sessions, dead_letters) = cut.checkpoint.counts();
+    let started = Instant::now();
+    let Recorded { id, fenced, fleet } = runtime.block_on(store.complete(sink, cut.checkpoint))?;
+    Ok(Completed {
+        id,
+        offsets,
+        oldest_closed: cut.oldest_closed,
+        took: started.elapsed(),
+        commit_took: store.last_publish_time(),
+        sessions,
+        dead_letters,
+        state_bytes: store.state_bytes(),
+        fenced,
+        fleet,
+    })
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::{JobError, DEFAULT_RULES};
-use crate::checkpoint::{fetch_component, Completer, GroupCheckpointer, RulesExchange};
+use crate::checkpoint::{fetch_component, GroupCheckpointer, RulesExchange};
 use crate::engine::EngineConfig;
 use crate::group::{GroupStore, GroupView, RulesRecord};
 use crate::rules::lifecycle::{read_component, RulesArchive, RulesLoader, RulesSlot};
@@ -28,8 +28,8 @@ pub(super) struct Membership<'a> {
 /// A member as it joins: its checkpoints, and why it runs its own rules
 /// rather than the group's, if it does.
 pub(super) struct Joined {
-    /// The member's checkpoint completer.
-    pub(super) completer: Completer,
+    /// The member's checkpoint store.
+    pub(super) checkpointer: GroupCheckpointer,
     /// Why the group's rules could not be had (see [`start_member`]).
     pub(super) diverged: Option<String>,
     /// The group as the member found it (a rollback sent to it before its
@@ -40,7 +40,7 @@ pub(super) struct Joined {
 /// Joins as a new member: switches `slot` to the group's rules if it has
 /// rules other than the command line's, keeps the starting component in
 /// `archive` (to be published if the group has none), and returns the
-/// member's checkpoint completer.
+/// member's checkpoint store.
 ///
 /// Rules the group recorded that this member cannot use (too large for its
 /// `--max-component-mib`, refused by its settings, missing) do not stop it:
@@ -95,7 +95,7 @@ pub(super) async fn start_member(
             .unusable(diverged.clone());
     let checkpointer =
         GroupCheckpointer::new(member.group, &owner, member.engine).exchanging_rules(exchange);
-    Ok(Joined { completer: Completer::Group(checkpointer), diverged, fleet })
+    Ok(Joined { checkpointer, diverged, fleet })
 }
 
 /// The group's `rules`, from the store or, failing that, from this

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::admin::{self, AdminConfig, AdminError};
-use crate::checkpoint::{CheckpointError, Checkpointer, Completer};
+use crate::checkpoint::{CheckpointError, CheckpointStore, Checkpointer, GroupCheckpointer};
 use crate::engine::{Engine, EngineConfig};
 use crate::group::GroupView;
 use crate::metrics::{JobMetrics, Readiness};
@@ -30,7 +30,7 @@ use crate::source::generate::{generate, GeneratorConfig};
 use crate::source::kafka::{KafkaConfig, KafkaSource, KafkaSourceError};
 use crate::state::{StateError, StateStore};
 use crate::status::{self, StatusConfig, StatusError};
-use streaming::{Engines, PartitionEngines};
+use streaming::Engines;
 
 pub mod bounded;
 mod group;
@@ -307,9 +307,15 @@ async fn run_kafka(config: &JobConfig) -> Result<StreamSummary, JobError> {
         None => None,
     };
     let start = Start { loader: &loader, archive: &archive, metrics: &metrics };
-    let mut resumed = resume(config, &start, &mut sink, &mut slot).await?;
-    let rules = rules_lifecycle(config, &start, slot, &sink, resumed.group.take()).await?;
-    stream(config, resumed, rules, &archive, sink, metrics)
+    if config.scale_out.is_some() {
+        let mut resumed = join_group(config, &start, &mut sink, &mut slot).await?;
+        let rules = rules_lifecycle(config, &start, slot, &sink, resumed.group.take()).await?;
+        stream(config, resumed, rules, &archive, sink, metrics)
+    } else {
+        let resumed = recover(config, &start, &mut sink, &mut slot).await?;
+        let rules = rules_lifecycle(config, &start, slot, &sink, None).await?;
+        stream(config, resumed, rules, &archive, sink, metrics)
+    }
 }
 
 /// What the steps of a streaming job's start share.
@@ -319,39 +325,46 @@ struct Start<'a> {
     metrics: &'a Arc<JobMetrics>,
 }
 
-/// Where a streaming job resumes: its engines, its checkpoints, the offsets
-/// to read from, and (for a group member) how it joined.
-struct Resumed {
+/// Where a streaming job resumes: its engines, its checkpoint store, the
+/// offsets to read from, and (for a group member) how it joined.
+struct Resumed<C> {
     engines: Engines,
-    completer: Completer,
+    store: C,
     offsets: BTreeMap<i32, i64>,
     /// Why a member runs its own rules, and the group as it found it.
     group: Option<(Option<String>, GroupView)>,
 }
 
-/// Joins the group, or recovers the job's own state store.
-async fn resume(
+/// Joins the group as a new member: no engines until it claims partitions.
+async fn join_group(
     config: &JobConfig,
     start: &Start<'_>,
     sink: &mut IcebergSink,
     slot: &mut RulesSlot,
-) -> Result<Resumed, JobError> {
-    if config.scale_out.is_some() {
-        let member = group::Membership {
-            group: &config.kafka.group,
-            plugin: config.plugin.as_deref(),
-            max_component_bytes: config.max_component_bytes,
-            engine: config.engine,
-        };
-        let joined = group::start_member(&member, sink, start.loader, start.archive, slot).await?;
-        start.metrics.observe_group_rules(joined.diverged.clone());
-        return Ok(Resumed {
-            engines: Engines::PerPartition(PartitionEngines::default()),
-            completer: joined.completer,
-            offsets: BTreeMap::new(),
-            group: Some((joined.diverged, joined.fleet)),
-        });
-    }
+) -> Result<Resumed<GroupCheckpointer>, JobError> {
+    let member = group::Membership {
+        group: &config.kafka.group,
+        plugin: config.plugin.as_deref(),
+        max_component_bytes: config.max_component_bytes,
+        engine: config.engine,
+    };
+    let joined = group::start_member(&member, sink, start.loader, start.archive, slot).await?;
+    start.metrics.observe_group_rules(joined.diverged.clone());
+    Ok(Resumed {
+        engines: Engines::per_partition(GroupCheckpointer::WHOLE_STATE_EVERY),
+        store: joined.checkpointer,
+        offsets: BTreeMap::new(),
+        group: Some((joined.diverged, joined.fleet)),
+    })
+}
+
+/// Recovers the job's own state store: one engine over the whole topic.
+async fn recover(
+    config: &JobConfig,
+    start: &Start<'_>,
+    sink: &mut IcebergSink,
+    slot: &mut RulesSlot,
+) -> Result<Resumed<Checkpointer>, JobError> {
     let store = StateStore::open(&config.state_dir)?;
     let (mut checkpointer, resumed) = Checkpointer::recover(store, sink, config.engine).await?;
     checkpointer.set_given_rules(slot.rule_version());
@@ -369,8 +382,8 @@ async fn resume(
         "state recovered"
     );
     Ok(Resumed {
-        engines: Engines::AllPartitions(Box::new(resumed.engine)),
-        completer: Completer::Local(checkpointer),
+        engines: Engines::for_topic(resumed.engine),
+        store: checkpointer,
         offsets: resumed.offsets,
         group: None,
     })
@@ -406,9 +419,9 @@ async fn rules_lifecycle(
 }
 
 /// Runs the event loop until SIGINT or SIGTERM (or the end, with `--test-mode`).
-fn stream(
+fn stream<C: CheckpointStore<IcebergSink>>(
     config: &JobConfig,
-    resumed: Resumed,
+    resumed: Resumed<C>,
     mut rules: RulesLifecycle,
     archive: &RulesArchive,
     mut sink: IcebergSink,
@@ -419,7 +432,7 @@ fn stream(
         signal_hook::flag::register(signal, stop.clone()).map_err(JobError::Signals)?;
     }
     let handle = tokio::runtime::Handle::current();
-    let Resumed { engines, completer, offsets, .. } = resumed;
+    let Resumed { engines, store, offsets, .. } = resumed;
     tokio::task::block_in_place(|| {
         let wait = Duration::from_secs(30);
         let source = match config.scale_out {
@@ -429,7 +442,7 @@ fn stream(
         let parts = streaming::StreamParts {
             source,
             engines,
-            completer,
+            store,
             rules: &mut rules,
             sink: &mut sink,
             metrics,

@@ -29,16 +29,15 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 
-use crate::checkpoint::{GroupCheckpointer, Pending, RulesExchange};
+use crate::checkpoint::{CheckpointStore, GroupCheckpointer, RulesExchange};
 use crate::engine::{Engine, EngineConfig};
 use crate::event::{EventBlock, EventLimits};
 use crate::group::GroupStore;
 use crate::job::ingest::{ingest, Intake};
-use crate::job::streaming::{Engines, PartitionEngines};
+use crate::job::streaming::Engines;
 use crate::rules::contract::Settings;
 use crate::rules::lifecycle::{Candidate, MemberRules, RulesAction, RulesArchive};
 use crate::sink::{MemoryGroupStore, SessionRow, SinkRetryPolicy, StoreFaults};
-use crate::state::StagedOutput;
 use sessionize_native::NativeRules;
 
 const GROUP: &str = "sim";
@@ -183,7 +182,7 @@ impl Fleet {
         checkpointer.set_sink_retry(quick);
         let mut rules = MemberRules::default();
         rules.start_with(&running, None, view);
-        let engines = Engines::PerPartition(PartitionEngines::default());
+        let engines = Engines::per_partition(GroupCheckpointer::WHOLE_STATE_EVERY);
         let member = Member {
             id,
             checkpointer,
@@ -244,18 +243,11 @@ impl Fleet {
         for (i, record) in records.iter().enumerate().take(to).skip(from as usize) {
             block.push(p, i as i64, record);
         }
-        let mut staged = StagedOutput::default();
-        ingest(
-            &block,
-            &Intake::default(),
-            &mut member.engines,
-            "sim",
-            &mut staged.rejected,
-            |_| {},
-        );
-        member.engines.route_dead_letters(&mut staged);
+        let mut dead_letters = Vec::new();
+        ingest(&block, &Intake::default(), &mut member.engines, "sim", &mut dead_letters, |_| {});
+        member.engines.route_dead_letters(&mut dead_letters);
         member.offsets.insert(p, to as i64);
-        let advanced = member.engines.advance(&mut self.native, false, &mut staged);
+        let advanced = member.engines.advance(&mut self.native, false);
         assert!(advanced.is_ok(), "the default rules failed: {advanced:?}");
     }
 
@@ -263,15 +255,8 @@ impl Fleet {
     /// checkpoint fails for good stops (it is restarted as a new member).
     fn checkpoint(&mut self, slot: usize) {
         let Some(member) = self.members.get_mut(&slot) else { return };
-        let cut = member.engines.cut(
-            member.offsets.clone(),
-            StagedOutput::default(),
-            &member.running,
-            &[],
-        );
-        let Ok(Pending::Partitions(mut cut)) = cut else {
-            panic!("a member's cut is by partition")
-        };
+        let cut = member.engines.cut(&member.offsets, &member.running, &[]);
+        let Ok(mut cut) = cut else { panic!("a cut failed: {:?}", cut.err()) };
         cut.publish = member.rules.take_publish();
         let completed = self.runtime.block_on(member.checkpointer.complete(&mut self.store, cut));
         let Ok(completed) = completed else {
@@ -438,8 +423,7 @@ impl Fleet {
                     self.read(slot, 1_000);
                 }
                 let Some(member) = self.members.get_mut(&slot) else { continue };
-                let mut staged = StagedOutput::default();
-                let ended = member.engines.advance(&mut self.native, true, &mut staged);
+                let ended = member.engines.advance(&mut self.native, true);
                 assert!(ended.is_ok(), "the default rules failed: {ended:?}");
             }
             for _ in 0..3 {

@@ -3,9 +3,13 @@
 //! source's end as of the start).
 //!
 //! The event loop polls, ingests, runs the rules, serves rule changes and cuts
-//! checkpoints; the [`CheckpointThread`] beside it completes them, so the event
-//! flow stalls only for a cut. A change of rules is applied right after a cut:
-//! each checkpoint is processed by one rules version.
+//! checkpoints; the [`CheckpointThread`] beside it completes them with the
+//! run's [`CheckpointStore`], so the event flow stalls only for a cut. A change
+//! of rules is applied right after a cut: each checkpoint is processed by one
+//! rules version. A job on its own and a group member run the same loop: one
+//! has an engine over the whole topic and its own state store, the other an
+//! engine per partition it holds and the group's storage (`engines`,
+//! `membership`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +19,7 @@ use std::time::{Duration, Instant};
 use super::ingest::{ingest, Intake};
 use super::summary::StreamSummary;
 use crate::checkpoint::{
-    CheckpointError, CheckpointThread, Checkpointer, Completed, Completer, Cut, Pending,
+    CheckpointError, CheckpointStore, CheckpointThread, Checkpointer, Completed, Cut,
 };
 use crate::engine::{Engine, EngineError};
 use crate::event::EventBlock;
@@ -23,16 +27,15 @@ use crate::group::GroupStore;
 use crate::metrics::{fault_kind, wall_clock_s, CheckpointNote, JobMetrics};
 use crate::rules::lifecycle::{Change, RulesLifecycle};
 use crate::rules::RulesRuntime;
-use crate::sink::{Sink, SinkError};
+use crate::sink::{RejectedEvent, Sink, SinkError};
 use crate::source::StreamSource;
-use crate::state::StagedOutput;
 
 mod engines;
 mod membership;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use engines::{Engines, PartitionEngines};
+pub(crate) use engines::Engines;
 
 /// How long after losing a partition to another member's claim a member
 /// claims it again, if the group still assigns it here: longer than a
@@ -99,13 +102,13 @@ pub enum StreamError {
 }
 
 /// The parts a streaming run drives.
-pub struct StreamParts<'a, S, K> {
+pub struct StreamParts<'a, S, K, C> {
     /// The input, positioned at the recovered offsets.
     pub source: S,
     /// The engines as recovered.
     pub(crate) engines: Engines,
-    /// The checkpoint protocol.
-    pub(crate) completer: Completer,
+    /// Where checkpoints are kept.
+    pub(crate) store: C,
     /// The rules and the changes asked of them.
     pub rules: &'a mut RulesLifecycle,
     /// The output.
@@ -114,7 +117,7 @@ pub struct StreamParts<'a, S, K> {
     pub metrics: Arc<JobMetrics>,
 }
 
-impl<'a, S, K> StreamParts<'a, S, K> {
+impl<'a, S, K> StreamParts<'a, S, K, Checkpointer> {
     /// The parts of a job that reads every partition itself, its state in
     /// its own store.
     pub fn whole(
@@ -127,8 +130,8 @@ impl<'a, S, K> StreamParts<'a, S, K> {
     ) -> Self {
         Self {
             source,
-            engines: Engines::AllPartitions(Box::new(engine)),
-            completer: Completer::Local(checkpointer),
+            engines: Engines::for_topic(engine),
+            store: checkpointer,
             rules,
             sink,
             metrics,
@@ -138,16 +141,21 @@ impl<'a, S, K> StreamParts<'a, S, K> {
 
 /// Runs until `stop` is set (a final checkpoint keeps open sessions for the next
 /// run) or, with `until_end`, until the source's end as of the start.
-pub fn run_streaming<S: StreamSource, K: Sink + GroupStore<Error = SinkError> + Send>(
+pub fn run_streaming<S, K, C>(
     runtime: &tokio::runtime::Handle,
-    parts: StreamParts<'_, S, K>,
+    parts: StreamParts<'_, S, K, C>,
     config: StreamConfig,
     start_offsets: BTreeMap<i32, i64>,
     stop: &AtomicBool,
-) -> Result<StreamSummary, StreamError> {
-    let StreamParts { source, engines, completer, rules, sink, metrics } = parts;
+) -> Result<StreamSummary, StreamError>
+where
+    S: StreamSource,
+    K: Sink + GroupStore<Error = SinkError> + Send,
+    C: CheckpointStore<K>,
+{
+    let StreamParts { source, engines, store, rules, sink, metrics } = parts;
     std::thread::scope(|scope| {
-        let checkpoints = CheckpointThread::start(scope, runtime, completer, sink)?;
+        let checkpoints = CheckpointThread::start(scope, runtime, store, sink)?;
         let now = Instant::now();
         let job = EventLoop {
             source_name: source.name(),
@@ -159,7 +167,7 @@ pub fn run_streaming<S: StreamSource, K: Sink + GroupStore<Error = SinkError> + 
             config,
             start_offsets,
             summary: StreamSummary::default(),
-            staged: StagedOutput::default(),
+            dead_letters: Vec::new(),
             last_checkpoint: now,
             oldest_staged: None,
             failures: 0,
@@ -188,8 +196,8 @@ struct EventLoop<'a, S> {
     summary: StreamSummary,
     /// When each partition last delivered, for idleness.
     last_message: HashMap<i32, Instant>,
-    /// Output waiting for the next checkpoint.
-    staged: StagedOutput,
+    /// Dead letters of the latest poll, on their way to their engine's output.
+    dead_letters: Vec<RejectedEvent>,
     last_checkpoint: Instant,
     /// When the oldest session waiting for the next checkpoint closed.
     oldest_staged: Option<Instant>,
@@ -239,7 +247,7 @@ impl<S: StreamSource> EventLoop<'_, S> {
             let offsets = merged(&self.start_offsets, self.source.positions());
             let at_end = self.at_end(&offsets);
             if at_end {
-                self.engines.advance(self.rules.rules(), true, &mut self.staged)?;
+                self.engines.advance(self.rules.rules(), true)?;
             }
             let stopping = at_end || stop.load(Ordering::Relaxed);
             // No change of rules after the final checkpoint: it would be
@@ -274,14 +282,14 @@ impl<S: StreamSource> EventLoop<'_, S> {
             &intake,
             &mut self.engines,
             &self.source_name,
-            &mut self.staged.rejected,
+            &mut self.dead_letters,
             |p| {
                 last_message.insert(p, now);
             },
         );
         self.summary.rejected += rejected.total();
         self.metrics.observe_rejected(rejected.by_class());
-        self.engines.route_dead_letters(&mut self.staged);
+        self.engines.route_dead_letters(&mut self.dead_letters);
         self.metrics.observe_batch(self.engines.figures(), block.len() as u64);
         if now.duration_since(self.last_report) >= Duration::from_millis(500) {
             self.metrics.observe_lag(&self.source.lags());
@@ -357,7 +365,7 @@ impl<S: StreamSource> EventLoop<'_, S> {
     /// for the next iteration (returns false); after too many attempts the
     /// fault policy applies.
     fn run_rules(&mut self) -> Result<bool, StreamError> {
-        match self.engines.advance(self.rules.rules(), false, &mut self.staged) {
+        match self.engines.advance(self.rules.rules(), false) {
             Ok(closed) => {
                 self.failures = 0;
                 if closed > 0 && self.oldest_staged.is_none() {
@@ -418,7 +426,7 @@ impl<S: StreamSource> EventLoop<'_, S> {
         let diverged = self.rules.group_diverged().map(str::to_owned);
         let slot = self.rules.rules();
         self.metrics.observe_rules(slot.rule_version(), slot.history());
-        if self.engines.is_group() {
+        if self.rules.is_group_member() {
             self.metrics.observe_group_rules(diverged);
         }
     }
@@ -438,22 +446,15 @@ impl<S: StreamSource> EventLoop<'_, S> {
         change: Option<Change>,
     ) -> Result<(), StreamError> {
         let boundary = Instant::now();
-        let output = std::mem::take(&mut self.staged);
         self.observe_engine_size();
         let columns = self.rules.rules().declarations().attributes.clone();
-        let mut pending = self.engines.cut(offsets, output, self.rules.rule_version(), &columns)?;
-        if let Pending::Partitions(cut) = &mut pending {
-            cut.publish = self.rules.take_publish();
-        }
-        let outputs: Vec<&StagedOutput> = match &pending {
-            Pending::AllPartitions(pending) => vec![&pending.output],
-            Pending::Partitions(cut) => cut.partitions.iter().map(|c| &c.output).collect(),
-        };
-        for output in outputs {
+        let mut checkpoint = self.engines.cut(&offsets, self.rules.rule_version(), &columns)?;
+        checkpoint.publish = self.rules.take_publish();
+        for output in checkpoint.outputs() {
             self.summary.sessions_written += output.sessions.len() as u64;
             self.metrics.observe_output(&output.sessions, &output.rejected);
         }
-        self.checkpoints.submit(Cut { pending, oldest_closed: self.oldest_staged.take() })?;
+        self.checkpoints.submit(Cut { checkpoint, oldest_closed: self.oldest_staged.take() })?;
         self.summary.checkpoint_stalls.record(boundary.elapsed());
         // At the checkpoint boundary: everything before it was cut by the old
         // rules, everything after by the new.

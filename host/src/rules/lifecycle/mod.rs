@@ -122,6 +122,11 @@ impl RulesLifecycle {
         self
     }
 
+    /// Whether these are a consumer group member's rules.
+    pub fn is_group_member(&self) -> bool {
+        self.group.is_some()
+    }
+
     /// Why this group member does not run its group's rules, if it does not.
     pub fn group_diverged(&self) -> Option<&str> {
         self.group.as_ref()?.diverged()
