@@ -180,7 +180,9 @@ class Event:
 
     @property
     def page_name(self):
-        return self._text(self._raw.page_name)
+        """The page the event happened on; None for an empty page name,
+        which names no page."""
+        return self._text(self._raw.page_name) or None
 
     @property
     def event_name(self):
@@ -390,7 +392,8 @@ def export(rules_class, name, version):
                         values = [None] * len(attributes)
                     state.last_ms = max(state.last_ms, raw.timestamp_ms)
                     state.event_count += 1
-                    if raw.page_name is not None and raw.page_name not in state.pages:
+                    # An empty page name names no page (event.page_name is None).
+                    if event.page_name is not None and raw.page_name not in state.pages:
                         state.pages.append(raw.page_name)
                     session = Session(state, values, names, texts)
                     rules.observe(session, event)

@@ -42,12 +42,14 @@ def clock(minute, users=40):
 def shoppers(prefix, start_minute, count):
     """`count` users with one short visit each: browsing, sometimes a booking
     with a value (some as strings, which a float field does not take), some
-    confirmations, some events without a page."""
+    confirmations, some events without a page and some with an empty page
+    name (which names no page)."""
     out = []
     for u in range(count):
         user = f"{prefix}{u}"
         m = start_minute + u % 7
-        events = [line(user, 0, m, "home" if u % 3 else "search"),
+        first_page = "home" if u % 3 else ("" if u % 9 == 0 else "search")
+        events = [line(user, 0, m, first_page),
                   line(user, 1, m + 1, None, "view", 3.5)]
         if u % 2 == 0:
             events.append(line(user, 2, m + 2, "hotel", "booking", 100 + u))
@@ -55,7 +57,8 @@ def shoppers(prefix, start_minute, count):
             events.append(line(user, 3, m + 3, "room", "booking", "12.5"))
         if u % 5 == 0:
             events.append(line(user, 4, m + 4, "confirmation"))
-        events.append(line(user, 5, m + 5, "account" if u % 6 else None, "view"))
+        last_page = "account" if u % 6 else ("" if u % 12 == 0 else None)
+        events.append(line(user, 5, m + 5, last_page, "view"))
         out.extend(events)
     # In time order: lateness is judged per partition, and the job allows 1 s.
     return sorted(out, key=lambda raw: json.loads(raw)["event_timestamp"])
@@ -71,7 +74,8 @@ def model(lines):
     expected = {}
     for user, events in by_user.items():
         events.sort(key=lambda e: e["event_timestamp"])
-        pages = [e["page_name"] for e in events if "page_name" in e]
+        # An empty page name names no page.
+        pages = [e["page_name"] for e in events if e.get("page_name")]
         types = [e.get("event_details", {}).get("event_type") for e in events]
         revenue = 0.0
         for e in events:

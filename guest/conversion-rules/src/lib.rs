@@ -105,6 +105,15 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_page_name_is_no_page() {
+        let events = [at(0).page(""), at(MIN).page("home"), at(2 * MIN).page("")];
+        let closed = harness().finish(&events);
+        assert_eq!(closed[0].pages, ["home"]);
+        assert_eq!(closed[0].get(&ENTRY_PAGE).as_deref(), Some("home"));
+        assert_eq!(closed[0].get(&EXIT_PAGE).as_deref(), Some("home"));
+    }
+
+    #[test]
     fn a_session_without_pages_or_bookings_has_no_pages_and_did_not_convert() {
         let closed = harness()
             .finish(&[at(0), at(MIN).with("event_details.event_value", TestValue::Float(3.0))]);

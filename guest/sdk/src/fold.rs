@@ -107,15 +107,15 @@ pub(crate) fn process<R: Rules>(
         for (offset, raw) in events.iter().enumerate() {
             let event = Event { raw, texts, columns, index: first + offset, declared };
             let mut current = match open.take() {
-                None => start(raw, names.len()),
+                None => start(&event, names.len()),
                 Some(mut current) => {
                     match rules.split(&session(&mut current, declared, texts), &event) {
                         Some(reason) => {
                             closed.push(close(index, current, reason));
-                            start(raw, names.len())
+                            start(&event, names.len())
                         }
                         None => {
-                            extend(&mut current.state, raw);
+                            extend(&mut current.state, &event);
                             current
                         }
                     }
@@ -154,23 +154,23 @@ fn session<'a>(open: &'a mut Open, declared: &'a Declare, texts: &'a TextTable) 
     Session { state: &mut open.state, attributes: &mut open.attributes, declared, texts }
 }
 
-fn start(event: &crate::wit::Event, attributes: usize) -> Open {
+fn start(event: &Event, attributes: usize) -> Open {
     Open {
         state: SessionState {
-            start_ms: event.timestamp_ms,
-            last_ms: event.timestamp_ms,
+            start_ms: event.timestamp_ms(),
+            last_ms: event.timestamp_ms(),
             event_count: 1,
-            pages: event.page_name.into_iter().collect(),
+            pages: event.page_handle().into_iter().collect(),
             data: Vec::new(),
         },
         attributes: vec![None; attributes],
     }
 }
 
-fn extend(state: &mut SessionState, event: &crate::wit::Event) {
-    state.last_ms = state.last_ms.max(event.timestamp_ms);
+fn extend(state: &mut SessionState, event: &Event) {
+    state.last_ms = state.last_ms.max(event.timestamp_ms());
     state.event_count += 1;
-    if let Some(page) = event.page_name {
+    if let Some(page) = event.page_handle() {
         if !state.pages.contains(&page) {
             state.pages.push(page);
         }

@@ -253,9 +253,16 @@ impl<'a> Event<'a> {
         self.raw.timestamp_ms
     }
 
-    /// The page the event happened on.
+    /// The page the event happened on; none for an empty page name, which
+    /// names no page.
     pub fn page_name(&self) -> Option<&'a str> {
-        self.raw.page_name.and_then(|h| self.texts.get(h))
+        self.raw.page_name.and_then(|h| self.texts.get(h)).filter(|page| !page.is_empty())
+    }
+
+    /// The page's handle, for the session's pages: none where
+    /// [`Event::page_name`] is none.
+    pub(crate) fn page_handle(&self) -> Option<u32> {
+        self.page_name().and(self.raw.page_name)
     }
 
     /// `event_details.event_name`.

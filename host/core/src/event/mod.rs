@@ -213,7 +213,9 @@ fn parse_fields<'a>(
         Value::Null => None,
         other => return Err(wrong_type("event_id", "a string or integer", &other)),
     };
-    let page_name = optional_text("page_name", wire.page_name)?;
+    // An empty page name names no page (docs/semantics.md): it is left out
+    // of the pages a session visited, and the rules see none.
+    let page_name = optional_text("page_name", wire.page_name)?.filter(|page| !page.is_empty());
     let (event_name, event_type) = match wire.event_details {
         Details::Absent => (None, None),
         Details::Object { event_name, event_type } => (
@@ -288,6 +290,12 @@ mod tests {
         assert_eq!(e.event_type.as_deref(), Some("ui"));
         let e = parse(br#"{"uuid":"u","event_timestamp":1.7e12,"event_details":null}"#).unwrap();
         assert_eq!(e.timestamp_ms, 1_700_000_000_000);
+    }
+
+    #[test]
+    fn an_empty_page_name_is_no_page() {
+        let e = parse(br#"{"uuid":"u","event_timestamp":1,"page_name":""}"#).unwrap();
+        assert_eq!(e.page_name, None);
     }
 
     #[test]
