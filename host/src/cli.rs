@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 use sessionize::admin::{AdminCall, AdminConfig};
 use sessionize::engine::EngineConfig;
@@ -71,6 +72,20 @@ pub enum Command {
     /// Run SQL over the tables and print the rows (a table, CSV or JSON lines;
     /// in builds with the `query` feature).
     Query(Box<QueryArgs>),
+    /// Ask a job's status endpoint whether it is healthy: exit 0 if so, 1
+    /// with the reason if not (a container's HEALTHCHECK).
+    Healthcheck(HealthcheckArgs),
+}
+
+/// `sessionize healthcheck`.
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// What to ask: the job's /healthz (or /readyz).
+    #[arg(long, default_value = "http://127.0.0.1:9464/healthz")]
+    pub url: String,
+    /// How long to wait for the answer: seconds, or with a unit.
+    #[arg(long, default_value = "5", value_parser = seconds)]
+    pub timeout: Duration,
 }
 
 /// `sessionize plugin ...`: talks to a running job's admin endpoint.
@@ -148,7 +163,7 @@ pub struct ProduceArgs {
     #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS", default_value = "localhost:9092")]
     pub kafka_servers: String,
     /// Topic to write to.
-    #[arg(long, env = "KAFKA_TOPIC", default_value = "clickstream")]
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "clickstream-events")]
     pub topic: String,
     /// Partitions of the topic, if it has to be created (1 to 10000).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(i32).range(1..=10_000))]
@@ -194,12 +209,16 @@ pub struct RepartitionArgs {
 /// `sessionize run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// The pipeline to run, as the Spark job named it; there is one, and
+    /// naming it is optional.
+    #[arg(value_parser = ["user_sessionization_pipeline"])]
+    pub pipeline: Option<String>,
     /// Kafka bootstrap servers [default: localhost:9092]. Given with
     /// --test-mode, the job reads the topic up to its current end and stops.
     #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS")]
     pub kafka_servers: Option<String>,
     /// Kafka topic to read.
-    #[arg(long, env = "KAFKA_TOPIC", default_value = "clickstream")]
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "clickstream-events")]
     pub kafka_topic: String,
     /// Consumer group the job commits its offsets to (for lag monitoring; the
     /// job itself resumes from its checkpoints).
@@ -324,8 +343,14 @@ pub struct RunArgs {
     /// (stopping if there is none), or stop at the last checkpoint.
     #[arg(long, value_enum, default_value = "rollback")]
     pub on_plugin_failure: OnPluginFailure,
-    /// Log level: error, warn, info, debug or trace.
-    #[arg(long, default_value = "info", value_parser = ["error", "warn", "info", "debug", "trace"])]
+    /// Log level: error, warn, info, debug or trace (any case: INFO too).
+    #[arg(
+        long,
+        default_value = "info",
+        ignore_case = true,
+        value_parser = PossibleValuesParser::new(["error", "warn", "info", "debug", "trace"])
+            .map(|level| level.to_ascii_lowercase())
+    )]
     pub log_level: String,
 }
 

@@ -13,8 +13,8 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use cli::{
-    Cli, Command, GenerateArgs, LogFormat, MaintainArgs, PluginCommand, ProduceArgs,
-    RepartitionArgs, RunArgs,
+    Cli, Command, GenerateArgs, HealthcheckArgs, LogFormat, MaintainArgs, PluginCommand,
+    ProduceArgs, RepartitionArgs, RunArgs,
 };
 use sessionize::job::{self, Input, RunProgress, Summary};
 use sessionize::sink::iceberg::maintain::TableMaintenance;
@@ -32,7 +32,7 @@ fn main() -> ExitCode {
         Command::Produce(_) | Command::Repartition(_) => "info",
         Command::Plugin(_) => "warn",
         Command::Maintain(_) => "info",
-        Command::Query(_) => "warn",
+        Command::Query(_) | Command::Healthcheck(_) => "warn",
     };
     let filter = EnvFilter::try_from_env("SESSIONIZE_LOG").unwrap_or_else(|_| {
         EnvFilter::new(format!("{log_level},iceberg=warn,sqlx=warn,opendal=error"))
@@ -52,6 +52,7 @@ fn main() -> ExitCode {
         Command::Plugin(command) => plugin_command(&command),
         Command::Maintain(args) => maintain_command(&args),
         Command::Query(args) => query_command(&args),
+        Command::Healthcheck(args) => healthcheck_command(&args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -115,6 +116,13 @@ fn run(args: &RunArgs, progress: bool) -> Result<()> {
             config.sink.database, config.sink.table, config.sink.warehouse
         );
     }
+    Ok(())
+}
+
+/// `sessionize healthcheck`.
+fn healthcheck_command(args: &HealthcheckArgs) -> Result<()> {
+    let answer = sessionize::tools::healthcheck::check(&args.url, args.timeout)?;
+    println!("{answer}");
     Ok(())
 }
 

@@ -96,8 +96,8 @@ def test_the_live_walkthrough_shows_closed_sessions_within_two_minutes(binary, t
         started[2].wait(30)
         rows = read_table(tmp_path / "warehouse")
         assert shown <= {r["uuid"] for r in rows}
-        records = read_topic(f"127.0.0.1:{broker_port}", "clickstream",
-                             topic_size(f"127.0.0.1:{broker_port}", "clickstream"))
+        servers = f"127.0.0.1:{broker_port}"
+        records = read_topic(servers, "clickstream-events", topic_size(servers, "clickstream-events"))
         model = {s["session_id"]: s for s in sessionize_records(
             records, inactivity_ms=1 * MIN, lateness_ms=10_000).sessions}
         for row in rows:

@@ -18,7 +18,7 @@ pub struct StatusArgs {
     /// `off` for none. Default: 127.0.0.1:9464 for a Kafka job, off for a run
     /// over a file. Port 0 picks a free one; a Kafka job writes the address to
     /// <state-dir>/metrics.addr.
-    #[arg(long, value_name = "ADDR|off", value_parser = metrics_addr)]
+    #[arg(long, env = "SESSIONIZE_METRICS_ADDR", value_name = "ADDR|off", value_parser = metrics_addr)]
     pub metrics_addr: Option<MetricsAddr>,
     /// /readyz answers 503 while the job is more events than this behind the
     /// end of the topic.
