@@ -10,23 +10,15 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 
 from conftest import read_table
-from kafka import Broker, Job, free_port
+from kafka import Job, free_port
+from test_streaming import broker  # noqa: F401  (fixture)
 from reference import matches, read_topic, sessionize_records
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 VENV_BIN = Path(sys.executable).parent
-
-
-@pytest.fixture
-def broker(tmp_path):
-    b = Broker(tmp_path / "broker")
-    b.start()
-    yield b
-    b.stop()
 
 
 def manifests():

@@ -4,10 +4,8 @@
 import os
 import subprocess
 
-import pytest
-
 from conftest import read_table
-from kafka import Broker
+from test_streaming import broker  # noqa: F401  (fixture)
 from reference import matches, read_topic, sessionize_records
 
 # As the Spark pipeline was started (its topic is the job's default).
@@ -17,14 +15,6 @@ SPARK_COMMAND = (
     "--iceberg-table user_sessions --inactivity-timeout 30 --max-session-duration 2 "
     "--test-mode --log-level INFO"
 )
-
-
-@pytest.fixture
-def broker(tmp_path):
-    b = Broker(tmp_path / "broker")
-    b.start()
-    yield b
-    b.stop()
 
 
 def test_the_spark_jobs_command_line_runs_unchanged(run, binary, broker, tmp_path):
