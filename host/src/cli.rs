@@ -13,6 +13,7 @@ use sessionize::job::streaming::{FaultPolicy, StreamConfig};
 use sessionize::job::{Input, Intake, JobConfig, MaintenanceSchedule};
 use sessionize::rules::contract::Settings;
 use sessionize::rules::SandboxLimits;
+use sessionize::sink::topic::TopicConfig;
 use sessionize::source::generate::GeneratorConfig;
 use sessionize::source::kafka::KafkaConfig;
 
@@ -220,6 +221,18 @@ pub struct RunArgs {
     /// Kafka topic to read.
     #[arg(long, env = "KAFKA_TOPIC", default_value = "clickstream-events")]
     pub kafka_topic: String,
+    /// Where closed sessions go: the Iceberg table, a Kafka topic
+    /// (--sessions-topic, on the --kafka-servers brokers), or both
+    /// (iceberg,kafka). The topic is delivered at least once.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "iceberg")]
+    pub sink: Vec<SinkKind>,
+    /// With --sink kafka: the topic closed sessions go to, one record per
+    /// session keyed by uuid.
+    #[arg(long, default_value = "user-sessions")]
+    pub sessions_topic: String,
+    /// With --sink kafka: a topic dead letters go to as well.
+    #[arg(long)]
+    pub dead_letter_topic: Option<String>,
     /// Consumer group the job commits its offsets to (for lag monitoring; the
     /// job itself resumes from its checkpoints).
     #[arg(long, default_value = "sessionize")]
@@ -406,8 +419,28 @@ impl RunArgs {
         }
     }
 
+    /// Refuses flags that cannot go together, with what to give instead.
+    pub fn check(&self) -> Result<(), String> {
+        let to_topic = self.sink.contains(&SinkKind::Kafka);
+        if to_topic && self.input() != Input::Kafka {
+            return Err("--sink kafka writes the sessions of Kafka input: give --kafka-servers \
+                        (a run over a file or a sample writes the table)"
+                .into());
+        }
+        if self.scale_out && !self.sink.contains(&SinkKind::Iceberg) {
+            return Err("--scale-out keeps each partition's open sessions beside the table: \
+                        use --sink iceberg,kafka"
+                .into());
+        }
+        if self.dead_letter_topic.is_some() && !to_topic {
+            return Err("--dead-letter-topic goes with --sink kafka (or iceberg,kafka)".into());
+        }
+        Ok(())
+    }
+
     /// The job these flags describe.
     pub fn job_config(&self) -> JobConfig {
+        let servers = self.kafka_servers.clone().unwrap_or_else(|| "localhost:9092".into());
         let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         JobConfig {
             sink: self.table.sink_config(),
@@ -429,8 +462,14 @@ impl RunArgs {
             plugin_watch: self.plugin_watch,
             scale_out: self.scale_out.then_some(self.group_session_timeout),
             state_dir: self.state_dir.clone(),
+            to_table: self.sink.contains(&SinkKind::Iceberg),
+            topic: self.sink.contains(&SinkKind::Kafka).then(|| TopicConfig {
+                servers: servers.clone(),
+                sessions: self.sessions_topic.clone(),
+                dead_letters: self.dead_letter_topic.clone(),
+            }),
             kafka: KafkaConfig {
-                servers: self.kafka_servers.clone().unwrap_or_else(|| "localhost:9092".into()),
+                servers,
                 topic: self.kafka_topic.clone(),
                 group: self.kafka_group.clone(),
             },
@@ -679,6 +718,15 @@ mod tests {
         assert!(key_value("=x").is_err());
         assert!(key_value("x").is_err());
     }
+}
+
+/// `--sink`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SinkKind {
+    /// The Iceberg tables.
+    Iceberg,
+    /// A Kafka topic.
+    Kafka,
 }
 
 /// `--on-plugin-failure`.

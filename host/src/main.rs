@@ -94,6 +94,7 @@ fn two_thread_runtime() -> Result<tokio::runtime::Runtime> {
 /// `sessionize run`; a bounded run shows its progress on a terminal when
 /// `progress` says one is watching.
 fn run(args: &RunArgs, progress: bool) -> Result<()> {
+    args.check().map_err(anyhow::Error::msg)?;
     let runtime = two_thread_runtime()?;
     let mut config = args.job_config();
     config.admin.token = args.token.token()?;

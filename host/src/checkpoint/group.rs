@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use super::exchange::RulesExchange;
 use super::{
-    dead_letter_unwritable, whole_millis, CheckpointCut, CheckpointError, CheckpointStore,
-    ShardCut, Span, CHECKPOINT_ID_KEY, JOB_ID_KEY, RULE_VERSION_KEY,
+    dead_letter_unwritable, publish_to_topic, wait_to_retry, CheckpointCut, CheckpointError,
+    CheckpointStore, ShardCut, Span, CHECKPOINT_ID_KEY, JOB_ID_KEY, RULE_VERSION_KEY,
 };
 use crate::engine::{Engine, EngineChanges, EngineClocks, EngineConfig};
 use crate::group::{
@@ -35,6 +35,7 @@ use crate::group::{
     PartitionProgress, Publish, StateChain,
 };
 use crate::rules::contract::SessionAttribute;
+use crate::sink::topic::{SessionsTopic, TopicBatch};
 use crate::sink::{Sink, SinkError, SinkRetries, SinkRetryPolicy};
 use crate::state::{encode_partition_file, PartitionState, StagedOutput, StateError};
 
@@ -84,32 +85,6 @@ pub struct RestoredPartition {
     pub(crate) users: usize,
     /// State files read.
     pub(crate) files: u64,
-}
-
-/// Waits before the next attempt at checkpoint `id`'s commit, or says why
-/// there is none: `error` cannot clear, or the policy's budget is spent.
-async fn wait_to_retry(
-    retries: &mut SinkRetries,
-    id: u64,
-    error: SinkError,
-) -> Result<(), CheckpointError> {
-    let Some(delay) = retries.after_failure(&error) else {
-        if !error.is_transient() {
-            return Err(error.into());
-        }
-        return Err(CheckpointError::SinkUnavailable {
-            checkpoint: id,
-            attempts: retries.attempts(),
-            waited: whole_millis(retries.elapsed()),
-            source: error,
-        });
-    };
-    tracing::warn!(checkpoint = id, %error, "publishing to the sink failed; retrying");
-    // A lost race is retried at once: no trip through the timer.
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
-    Ok(())
 }
 
 /// What a claim got.
@@ -189,6 +164,8 @@ pub struct GroupCheckpointer {
     last_publish: Duration,
     /// The group's rules, when this member takes part in them.
     rules: Option<RulesExchange>,
+    /// Where sessions also go, if anywhere.
+    topic: Option<SessionsTopic>,
 }
 
 impl GroupCheckpointer {
@@ -208,7 +185,16 @@ impl GroupCheckpointer {
             sink_retry: SinkRetryPolicy::default(),
             last_publish: Duration::ZERO,
             rules: None,
+            topic: None,
         }
+    }
+
+    /// Publishes every checkpoint's output to `topic` too, before its commit
+    /// (a fenced member's records are repeats of what the partition's new
+    /// owner publishes: it reads the same records from the same offset).
+    pub fn publishing_to(mut self, topic: SessionsTopic) -> Self {
+        self.topic = Some(topic);
+        self
     }
 
     /// Publishes and follows the group's rules through `exchange`.
@@ -340,6 +326,7 @@ impl GroupCheckpointer {
         }
         let stale = self.replaced_by(&parts);
         let publishing = Instant::now();
+        self.publish_to_topic(id, &parts, &cut.rule_version).await?;
         let outcome = self.commit(sink, id, parts, &cut.rule_version, &cut.columns, &publish).await;
         self.last_publish = publishing.elapsed();
         let (view, fenced) = outcome?;
@@ -354,6 +341,26 @@ impl GroupCheckpointer {
             _ => None,
         };
         Ok(Recorded { id, fenced, fleet })
+    }
+
+    /// Sends the output of `parts` to the topic, if sessions go to one.
+    async fn publish_to_topic(
+        &self,
+        id: u64,
+        parts: &[PartitionCut],
+        rule_version: &str,
+    ) -> Result<(), CheckpointError> {
+        let Some(topic) = &self.topic else { return Ok(()) };
+        for part in parts {
+            let batch = TopicBatch {
+                sessions: &part.output.sessions,
+                rejected: &part.output.rejected,
+                checkpoint: id,
+                rule_version,
+            };
+            publish_to_topic(topic, batch, self.sink_retry).await?;
+        }
+        Ok(())
     }
 
     /// The chains a whole state in `parts` replaces: to be deleted once it commits.

@@ -32,6 +32,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::engine::{Engine, EngineConfig, EngineError};
+use crate::sink::topic::{SessionsTopic, TopicBatch};
 use crate::sink::{divert_unwritable, Sink, SinkError, SinkRetries, SinkRetryPolicy};
 use crate::state::{CheckpointRecord, StagedOutput, StateError, StateStore};
 
@@ -119,6 +120,8 @@ pub struct Checkpointer {
     sink_retry: SinkRetryPolicy,
     /// How long the last checkpoint's publish took.
     last_publish: Duration,
+    /// Where sessions also go, if anywhere.
+    topic: Option<SessionsTopic>,
 }
 
 impl Checkpointer {
@@ -128,6 +131,17 @@ impl Checkpointer {
         store: StateStore,
         sink: &mut impl Sink,
         config: EngineConfig,
+    ) -> Result<(Self, Resumed), CheckpointError> {
+        Self::recover_publishing(store, sink, config, None).await
+    }
+
+    /// [`Checkpointer::recover`], with every checkpoint's output (output a
+    /// crash left staged first) published to `topic` too, before the table.
+    pub async fn recover_publishing(
+        store: StateStore,
+        sink: &mut impl Sink,
+        config: EngineConfig,
+        topic: Option<SessionsTopic>,
     ) -> Result<(Self, Resumed), CheckpointError> {
         let job_id = store.job_id()?;
         let recovered = store.recover()?;
@@ -139,11 +153,13 @@ impl Checkpointer {
             given_rules: String::new(),
             sink_retry: SinkRetryPolicy::default(),
             last_publish: Duration::ZERO,
+            topic,
         };
         if let Some(mut staged) = recovered.staged {
             tracing::info!(checkpoint = checkpoint.id, "publishing output staged before a stop");
             // Staged by a version that did not check its rows yet.
             dead_letter_unwritable(sink, checkpoint.id, &mut staged);
+            this.publish_to_topic(&checkpoint, &staged).await?;
             this.publish(sink, &checkpoint, &staged).await?;
         }
         let open_users = recovered.users.len();
@@ -170,6 +186,23 @@ impl Checkpointer {
     /// [`SinkRetryPolicy::default`]).
     pub fn set_sink_retry(&mut self, policy: SinkRetryPolicy) {
         self.sink_retry = policy;
+    }
+
+    /// Sends `output` to the topic, if sessions go to one (at least once:
+    /// before the table, so a crash in between sends it again).
+    async fn publish_to_topic(
+        &self,
+        record: &CheckpointRecord,
+        output: &StagedOutput,
+    ) -> Result<(), CheckpointError> {
+        let Some(topic) = &self.topic else { return Ok(()) };
+        let batch = TopicBatch {
+            sessions: &output.sessions,
+            rejected: &output.rejected,
+            checkpoint: record.id,
+            rule_version: &record.rule_version,
+        };
+        publish_to_topic(topic, batch, self.sink_retry).await
     }
 
     /// The one shard of a job on its own's cut: the whole topic's.
@@ -303,6 +336,7 @@ impl<S: Sink> CheckpointStore<S> for Checkpointer {
         drop(changes);
         self.last_id = record.id;
         let publishing = Instant::now();
+        self.publish_to_topic(&record, &output).await?;
         self.publish(sink, &record, &output).await?;
         self.last_publish = publishing.elapsed();
         Ok(Recorded { id: record.id, fenced: Vec::new(), fleet: None })
@@ -334,6 +368,48 @@ enum Published {
     Held,
     /// The output was committed; the next pass checks that it landed.
     Committed,
+}
+
+/// Waits before the next attempt at checkpoint `id`'s commit, or says why
+/// there is none: `error` cannot clear, or the policy's budget is spent.
+pub(super) async fn wait_to_retry(
+    retries: &mut SinkRetries,
+    id: u64,
+    error: SinkError,
+) -> Result<(), CheckpointError> {
+    let Some(delay) = retries.after_failure(&error) else {
+        if !error.is_transient() {
+            return Err(error.into());
+        }
+        return Err(CheckpointError::SinkUnavailable {
+            checkpoint: id,
+            attempts: retries.attempts(),
+            waited: whole_millis(retries.elapsed()),
+            source: error,
+        });
+    };
+    tracing::warn!(checkpoint = id, %error, "publishing to the sink failed; retrying");
+    // A lost race is retried at once: no trip through the timer.
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    Ok(())
+}
+
+/// Publishes a checkpoint's output to the topics, retrying while the
+/// broker's error may clear.
+async fn publish_to_topic(
+    topic: &SessionsTopic,
+    batch: TopicBatch<'_>,
+    policy: SinkRetryPolicy,
+) -> Result<(), CheckpointError> {
+    let mut retries = SinkRetries::new(policy);
+    loop {
+        match topic.publish(&batch).await {
+            Ok(()) => return Ok(()),
+            Err(error) => wait_to_retry(&mut retries, batch.checkpoint, error).await?,
+        }
+    }
 }
 
 /// `duration` to the millisecond, for messages.

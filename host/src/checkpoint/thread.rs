@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::group::{Claim, Recorded};
 use super::{CheckpointCut, CheckpointError, CheckpointStore};
-use crate::group::{GroupStore, GroupUpdate};
-use crate::sink::{Sink, SinkError};
+use crate::group::GroupUpdate;
 
 /// A cut checkpoint on its way to the checkpoint thread.
 pub(crate) struct Cut {
@@ -73,7 +72,7 @@ impl CheckpointThread {
     ) -> Result<Self, CheckpointError>
     where
         C: CheckpointStore<S> + 'scope,
-        S: Sink + GroupStore<Error = SinkError> + Send,
+        S: Send,
     {
         // One cut may wait while another completes; a third waits on the loop.
         let (work, queue) = mpsc::sync_channel::<Work>(1);

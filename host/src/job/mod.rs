@@ -24,7 +24,8 @@ use crate::rules::lifecycle::{
 };
 use crate::rules::{ComponentLoader, ComponentRules, RulesError, RulesRuntime, SandboxLimits};
 use crate::sink::iceberg::{IcebergSink, SinkConfig};
-use crate::sink::{Sink, SinkError};
+use crate::sink::topic::{SessionsTopic, TopicConfig};
+use crate::sink::{NoTable, Sink, SinkError};
 use crate::source::file::{FileSource, FileSourceError};
 use crate::source::generate::{generate, GeneratorConfig};
 use crate::source::kafka::{KafkaConfig, KafkaSource, KafkaSourceError};
@@ -88,6 +89,10 @@ pub struct JobConfig {
     pub progress: Option<Arc<RunProgress>>,
     /// The metrics and status endpoint, and what readiness means.
     pub status: StatusConfig,
+    /// Whether sessions go to the Iceberg tables (`--sink`: by default).
+    pub to_table: bool,
+    /// The Kafka topics sessions (and dead letters) go to, if any.
+    pub topic: Option<TopicConfig>,
 }
 
 /// What a job reads.
@@ -156,6 +161,15 @@ pub enum JobError {
     Sink {
         /// The warehouse.
         warehouse: String,
+        /// Why.
+        #[source]
+        source: SinkError,
+    },
+    /// The sessions' topic could not be set up.
+    #[error("setting up the sessions' topic on {servers}")]
+    Topic {
+        /// The brokers.
+        servers: String,
         /// Why.
         #[source]
         source: SinkError,
@@ -297,6 +311,18 @@ async fn run_kafka(config: &JobConfig) -> Result<StreamSummary, JobError> {
     let observer = metrics.clone();
     slot.report_calls_to(Arc::new(move |took| observer.observe_plugin_call(took)));
     tracing::info!(rules = slot.rule_version(), "rules loaded");
+    let start = Start { loader: &loader, archive: &archive, metrics: &metrics };
+    let topic = match &config.topic {
+        Some(topic) => Some(
+            SessionsTopic::connect(topic.clone())
+                .await
+                .map_err(|source| JobError::Topic { servers: topic.servers.clone(), source })?,
+        ),
+        None => None,
+    };
+    if !config.to_table {
+        return stream_without_table(config, &start, slot, topic, metrics.clone()).await;
+    }
     let mut sink = open_sink(config).await?;
     check_columns(&sink, &slot)?;
     let _maintenance = match &config.maintenance {
@@ -306,16 +332,31 @@ async fn run_kafka(config: &JobConfig) -> Result<StreamSummary, JobError> {
         ),
         None => None,
     };
-    let start = Start { loader: &loader, archive: &archive, metrics: &metrics };
     if config.scale_out.is_some() {
-        let mut resumed = join_group(config, &start, &mut sink, &mut slot).await?;
+        let mut resumed = join_group(config, &start, &mut sink, &mut slot, topic).await?;
         let rules = rules_lifecycle(config, &start, slot, &sink, resumed.group.take()).await?;
         stream(config, resumed, rules, &archive, sink, metrics)
     } else {
-        let resumed = recover(config, &start, &mut sink, &mut slot).await?;
+        let resumed = recover(config, &start, &mut sink, &mut slot, topic).await?;
         let rules = rules_lifecycle(config, &start, slot, &sink, None).await?;
         stream(config, resumed, rules, &archive, sink, metrics)
     }
+}
+
+/// `--sink kafka`: sessions to the topic only; the state in the job's own
+/// store (a group member's state lives beside a table, so `--scale-out`
+/// needs one).
+async fn stream_without_table(
+    config: &JobConfig,
+    start: &Start<'_>,
+    mut slot: RulesSlot,
+    topic: Option<SessionsTopic>,
+    metrics: Arc<JobMetrics>,
+) -> Result<StreamSummary, JobError> {
+    let mut sink = NoTable::default();
+    let resumed = recover(config, start, &mut sink, &mut slot, topic).await?;
+    let rules = rules_lifecycle(config, start, slot, &sink, None).await?;
+    stream(config, resumed, rules, start.archive, sink, metrics)
 }
 
 /// What the steps of a streaming job's start share.
@@ -341,6 +382,7 @@ async fn join_group(
     start: &Start<'_>,
     sink: &mut IcebergSink,
     slot: &mut RulesSlot,
+    topic: Option<SessionsTopic>,
 ) -> Result<Resumed<GroupCheckpointer>, JobError> {
     let member = group::Membership {
         group: &config.kafka.group,
@@ -352,7 +394,10 @@ async fn join_group(
     start.metrics.observe_group_rules(joined.diverged.clone());
     Ok(Resumed {
         engines: Engines::per_partition(GroupCheckpointer::WHOLE_STATE_EVERY),
-        store: joined.checkpointer,
+        store: match topic {
+            Some(topic) => joined.checkpointer.publishing_to(topic),
+            None => joined.checkpointer,
+        },
         offsets: BTreeMap::new(),
         group: Some((joined.diverged, joined.fleet)),
     })
@@ -362,11 +407,13 @@ async fn join_group(
 async fn recover(
     config: &JobConfig,
     start: &Start<'_>,
-    sink: &mut IcebergSink,
+    sink: &mut impl Sink,
     slot: &mut RulesSlot,
+    topic: Option<SessionsTopic>,
 ) -> Result<Resumed<Checkpointer>, JobError> {
     let store = StateStore::open(&config.state_dir)?;
-    let (mut checkpointer, resumed) = Checkpointer::recover(store, sink, config.engine).await?;
+    let (mut checkpointer, resumed) =
+        Checkpointer::recover_publishing(store, sink, config.engine, topic).await?;
     checkpointer.set_given_rules(slot.rule_version());
     let checkpointed = CheckpointedRules {
         in_force: resumed.rule_version.clone(),
@@ -395,7 +442,7 @@ async fn rules_lifecycle(
     config: &JobConfig,
     start: &Start<'_>,
     slot: RulesSlot,
-    sink: &IcebergSink,
+    sink: &impl Sink,
     group: Option<(Option<String>, GroupView)>,
 ) -> Result<RulesLifecycle, JobError> {
     let (requests_tx, requests) = std::sync::mpsc::channel();
@@ -419,12 +466,12 @@ async fn rules_lifecycle(
 }
 
 /// Runs the event loop until SIGINT or SIGTERM (or the end, with `--test-mode`).
-fn stream<C: CheckpointStore<IcebergSink>>(
+fn stream<C: CheckpointStore<K>, K: Send>(
     config: &JobConfig,
     resumed: Resumed<C>,
     mut rules: RulesLifecycle,
     archive: &RulesArchive,
-    mut sink: IcebergSink,
+    mut sink: K,
     metrics: Arc<JobMetrics>,
 ) -> Result<StreamSummary, JobError> {
     let stop = Arc::new(AtomicBool::new(false));

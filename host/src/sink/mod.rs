@@ -11,9 +11,12 @@ use arrow_schema::ArrowError;
 
 pub mod iceberg;
 mod memory;
+mod no_table;
 mod retry;
+pub mod topic;
 
 pub use memory::{LoggedCommit, MemoryGroupStore, SinkCommit, StoreFaults};
+pub use no_table::NoTable;
 pub use retry::{SinkRetryPolicy, DEFAULT_SINK_RETRY_BUDGET};
 pub use sessionize_core::rows::{RejectedEvent, SessionRow};
 
@@ -257,6 +260,15 @@ pub enum SinkError {
         #[source]
         source: Box<::iceberg::Error>,
     },
+    /// A record could not be delivered to a Kafka topic (the broker is down,
+    /// or refused it); delivery is retried while the error may clear.
+    #[error("delivering to topic {topic}: {message}")]
+    Topic {
+        /// The topic.
+        topic: String,
+        /// librdkafka's error.
+        message: String,
+    },
     /// A statement of the sink's own on the catalog's database failed.
     #[error("{context}: {source}")]
     CatalogDatabase {
@@ -334,6 +346,7 @@ impl SinkError {
                     )
             }
             SinkError::CommitNotVisible { .. }
+            | SinkError::Topic { .. }
             | SinkError::CatalogDatabase { .. }
             | SinkError::LostRaces { .. } => true,
             SinkError::Warehouse { .. }

@@ -3,13 +3,12 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
 use crate::event;
+use crate::sink::topic::create_topic;
 use crate::source::file::{FileSource, FileSourceError};
 
 /// Why producing failed.
@@ -34,32 +33,7 @@ pub(crate) fn kafka(what: &'static str) -> impl FnOnce(KafkaError) -> ProduceErr
 
 /// Creates `topic` with `partitions` partitions unless it exists.
 pub async fn ensure_topic(servers: &str, topic: &str, partitions: i32) -> Result<(), ProduceError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", servers)
-        .create()
-        .map_err(kafka("admin client"))?;
-    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-    let results = admin
-        .create_topics(
-            [&new],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
-        .await
-        .map_err(kafka("create topic"))?;
-    for result in results {
-        match result {
-            Ok(_) => tracing::info!(topic, partitions, "topic created"),
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => {
-                return Err(ProduceError::Kafka {
-                    what: "create topic",
-                    source: KafkaError::AdminOp(code),
-                })
-                .inspect_err(|_| tracing::error!(topic = name, "cannot create topic"))
-            }
-        }
-    }
-    Ok(())
+    create_topic(servers, topic, partitions).await.map_err(kafka("create topic"))
 }
 
 /// A producer that batches for throughput.

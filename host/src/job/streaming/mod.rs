@@ -23,11 +23,10 @@ use crate::checkpoint::{
 };
 use crate::engine::{Engine, EngineError};
 use crate::event::EventBlock;
-use crate::group::GroupStore;
 use crate::metrics::{fault_kind, wall_clock_s, CheckpointNote, JobMetrics};
 use crate::rules::lifecycle::{Change, RulesLifecycle};
 use crate::rules::RulesRuntime;
-use crate::sink::{RejectedEvent, Sink, SinkError};
+use crate::sink::RejectedEvent;
 use crate::source::StreamSource;
 
 mod engines;
@@ -150,7 +149,7 @@ pub fn run_streaming<S, K, C>(
 ) -> Result<StreamSummary, StreamError>
 where
     S: StreamSource,
-    K: Sink + GroupStore<Error = SinkError> + Send,
+    K: Send,
     C: CheckpointStore<K>,
 {
     let StreamParts { source, engines, store, rules, sink, metrics } = parts;
