@@ -146,10 +146,12 @@ impl SessionsTopic {
                     return Ok(());
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    await_all(topic, std::mem::take(pending)).await?;
-                    if pending.is_empty() {
+                    // Room comes as what is queued is acknowledged.
+                    let queued = std::mem::take(pending);
+                    if queued.is_empty() {
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
+                    await_all(topic, queued).await?;
                     record = back;
                 }
                 Err((error, _)) => return Err(topic_error(topic, &error)),
