@@ -351,16 +351,9 @@ impl GroupCheckpointer {
         rule_version: &str,
     ) -> Result<(), CheckpointError> {
         let Some(topic) = &self.topic else { return Ok(()) };
-        for part in parts {
-            let batch = TopicBatch {
-                sessions: &part.output.sessions,
-                rejected: &part.output.rejected,
-                checkpoint: id,
-                rule_version,
-            };
-            publish_to_topic(topic, batch, self.sink_retry).await?;
-        }
-        Ok(())
+        let outputs = parts.iter().map(|p| (&p.output.sessions[..], &p.output.rejected[..]));
+        let batch = TopicBatch { outputs: outputs.collect(), checkpoint: id, rule_version };
+        publish_to_topic(topic, batch, self.sink_retry).await
     }
 
     /// The chains a whole state in `parts` replaces: to be deleted once it commits.

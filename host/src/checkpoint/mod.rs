@@ -197,8 +197,7 @@ impl Checkpointer {
     ) -> Result<(), CheckpointError> {
         let Some(topic) = &self.topic else { return Ok(()) };
         let batch = TopicBatch {
-            sessions: &output.sessions,
-            rejected: &output.rejected,
+            outputs: vec![(&output.sessions, &output.rejected)],
             checkpoint: record.id,
             rule_version: &record.rule_version,
         };

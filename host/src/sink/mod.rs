@@ -173,26 +173,28 @@ fn unwritable_dead_letter(row: &SessionRow, reason: &UnwritableRow) -> RejectedE
 /// `row` as one JSON object, its attributes (contract 0.2) under
 /// `attributes` as plain JSON values.
 pub(crate) fn session_json(row: &SessionRow) -> serde_json::Result<String> {
-    use crate::rules::contract::AttributeValue;
     let mut json = serde_json::to_value(row)?;
     if !row.attributes.is_empty() {
         let attributes: serde_json::Map<String, serde_json::Value> = row
             .attributes
             .iter()
-            .map(|(name, value)| {
-                let value = match value {
-                    AttributeValue::String(s) => serde_json::json!(s),
-                    AttributeValue::Long(n) => serde_json::json!(n),
-                    AttributeValue::Double(x) => serde_json::json!(x),
-                    AttributeValue::Boolean(b) => serde_json::json!(b),
-                    AttributeValue::StringList(l) => serde_json::json!(l),
-                };
-                (name.to_string(), value)
-            })
+            .map(|(name, value)| (name.to_string(), attribute_json(value)))
             .collect();
         json["attributes"] = serde_json::Value::Object(attributes);
     }
     serde_json::to_string(&json)
+}
+
+/// An attribute's value as a plain JSON value.
+pub(crate) fn attribute_json(value: &crate::rules::contract::AttributeValue) -> serde_json::Value {
+    use crate::rules::contract::AttributeValue;
+    match value {
+        AttributeValue::String(s) => serde_json::json!(s),
+        AttributeValue::Long(n) => serde_json::json!(n),
+        AttributeValue::Double(x) => serde_json::json!(x),
+        AttributeValue::Boolean(b) => serde_json::json!(b),
+        AttributeValue::StringList(l) => serde_json::json!(l),
+    }
 }
 
 /// What one commit wrote, so the pipeline can watch for small-file build-up (iceberg-rust

@@ -18,11 +18,10 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::iceberg::user_hash_bucket_of;
-use super::{RejectedEvent, SessionRow, SinkError};
-use crate::rules::contract::AttributeValue;
+use super::{attribute_json, RejectedEvent, SessionRow, SinkError};
 
 /// Header: the checkpoint that published the record.
 pub const CHECKPOINT_HEADER: &str = "sessionize.checkpoint-id";
@@ -64,10 +63,8 @@ pub struct SessionsTopic {
 
 /// What a checkpoint publishes to the topics.
 pub struct TopicBatch<'a> {
-    /// Sessions closed.
-    pub sessions: &'a [SessionRow],
-    /// Dead letters.
-    pub rejected: &'a [RejectedEvent],
+    /// Each engine's sessions closed and dead letters.
+    pub outputs: Vec<(&'a [SessionRow], &'a [RejectedEvent])>,
     /// The checkpoint's id.
     pub checkpoint: u64,
     /// The rules in force.
@@ -107,27 +104,22 @@ impl SessionsTopic {
                 .insert(Header { key: CHECKPOINT_HEADER, value: Some(checkpoint.as_str()) })
                 .insert(Header { key: RULES_HEADER, value: Some(batch.rule_version) })
         };
-        let mut pending = Vec::with_capacity(batch.sessions.len());
+        let mut pending = Vec::new();
         let topic = &self.config.sessions;
-        for row in batch.sessions {
+        for row in batch.outputs.iter().flat_map(|(sessions, _)| sessions.iter()) {
             let value = session_value(row).to_string();
-            let record =
-                FutureRecord::to(topic).key(row.uuid.as_str()).payload(&value).headers(headers());
-            self.send(topic, record, &mut pending).await?;
+            let record = FutureRecord::to(topic).key(row.uuid.as_str()).payload(&value);
+            self.send(topic, record.headers(headers()), &mut pending).await?;
         }
         if let Some(topic) = &self.config.dead_letters {
-            for dead in batch.rejected {
+            for dead in batch.outputs.iter().flat_map(|(_, rejected)| rejected.iter()) {
                 let value = dead_letter_value(dead).to_string();
                 let record = FutureRecord::to(topic).key(dead.source.as_str()).payload(&value);
                 self.send(topic, record.headers(headers()), &mut pending).await?;
             }
         }
+        // Every record queued first, then one wait for all acknowledgements.
         await_all(&self.config.sessions, pending).await
-    }
-
-    /// Whether dead letters go to a topic.
-    pub fn takes_dead_letters(&self) -> bool {
-        self.config.dead_letters.is_some()
     }
 
     /// Queues `record`; while the producer's queue is full, waits for what
@@ -201,22 +193,11 @@ pub fn session_value(row: &SessionRow) -> Value {
         "session_start_time": start,
     });
     if let Value::Object(fields) = &mut value {
-        add_attributes(fields, row);
+        for (name, attribute) in &row.attributes {
+            fields.insert(name.to_string(), attribute_json(attribute));
+        }
     }
     value
-}
-
-fn add_attributes(fields: &mut Map<String, Value>, row: &SessionRow) {
-    for (name, attribute) in &row.attributes {
-        let value = match attribute {
-            AttributeValue::String(s) => json!(s),
-            AttributeValue::Long(n) => json!(n),
-            AttributeValue::Double(x) => json!(x),
-            AttributeValue::Boolean(b) => json!(b),
-            AttributeValue::StringList(l) => json!(l),
-        };
-        fields.insert(name.to_string(), value);
-    }
 }
 
 /// A dead letter as JSON, under the dead-letter table's column names.
