@@ -135,7 +135,7 @@ mod tests {
             })),
             wake_at: Some(1_800_009),
             pending: vec![PendingEvent {
-                event_id: Some(Arc::from("e7")),
+                event_id: Some("e7".into()),
                 event: Event {
                     timestamp_ms: 12,
                     page_name: Some(1),

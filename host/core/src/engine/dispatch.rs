@@ -66,7 +66,9 @@ impl Engine {
         for user in due {
             let mut events = self.users.take_pending(user);
             let texts = &self.texts;
-            events.sort_by(|a, b| a.cmp(b, texts));
+            // Events that compare equal are equal in all the rules see, so
+            // an unstable sort (no scratch allocation) gives the same batch.
+            events.sort_unstable_by(|a, b| a.cmp(b, texts));
             let keep_from = if end_of_input {
                 events.len()
             } else {
@@ -103,12 +105,14 @@ impl Engine {
     }
 
     fn empty_batch(&self, end_of_input: bool) -> Batch {
+        // Room for what may be released, so the batch does not grow by doubling.
+        let events = usize::try_from(self.waiting).unwrap_or(usize::MAX);
         Batch {
             new_texts: Vec::new(),
             watermark: self.clocks.watermark(),
             end_of_input,
             users: Vec::new(),
-            events: Vec::new(),
+            events: Vec::with_capacity(events.min(self.config.max_batch_events)),
             fields: self.empty_columns(),
         }
     }

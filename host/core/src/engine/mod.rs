@@ -30,7 +30,7 @@ mod users;
 
 pub use clock::EngineClocks;
 pub use snapshot::{EngineChanges, UserState};
-pub use users::PendingEvent;
+pub use users::{EventId, PendingEvent};
 
 use clock::Clocks;
 use dispatch::InFlight;
@@ -305,7 +305,7 @@ impl Engine {
             }
         }
         let pending = PendingEvent {
-            event_id: event.event_id.as_deref().map(Arc::from),
+            event_id: event.event_id.as_deref().map(users::EventId::from),
             event: contract::Event {
                 timestamp_ms: t,
                 page_name: event.page_name.as_deref().map(|p| self.texts.intern(p)),

@@ -10,11 +10,16 @@ use serde::{Deserialize, Serialize};
 use super::text::TextTable;
 use crate::rules::contract::{Event, FieldValue, SessionState};
 
+/// A producer's event id (serialized as a string).
+pub type EventId = compact_str::CompactString;
+
 /// An accepted event waiting for the watermark.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PendingEvent {
-    /// The producer's id, for duplicate detection.
-    pub event_id: Option<Arc<str>>,
+    /// The producer's id, for duplicate detection. Held inline up to 24
+    /// bytes: a user's waiting ids are compared on every event, and an id
+    /// behind a pointer costs an allocation and a cache miss each.
+    pub event_id: Option<EventId>,
     /// The event as the rules will see it.
     pub event: Event,
     /// The values of the declared fields (empty when none is declared: no
@@ -62,7 +67,7 @@ const INDEX_FROM: usize = 16;
 
 /// Event id -> position in a user's waiting events. Keyed by strings from
 /// outside, so hashed with a randomly seeded hasher.
-type EventIndex = HashMap<Arc<str>, u32, ahash::RandomState>;
+type EventIndex = HashMap<EventId, u32, ahash::RandomState>;
 
 /// [`UserSlot::partition`] before the user's first event.
 pub(super) const NO_PARTITION: u32 = u32::MAX;
