@@ -1,9 +1,8 @@
 //! A bounded run: a file, through the engine and the rules, into the sink,
-//! with the run's counters. Parsing runs on a thread of its own.
+//! with the run's counters. Parsing runs on threads of its own.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -11,12 +10,12 @@ use super::ingest::{ingest, Intake};
 use super::progress::RunProgress;
 use super::summary::RunSummary;
 use crate::engine::{Engine, EngineError};
-use crate::event::{EventBlock, EventLimits, FieldPaths};
 use crate::metrics::{EngineFigures, JobMetrics};
 use crate::rules::contract::SessionAttribute;
 use crate::rules::RulesRuntime;
 use crate::sink::{RejectedEvent, SessionRow, Sink, SinkError};
 use crate::source::file::{FileSource, FileSourceError};
+use crate::source::parsed::ParsedFile;
 
 /// Sessions staged in memory before a commit: bounds memory on huge inputs
 /// while keeping files per commit few.
@@ -36,52 +35,11 @@ pub enum BoundedError {
     Sink(#[from] SinkError),
 }
 
-/// Records per block handed from the parsing thread to the engine.
-const BLOCK_RECORDS: usize = 8192;
 /// Records read between two advances of the engine. A user's events then
 /// reach the rules in fewer, larger calls, so what a call costs per user (the
 /// open session crossing the sandbox, rules that carry attributes decoding
 /// them) is paid less often; the sessions do not depend on it.
 const ADVANCE_EVERY_RECORDS: u64 = 65_536;
-
-/// Blocks in flight between the threads: enough to keep both busy.
-const BLOCKS_IN_FLIGHT: usize = 4;
-
-/// Reads and parses `source` on its own thread, so parsing overlaps the engine.
-fn spawn_parser(
-    mut source: FileSource,
-    limits: EventLimits,
-    fields: Arc<FieldPaths>,
-) -> (mpsc::Receiver<Result<EventBlock, FileSourceError>>, thread::JoinHandle<()>) {
-    let (tx, rx) = mpsc::sync_channel(BLOCKS_IN_FLIGHT);
-    let handle = thread::spawn(move || {
-        let mut line = Vec::with_capacity(1024);
-        loop {
-            let mut block = EventBlock::new(BLOCK_RECORDS, limits).with_fields(fields.clone());
-            let mut done = false;
-            while block.len() < BLOCK_RECORDS {
-                match source.next_line(&mut line, limits.max_record_bytes) {
-                    Ok(Some(read)) if read.bytes > line.len() => {
-                        block.push_oversized(0, read.number, &line, read.bytes)
-                    }
-                    Ok(Some(read)) => block.push(0, read.number, &line),
-                    Ok(None) => {
-                        done = true;
-                        break;
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return;
-                    }
-                }
-            }
-            if (!block.is_empty() && tx.send(Ok(block)).is_err()) || done {
-                return;
-            }
-        }
-    });
-    (rx, handle)
-}
 
 /// Who watches a bounded run: a progress bar, the metrics endpoint.
 #[derive(Debug, Clone, Copy, Default)]
@@ -121,10 +79,11 @@ pub fn run_bounded(
     let mut rules_time = Duration::ZERO;
     // The rules do not change during a bounded run: parse for their fields.
     engine.declare_fields(&rules.declarations().fields);
-    let (blocks, parser) = spawn_parser(source, intake.limits, engine.field_paths());
+    let workers = thread::available_parallelism().map_or(1, |n| n.get());
+    let blocks = ParsedFile::start(source, intake.limits, engine.field_paths(), workers);
     let columns = rules.declarations().attributes.clone();
     let mut since_advance = 0u64;
-    for block in blocks.iter() {
+    for block in blocks {
         let block = block?;
         summary.read += block.len() as u64;
         if let Some(progress) = progress {
@@ -147,8 +106,6 @@ pub fn run_bounded(
             out.commit(runtime, sink, &columns, &mut summary, metrics)?;
         }
     }
-    // The channel closed: the parser is done (or failed, which it reported above).
-    let _ = parser.join();
     if let Some(progress) = progress {
         progress.finish();
     }

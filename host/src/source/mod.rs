@@ -14,6 +14,7 @@ use crate::event::EventBlock;
 pub mod file;
 pub mod generate;
 pub mod kafka;
+pub mod parsed;
 
 /// A change of a consumer group member's partitions.
 #[derive(Debug, Clone, PartialEq, Eq)]

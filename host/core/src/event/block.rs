@@ -138,9 +138,9 @@ impl EventBlock {
         // escapes point into it, only unescaped copies are added. That needs
         // the buffer's copy to be the record byte for byte: a record that is
         // not UTF-8 (serde_json does not check the values it skips) is refused.
-        // Validated first (std's check has a fast path for ASCII, the lossy
-        // conversion does not); only a refused record is converted.
-        let Ok(text) = std::str::from_utf8(record) else {
+        // Validated first, with SIMD (it is a tenth of the parse otherwise);
+        // only a refused record is converted.
+        let Ok(text) = simdutf8::basic::from_utf8(record) else {
             let raw = self.store(&String::from_utf8_lossy(record));
             let reason = Rejection::NotUtf8;
             self.items.push(BlockItem::Rejected { partition, position, raw, reason });
