@@ -39,6 +39,17 @@ def at_ms(line):
     return datetime.fromisoformat(line.split()[0].rstrip("Z")[:26] + "+00:00").timestamp() * 1000
 
 
+def held_by(log):
+    """The partitions a member's log says it holds: claims minus hand-overs."""
+    held = set()
+    for line in log.splitlines():
+        if "partitions claimed and restored" in line:
+            held |= set(partitions_of(line))
+        elif "partitions handed over" in line:
+            held -= set(partitions_of(line))
+    return held
+
+
 def partitions_of(line):
     return [int(p) for p in line.split("partitions=[")[1].split("]")[0].split(",") if p.strip()]
 
@@ -184,9 +195,15 @@ class Bench:
             d = self.member(topic, group, warehouse, f"rb-d{kill}", *flags)
             wait_until(lambda: "partitions claimed and restored" in d.log.read_text(),
                        "the member to kill never claimed")
-            held = partitions_of([ln for ln in d.log.read_text().splitlines()
-                                  if "partitions claimed and restored" in ln][-1])
             time.sleep(2)
+            # What it holds when killed: a rebalance in the meantime may have
+            # handed some of its first claim to the others already.
+            held = held_by(d.log.read_text())
+            if not held:
+                print(f"member rb-d{kill} held nothing when it was to be killed: not counted")
+                d.proc.send_signal(signal.SIGTERM)
+                d.proc.wait(120)
+                continue
             killed = time.time() * 1000
             d.proc.send_signal(signal.SIGKILL)
             d.proc.wait()
