@@ -80,18 +80,7 @@ impl TableCatalog {
         if newest_time(table.metadata()) <= now_ms {
             return Ok(table);
         }
-        let invalid = |e: serde_json::Error| Error::new(ErrorKind::Unexpected, e.to_string());
-        let mut json = serde_json::to_value(table.metadata()).map_err(invalid)?;
-        let earlier = |value: &mut serde_json::Value| {
-            if value.as_i64().is_some_and(|t| t > now_ms) {
-                *value = now_ms.into();
-            }
-        };
-        earlier(&mut json["last-updated-ms"]);
-        if let Some(log) = json["snapshot-log"].as_array_mut() {
-            log.iter_mut().for_each(|entry| earlier(&mut entry["timestamp-ms"]));
-        }
-        let metadata: TableMetadata = serde_json::from_value(json).map_err(invalid)?;
+        let metadata = metadata_in_this_clock(table.metadata(), now_ms)?;
         let location = table.metadata_location_result()?.to_owned();
         Table::builder()
             .identifier(table.identifier().clone())
@@ -101,6 +90,27 @@ impl TableCatalog {
             .runtime(self.runtime.clone())
             .build()
     }
+}
+
+/// `metadata` with its last update and its logs of snapshot times and of
+/// metadata files moved back to `now_ms` where they are ahead of it. (The
+/// metadata log matters once a writer ahead committed twice in a row: the
+/// entry of its first file is then ahead of the last update moved back.)
+fn metadata_in_this_clock(metadata: &TableMetadata, now_ms: i64) -> iceberg::Result<TableMetadata> {
+    let invalid = |e: serde_json::Error| Error::new(ErrorKind::Unexpected, e.to_string());
+    let mut json = serde_json::to_value(metadata).map_err(invalid)?;
+    let earlier = |value: &mut serde_json::Value| {
+        if value.as_i64().is_some_and(|t| t > now_ms) {
+            *value = now_ms.into();
+        }
+    };
+    earlier(&mut json["last-updated-ms"]);
+    for log in ["snapshot-log", "metadata-log"] {
+        if let Some(log) = json[log].as_array_mut() {
+            log.iter_mut().for_each(|entry| earlier(&mut entry["timestamp-ms"]));
+        }
+    }
+    serde_json::from_value(json).map_err(invalid)
 }
 
 /// The newest time `metadata` holds: a snapshot added to it may not be older.
@@ -123,6 +133,65 @@ fn in_commit_order(update: TableUpdate, floor: i64) -> iceberg::Result<TableUpda
     let invalid = |e: serde_json::Error| Error::new(ErrorKind::Unexpected, e.to_string());
     let mut json = serde_json::to_value(&update).map_err(invalid)?;
     json["snapshot"]["timestamp-ms"] = floor.into();
+    serde_json::from_value(json).map_err(invalid)
+}
+
+/// `current` (read from `base`) with `updates` applied in commit order, its
+/// last update never before `current`'s.
+///
+/// iceberg-rust's builder stamps an update without a snapshot with this
+/// machine's clock, and refuses (or, with `base`'s own entry, writes a file
+/// it cannot read back) one more than a minute before the table's logs. So
+/// behind a writer whose clock was ahead, it builds on `current` with its
+/// times moved back to this clock, then puts every time back.
+fn updated(
+    current: &TableMetadata,
+    base: &str,
+    updates: Vec<TableUpdate>,
+) -> iceberg::Result<TableMetadata> {
+    let floor = newest_time(current);
+    let now = wall_clock_ms();
+    let behind = floor > now;
+    let working = if behind { metadata_in_this_clock(current, now)? } else { current.clone() };
+    let mut builder = working.into_builder(Some(base.to_owned()));
+    for update in updates {
+        builder = in_commit_order(update, floor)?.apply(builder)?;
+    }
+    let metadata = builder.build()?.metadata;
+    if !behind {
+        return Ok(metadata);
+    }
+    with_times_of(&metadata, current, base, floor)
+}
+
+/// `metadata`, built on `original` (read from `base`) with its times moved
+/// back, with `original`'s times put back in its logs and its last update no
+/// earlier than `floor`.
+fn with_times_of(
+    metadata: &TableMetadata,
+    original: &TableMetadata,
+    base: &str,
+    floor: i64,
+) -> iceberg::Result<TableMetadata> {
+    use serde_json::Value;
+    let invalid = |e: serde_json::Error| Error::new(ErrorKind::Unexpected, e.to_string());
+    let mut json = serde_json::to_value(metadata).map_err(invalid)?;
+    let was = serde_json::to_value(original).map_err(invalid)?;
+    let restore = |json: &mut Value, log: &str, key: &str, extra: Option<(Value, i64)>| {
+        let times: HashMap<String, i64> = (was[log].as_array().into_iter().flatten())
+            .filter_map(|e| Some((e[key].to_string(), e["timestamp-ms"].as_i64()?)))
+            .chain(extra.map(|(k, t)| (k.to_string(), t)))
+            .collect();
+        for entry in json[log].as_array_mut().into_iter().flatten() {
+            if let Some(&time) = times.get(&entry[key].to_string()) {
+                entry["timestamp-ms"] = time.into();
+            }
+        }
+    };
+    restore(&mut json, "snapshot-log", "snapshot-id", None);
+    let own = (Value::from(base), original.last_updated_ms());
+    restore(&mut json, "metadata-log", "metadata-file", Some(own));
+    json["last-updated-ms"] = metadata.last_updated_ms().max(floor).into();
     serde_json::from_value(json).map_err(invalid)
 }
 
@@ -213,12 +282,7 @@ impl Catalog for TableCatalog {
         for requirement in commit.take_requirements() {
             requirement.check(Some(current.metadata()))?;
         }
-        let floor = newest_time(current.metadata());
-        let mut builder = current.metadata().clone().into_builder(Some(base.clone()));
-        for update in commit.take_updates() {
-            builder = in_commit_order(update, floor)?.apply(builder)?;
-        }
-        let metadata = builder.build()?.metadata;
+        let metadata = updated(current.metadata(), &base, commit.take_updates())?;
         let location =
             MetadataLocation::from_str(&base)?.with_next_version().with_new_metadata(&metadata);
         metadata.write_to(current.file_io(), &location).await?;
@@ -246,6 +310,63 @@ impl Catalog for TableCatalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use iceberg::spec::{
+        FormatVersion, NestedField, PartitionSpec, PrimitiveType, Schema, SortOrder,
+        TableMetadataBuilder, Type,
+    };
+
+    const DAY_MS: i64 = 86_400_000;
+
+    /// A table written last by a machine whose clock was four days ahead
+    /// of `now_ms`, with an earlier metadata file of that machine's in its log.
+    fn written_ahead(now_ms: i64) -> TableMetadata {
+        let uuid = NestedField::required(1, "uuid", Type::Primitive(PrimitiveType::String));
+        let schema = Schema::builder().with_fields(vec![uuid.into()]).build().unwrap();
+        let metadata = TableMetadataBuilder::new(
+            schema,
+            PartitionSpec::unpartition_spec(),
+            SortOrder::unsorted_order(),
+            "file:///w/t".into(),
+            FormatVersion::V2,
+            HashMap::new(),
+        )
+        .unwrap()
+        .build()
+        .unwrap()
+        .metadata;
+        let ahead = now_ms + 4 * DAY_MS;
+        let mut json = serde_json::to_value(&metadata).unwrap();
+        json["last-updated-ms"] = ahead.into();
+        json["metadata-log"] = serde_json::json!([{
+            "metadata-file": "file:///w/t/metadata/00000-a.metadata.json",
+            "timestamp-ms": ahead - 1_000,
+        }]);
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn a_table_written_on_a_clock_days_ahead_is_read_in_this_clock() {
+        let now = 1_800_000_000_000;
+        let metadata = metadata_in_this_clock(&written_ahead(now), now).unwrap();
+        assert_eq!(metadata.last_updated_ms(), now);
+    }
+
+    #[test]
+    fn an_update_without_a_snapshot_on_a_slow_clock_reads_back() {
+        let current = written_ahead(wall_clock_ms());
+        let properties = HashMap::from([("k".to_owned(), "v".to_owned())]);
+        let update = TableUpdate::SetProperties { updates: properties };
+        let base = "file:///w/t/metadata/00001-b.metadata.json";
+        let metadata = updated(&current, base, vec![update]).unwrap();
+        let json = serde_json::to_string(&metadata).unwrap();
+        let read: TableMetadata = serde_json::from_str(&json).unwrap();
+        assert!(read.last_updated_ms() >= current.last_updated_ms());
+        assert_eq!(read.properties()["k"], "v");
+        // The log keeps the writers' own times.
+        let log: Vec<_> = read.metadata_log().iter().map(|e| e.timestamp_ms).collect();
+        let ahead = current.last_updated_ms();
+        assert_eq!(log, [ahead - 1_000, ahead]);
+    }
 
     #[test]
     fn a_snapshot_behind_the_table_takes_the_tables_newest_time() {
