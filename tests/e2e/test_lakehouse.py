@@ -14,7 +14,7 @@ from pyiceberg.catalog.sql import SqlCatalog
 from conftest import SESSION_COLUMNS, clock_shifted, read_table
 from kafka import Job
 from test_streaming import broker, generate, produce  # noqa: F401  (fixture)
-from reference import dead_positions, matches, read_topic, sessionize_records
+from reference import matches, read_topic, sessionize_records
 
 
 def as_rows(rows, columns=SESSION_COLUMNS):
@@ -28,17 +28,6 @@ def dead_letters(rows):
 
 def lines_in(path):
     return sum(1 for line in open(path) if line.strip())
-
-
-def assert_same_tables(lakehouse, reference):
-    """The lakehouse's tables hold what the local `reference` warehouse does,
-    each session once."""
-    rows = lakehouse.read()
-    assert as_rows(rows) == as_rows(read_table(reference))
-    ids = [r["session_id"] for r in rows]
-    assert len(ids) == len(set(ids)), "a session was written twice"
-    assert dead_letters(lakehouse.read("sessions.rejected_events")) == dead_letters(
-        read_table(reference, "sessions.rejected_events"))
 
 
 def user_of(line):
@@ -71,12 +60,12 @@ def test_a_bounded_run_on_object_storage_equals_the_local_run(run, lakehouse, tm
 def test_streaming_on_object_storage_survives_kill_minus_nine(run, binary, broker, lakehouse,
                                                                tmp_path):
     events = tmp_path / "events.jsonl"
-    generate(run, events, "--num-users", "3000", "--rate", "13", "--duration", "1d",
-             "--seed", "8", "--events", "150000")
+    # 3.2 h of event time; the kills below move the job on a checkpoint or
+    # two each, the last run does the rest.
+    generate(run, events, "--num-users", "1200", "--rate", "5.2", "--duration", "1d",
+             "--seed", "8", "--events", "60000")
     produce(run, broker, "clicks", events)
     common = ("--test-mode", "--checkpoint-interval", "100ms", "--max-events-per-batch", "1000")
-    Job(binary, broker, "clicks", tmp_path / "reference", tmp_path / "ref-state",
-        "--kafka-group", "reference", *common).wait()
 
     rng = random.Random(99)
     kills, progress = 0, []
@@ -97,10 +86,13 @@ def test_streaming_on_object_storage_survives_kill_minus_nine(run, binary, broke
     Job(binary, broker, "clicks", lakehouse.flags, tmp_path / "state", *common,
         env=lakehouse.env).wait()
 
-    assert_same_tables(lakehouse, tmp_path / "reference")
+    # Against the model over the topic as read back: every session once, every
+    # dead letter once.
     model = sessionize_records(read_topic(broker.servers, "clicks", lines_in(events), 180))
     matches(lakehouse.read(), model.sessions)
-    assert dead_positions(lakehouse.read("sessions.rejected_events")) == model.dead
+    dead = sorted((r["partition"], r["position"])
+                  for r in lakehouse.read("sessions.rejected_events"))
+    assert dead == sorted(model.dead), "a dead letter was lost or written twice"
 
 
 def test_two_jobs_committing_to_one_table_lose_nothing(run, binary, broker, lakehouse, tmp_path):

@@ -47,8 +47,10 @@ def as_table_row(value):
 def test_sessions_reach_the_topic_at_least_once_through_kill_minus_nine(run, binary, broker,
                                                                          tmp_path):
     events = tmp_path / "events.jsonl"
-    n = generate(run, events, "--num-users", "3000", "--rate", "20", "--duration", "1d",
-                 "--seed", "8", "--events", "120000")
+    # 1.7 h of event time; each of the kills below moves the job on by a
+    # checkpoint or two, the last run does the rest.
+    n = generate(run, events, "--num-users", "1250", "--rate", "8", "--duration", "1d",
+                 "--seed", "8", "--events", "50000")
     produce(run, broker, "clicks", events)
     common = ("--test-mode", "--sink", "iceberg,kafka", "--sessions-topic", "sessions",
               "--dead-letter-topic", "dead", "--checkpoint-interval", "100ms",

@@ -74,14 +74,13 @@ def test_streaming_equals_the_bounded_run(run, binary, broker, tmp_path):
 
 def test_kill_minus_nine_loses_nothing_and_writes_nothing_twice(run, binary, broker, tmp_path):
     events = tmp_path / "events.jsonl"
-    n = generate(run, events, "--num-users", "5000", "--rate", "20", "--duration", "2d",
-                 "--seed", "5", "--events", "400000")
-    assert n >= 200_000
+    # 5.5 h of event time (sessions close by inactivity and by the 2 h limit
+    # all along); each kill below moves the job on by a checkpoint or two.
+    n = generate(run, events, "--num-users", "1250", "--rate", "5", "--duration", "2d",
+                 "--seed", "5", "--events", "100000")
+    assert n >= 90_000
     produce(run, broker, "clicks", events)
     common = ("--test-mode", "--checkpoint-interval", "100ms", "--max-events-per-batch", "1000")
-
-    Job(binary, broker, "clicks", tmp_path / "reference", tmp_path / "ref-state",
-        "--kafka-group", "reference", *common).wait()
 
     # Each run is killed at a random moment after it has made progress (so the
     # job always moves on), anywhere in its cycle of polls, state writes and
@@ -104,14 +103,15 @@ def test_kill_minus_nine_loses_nothing_and_writes_nothing_twice(run, binary, bro
     assert kills >= 20, f"the job finished after {kills} kills ({progress}); use more events"
     Job(binary, broker, "clicks", tmp_path / "crashed", tmp_path / "state", *common).wait()
 
-    assert sessions(tmp_path / "crashed") == sessions(tmp_path / "reference")
+    # Against the model over the topic as read back: every session once, every
+    # dead letter once.
     model = sessionize_records(read_topic(broker.servers, "clicks", n, timeout=180))
-    matches(read_table(tmp_path / "crashed"), model.sessions)
-    assert dead_positions(read_table(tmp_path / "crashed", "sessions.rejected_events")) == model.dead
-    ids = [r["session_id"] for r in read_table(tmp_path / "crashed")]
-    assert len(ids) == len(set(ids)), "a session was written twice"
-    dead = lambda w: sorted((r["partition"], r["position"]) for r in read_table(w, "sessions.rejected_events"))
-    assert dead(tmp_path / "crashed") == dead(tmp_path / "reference")
+    rows = read_table(tmp_path / "crashed")
+    matches(rows, model.sessions)
+    assert any(r["end_reason"] == "max_duration" for r in rows)
+    dead = sorted((r["partition"], r["position"])
+                  for r in read_table(tmp_path / "crashed", "sessions.rejected_events"))
+    assert dead == sorted(model.dead), "a dead letter was lost or written twice"
 
 
 def test_a_broker_outage_is_waited_out(run, binary, broker, tmp_path):
