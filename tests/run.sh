@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test, from a fresh clone on Debian:
-#   installs the system packages the tests need; formatting and lints; the SDK's and plugins' unit tests; the host's unit and
-#   integration tests against the components built from guest/; the end-to-end
-#   tests that drive the built binary and read the Iceberg tables back with
-#   pyiceberg. Installs what it needs (guest toolchain, Python packages) into
+#   installs the system packages the tests need; formatting and lints; the
+#   SDK's and plugins' unit tests; the host's unit and integration tests
+#   against the components built from guest/; the end-to-end tests that drive
+#   the built binary and read the Iceberg tables back with pyiceberg. Installs what it needs (guest toolchain, Python packages) into
 #   ~/.cache/sessionize (override with SESSIONIZE_CACHE).
 set -euo pipefail
 
@@ -103,18 +103,32 @@ step "javascript rules component (componentize-js, from npm)"
 guest/js-rules/build.sh
 
 # Every cargo step below asks for the same features (the query engine
-# included, for its tests), so no step rebuilds the tree for other ones: the
-# binary the end-to-end tests drive is the one the test build made.
+# included, for its tests) and the same rustc wrapper, so no step rebuilds the
+# tree for another: the binary the end-to-end tests drive is the one the test
+# build made.
 FEATURES=(--workspace --locked --features sessionize/query)
+# Clippy's lints run inside the test build, with clippy-driver as the
+# workspace's rustc: one compile of every crate serves both, where `cargo
+# clippy` would compile every dependency a second time (metadata only) first.
+# The lints and `-D warnings` are the same as `cargo clippy --all-targets`'s.
+CLIPPY_DRIVER="$(rustup which clippy-driver)"
+LINTED=(env RUSTC_WORKSPACE_WRAPPER="$CLIPPY_DRIVER"
+    CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__")
 
-step "format and lints"
+step "format"
 cargo fmt --all --check
-cargo clippy "${FEATURES[@]}" --all-targets -- -D warnings
+
+step "build with lints (clippy, every target)"
+"${LINTED[@]}" cargo test "${FEATURES[@]}" --all-targets --no-run
 
 step "unit and integration tests"
-cargo test "${FEATURES[@]}"
+"${LINTED[@]}" cargo test "${FEATURES[@]}"
 
 step "end-to-end tests (binary + pyiceberg)"
-cargo build "${FEATURES[@]}" --bin sessionize
+"${LINTED[@]}" cargo build "${FEATURES[@]}" --bin sessionize
+# Three at a time (pytest-xdist): most of a test's time is waiting on brokers,
+# group rebalances and checkpoint timers; a worker that runs out of tests takes
+# some of another's.
 SESSIONIZE_BIN="$CARGO_TARGET_DIR/debug/sessionize" \
-    "$VENV/bin/python" -m pytest -q --durations=10 tests/e2e "$@"
+    "$VENV/bin/python" -m pytest -q -n "${E2E_WORKERS:-3}" --dist worksteal --durations=10 \
+    tests/e2e "$@"
