@@ -9,6 +9,7 @@ topic as read back (repeats included), and a bounded run over the events."""
 import random
 import signal
 import subprocess
+import time
 
 from confluent_kafka import Producer
 
@@ -28,6 +29,28 @@ def scattered(broker, topic, lines):  # noqa: F811
         producer.produce(topic, value=line.encode(), partition=rng.randrange(8))
         producer.poll(0)
     assert producer.flush(60) == 0
+
+
+def repartitioned(servers, at_least, timeout=180):
+    """Until the repartition step has committed every record of the raw
+    topic (which holds `at_least` records by now)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    # Not subscribed: it reads the group's offsets without joining it.
+    consumer = Consumer({"bootstrap.servers": servers, "group.id": "sessionize-repartition",
+                         "enable.auto.commit": False})
+    partitions = [TopicPartition("raw", p) for p in range(8)]
+    deadline = time.time() + timeout
+    try:
+        while True:
+            ends = [consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in partitions]
+            done = [tp.offset for tp in consumer.committed(partitions, timeout=10)]
+            if done == ends and sum(ends) >= at_least:
+                return
+            assert time.time() < deadline, f"the step committed {done} of {ends}"
+            time.sleep(0.5)
+    finally:
+        consumer.close()
 
 
 def test_a_topic_not_keyed_by_uuid_is_repartitioned_and_sessionized_exactly(
@@ -85,6 +108,12 @@ def test_a_topic_not_keyed_by_uuid_is_repartitioned_and_sessionized_exactly(
             step.send_signal(signal.SIGKILL)
             step.wait()
             step = repartition()
+    # The flushers come after every real event: once the step has committed
+    # all of the raw topic (it commits what the keyed topic acknowledged) and
+    # the job has read all of the keyed one. (Counting what the job consumed
+    # is not enough: the repeats above count too.)
+    repartitioned(broker.servers, len(lines))
+    job.wait_consumed(topic_size(broker.servers, "clicks"))
     scattered(broker, "raw", flush)
     wait_for_sessions(tmp_path / "streamed", len(expected), [job])
     step.send_signal(signal.SIGTERM)
