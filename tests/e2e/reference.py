@@ -224,5 +224,8 @@ def matches(rows, expected, skip=lambda row: False):
 
 
 def dead_positions(rows):
-    """(partition, position) of the dead letters of input records."""
-    return {(r["partition"], r["position"]) for r in rows if r["partition"] >= 0}
+    """(partition, position) of the dead letters of input records; asserts
+    that none is in the table twice (the table is exactly once)."""
+    positions = [(r["partition"], r["position"]) for r in rows if r["partition"] >= 0]
+    assert len(positions) == len(set(positions)), "a dead letter was written twice"
+    return set(positions)

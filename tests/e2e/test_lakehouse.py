@@ -14,7 +14,7 @@ from pyiceberg.catalog.sql import SqlCatalog
 from conftest import SESSION_COLUMNS, clock_shifted, read_table
 from kafka import Job
 from test_streaming import broker, generate, produce  # noqa: F401  (fixture)
-from reference import matches, read_topic, sessionize_records
+from reference import dead_positions, matches, read_topic, sessionize_records
 
 
 def as_rows(rows, columns=SESSION_COLUMNS):
@@ -90,9 +90,7 @@ def test_streaming_on_object_storage_survives_kill_minus_nine(run, binary, broke
     # dead letter once.
     model = sessionize_records(read_topic(broker.servers, "clicks", lines_in(events), 180))
     matches(lakehouse.read(), model.sessions)
-    dead = sorted((r["partition"], r["position"])
-                  for r in lakehouse.read("sessions.rejected_events"))
-    assert dead == sorted(model.dead), "a dead letter was lost or written twice"
+    assert dead_positions(lakehouse.read("sessions.rejected_events")) == model.dead
 
 
 def test_two_jobs_committing_to_one_table_lose_nothing(run, binary, broker, lakehouse, tmp_path):
