@@ -41,6 +41,52 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
+step "rustc for the guest and for nisshi (Debian's rustc-web, fetched once)"
+# Before anything builds in the background: guest/build.sh and the nisshi
+# build below both use it, and two fetches at once would race.
+TOOLCHAIN_ENV="$(guest/toolchain.sh)"
+
+step "servers for the end-to-end tests: building in the background (log: $CACHE/servers.log)"
+# Three crates built from source, about 25 min of both cores cold. They build
+# beside the guest and the test build: a cargo build leaves a core idle for
+# long stretches (one crate at a time, links), which the other fills.
+build_servers() {
+    set -euo pipefail
+    local t0=$SECONDS
+    local tansu="$CACHE/tansu" nisshi="$CACHE/nisshi" s3s="$CACHE/s3s"
+    if [ ! -x "$tansu/bin/tansu" ]; then
+        # No Apache Kafka package is reachable here; Tansu speaks the protocol.
+        CARGO_TARGET_DIR="$CACHE/tansu-build" cargo install tansu --version 0.6.0 --locked \
+            --features libsql,dynostore --root "$tansu"
+    fi
+    echo "servers: Tansu ready after $((SECONDS - t0)) s"
+    if [ ! -x "$nisshi/bin/nisshi" ]; then
+        # Tansu's successor, whose group coordinator evicts a frozen member
+        # (Tansu 0.6.0's never does). It needs rustc 1.96, newer than rustup's
+        # here: Debian's rustc-web builds it. Memory and PostgreSQL storage
+        # only: SQLite (libsql) would double its build.
+        # shellcheck disable=SC1090
+        (. "$TOOLCHAIN_ENV" && RUSTC="$TOOLCHAIN_RUSTC" CARGO_TARGET_DIR="$CACHE/nisshi-build" \
+            cargo install nisshi --version 0.8.1 --locked --no-default-features \
+            --features dynostore,postgres --root "$nisshi")
+    fi
+    echo "servers: nisshi ready after $((SECONDS - t0)) s"
+    if [ ! -x "$s3s/bin/s3s-fs" ]; then
+        # A real filesystem-backed S3 server from crates.io (MinIO is not
+        # reachable here); 0.14.1 is the newest that builds with Rust 1.95.
+        CARGO_TARGET_DIR="$CACHE/s3s-build" cargo install s3s-fs --version 0.14.1 --locked \
+            --features binary --root "$s3s"
+    fi
+    echo "servers: s3s-fs ready after $((SECONDS - t0)) s"
+}
+mkdir -p "$CACHE"
+build_servers > "$CACHE/servers.log" 2>&1 &
+SERVERS_PID=$!
+# A failed step stops the run; the background build must not outlive it.
+trap 'kill "$SERVERS_PID" 2>/dev/null || true' EXIT
+export TANSU_BIN="$CACHE/tansu/bin/tansu" NISSHI_BIN="$CACHE/nisshi/bin/nisshi" \
+    S3S_BIN="$CACHE/s3s/bin/s3s-fs"
+
 step "guest components"
 guest/build.sh
 
@@ -57,40 +103,6 @@ if ! sha256sum --status -c "$STAMP" 2>/dev/null; then
     "$VENV/bin/pip" install --quiet -r tests/requirements.txt
     sha256sum tests/requirements.txt > "$STAMP"
 fi
-
-step "Kafka-protocol broker (Tansu) for the streaming tests"
-TANSU_ROOT="$CACHE/tansu"
-if [ ! -x "$TANSU_ROOT/bin/tansu" ]; then
-    # No Apache Kafka package is reachable here; Tansu speaks the protocol.
-    CARGO_TARGET_DIR="$CACHE/tansu-build" cargo install tansu --version 0.6.0 --locked \
-        --features libsql,dynostore --root "$TANSU_ROOT"
-fi
-export TANSU_BIN="$TANSU_ROOT/bin/tansu"
-
-step "Kafka-protocol broker whose coordinator evicts a frozen member (nisshi) for the zombie test"
-NISSHI_ROOT="$CACHE/nisshi"
-if [ ! -x "$NISSHI_ROOT/bin/nisshi" ]; then
-    # Tansu's successor; Tansu 0.6.0 never evicts a member that stops
-    # heartbeating with its connection open. nisshi needs rustc 1.96, newer
-    # than rustup's here: Debian's rustc-web (guest/toolchain.sh, the one the
-    # guest build uses without a wasm target) builds it. Memory storage only
-    # (dynostore): without SQLite and PostgreSQL it builds in about half the time.
-    # shellcheck disable=SC1090
-    (. "$(guest/toolchain.sh)" && RUSTC="$TOOLCHAIN_RUSTC" CARGO_TARGET_DIR="$CACHE/nisshi-build" \
-        cargo install nisshi --version 0.8.1 --locked --no-default-features --features dynostore \
-        --root "$NISSHI_ROOT")
-fi
-export NISSHI_BIN="$NISSHI_ROOT/bin/nisshi"
-
-step "S3-compatible server (s3s-fs) for the object storage tests"
-S3S_ROOT="$CACHE/s3s"
-if [ ! -x "$S3S_ROOT/bin/s3s-fs" ]; then
-    # A real filesystem-backed S3 server from crates.io (MinIO is not reachable
-    # here); 0.14.1 is the newest that builds with Rust 1.95.
-    CARGO_TARGET_DIR="$CACHE/s3s-build" cargo install s3s-fs --version 0.14.1 --locked \
-        --features binary --root "$S3S_ROOT"
-fi
-export S3S_BIN="$S3S_ROOT/bin/s3s-fs"
 
 step "python rules components (componentize-py): contract 0.1, and 0.2 on the Python SDK"
 (cd guest/python-rules && "$VENV/bin/componentize-py" -d ../../wit/v0.1 -w session-rules \
@@ -119,10 +131,18 @@ step "format"
 cargo fmt --all --check
 
 step "build with lints (clippy, every target)"
-"${LINTED[@]}" cargo test "${FEATURES[@]}" --all-targets --no-run
+"${LINTED[@]}" cargo test "${FEATURES[@]}" --all-targets --no-run --timings
 
 step "unit and integration tests"
 "${LINTED[@]}" cargo test "${FEATURES[@]}"
+
+step "waiting for the servers' background build"
+if ! wait "$SERVERS_PID"; then
+    tail -n 40 "$CACHE/servers.log" >&2
+    echo "tests/run.sh: building the test servers failed (the end of $CACHE/servers.log is above)" >&2
+    exit 1
+fi
+grep '^servers:' "$CACHE/servers.log"
 
 step "end-to-end tests (binary + pyiceberg)"
 "${LINTED[@]}" cargo build "${FEATURES[@]}" --bin sessionize
