@@ -7,11 +7,22 @@ use super::table_catalog::TableCatalog;
 use iceberg::spec::DataFile;
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
-use iceberg::Catalog;
+use iceberg::{Catalog, ErrorKind};
 
 use super::IcebergContext;
 use crate::sink::{carries, SinkError};
 
+/// Commit races lost in a row before [`append`] hands the last one to its
+/// caller's retry policy.
+const RACES_RETRIED: u32 = 20;
+
+/// Appends `files` to `table` in one snapshot carrying `properties`.
+///
+/// A lost race is retried on the table as it is now: the catalog refused it
+/// (another writer's snapshot came first, before the requirement check or
+/// before the pointer swap), so nothing of it landed, and appends commute.
+/// Any other failure is the caller's, since only a read of the table can tell
+/// whether it landed.
 pub(super) async fn append(
     catalog: &TableCatalog,
     table: &Table,
@@ -19,7 +30,22 @@ pub(super) async fn append(
     properties: HashMap<String, String>,
 ) -> Result<Table, SinkError> {
     let context = || format!("committing to {}", table.identifier());
-    append_transaction(table, files, properties)?.commit(catalog).await.context(context)
+    let mut current = table.clone();
+    let mut races = 0;
+    loop {
+        let tx = append_transaction(&current, files.clone(), properties.clone())?;
+        match tx.commit(catalog).await {
+            Ok(committed) => return Ok(committed),
+            Err(error)
+                if error.kind() == ErrorKind::CatalogCommitConflicts && races < RACES_RETRIED =>
+            {
+                races += 1;
+                tracing::debug!(table = %table.identifier(), races, "lost a commit race; appending again");
+                current = reload(catalog, &current).await?;
+            }
+            Err(error) => return Err(error).context(context),
+        }
+    }
 }
 
 /// The transaction that appends `files` to `table` with `properties`.
