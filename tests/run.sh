@@ -47,24 +47,19 @@ step "rustc for the guest and for nisshi (Debian's rustc-web, fetched once)"
 TOOLCHAIN_ENV="$(guest/toolchain.sh)"
 
 step "servers for the end-to-end tests: building in the background (log: $CACHE/servers.log)"
-# Three crates built from source, about 25 min of both cores cold. They build
-# beside the guest and the test build: a cargo build leaves a core idle for
-# long stretches (one crate at a time, links), which the other fills.
+# Two crates built from source, the longest steps of a cold run. They build
+# beside the guest and the test build, which leave a core idle for stretches
+# (one crate at a time, links) that these fill.
 build_servers() {
     set -euo pipefail
-    local t0=$SECONDS
-    local tansu="$CACHE/tansu" nisshi="$CACHE/nisshi" s3s="$CACHE/s3s"
-    if [ ! -x "$tansu/bin/tansu" ]; then
-        # No Apache Kafka package is reachable here; Tansu speaks the protocol.
-        CARGO_TARGET_DIR="$CACHE/tansu-build" cargo install tansu --version 0.6.0 --locked \
-            --features libsql,dynostore --root "$tansu"
-    fi
-    echo "servers: Tansu ready after $((SECONDS - t0)) s"
+    local t0=$SECONDS nisshi="$CACHE/nisshi" s3s="$CACHE/s3s"
     if [ ! -x "$nisshi/bin/nisshi" ]; then
-        # Tansu's successor, whose group coordinator evicts a frozen member
-        # (Tansu 0.6.0's never does). It needs rustc 1.96, newer than rustup's
-        # here: Debian's rustc-web builds it. Memory and PostgreSQL storage
-        # only: SQLite (libsql) would double its build.
+        # The Kafka-protocol broker of every streaming test (no Apache Kafka
+        # package is reachable here). Stored in PostgreSQL, its topics and
+        # offsets survive a restart; its group coordinator evicts a frozen
+        # member. It needs rustc 1.96, newer than rustup's here: Debian's
+        # rustc-web builds it. Memory and PostgreSQL storage only: SQLite
+        # (libsql) would double its build.
         # shellcheck disable=SC1090
         (. "$TOOLCHAIN_ENV" && RUSTC="$TOOLCHAIN_RUSTC" CARGO_TARGET_DIR="$CACHE/nisshi-build" \
             cargo install nisshi --version 0.8.1 --locked --no-default-features \
@@ -82,10 +77,15 @@ build_servers() {
 mkdir -p "$CACHE"
 build_servers > "$CACHE/servers.log" 2>&1 &
 SERVERS_PID=$!
-# A failed step stops the run; the background build must not outlive it.
-trap 'kill "$SERVERS_PID" 2>/dev/null || true' EXIT
-export TANSU_BIN="$CACHE/tansu/bin/tansu" NISSHI_BIN="$CACHE/nisshi/bin/nisshi" \
-    S3S_BIN="$CACHE/s3s/bin/s3s-fs"
+# A failed step stops the run; the background build (cargo under a subshell)
+# must not outlive it.
+kill_tree() {
+    local child
+    for child in $(pgrep -P "$1"); do kill_tree "$child"; done
+    kill "$1" 2>/dev/null || true
+}
+trap '[ -z "$SERVERS_PID" ] || kill_tree "$SERVERS_PID"' EXIT
+export NISSHI_BIN="$CACHE/nisshi/bin/nisshi" S3S_BIN="$CACHE/s3s/bin/s3s-fs"
 
 step "guest components"
 guest/build.sh
@@ -142,6 +142,7 @@ if ! wait "$SERVERS_PID"; then
     echo "tests/run.sh: building the test servers failed (the end of $CACHE/servers.log is above)" >&2
     exit 1
 fi
+SERVERS_PID=""
 grep '^servers:' "$CACHE/servers.log"
 
 step "end-to-end tests (binary + pyiceberg)"

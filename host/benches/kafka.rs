@@ -6,7 +6,7 @@
 //!     guest/build.sh && cargo bench -p sessionize --bench kafka
 //!
 //! Starts its own Tansu broker (memory storage) on loopback; `TANSU_BIN` points
-//! at the binary (tests/run.sh installs it into ~/.cache/sessionize/tansu).
+//! at the binary (tests/bench/run.sh installs it into ~/.cache/sessionize/tansu).
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -2,7 +2,7 @@
 against object storage + a shared catalog (s3s-fs + PostgreSQL on loopback), and
 what compaction does to a day of 30-second checkpoints.
 
-Replays a stream of clickstream through Kafka (Tansu) with each checkpoint
+Replays a stream of clickstream through Kafka (nisshi, stored in PostgreSQL) with each checkpoint
 holding about 30 s of event time (a batch of rate x 30 events per checkpoint),
 then reports, per setup:
   - commit latency: the checkpoint thread's time per checkpoint (state write,
@@ -95,10 +95,10 @@ def main():
     print(f"{count} events over {args.hours} h of event time, {per_checkpoint} events "
           f"(30 s) per checkpoint; per-day figures scale by {scale:g}")
 
-    broker = Broker(work / "broker")
-    broker.start()
     store = ObjectStore(work / "s3" / "root")
     postgres = Postgres()
+    broker = Broker(work / "broker", postgres.new_database())
+    broker.start()
     try:
         run("produce", "--kafka-servers", broker.servers, "--topic", "clicks", "--partitions",
             "4", "--input", events)

@@ -2,7 +2,7 @@
 restarts, with a rules component (default: the Python rules, the slowest to
 compile). A restart finds the compiled component in `<state-dir>/compiled/`.
 
-Starts Tansu (memory storage), sends a few events, then runs `sessionize run
+Starts nisshi (memory storage), sends a few events, then runs `sessionize run
 --test-mode` against it `--restarts + 1` times with one state directory:
 each run reads the topic to its end, commits and stops. Prints, per run, the
 time from start to "rules loaded" and the whole run's wall time; then the
@@ -26,11 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 from kafka import Broker  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class MemoryBroker(Broker):
-    def storage(self) -> str:
-        return "memory://tansu/"
 
 
 def loaded_after(log: str, started: float) -> float:
@@ -64,7 +59,7 @@ def main():
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sessionize-restart-") as tmp:
         work = Path(tmp)
-        broker = MemoryBroker(work / "broker")
+        broker = Broker(work / "broker")
         broker.start()
         try:
             subprocess.run([args.binary, "produce", "--kafka-servers", broker.servers,

@@ -17,6 +17,13 @@ fi
 shift
 cd "$ROOT"
 cargo build --release --locked -p sessionize
+if [ ! -x "$CACHE/tansu/bin/tansu" ]; then
+    # Tansu 0.6.0 in memory, the broker the published Kafka figures were
+    # measured on (the tests use nisshi): `cargo bench --bench kafka` and
+    # `scale_out --broker tansu` use it.
+    CARGO_TARGET_DIR="$CACHE/tansu-build" cargo install tansu --version 0.6.0 --locked \
+        --features dynostore --root "$CACHE/tansu"
+fi
 export TANSU_BIN="$CACHE/tansu/bin/tansu" NISSHI_BIN="$CACHE/nisshi/bin/nisshi" \
     S3S_BIN="$CACHE/s3s/bin/s3s-fs"
 if [ "$BENCH" = peers ]; then

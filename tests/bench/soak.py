@@ -1,6 +1,6 @@
 """Soak: three `--scale-out` members of one group on S3 + PostgreSQL (s3s-fs
-and a PostgreSQL server on loopback), a broker with durable storage (Tansu on
-SQLite), `sessionize maintain` every few seconds, and random faults while
+and a PostgreSQL server on loopback), a broker with durable storage (nisshi in
+a PostgreSQL server of its own), `sessionize maintain` every few seconds, and random faults while
 clickstream slices keep coming:
 
   kill      SIGKILL a member, start it again
@@ -62,7 +62,10 @@ class Soak:
         self.store = ObjectStore(work / "s3")
         self.postgres = Postgres()
         self.lake = Lakehouse(self.store, self.postgres)
-        self.broker = Broker(work / "broker")
+        # The broker's own server: the postgres fault is an outage of the
+        # catalog, the broker fault one of the broker.
+        self.broker_postgres = Postgres()
+        self.broker = Broker(work / "broker", self.broker_postgres.new_database())
         self.broker.start()
         self.slices = self.input(events, seed)
         self.members = {}
@@ -210,6 +213,7 @@ class Soak:
         self.broker.stop()
         self.store.stop()
         self.postgres.stop()
+        self.broker_postgres.stop()
 
 
 def stamp(line):

@@ -1,6 +1,5 @@
-"""A Kafka-protocol broker (Tansu, or nisshi where the group coordinator must
-evict a frozen member) on loopback for the tests, and helpers to drive the
-streaming job."""
+"""A Kafka-protocol broker (nisshi) on loopback for the tests, and helpers to
+drive the streaming job."""
 
 import os
 import signal
@@ -9,7 +8,6 @@ import subprocess
 import time
 from pathlib import Path
 
-TANSU = Path(os.environ.get("TANSU_BIN", Path.home() / ".cache/sessionize/tansu/bin/tansu"))
 NISSHI = Path(os.environ.get("NISSHI_BIN", Path.home() / ".cache/sessionize/nisshi/bin/nisshi"))
 
 
@@ -20,11 +18,17 @@ def free_port() -> int:
 
 
 class Broker:
-    """Tansu with SQLite storage: data and committed offsets survive a restart."""
+    """nisshi 0.8.1 (Tansu's successor). Stored in a PostgreSQL database,
+    topics, committed offsets and groups survive a broker restart, and a
+    topic's end is reported exactly; in memory (no database) neither holds.
+    Its group coordinator evicts a member that stops heartbeating with its
+    connection still open, and hands a killed member's partitions on with
+    either assignor."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, database: str | None = None):
         assert self.binary().exists(), f"{self.binary()} missing: tests/run.sh installs it"
         self.workdir = workdir
+        self.database = database
         self.port = free_port()
         self.proc = None
         workdir.mkdir(parents=True, exist_ok=True)
@@ -34,10 +38,10 @@ class Broker:
         return f"127.0.0.1:{self.port}"
 
     def binary(self) -> Path:
-        return TANSU
+        return NISSHI
 
     def storage(self) -> str:
-        return "sqlite://tansu.db"
+        return self.database or "memory://nisshi/"
 
     def start(self):
         url = f"tcp://127.0.0.1:{self.port}"
@@ -53,6 +57,8 @@ class Broker:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
                 return
             except OSError:
+                assert self.proc.poll() is None, \
+                    f"broker exited: {(self.workdir / 'broker.log').read_text()[-2000:]}"
                 time.sleep(0.1)
         raise AssertionError("broker did not start")
 
@@ -60,18 +66,6 @@ class Broker:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
-
-
-class NisshiBroker(Broker):
-    """nisshi 0.8.1 (Tansu's successor), in memory: its group coordinator
-    evicts a member that stops heartbeating with its connection still open,
-    which Tansu 0.6.0's does not."""
-
-    def binary(self) -> Path:
-        return NISSHI
-
-    def storage(self) -> str:
-        return "memory://nisshi/"
 
 
 class Job:

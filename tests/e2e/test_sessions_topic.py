@@ -1,6 +1,6 @@
 """Sessions to a Kafka topic (`--sink`), read back with a client of our own
-(confluent-kafka): every model session, through kill -9, at least once (Tansu
-has no transactions), repeats only of the same session with the same content,
+(confluent-kafka): every model session, through kill -9, at least once (nisshi
+refuses transactional producers), repeats only of the same session with the same content,
 and the topic agrees with the table."""
 
 import datetime

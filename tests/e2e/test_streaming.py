@@ -21,8 +21,9 @@ def sessions(warehouse, with_reason=True):
 
 
 @pytest.fixture
-def broker(tmp_path):
-    b = Broker(tmp_path / "broker")
+def broker(tmp_path, postgres):
+    """A broker of the test's own, stored in a database of the session's PostgreSQL."""
+    b = Broker(tmp_path / "broker", postgres.new_database())
     b.start()
     yield b
     b.stop()

@@ -17,7 +17,7 @@ import time
 import urllib.request
 
 from conftest import ROOT, read_table
-from kafka import TANSU, free_port, topic_size
+from kafka import NISSHI, free_port, topic_size
 from reference import MIN, read_topic, row_key, sessionize_records
 
 PAGE = ROOT / "docs" / "operating.md"
@@ -37,7 +37,7 @@ def walkthrough_commands() -> list:
 
 def as_run_here(command: str, binary, broker_port: int) -> list:
     command = command.replace("127.0.0.1:9092", f"127.0.0.1:{broker_port}")
-    command = command.replace("~/.cache/sessionize/tansu/bin/tansu", str(TANSU))
+    command = command.replace("~/.cache/sessionize/nisshi/bin/nisshi", str(NISSHI))
     args = shlex.split(command.removesuffix("&").strip())
     if args[0] == "sessionize":
         args[0] = str(binary)
@@ -57,7 +57,7 @@ def users_waiting(metrics_port: int) -> float:
 def test_the_live_walkthrough_shows_closed_sessions_within_two_minutes(binary, tmp_path):
     commands = walkthrough_commands()
     assert [c.split()[:2] for c in commands] == [
-        ["~/.cache/sessionize/tansu/bin/tansu", "broker"], ["sessionize", "run"],
+        ["~/.cache/sessionize/nisshi/bin/nisshi", "broker"], ["sessionize", "run"],
         ["sessionize", "produce"], ["sessionize", "query"]], commands
     broker_port, metrics_port = free_port(), free_port()
     broker, job, producer, query = (as_run_here(c, binary, broker_port) for c in commands)

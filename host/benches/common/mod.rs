@@ -54,7 +54,7 @@ pub fn peak_rss_mib() -> u64 {
 }
 
 /// A Tansu broker with memory storage on loopback `port`; `TANSU_BIN` points at
-/// the binary (tests/run.sh installs it into ~/.cache/sessionize/tansu).
+/// the binary (tests/bench/run.sh installs it into ~/.cache/sessionize/tansu).
 pub fn start_broker(dir: &Path, port: u16) -> Result<Child> {
     let tansu = std::env::var_os("TANSU_BIN").map(PathBuf::from).unwrap_or_else(|| {
         PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
@@ -68,7 +68,9 @@ pub fn start_broker(dir: &Path, port: u16) -> Result<Child> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .with_context(|| format!("starting {} (tests/run.sh installs it)", tansu.display()))?;
+        .with_context(|| {
+            format!("starting {} (tests/bench/run.sh installs it)", tansu.display())
+        })?;
     std::thread::sleep(Duration::from_millis(500));
     Ok(child)
 }
