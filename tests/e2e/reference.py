@@ -171,24 +171,37 @@ def _sessions(accepted, inactivity_ms, max_duration_ms, watermark_of):
     return sessions
 
 
-def read_topic(servers, topic, count, timeout=60):
+def read_topic(servers, topic, count, timeout=60, quiet_s=0.0):
     """Every record of `topic` as (partition, offset, text), read with a client
-    of its own (confluent-kafka) until `count` records are in."""
+    of its own (confluent-kafka) until `count` records are in, then on until
+    none comes for `quiet_s` (for a broker whose end of topic may be stale)."""
     from confluent_kafka import Consumer, TopicPartition
 
     consumer = Consumer({"bootstrap.servers": servers, "group.id": f"reference-{time.time()}",
                          "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    records = []
+
+    def take(messages) -> bool:
+        got = False
+        for message in messages:
+            if message.error() is None:
+                value = message.value() or b""
+                records.append((message.partition(), message.offset(),
+                                value.decode("utf-8", errors="replace")))
+                got = True
+        return got
+
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-        records, deadline = [], time.time() + timeout
+        deadline = time.time() + timeout
         while len(records) < count:
             assert time.time() < deadline, f"read {len(records)} of {count} records of {topic}"
-            for message in consumer.consume(1000, 0.5):
-                if message.error() is None:
-                    value = message.value() or b""
-                    records.append((message.partition(), message.offset(),
-                                    value.decode("utf-8", errors="replace")))
+            take(consumer.consume(1000, 0.5))
+        quiet_until = time.time() + quiet_s
+        while time.time() < quiet_until:
+            if take(consumer.consume(1000, 0.5)):
+                quiet_until = time.time() + quiet_s
     finally:
         consumer.close()
     records.sort(key=lambda r: (r[0], r[1]))
