@@ -342,6 +342,10 @@ pub struct RunArgs {
     /// A parameter for the rules plugin, `key=value` (repeatable).
     #[arg(long = "plugin-param", value_name = "KEY=VALUE", value_parser = key_value)]
     pub plugin_params: Vec<(String, String)>,
+    /// Engines a run over a file splits its users over, each with its own
+    /// instance of the rules (1 to 256); default: one per two cores.
+    #[arg(long, value_name = "N", value_parser = u32_in(1..=256))]
+    pub engines: Option<u32>,
     /// Memory limit of the rules plugin, MiB (1 to 4096).
     #[arg(long, default_value_t = 64, value_parser = u32_in(1..=4096))]
     pub plugin_memory_mib: u32,
@@ -427,6 +431,12 @@ impl RunArgs {
                         (a run over a file or a sample writes the table)"
                 .into());
         }
+        if self.engines.is_some() && self.input() == Input::Kafka {
+            return Err("--engines splits the users of a run over a file (--input, or \
+                        --test-mode without --kafka-servers); a Kafka job runs an engine \
+                        per partition: drop --engines"
+                .into());
+        }
         if self.scale_out && !self.sink.contains(&SinkKind::Iceberg) {
             return Err("--scale-out keeps each partition's open sessions beside the table: \
                         use --sink iceberg,kafka"
@@ -459,6 +469,7 @@ impl RunArgs {
                 call_timeout: self.plugin_timeout,
             },
             plugin: self.plugin.clone(),
+            engines: self.engines.map(|n| n as usize),
             plugin_watch: self.plugin_watch,
             scale_out: self.scale_out.then_some(self.group_session_timeout),
             state_dir: self.state_dir.clone(),

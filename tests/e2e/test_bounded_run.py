@@ -34,9 +34,12 @@ def events(tmp_path_factory, binary):
     return path
 
 
-def test_table_matches_the_independent_expectation(run, events, tmp_path):
+# One engine, and the users split over three (each times every event): the same
+# expectation either way.
+@pytest.mark.parametrize("engines", [[], ["--engines", "3"]], ids=["default", "three-engines"])
+def test_table_matches_the_independent_expectation(run, events, tmp_path, engines):
     warehouse = tmp_path / "wh"
-    proc = run("run", "--input", events, "--warehouse", warehouse)
+    proc = run("run", "--input", events, "--warehouse", warehouse, *engines)
     expected = sessionize(events.read_text().splitlines())
     got = read_table(warehouse)
 
@@ -115,6 +118,8 @@ def test_test_mode_runs_on_embedded_defaults(run, tmp_path):
     (["run", "--input", "/nonexistent/events.jsonl"], "cannot read /nonexistent/events.jsonl"),
     (["run", "--test-mode", "--plugin", "/nonexistent.wasm"], "cannot read plugin"),
     (["run", "--test-mode", "--log-level", "loud"], "possible values"),
+    (["run", "--test-mode", "--engines", "0"], "1..=256"),
+    (["run", "--kafka-servers", "127.0.0.1:9", "--engines", "2"], "drop --engines"),
 ])
 def test_bad_flags_exit_non_zero_with_a_sentence(run, tmp_path, args, message):
     proc = run(*args, "--warehouse", tmp_path / "wh", check=False)

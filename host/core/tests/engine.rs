@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use sessionize_core::engine::{
     session_id, Admission, Engine, EngineChanges, EngineConfig, UserState,
 };
-use sessionize_core::event::Event;
+use sessionize_core::event::{Event, UserSplit};
 use sessionize_core::rows::SessionRow;
 use sessionize_core::rules::contract::Settings;
 use sessionize_native::NativeRules;
@@ -407,6 +407,90 @@ proptest! {
         let permuted = run_one(&shuffled, every, max_batch)?;
         prop_assert_eq!(&baseline, &permuted);
         prop_assert_eq!(&baseline, &reference(&events, lateness));
+    }
+}
+
+/// The specification's lateness, as plainly as possible: in arrival order, an
+/// event more than `lateness` behind the greatest time accepted before it is
+/// late. Returns the events on time and how many were late.
+fn judge_lateness(
+    arrivals: &[(String, String, i64, String)],
+    lateness: i64,
+) -> (Vec<(String, String, i64, String)>, u64) {
+    let mut greatest = i64::MIN;
+    let mut on_time = Vec::new();
+    for event in arrivals {
+        if event.2 < greatest.saturating_sub(lateness) {
+            continue;
+        }
+        greatest = greatest.max(event.2);
+        on_time.push(event.clone());
+    }
+    let late = (arrivals.len() - on_time.len()) as u64;
+    (on_time, late)
+}
+
+/// Runs `arrivals` through `count` engines that split the users between them:
+/// each admits its own users' events and times the others'. Every engine
+/// advances every `every` events, then the input ends.
+fn run_split(
+    arrivals: &[(String, String, i64, String)],
+    count: usize,
+    every: usize,
+    config: EngineConfig,
+) -> (Vec<SessionRow>, u64) {
+    let splits: Vec<UserSplit> = (0..count).map(|i| UserSplit::new(i, count)).collect();
+    let mut engines: Vec<Engine> = (0..count).map(|_| Engine::new(config)).collect();
+    let mut all_rules: Vec<_> = (0..count).map(|_| rules()).collect();
+    let mut rows = Vec::new();
+    for (i, (u, id, t, p)) in arrivals.iter().enumerate() {
+        let event = ev(u, id, *t, p);
+        for (split, engine) in splits.iter().zip(&mut engines) {
+            if split.owns(u) {
+                engine.offer(0, &event);
+            } else {
+                engine.observe_time(0, *t);
+            }
+        }
+        if (i + 1) % every.max(1) == 0 {
+            for (engine, rules) in engines.iter_mut().zip(&mut all_rules) {
+                rows.extend(engine.advance(rules, false).unwrap());
+            }
+        }
+    }
+    for (engine, rules) in engines.iter_mut().zip(&mut all_rules) {
+        rows.extend(engine.advance(rules, true).unwrap());
+    }
+    (rows, engines.iter().map(|e| e.stats().late).sum())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Users split over engines, with events arriving up to three times the
+    /// lateness out of order: the late events and the sessions are the
+    /// specification's, whatever the number of engines.
+    #[test]
+    fn users_split_over_engines_give_the_specifications_sessions(
+        events in arb_events(),
+        jitter in prop::collection::vec(0..(30 * MIN), 240),
+        count in 1usize..5,
+        every in 1usize..60,
+        max_batch in 1usize..50,
+    ) {
+        let lateness = 10 * MIN;
+        let mut arrivals: Vec<_> = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.2 + jitter[i % jitter.len()], i))
+            .collect();
+        arrivals.sort();
+        let arrivals: Vec<_> = arrivals.into_iter().map(|(_, i)| events[i].clone()).collect();
+        let (on_time, late) = judge_lateness(&arrivals, lateness);
+        let config = EngineConfig { allowed_lateness_ms: lateness, max_batch_events: max_batch };
+        let (rows, engines_late) = run_split(&arrivals, count, every, config);
+        prop_assert_eq!(engines_late, late);
+        prop_assert_eq!(spans(&rows), reference(&on_time, lateness));
     }
 }
 

@@ -3,9 +3,8 @@
 
 use std::time::Duration;
 
-use crate::clock::wall_clock_ms;
 use crate::engine::{Admission, Engine};
-use crate::event::{BlockRecord, Event, EventBlock, EventLimits, Fields};
+use crate::event::{BlockRecord, Event, EventBlock, EventLimits, Fields, UserSplit};
 use crate::sink::RejectedEvent;
 
 /// What the job admits beyond a well-formed event: bounds on records and
@@ -35,9 +34,20 @@ pub(crate) struct Rejected {
 
 impl Rejected {
     fn add(&mut self, class: &'static str) {
+        self.add_many(class, 1);
+    }
+
+    fn add_many(&mut self, class: &'static str, n: u64) {
         match self.by_class.iter_mut().find(|(c, _)| *c == class) {
-            Some((_, count)) => *count += 1,
-            None => self.by_class.push((class, 1)),
+            Some((_, count)) => *count += n,
+            None => self.by_class.push((class, n)),
+        }
+    }
+
+    /// Adds the counts of `more`.
+    pub(crate) fn add_all(&mut self, more: &Rejected) {
+        for &(class, n) in &more.by_class {
+            self.add_many(class, n);
         }
     }
 
@@ -52,10 +62,20 @@ impl Rejected {
     }
 }
 
-/// Where ingest offers events: one engine, or a group member's engines.
+/// Where ingest offers events: one engine, a group member's engines, or one
+/// engine of a run whose users are split over several.
 pub(crate) trait Admit {
     /// Keeps event-time clocks at or before `now_ms` (the wall clock).
     fn limit_clocks_to(&mut self, now_ms: i64);
+
+    /// The users whose events (and dead letters) are this engine's; another
+    /// engine's are only timed ([`Admit::observe_time`]).
+    fn split(&self) -> UserSplit {
+        UserSplit::WHOLE
+    }
+
+    /// Times an event another engine owns: clocks move as it moves them.
+    fn observe_time(&mut self, _partition: i32, _timestamp_ms: i64) {}
 
     /// Admits or drops one event of `partition`; `None` when the partition
     /// is not this run's to read (its owner reads it).
@@ -78,19 +98,20 @@ impl Admit for Engine {
     }
 }
 
-/// Offers the events of `block` to `engine`; rejected records, events too far
-/// in the future and late events go to `dead_letters`, named after `source`.
-/// `seen` hears the partition of every record. Returns the records that were
-/// not admitted as events (malformed, too large, from the future).
+/// Offers the events of `block` to `engine`, at `now_ms` on the wall clock;
+/// rejected records, events too far in the future and late events go to
+/// `dead_letters`, named after `source`. `seen` hears the partition of every
+/// record. Returns the records that were not admitted as events (malformed,
+/// too large, from the future).
 pub(crate) fn ingest(
     block: &EventBlock,
+    now_ms: i64,
     intake: &Intake,
     engine: &mut impl Admit,
     source: &str,
     dead_letters: &mut Vec<RejectedEvent>,
     mut seen: impl FnMut(i32),
 ) -> Rejected {
-    let now_ms = wall_clock_ms();
     let skew_ms = i64::try_from(intake.max_future_skew.as_millis()).unwrap_or(i64::MAX);
     let horizon = now_ms.saturating_add(skew_ms);
     engine.limit_clocks_to(now_ms);
@@ -102,8 +123,15 @@ pub(crate) fn ingest(
         partition,
         position,
     };
-    for record in block.records() {
+    for record in block.records_split(engine.split()) {
         match record {
+            BlockRecord::Elsewhere(partition, timestamp_ms) => {
+                seen(partition);
+                // Refused by its owner if it is from the future: no clock moves.
+                if timestamp_ms <= horizon {
+                    engine.observe_time(partition, timestamp_ms);
+                }
+            }
             BlockRecord::Event(partition, position, raw, event, fields) => {
                 seen(partition);
                 if event.timestamp_ms > horizon {
@@ -147,6 +175,7 @@ fn from_the_future(timestamp_ms: i64, skew: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::wall_clock_ms;
     use crate::engine::EngineConfig;
 
     fn run(lines: &[String]) -> (Vec<RejectedEvent>, u64, Engine) {
@@ -156,7 +185,8 @@ mod tests {
         }
         let mut engine = Engine::new(EngineConfig::default());
         let mut dead = Vec::new();
-        let rejected = ingest(&block, &Intake::default(), &mut engine, "t", &mut dead, |_| ());
+        let now = wall_clock_ms();
+        let rejected = ingest(&block, now, &Intake::default(), &mut engine, "t", &mut dead, |_| ());
         assert_eq!(
             rejected.by_class().iter().map(|(_, n)| n).sum::<u64>(),
             dead.len() as u64 - engine.stats().late

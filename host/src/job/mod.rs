@@ -67,6 +67,8 @@ pub struct JobConfig {
     pub limits: SandboxLimits,
     /// `--plugin`, or the built-in default rules.
     pub plugin: Option<PathBuf>,
+    /// Engines a bounded run splits its users over; `None`: one per two cores.
+    pub engines: Option<usize>,
     /// Swap the rules whenever the `plugin` file is replaced (streaming).
     pub plugin_watch: bool,
     /// Set for a member of a consumer group (`--scale-out`): how long it
@@ -255,32 +257,47 @@ async fn run_file(config: &JobConfig, source: FileSource) -> Result<RunSummary, 
         rules_loader(config.settings.clone(), config.limits, config.max_component_bytes, None)?;
     // Plugin calls block: never on an async task.
     let plugin = config.plugin.as_deref();
-    let mut rules = tokio::task::block_in_place(|| load_rules(&loader, plugin))?;
+    let rules = tokio::task::block_in_place(|| load_rules(&loader, plugin))?;
     tracing::info!(rules = rules.rule_version(), "rules loaded");
     let mut sink = open_sink(config).await?;
     check_columns(&sink, &rules)?;
-    let mut engine = Engine::new(config.engine);
     let props = HashMap::from([
         ("sessionize.rule-version".to_owned(), rules.rule_version().to_owned()),
         ("sessionize.source".to_owned(), source.name().to_owned()),
     ]);
+    // Unless told, an engine per two cores, each with its own instance of the
+    // rules: parsing takes about as much as the engines, on the other half
+    // (on two cores a second engine only added switching: docs/benchmarks.md).
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let engines = config.engines.unwrap_or(cores / 2).max(1);
+    let mut all_rules = tokio::task::block_in_place(|| more_instances(&rules, engines - 1))?;
+    all_rules.insert(0, rules);
+    let mut engines: Vec<Engine> = all_rules.iter().map(|_| Engine::new(config.engine)).collect();
+    let shards = engines
+        .iter_mut()
+        .zip(&mut all_rules)
+        .map(|(engine, rules)| bounded::Shard { engine, rules })
+        .collect();
     let handle = tokio::runtime::Handle::current();
     let summary = tokio::task::block_in_place(|| {
         let intake = &config.stream.intake;
         let watchers =
             bounded::Watchers { progress: config.progress.as_deref(), metrics: metrics.as_deref() };
-        bounded::run_bounded(
-            &handle,
-            source,
-            intake,
-            &mut engine,
-            &mut rules,
-            &mut sink,
-            props,
-            watchers,
-        )
+        bounded::run_bounded(&handle, source, intake, shards, &mut sink, props, watchers)
     })?;
     Ok(summary)
+}
+
+/// `count` more instances of `rules`, for engines of their own.
+fn more_instances(rules: &ComponentRules, count: usize) -> Result<Vec<ComponentRules>, JobError> {
+    (0..count)
+        .map(|_| {
+            rules.another_instance().map_err(|source| JobError::Rules {
+                context: "starting another instance of the rules".into(),
+                source,
+            })
+        })
+        .collect()
 }
 
 /// The streaming job: Kafka to Iceberg with checkpoints.

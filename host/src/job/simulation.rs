@@ -30,6 +30,7 @@ use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 
 use crate::checkpoint::{CheckpointStore, GroupCheckpointer, RulesExchange};
+use crate::clock::wall_clock_ms;
 use crate::engine::{Engine, EngineConfig};
 use crate::event::{EventBlock, EventLimits};
 use crate::group::GroupStore;
@@ -244,7 +245,9 @@ impl Fleet {
             block.push(p, i as i64, record);
         }
         let mut dead_letters = Vec::new();
-        ingest(&block, &Intake::default(), &mut member.engines, "sim", &mut dead_letters, |_| {});
+        let engines = &mut member.engines;
+        let now = wall_clock_ms();
+        ingest(&block, now, &Intake::default(), engines, "sim", &mut dead_letters, |_| {});
         member.engines.route_dead_letters(&mut dead_letters);
         member.offsets.insert(p, to as i64);
         let advanced = member.engines.advance(&mut self.native, false);

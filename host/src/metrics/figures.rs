@@ -27,6 +27,21 @@ pub struct EngineSize {
 }
 
 impl EngineFigures {
+    /// The figures of engines over parts of one input, as one.
+    pub fn total(parts: &[EngineFigures]) -> Self {
+        let mut total = Self { watermark: i64::MAX, ..Self::default() };
+        for part in parts {
+            total.stats += part.stats;
+            total.waiting += part.waiting;
+            total.users += part.users;
+            total.watermark = total.watermark.min(part.watermark);
+        }
+        if parts.is_empty() {
+            total.watermark = i64::MIN;
+        }
+        total
+    }
+
     /// The figures of one engine.
     pub fn of(engine: &Engine) -> Self {
         Self {

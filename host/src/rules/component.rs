@@ -155,10 +155,7 @@ impl ComponentLoader {
             },
         };
         let hash = hex::encode(&digest[..6]);
-        let scratch = match pre {
-            Pre::V02(_) => Scratch::V02(convert02::empty_batch()),
-            Pre::V01(_) => Scratch::V01(convert01::empty_batch()),
-        };
+        let scratch = pre.empty_scratch();
         let mut rules = ComponentRules {
             loader: self.clone(),
             pre,
@@ -245,9 +242,20 @@ impl v01::sessionize::plugin::host::Host for PluginHost {
 }
 
 /// A component ready to instantiate, by the contract version it exports.
+#[derive(Clone)]
 enum Pre {
     V02(v02::SessionRulesPre<PluginHost>),
     V01(v01::SessionRulesPre<PluginHost>),
+}
+
+impl Pre {
+    /// Where batches for an instance of it are built.
+    fn empty_scratch(&self) -> Scratch {
+        match self {
+            Pre::V02(_) => Scratch::V02(convert02::empty_batch()),
+            Pre::V01(_) => Scratch::V01(convert01::empty_batch()),
+        }
+    }
 }
 
 /// An instance's exports, by contract version.
@@ -352,6 +360,28 @@ impl ComponentRules {
     /// dropped, since the rules were loaded.
     pub fn log_lines_dropped(&self) -> u64 {
         self.log_lines_dropped.load(Ordering::Relaxed)
+    }
+
+    /// The same rules in an instance of their own, configured alike, for
+    /// another engine (a bounded run splits its users over an engine per
+    /// core). Nothing is compiled again; the instance must declare what
+    /// this one's did.
+    pub fn another_instance(&self) -> Result<ComponentRules, RulesError> {
+        let mut rules = ComponentRules {
+            loader: self.loader.clone(),
+            pre: self.pre.clone(),
+            settings: self.settings.clone(),
+            limits: self.limits,
+            instance: None,
+            rule_version: self.rule_version.clone(),
+            declarations: self.declarations.clone(),
+            texts_sent: TextsSent::default(),
+            scratch: self.pre.empty_scratch(),
+            check: CheckScratch::default(),
+            log_lines_dropped: self.log_lines_dropped.clone(),
+        };
+        rules.instance()?;
+        Ok(rules)
     }
 
     /// The instance, building and configuring a fresh one if the last trapped.

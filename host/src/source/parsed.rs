@@ -204,6 +204,7 @@ mod tests {
                 positions.push(match record {
                     crate::event::BlockRecord::Event(_, position, ..) => position,
                     crate::event::BlockRecord::Rejected(_, position, ..) => -position,
+                    crate::event::BlockRecord::Elsewhere(..) => unreachable!("a whole block"),
                 });
             }
         }

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
 use crate::engine::{Engine, EngineConfig};
-use crate::job::bounded::{run_bounded, BoundedError, Watchers};
+use crate::job::bounded::{run_bounded, BoundedError, Shard, Watchers};
 use crate::job::{Intake, RunSummary};
 use crate::rules::RulesRuntime;
 use crate::sink::{CommitStats, RejectedEvent, SessionRow, Sink, SinkError};
@@ -74,12 +74,12 @@ pub fn run_rules(
     let mut sink = Collected::default();
     let mut engine = Engine::new(engine);
     let rule_version = rules.rule_version().to_owned();
+    let shards = vec![Shard { engine: &mut engine, rules }];
     let run = run_bounded(
         runtime,
         source,
         intake,
-        &mut engine,
-        rules,
+        shards,
         &mut sink,
         HashMap::new(),
         Watchers::default(),

@@ -107,6 +107,19 @@ pub struct EngineStats {
     pub off_partition: u64,
 }
 
+impl std::ops::AddAssign for EngineStats {
+    /// Adds another engine's counters (engines over parts of one input).
+    fn add_assign(&mut self, more: Self) {
+        self.accepted += more.accepted;
+        self.late += more.late;
+        self.duplicates += more.duplicates;
+        self.plugin_calls += more.plugin_calls;
+        self.sessions_closed += more.sessions_closed;
+        self.rules_time += more.rules_time;
+        self.off_partition += more.off_partition;
+    }
+}
+
 /// Why the engine could not go on.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -318,6 +331,15 @@ impl Engine {
         self.stats.accepted += 1;
         self.waiting += 1;
         Admission::Accepted
+    }
+
+    /// Times an event that another engine admits (a run whose users are split
+    /// over engines): the partition's clock moves as that event moves it, so
+    /// every engine judges lateness, and releases events, as one engine over
+    /// all the users would. Nothing is queued or counted here.
+    pub fn observe_time(&mut self, partition: usize, timestamp_ms: i64) {
+        // A late event moves no clock; its owner counts it.
+        let _ = self.clocks.observe(partition, timestamp_ms);
     }
 
     /// Moves the watermark to what the partitions allow, releases every event it

@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use super::split::{user_hash, UserSplit};
 use super::{Captured, Event, EventLimits, FieldPaths, Rejection};
 
 /// A run of parsed records with their strings copied into one buffer: parsing
@@ -76,6 +77,9 @@ enum BlockItem {
         raw: Span,
         /// Where the event's field values start in [`EventBlock::values`].
         values: u32,
+        /// The hash of the uuid a split goes by, taken here, on the parser's
+        /// thread, once.
+        user: u64,
         uuid: Span,
         event_id: Option<Span>,
         timestamp_ms: i64,
@@ -99,6 +103,9 @@ pub enum BlockRecord<'a> {
     Event(i32, i64, &'a str, Event<'a>, Fields<'a>),
     /// A record refused at (partition, position): its raw text and why.
     Rejected(i32, i64, &'a str, &'a Rejection),
+    /// An event of a user another engine takes (a split run): its
+    /// partition and time, which every engine's clock follows.
+    Elsewhere(i32, i64),
 }
 
 impl EventBlock {
@@ -140,13 +147,13 @@ impl EventBlock {
         // not UTF-8 (serde_json does not check the values it skips) is refused.
         // Validated first, with SIMD (it is a tenth of the parse otherwise);
         // only a refused record is converted.
-        let Ok(text) = simdutf8::basic::from_utf8(record) else {
+        let Ok(record_text) = simdutf8::basic::from_utf8(record) else {
             let raw = self.store(&String::from_utf8_lossy(record));
             let reason = Rejection::NotUtf8;
             self.items.push(BlockItem::Rejected { partition, position, raw, reason });
             return;
         };
-        let raw = self.store(text);
+        let raw = self.store(record_text);
         let base = record.as_ptr() as usize;
         let inside = |b: &str| {
             let at = b.as_ptr() as usize;
@@ -171,7 +178,7 @@ impl EventBlock {
                     Captured::Boolean(b) => StoredValue::Boolean(b),
                 });
             };
-            self.limits.parse_with(record, &self.paths, &mut found)
+            self.limits.parse_text_with(record_text, &self.paths, &mut found)
         };
         let item = match parsed {
             Ok(event) => {
@@ -181,6 +188,7 @@ impl EventBlock {
                     position,
                     raw,
                     values: values as u32,
+                    user: user_hash(&event.uuid),
                     uuid: field(&event.uuid),
                     event_id: event.event_id.as_ref().map(&mut field),
                     timestamp_ms: event.timestamp_ms,
@@ -219,12 +227,31 @@ impl EventBlock {
 
     /// The records in input order.
     pub fn records(&self) -> impl Iterator<Item = BlockRecord<'_>> + '_ {
-        self.items.iter().map(move |item| match item {
+        self.records_split(UserSplit::WHOLE)
+    }
+
+    /// The records in input order as one engine of a split run reads them:
+    /// another engine's users' events only as [`BlockRecord::Elsewhere`],
+    /// and records that are no event only if `split` reports them.
+    pub fn records_split(&self, split: UserSplit) -> impl Iterator<Item = BlockRecord<'_>> + '_ {
+        let unowned = split.reports_unowned();
+        self.items.iter().filter_map(move |item| match item {
+            BlockItem::Event { partition, timestamp_ms, user, .. } if !split.owns_hash(*user) => {
+                Some(BlockRecord::Elsewhere(*partition, *timestamp_ms))
+            }
+            BlockItem::Rejected { .. } if !unowned => None,
+            item => Some(self.record(item)),
+        })
+    }
+
+    fn record<'s>(&'s self, item: &'s BlockItem) -> BlockRecord<'s> {
+        match item {
             BlockItem::Event {
                 partition,
                 position,
                 raw,
                 values,
+                user: _,
                 uuid,
                 event_id,
                 timestamp_ms,
@@ -255,7 +282,7 @@ impl EventBlock {
             BlockItem::Rejected { partition, position, raw, reason } => {
                 BlockRecord::Rejected(*partition, *position, self.get(*raw), reason)
             }
-        })
+        }
     }
 }
 
@@ -270,6 +297,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_split_gives_each_event_to_one_engine_and_its_time_to_every_other() {
+        let mut block = EventBlock::new(64, EventLimits::default());
+        for n in 0..40 {
+            let line = format!(r#"{{"uuid":"user-{n}","event_timestamp":{n}}}"#);
+            block.push(0, n, line.as_bytes());
+        }
+        block.push(0, 40, b"not json");
+        let splits = [UserSplit::new(0, 2), UserSplit::new(1, 2)];
+        let read: Vec<Vec<BlockRecord<'_>>> =
+            splits.iter().map(|&split| block.records_split(split).collect()).collect();
+        for (n, (first, second)) in read[0].iter().zip(&read[1]).take(40).enumerate() {
+            let n = n as i64;
+            match (first, second) {
+                (BlockRecord::Event(_, p, ..), BlockRecord::Elsewhere(0, t))
+                | (BlockRecord::Elsewhere(0, t), BlockRecord::Event(_, p, ..)) => {
+                    assert_eq!((*p, *t), (n, n));
+                }
+                other => panic!("event {n} is not one engine's: {other:?}"),
+            }
+        }
+        assert!(matches!(read[0][40], BlockRecord::Rejected(0, 40, ..)));
+        assert_eq!(read[1].len(), 40, "only the first engine reports a record that is no event");
+    }
+
+    #[test]
     fn a_record_with_invalid_utf8_anywhere_is_refused_not_misread() {
         // serde_json skips the value of an unread key without checking its
         // UTF-8; the block keeps a lossy copy of the record, whose offsets
@@ -282,6 +334,7 @@ mod tests {
             .map(|r| match r {
                 BlockRecord::Event(_, _, _, event, _) => format!("event {}", event.uuid),
                 BlockRecord::Rejected(_, _, _, reason) => format!("rejected: {reason}"),
+                BlockRecord::Elsewhere(..) => "another engine's".into(),
             })
             .collect();
         assert_eq!(records, ["rejected: not UTF-8 text", "event bob"]);

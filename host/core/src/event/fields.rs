@@ -287,7 +287,7 @@ mod tests {
             .records()
             .filter_map(|r| match r {
                 crate::event::BlockRecord::Event(.., fields) => Some(fields.get(0)),
-                crate::event::BlockRecord::Rejected(..) => None,
+                _ => None,
             })
             .collect();
         assert_eq!(values, vec![Some(Captured::Float(1.5)), None]);

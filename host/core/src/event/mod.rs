@@ -11,10 +11,12 @@ use std::borrow::Cow;
 
 mod block;
 mod fields;
+mod split;
 mod wire;
 
 pub use block::{BlockRecord, EventBlock, Fields};
 pub use fields::{Captured, FieldPaths};
+pub use split::UserSplit;
 use wire::{Details, Value};
 
 /// One valid input event, borrowing from the record it was parsed from.
@@ -142,6 +144,24 @@ impl EventLimits {
                 limit: self.max_record_bytes,
             });
         }
+        let text = simdutf8::basic::from_utf8(record).map_err(|_| Rejection::NotUtf8)?;
+        self.parse_text_with(text, paths, found)
+    }
+
+    /// [`EventLimits::parse_with`] for a record already known to be UTF-8:
+    /// the parser checks no string again.
+    pub fn parse_text_with<'a>(
+        &self,
+        record: &'a str,
+        paths: &FieldPaths,
+        found: &mut dyn FnMut(usize, Captured<'a>),
+    ) -> Result<Event<'a>, Rejection> {
+        if record.len() > self.max_record_bytes {
+            return Err(Rejection::RecordTooLarge {
+                bytes: record.len(),
+                limit: self.max_record_bytes,
+            });
+        }
         let max_text = self.max_text_bytes;
         let mut within = |index, value: Captured<'a>| match &value {
             Captured::Str(s) if s.len() > max_text => {}
@@ -167,29 +187,21 @@ impl EventLimits {
 /// Parses one record (a JSON line or a Kafka message value), with no bound on
 /// its size: the job parses through [`EventLimits::parse`].
 pub fn parse(record: &[u8]) -> Result<Event<'_>, Rejection> {
-    parse_fields(record, &FieldPaths::default(), &mut |_, _| ())
+    let text = simdutf8::basic::from_utf8(record).map_err(|_| Rejection::NotUtf8)?;
+    parse_fields(text, &FieldPaths::default(), &mut |_, _| ())
 }
 
 fn parse_fields<'a>(
-    record: &'a [u8],
+    record: &'a str,
     paths: &FieldPaths,
     found: &mut dyn FnMut(usize, Captured<'a>),
 ) -> Result<Event<'a>, Rejection> {
     // serde would also read a struct from a JSON array; events are objects only.
-    if record.trim_ascii_start().first() != Some(&b'{') {
-        return Err(if std::str::from_utf8(record).is_err() {
-            Rejection::NotUtf8
-        } else {
-            Rejection::InvalidJson("not a JSON object".into())
-        });
+    if record.trim_ascii_start().as_bytes().first() != Some(&b'{') {
+        return Err(Rejection::InvalidJson("not a JSON object".into()));
     }
-    let wire = wire::read(record, paths.root(), found).map_err(|e| {
-        if std::str::from_utf8(record).is_err() {
-            Rejection::NotUtf8
-        } else {
-            Rejection::InvalidJson(e.to_string())
-        }
-    })?;
+    let wire = wire::read(record, paths.root(), found)
+        .map_err(|e| Rejection::InvalidJson(e.to_string()))?;
     let uuid = match wire.uuid {
         Value::Str(s) if s.is_empty() => return Err(Rejection::EmptyUuid),
         Value::Str(s) => s,

@@ -22,12 +22,13 @@ pub(super) struct Wire<'a> {
 
 /// Parses `record` into its [`Wire`] form, handing each declared field under
 /// `paths` to `found`.
+/// `record` is a `str`: serde_json then checks no string's UTF-8 again.
 pub(super) fn read<'a>(
-    record: &'a [u8],
+    record: &'a str,
     paths: &PathNode,
     found: Found<'_, 'a>,
 ) -> Result<Wire<'a>, serde_json::Error> {
-    let mut deserializer = serde_json::Deserializer::from_slice(record);
+    let mut deserializer = serde_json::Deserializer::from_str(record);
     let wire = WireSeed { node: paths, found }.deserialize(&mut deserializer)?;
     deserializer.end()?;
     Ok(wire)

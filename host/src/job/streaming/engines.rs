@@ -127,7 +127,7 @@ impl Engines {
     pub(crate) fn stats(&self) -> EngineStats {
         let mut total = self.retired;
         for engine in self.engines() {
-            add_stats(&mut total, &engine.stats());
+            total += engine.stats();
         }
         total
     }
@@ -242,7 +242,7 @@ impl Engines {
             engine.declare_fields(&self.fields);
             let shard = Shard::new(engine, offset);
             if let Some(old) = self.shards.insert(Span::Partition(partition), shard) {
-                add_stats(&mut self.retired, &old.engine.stats());
+                self.retired += old.engine.stats();
             }
         }
     }
@@ -252,7 +252,7 @@ impl Engines {
     pub(crate) fn drop_partitions(&mut self, partitions: &[i32]) {
         for &p in partitions {
             if let Some(old) = self.shards.remove(&Span::Partition(p)) {
-                add_stats(&mut self.retired, &old.engine.stats());
+                self.retired += old.engine.stats();
             }
         }
     }
@@ -283,14 +283,4 @@ impl Admit for Engines {
         let shard = self.shard_mut(partition)?;
         Some(shard.engine.offer_with_fields(partition as usize, event, Some(fields)))
     }
-}
-
-fn add_stats(total: &mut EngineStats, more: &EngineStats) {
-    total.accepted += more.accepted;
-    total.late += more.late;
-    total.duplicates += more.duplicates;
-    total.plugin_calls += more.plugin_calls;
-    total.sessions_closed += more.sessions_closed;
-    total.rules_time += more.rules_time;
-    total.off_partition += more.off_partition;
 }

@@ -21,6 +21,7 @@ use super::summary::StreamSummary;
 use crate::checkpoint::{
     CheckpointError, CheckpointStore, CheckpointThread, Checkpointer, Completed, Cut,
 };
+use crate::clock::wall_clock_ms;
 use crate::engine::{Engine, EngineError};
 use crate::event::EventBlock;
 use crate::metrics::{fault_kind, wall_clock_s, CheckpointNote, JobMetrics};
@@ -278,6 +279,7 @@ impl<S: StreamSource> EventLoop<'_, S> {
         let intake = self.config.intake;
         let rejected = ingest(
             &block,
+            wall_clock_ms(),
             &intake,
             &mut self.engines,
             &self.source_name,

@@ -118,13 +118,19 @@ type MemorySink = MemoryGroupStore;
 fn bounded_run(lines: Vec<u8>) -> (RunSummary, MemorySink) {
     let mut sink = MemorySink::default();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
-    let mut engine = Engine::new(EngineConfig::default());
+    // Users split over three engines, as a run on three cores does.
+    let mut engines: Vec<Engine> = (0..3).map(|_| Engine::new(EngineConfig::default())).collect();
+    let mut rules: Vec<_> = (0..3).map(|_| native("default")).collect();
+    let shards = engines
+        .iter_mut()
+        .zip(&mut rules)
+        .map(|(engine, rules)| crate::job::bounded::Shard { engine, rules })
+        .collect();
     let summary = crate::job::bounded::run_bounded(
         runtime.handle(),
         FileSource::from_bytes("file", lines),
         &Intake::default(),
-        &mut engine,
-        &mut native("default"),
+        shards,
         &mut sink,
         HashMap::new(),
         Default::default(),
