@@ -113,8 +113,20 @@ impl FileSource {
         buf: &mut Vec<u8>,
         max_bytes: usize,
     ) -> Result<Option<Line>, FileSourceError> {
+        buf.clear();
+        self.append_line(buf, max_bytes)
+    }
+
+    /// [`FileSource::next_line`], appended to what `buf` holds: lines read
+    /// one after another into one buffer are copied once.
+    pub fn append_line(
+        &mut self,
+        buf: &mut Vec<u8>,
+        max_bytes: usize,
+    ) -> Result<Option<Line>, FileSourceError> {
+        let start = buf.len();
         loop {
-            buf.clear();
+            buf.truncate(start);
             let mut bytes = 0;
             let mut ended = false;
             while !ended {
@@ -129,7 +141,7 @@ impl FileSource {
                     Some(at) => (at + 1, true),
                     None => (available.len(), false),
                 };
-                let room = (max_bytes + 1).saturating_sub(buf.len());
+                let room = (max_bytes + 1).saturating_sub(buf.len() - start);
                 buf.extend_from_slice(&available[..take.min(room)]);
                 self.reader.consume(take);
                 bytes += take;
@@ -139,12 +151,13 @@ impl FileSource {
                 return Ok(None);
             }
             self.line += 1;
-            let whole = buf.len() == bytes;
-            while matches!(buf.last(), Some(b'\n' | b'\r')) {
+            let whole = buf.len() - start == bytes;
+            while buf.len() > start && matches!(buf.last(), Some(b'\n' | b'\r')) {
                 buf.pop();
             }
-            let bytes = if whole { buf.len() } else { bytes - usize::from(ended) };
-            if !whole || !buf.iter().all(u8::is_ascii_whitespace) {
+            let line = &buf[start..];
+            let bytes = if whole { line.len() } else { bytes - usize::from(ended) };
+            if !whole || !line.iter().all(u8::is_ascii_whitespace) {
                 return Ok(Some(Line { number: self.line, bytes }));
             }
         }

@@ -133,7 +133,6 @@ fn read_chunks(
     limits: EventLimits,
     workers: Vec<SyncSender<Result<Chunk, FileSourceError>>>,
 ) {
-    let mut line = Vec::with_capacity(1024);
     for turn in (0..workers.len()).cycle() {
         let mut chunk = Chunk {
             bytes: Vec::with_capacity(CHUNK_LINES * 256),
@@ -141,9 +140,8 @@ fn read_chunks(
         };
         let mut end = false;
         while chunk.lines.len() < CHUNK_LINES {
-            match source.next_line(&mut line, limits.max_record_bytes) {
+            match source.append_line(&mut chunk.bytes, limits.max_record_bytes) {
                 Ok(Some(read)) => {
-                    chunk.bytes.extend_from_slice(&line);
                     let end = chunk.bytes.len();
                     chunk.lines.push(ChunkLine { number: read.number, end, bytes: read.bytes });
                 }
