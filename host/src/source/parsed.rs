@@ -172,7 +172,11 @@ fn parse_chunks(
 ) {
     for chunk in chunks {
         let parsed = chunk.map(|chunk| {
-            let mut block = EventBlock::new(chunk.lines.len(), limits).with_fields(fields.clone());
+            // The records' text, and some room for unescaped copies of fields.
+            let room = chunk.bytes.len() + chunk.bytes.len() / 16;
+            let mut block = EventBlock::new(chunk.lines.len(), limits)
+                .with_fields(fields.clone())
+                .with_text_room(room);
             let mut start = 0;
             for line in &chunk.lines {
                 let record = &chunk.bytes[start..line.end];

@@ -120,6 +120,18 @@ impl EventBlock {
         }
     }
 
+    /// Room for `bytes` bytes of records' text: a block that has to grow
+    /// copies what it holds each time, and touches fresh pages.
+    pub fn with_text_room(mut self, bytes: usize) -> Self {
+        if self.text.is_empty() {
+            // A fresh buffer: growing the empty one would copy its capacity.
+            self.text = String::with_capacity(bytes);
+        } else {
+            self.text.reserve(bytes);
+        }
+        self
+    }
+
     /// Finds the values of `paths` in each event from now on.
     pub fn with_fields(mut self, paths: Arc<FieldPaths>) -> Self {
         self.paths = paths;
