@@ -5,8 +5,9 @@
 //!
 //!     guest/build.sh && cargo bench -p sessionize --bench kafka
 //!
-//! Starts its own Tansu broker (memory storage) on loopback; `TANSU_BIN` points
-//! at the binary (tests/bench/run.sh installs it into ~/.cache/sessionize/tansu).
+//! Starts its own broker (memory storage) on loopback: Tansu, or nisshi with
+//! `BENCH_BROKER=nisshi`; `TANSU_BIN` / `NISSHI_BIN` point at the binaries
+//! (tests/bench/run.sh installs Tansu into ~/.cache/sessionize/tansu).
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -53,23 +53,31 @@ pub fn peak_rss_mib() -> u64 {
         .map_or(0, |kb| kb / 1024)
 }
 
-/// A Tansu broker with memory storage on loopback `port`; `TANSU_BIN` points at
-/// the binary (tests/bench/run.sh installs it into ~/.cache/sessionize/tansu).
+/// A broker with memory storage on loopback `port`: Tansu, the one the
+/// published figures were measured on, or nisshi (`BENCH_BROKER=nisshi`), the
+/// one the tests run. `TANSU_BIN` / `NISSHI_BIN` point at the binaries
+/// (tests/bench/run.sh and tests/run.sh install them into ~/.cache/sessionize).
 pub fn start_broker(dir: &Path, port: u16) -> Result<Child> {
-    let tansu = std::env::var_os("TANSU_BIN").map(PathBuf::from).unwrap_or_else(|| {
+    let name = match std::env::var("BENCH_BROKER").as_deref() {
+        Ok("nisshi") => "nisshi",
+        Ok("tansu") | Err(_) => "tansu",
+        Ok(other) => anyhow::bail!("BENCH_BROKER={other}: give tansu or nisshi"),
+    };
+    let variable = format!("{}_BIN", name.to_uppercase());
+    let binary = std::env::var_os(&variable).map(PathBuf::from).unwrap_or_else(|| {
         PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-            .join(".cache/sessionize/tansu/bin/tansu")
+            .join(format!(".cache/sessionize/{name}/bin/{name}"))
     });
     let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(&tansu)
+    let child = Command::new(&binary)
         .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-        .args(["--storage-engine", "memory://tansu/"])
+        .args(["--storage-engine", &format!("memory://{name}/")])
         .current_dir(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .with_context(|| {
-            format!("starting {} (tests/bench/run.sh installs it)", tansu.display())
+            format!("starting {} (tests/bench/run.sh installs it)", binary.display())
         })?;
     std::thread::sleep(Duration::from_millis(500));
     Ok(child)

@@ -9,7 +9,7 @@
 //! file, and the sessions do not depend on how many engines there are.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::Arc;
 use std::thread::{self, ScopedJoinHandle};
@@ -111,7 +111,9 @@ pub fn run_bounded(
     let mut output =
         Output::new(runtime, sink, &columns, properties, watchers.metrics, shards.len());
     let lane = Lane { intake, source: &source_name };
-    let ends = thread::scope(|scope| -> Result<Vec<ShardEnd>, BoundedError> {
+    let stop = AtomicBool::new(false);
+    let feeding = Feeding { bytes_read: &bytes_read, progress: watchers.progress, stop: &stop };
+    let (read, ends) = thread::scope(|scope| -> Result<_, BoundedError> {
         let (results, from_shards) = mpsc::channel();
         let (mut feeds, mut threads) = (Vec::new(), Vec::new());
         let count = shards.len();
@@ -127,21 +129,31 @@ pub fn run_bounded(
             threads.push(thread);
         }
         drop(results);
-        let fed = output.feed(blocks, &feeds, &from_shards, &bytes_read, watchers.progress);
-        // A shard whose feed ends without `Feed::End` stops without closing sessions.
-        drop(feeds);
+        // Feeding on a thread of its own: this one takes the output in as it
+        // comes, so commits and metrics do not wait for the next block.
+        let feeder = thread::Builder::new()
+            .name("feeder".into())
+            .spawn_scoped(scope, move || feeding.feed(blocks, feeds))
+            .map_err(BoundedError::Thread)?;
+        let mut taken = Ok(());
         for result in from_shards {
-            output.take(result)?;
+            taken = output.take(result);
+            if taken.is_err() {
+                stop.store(true, Ordering::Relaxed);
+                break;
+            }
         }
         let ends = join(threads);
-        fed?;
-        ends
+        let read = feeder.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        taken?;
+        Ok((read?, ends?))
     })?;
     if let Some(progress) = watchers.progress {
         progress.finish();
     }
     output.commit()?;
     let mut summary = output.summary;
+    summary.read = read;
     for end in ends {
         summary.engine += end.stats;
         summary.advance_time += end.advance_time;
@@ -186,9 +198,11 @@ enum Feed {
     End,
 }
 
-/// What a shard's thread sends after each advance.
+/// What a shard's thread sends after each block.
 struct ShardOutput {
     index: usize,
+    /// Records of the file it has gone through since its last output.
+    records: u64,
     sessions: Vec<SessionRow>,
     dead_letters: Vec<RejectedEvent>,
     rejected: Rejected,
@@ -199,6 +213,7 @@ impl ShardOutput {
     fn new(index: usize) -> Self {
         Self {
             index,
+            records: 0,
             sessions: Vec::new(),
             dead_letters: Vec::new(),
             rejected: Rejected::default(),
@@ -254,14 +269,15 @@ impl Lane<'_> {
                 |_| (),
             );
             output.rejected.add_all(&rejected);
-            since_advance += timed.block.len() as u64;
-            if since_advance < ADVANCE_EVERY_RECORDS {
-                continue;
+            output.records = timed.block.len() as u64;
+            since_advance += output.records;
+            if since_advance >= ADVANCE_EVERY_RECORDS {
+                since_advance = 0;
+                let t = Instant::now();
+                output.sessions.extend(engine.advance(rules, false)?);
+                advance_time += t.elapsed();
             }
-            since_advance = 0;
-            let t = Instant::now();
-            output.sessions.extend(engine.advance(rules, false)?);
-            advance_time += t.elapsed();
+            // After every block, so the metrics follow the run.
             output.figures = EngineFigures::of(engine);
             // The receiver is gone only when the run failed elsewhere.
             let _ = results.send(std::mem::replace(&mut output, ShardOutput::new(index)));
@@ -300,6 +316,50 @@ impl Admit for SplitEngine<'_> {
     }
 }
 
+/// What the thread that feeds the shards watches and reports to.
+#[derive(Clone, Copy)]
+struct Feeding<'a> {
+    bytes_read: &'a AtomicU64,
+    progress: Option<&'a RunProgress>,
+    /// Set when the run failed elsewhere: feed no more.
+    stop: &'a AtomicBool,
+}
+
+impl Feeding<'_> {
+    /// Hands each block of `blocks` to every shard, in the file's order, then
+    /// ends each feed with [`Feed::End`], unless a shard stopped early or the
+    /// run is stopped (a shard whose feed just closes closes no session).
+    /// Returns the records read.
+    fn feed(
+        self,
+        blocks: ParsedFile,
+        feeds: Vec<SyncSender<Feed>>,
+    ) -> Result<u64, FileSourceError> {
+        let mut read = 0;
+        for block in blocks {
+            let block = block?;
+            if self.stop.load(Ordering::Relaxed) {
+                return Ok(read);
+            }
+            read += block.len() as u64;
+            if let Some(progress) = self.progress {
+                progress.advance(block.len() as u64, self.bytes_read.load(Ordering::Relaxed));
+            }
+            let timed = Arc::new(TimedBlock { block, now_ms: wall_clock_ms() });
+            for feed in &feeds {
+                if feed.send(Feed::Block(timed.clone())).is_err() {
+                    return Ok(read);
+                }
+            }
+        }
+        for feed in &feeds {
+            // A shard that stopped early says why when it is joined.
+            let _ = feed.send(Feed::End);
+        }
+        Ok(read)
+    }
+}
+
 /// Where the shards' output goes: staged, then committed to the sink in
 /// batches; the run's counters and metrics on the way.
 struct Output<'r, S> {
@@ -312,6 +372,10 @@ struct Output<'r, S> {
     dead_letters: Vec<RejectedEvent>,
     /// Each shard's latest figures, for the metrics.
     figures: Vec<EngineFigures>,
+    /// Records each shard has gone through, and the least of them the
+    /// metrics have counted as read.
+    gone_through: Vec<u64>,
+    counted: u64,
     summary: RunSummary,
 }
 
@@ -334,46 +398,10 @@ impl<'r, S: Sink> Output<'r, S> {
             sessions: Vec::new(),
             dead_letters: Vec::new(),
             figures: vec![unknown; shards],
+            gone_through: vec![0; shards],
+            counted: 0,
             summary: RunSummary::default(),
         }
-    }
-
-    /// Hands each block of `blocks` to every shard, in the file's order, and
-    /// takes in what the shards send meanwhile. Ends each feed with
-    /// [`Feed::End`], unless a shard stopped early (its thread says why).
-    fn feed(
-        &mut self,
-        blocks: ParsedFile,
-        feeds: &[SyncSender<Feed>],
-        results: &Receiver<ShardOutput>,
-        bytes_read: &AtomicU64,
-        progress: Option<&RunProgress>,
-    ) -> Result<(), BoundedError> {
-        for block in blocks {
-            let block = block?;
-            let records = block.len() as u64;
-            self.summary.read += records;
-            if let Some(progress) = progress {
-                progress.advance(records, bytes_read.load(Ordering::Relaxed));
-            }
-            if let Some(metrics) = self.metrics {
-                metrics.observe_batch(EngineFigures::total(&self.figures), records);
-            }
-            let timed = Arc::new(TimedBlock { block, now_ms: wall_clock_ms() });
-            for feed in feeds {
-                if feed.send(Feed::Block(timed.clone())).is_err() {
-                    return Ok(());
-                }
-            }
-            while let Ok(result) = results.try_recv() {
-                self.take(result)?;
-            }
-        }
-        for feed in feeds {
-            // A shard that stopped early says why when it is joined.
-            let _ = feed.send(Feed::End);
-        }
-        Ok(())
     }
 
     /// Takes in a shard's output; commits once enough sessions are staged.
@@ -381,10 +409,18 @@ impl<'r, S: Sink> Output<'r, S> {
         self.summary.rejected += result.rejected.total();
         if let Some(metrics) = self.metrics {
             metrics.observe_rejected(result.rejected.by_class());
-            if let Some(figures) = self.figures.get_mut(result.index) {
+            if let (Some(figures), Some(through)) =
+                (self.figures.get_mut(result.index), self.gone_through.get_mut(result.index))
+            {
                 *figures = result.figures;
+                *through += result.records;
             }
-            metrics.observe_batch(EngineFigures::total(&self.figures), 0);
+            // Read, for the metrics, is what every shard has gone through: with
+            // one engine the outcomes then add up to it at every scrape.
+            let read = self.gone_through.iter().copied().min().unwrap_or(0);
+            let newly = read.saturating_sub(self.counted);
+            self.counted = read;
+            metrics.observe_batch(EngineFigures::total(&self.figures), newly);
         }
         self.sessions.extend(result.sessions);
         self.dead_letters.extend(result.dead_letters);
