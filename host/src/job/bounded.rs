@@ -107,7 +107,8 @@ pub fn run_bounded(
         progress.start(source.total_bytes());
     }
     let workers = thread::available_parallelism().map_or(1, |n| n.get());
-    let blocks = ParsedFile::start(source, intake.limits, fields, workers);
+    let split = shards.len() > 1;
+    let blocks = ParsedFile::start(source, intake.limits, fields, workers, split);
     let mut output =
         Output::new(runtime, sink, &columns, properties, watchers.metrics, shards.len());
     let lane = Lane { intake, source: &source_name };

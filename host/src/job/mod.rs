@@ -269,8 +269,8 @@ async fn run_file(config: &JobConfig, source: FileSource) -> Result<RunSummary, 
     // rules: parsing takes about as much as the engines, on the other half
     // (on two cores a second engine only added switching: docs/benchmarks.md).
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let engines = config.engines.unwrap_or(cores / 2).max(1);
-    let mut all_rules = tokio::task::block_in_place(|| more_instances(&rules, engines - 1))?;
+    let count = config.engines.unwrap_or(cores / 2).max(1);
+    let mut all_rules = tokio::task::block_in_place(|| more_instances(&rules, count - 1))?;
     all_rules.insert(0, rules);
     let mut engines: Vec<Engine> = all_rules.iter().map(|_| Engine::new(config.engine)).collect();
     let shards = engines

@@ -491,10 +491,7 @@ impl RulesRuntime for ComponentRules {
 
     fn release_instance(&mut self) {
         self.instance = None;
-        self.scratch = match self.pre {
-            Pre::V02(_) => Scratch::V02(convert02::empty_batch()),
-            Pre::V01(_) => Scratch::V01(convert01::empty_batch()),
-        };
+        self.scratch = self.pre.empty_scratch();
     }
 
     fn warm_up(&mut self) -> Result<(), RulesError> {

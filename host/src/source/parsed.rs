@@ -49,12 +49,15 @@ pub struct ParsedFile {
 
 impl ParsedFile {
     /// Starts reading `source` and parsing it within `limits`, for the
-    /// declared `fields`, on `workers` threads (at least one).
+    /// declared `fields`, on `workers` threads (at least one); with
+    /// `hash_users`, the blocks carry each event's user hash
+    /// ([`EventBlock::hashing_users`]) for engines that split the users.
     pub fn start(
         source: FileSource,
         limits: EventLimits,
         fields: Arc<FieldPaths>,
         workers: usize,
+        hash_users: bool,
     ) -> Self {
         let workers = workers.max(1);
         let mut chunk_senders = Vec::with_capacity(workers);
@@ -66,7 +69,7 @@ impl ParsedFile {
             let fields = fields.clone();
             threads.push(thread::spawn(move || {
                 yield_to_the_engine();
-                parse_chunks(chunk_rx, block_tx, limits, fields)
+                parse_chunks(chunk_rx, block_tx, limits, fields, hash_users)
             }));
             chunk_senders.push(chunk_tx);
             blocks.push(block_rx);
@@ -169,14 +172,17 @@ fn parse_chunks(
     blocks: SyncSender<Result<EventBlock, FileSourceError>>,
     limits: EventLimits,
     fields: Arc<FieldPaths>,
+    hash_users: bool,
 ) {
     for chunk in chunks {
         let parsed = chunk.map(|chunk| {
             // The records' text, and some room for unescaped copies of fields.
             let room = chunk.bytes.len() + chunk.bytes.len() / 16;
-            let mut block = EventBlock::new(chunk.lines.len(), limits)
-                .with_fields(fields.clone())
-                .with_text_room(room);
+            let mut block = EventBlock::with_capacity(chunk.lines.len(), room, limits)
+                .with_fields(fields.clone());
+            if hash_users {
+                block = block.hashing_users();
+            }
             let mut start = 0;
             for line in &chunk.lines {
                 let record = &chunk.bytes[start..line.end];
@@ -228,7 +234,8 @@ mod tests {
             (1..=lines as i64).map(|i| if i % 1000 == 0 { -i } else { i }).collect();
         for workers in [1, 2, 3, 5] {
             let source = FileSource::from_bytes("t", text.clone().into_bytes());
-            let file = ParsedFile::start(source, EventLimits::default(), Arc::default(), workers);
+            let file =
+                ParsedFile::start(source, EventLimits::default(), Arc::default(), workers, false);
             assert_eq!(positions(file), expected, "{workers} workers");
         }
     }
@@ -236,7 +243,7 @@ mod tests {
     #[test]
     fn an_empty_file_has_no_blocks() {
         let source = FileSource::from_bytes("t", Vec::new());
-        let file = ParsedFile::start(source, EventLimits::default(), Arc::default(), 2);
+        let file = ParsedFile::start(source, EventLimits::default(), Arc::default(), 2, false);
         assert_eq!(positions(file), Vec::<i64>::new());
     }
 
@@ -246,7 +253,7 @@ mod tests {
         let long = format!("{{\"uuid\":\"{}\",\"event_timestamp\":1}}\n", "x".repeat(100));
         let text = format!("{long}{{\"uuid\":\"a\",\"event_timestamp\":2}}\n");
         let source = FileSource::from_bytes("t", text.into_bytes());
-        let file = ParsedFile::start(source, limits, Arc::default(), 2);
+        let file = ParsedFile::start(source, limits, Arc::default(), 2, false);
         assert_eq!(positions(file), vec![-1, 2]);
     }
 }

@@ -19,6 +19,9 @@ pub struct EventBlock {
     paths: Arc<FieldPaths>,
     /// Every event's declared field values, `paths.len()` per event.
     values: Vec<Option<StoredValue>>,
+    /// Whether each event's user hash is taken as it is pushed (a run split
+    /// over engines); otherwise a split reader takes it when it reads.
+    hash_users: bool,
 }
 
 /// A declared field's value as a block keeps it.
@@ -77,8 +80,8 @@ enum BlockItem {
         raw: Span,
         /// Where the event's field values start in [`EventBlock::values`].
         values: u32,
-        /// The hash of the uuid a split goes by, taken here, on the parser's
-        /// thread, once.
+        /// The hash of the uuid a split goes by, if the block takes it on
+        /// push ([`EventBlock::hashing_users`]).
         user: u64,
         uuid: Span,
         event_id: Option<Span>,
@@ -111,24 +114,27 @@ pub enum BlockRecord<'a> {
 impl EventBlock {
     /// An empty block with room for `records` records, parsed within `limits`.
     pub fn new(records: usize, limits: EventLimits) -> Self {
+        Self::with_capacity(records, records * 64, limits)
+    }
+
+    /// [`EventBlock::new`] with room for `text_bytes` bytes of the records'
+    /// text: a block that has to grow copies what it holds each time, into
+    /// fresh pages.
+    pub fn with_capacity(records: usize, text_bytes: usize, limits: EventLimits) -> Self {
         Self {
-            text: String::with_capacity(records * 64),
+            text: String::with_capacity(text_bytes),
             items: Vec::with_capacity(records),
             limits,
             paths: Arc::default(),
             values: Vec::new(),
+            hash_users: false,
         }
     }
 
-    /// Room for `bytes` bytes of records' text: a block that has to grow
-    /// copies what it holds each time, and touches fresh pages.
-    pub fn with_text_room(mut self, bytes: usize) -> Self {
-        if self.text.is_empty() {
-            // A fresh buffer: growing the empty one would copy its capacity.
-            self.text = String::with_capacity(bytes);
-        } else {
-            self.text.reserve(bytes);
-        }
+    /// Takes each event's user hash on the pushing thread (the parser's), so
+    /// that the engines of a split run do not each hash every uuid.
+    pub fn hashing_users(mut self) -> Self {
+        self.hash_users = true;
         self
     }
 
@@ -200,7 +206,7 @@ impl EventBlock {
                     position,
                     raw,
                     values: values as u32,
-                    user: user_hash(&event.uuid),
+                    user: if self.hash_users { user_hash(&event.uuid) } else { 0 },
                     uuid: field(&event.uuid),
                     event_id: event.event_id.as_ref().map(&mut field),
                     timestamp_ms: event.timestamp_ms,
@@ -247,8 +253,14 @@ impl EventBlock {
     /// and records that are no event only if `split` reports them.
     pub fn records_split(&self, split: UserSplit) -> impl Iterator<Item = BlockRecord<'_>> + '_ {
         let unowned = split.reports_unowned();
+        let owned = move |user: u64, uuid: Span| {
+            split.is_whole()
+                || split.owns_hash(if self.hash_users { user } else { user_hash(self.get(uuid)) })
+        };
         self.items.iter().filter_map(move |item| match item {
-            BlockItem::Event { partition, timestamp_ms, user, .. } if !split.owns_hash(*user) => {
+            BlockItem::Event { partition, timestamp_ms, user, uuid, .. }
+                if !owned(*user, *uuid) =>
+            {
                 Some(BlockRecord::Elsewhere(*partition, *timestamp_ms))
             }
             BlockItem::Rejected { .. } if !unowned => None,
@@ -310,7 +322,14 @@ mod tests {
 
     #[test]
     fn a_split_gives_each_event_to_one_engine_and_its_time_to_every_other() {
-        let mut block = EventBlock::new(64, EventLimits::default());
+        for block in
+            [EventBlock::new(64, EventLimits::default()), EventBlock::default().hashing_users()]
+        {
+            split_of(block);
+        }
+    }
+
+    fn split_of(mut block: EventBlock) {
         for n in 0..40 {
             let line = format!(r#"{{"uuid":"user-{n}","event_timestamp":{n}}}"#);
             block.push(0, n, line.as_bytes());

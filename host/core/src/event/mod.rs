@@ -138,12 +138,6 @@ impl EventLimits {
         paths: &FieldPaths,
         found: &mut dyn FnMut(usize, Captured<'a>),
     ) -> Result<Event<'a>, Rejection> {
-        if record.len() > self.max_record_bytes {
-            return Err(Rejection::RecordTooLarge {
-                bytes: record.len(),
-                limit: self.max_record_bytes,
-            });
-        }
         let text = simdutf8::basic::from_utf8(record).map_err(|_| Rejection::NotUtf8)?;
         self.parse_text_with(text, paths, found)
     }

@@ -37,6 +37,11 @@ impl UserSplit {
         Self { index: (index as u64).min(count - 1), count }
     }
 
+    /// Whether this engine takes every user.
+    pub(super) fn is_whole(&self) -> bool {
+        self.count == 1
+    }
+
     /// Whether `uuid`'s events are this engine's.
     pub fn owns(&self, uuid: &str) -> bool {
         self.owns_hash(user_hash(uuid))
