@@ -167,6 +167,24 @@ fn a_plugin_cannot_grow_past_its_memory_limit() {
     assert!(matches!(error, RulesError::OutOfMemory(16)), "{error}");
 }
 
+/// A runtime whose garbage outlives its calls (a lagging collector) grows
+/// with every batch; the host replaces an instance that holds more than half
+/// its limit before the next call, so such rules run on any length of input.
+#[test]
+fn an_instance_that_keeps_growing_is_replaced_before_it_meets_its_limit() {
+    let limits = SandboxLimits { memory_bytes: 16 << 20, ..Default::default() };
+    let mut rules = load("faulty", &[("fault", "leak")], limits).unwrap();
+    // Each batch keeps 3 MiB for good: 30 batches keep 90 MiB.
+    for _ in 0..30 {
+        let (texts, mut b) =
+            batch(&[(0, Some(0)), (MIN, Some(2)), (2 * MIN, Some(2)), (3 * MIN, Some(2))], 3);
+        let result = rules.process(Texts::first(&texts), &mut b).unwrap();
+        assert_eq!(result.closed.len(), 1);
+        assert_eq!(result.closed[0].pages, [0, 2]);
+        assert_eq!(result.closed[0].event_count, 4);
+    }
+}
+
 #[test]
 fn bytes_that_are_not_a_rules_component_are_refused() {
     let loader = Arc::new(ComponentLoader::new().unwrap());

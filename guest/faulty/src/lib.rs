@@ -3,7 +3,9 @@
 //! behaves like the default rules.
 //!
 //! - In the sandbox: `trap` (a panic), `loop` (never returns), `oom` (allocates
-//!   without bound), `log-flood` (10,000 long log lines in one call, and as many on stdout).
+//!   without bound), `log-flood` (10,000 long log lines in one call, and as many on stdout),
+//!   `leak` (keeps 1 MiB for good per `boom` event, as a runtime whose
+//!   garbage collector lags behind does, while its answers stay right).
 //! - In its answer, for the first user with a `boom` event, one rule of the
 //!   contract broken (the host must refuse the batch, naming the rule):
 //!   `missing-outcome`, `foreign-user`, `empty-session`, `end-before-start`,
@@ -33,6 +35,7 @@ enum Fault {
     Trap,
     Loop,
     OutOfMemory,
+    Leak,
     LogFlood,
     MissingOutcome,
     ForeignUser,
@@ -52,11 +55,12 @@ enum Fault {
     RetypedRevenue,
 }
 
-const FAULTS: [(&str, Fault); 20] = [
+const FAULTS: [(&str, Fault); 21] = [
     ("retyped-revenue", Fault::RetypedRevenue),
     ("trap", Fault::Trap),
     ("loop", Fault::Loop),
     ("oom", Fault::OutOfMemory),
+    ("leak", Fault::Leak),
     ("log-flood", Fault::LogFlood),
     ("missing-outcome", Fault::MissingOutcome),
     ("foreign-user", Fault::ForeignUser),
@@ -119,6 +123,7 @@ impl Rules for FaultyRules {
                     std::hint::black_box(&hoard);
                 }
             }
+            Fault::Leak => std::mem::forget(std::hint::black_box(vec![1u8; 1 << 20])),
             Fault::LogFlood => {
                 let line = "flood ".repeat(2_000);
                 for i in 0..10_000 {

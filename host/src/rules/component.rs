@@ -409,6 +409,7 @@ impl ComponentRules {
             .map_err(|e| RulesError::Invalid(format!("{e:#}")))?;
             let mut instance = Instance { store, bindings, limits: self.limits };
             let declared = instance.configure(&self.settings)?;
+            instance.store.data_mut().limits.mark_fresh();
             match &self.declarations {
                 None => {
                     check_declarations(&declared)?;
@@ -468,11 +469,20 @@ impl RulesRuntime for ComponentRules {
         };
         // Before a trap drops the instance: a panic message is on stderr.
         instance.log_output(outcome.is_err());
+        let crowded = instance.store.data().limits.crowded();
         match outcome {
             Ok(Ok(result)) => {
                 // The guest answered, so its table took the new texts, whether
                 // or not the answer passes.
                 self.texts_sent.took(texts);
+                if crowded {
+                    // A runtime whose collector lags (JavaScript's) grows
+                    // with every call; a fresh instance gives the memory back
+                    // before it meets the limit mid-run (the contract lets
+                    // the host replace an instance between any two calls).
+                    tracing::debug!(plugin = %self.rule_version, "instance replaced: over half its memory limit");
+                    self.instance = None;
+                }
                 let declared = self.declarations.as_ref().unwrap_or(&NO_DECLARATIONS);
                 check_result(&mut self.check, texts, declared, batch, &result)?;
                 Ok(result)

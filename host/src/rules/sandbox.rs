@@ -275,12 +275,28 @@ pub(super) struct PluginLimits {
     memory_bytes: usize,
     /// Bytes the memories hold now.
     memory_used: usize,
+    /// Bytes the memories held once the instance was configured.
+    memory_fresh: usize,
 }
 
 impl PluginLimits {
     /// Limits with `memory_bytes` for all memories together.
     pub(super) fn new(memory_bytes: usize) -> Self {
-        Self { memory_bytes, memory_used: 0 }
+        Self { memory_bytes, memory_used: 0, memory_fresh: 0 }
+    }
+
+    /// Takes what the memories hold now (a configured instance) as what a
+    /// fresh instance needs, the mark [`Self::crowded`] counts from.
+    pub(super) fn mark_fresh(&mut self) {
+        self.memory_fresh = self.memory_used;
+    }
+
+    /// Whether the memories have grown by more than half of what the budget
+    /// left a fresh instance: memories never shrink, so such an instance is
+    /// due for replacement (a fresh one, never, however large it starts).
+    pub(super) fn crowded(&self) -> bool {
+        let grown = self.memory_used.saturating_sub(self.memory_fresh);
+        grown > self.memory_bytes.saturating_sub(self.memory_fresh) / 2
     }
 }
 
@@ -301,6 +317,9 @@ impl wasmtime::ResourceLimiter for PluginLimits {
             );
         }
         self.memory_used = used;
+        // Growth is rare (memories never shrink): a trail of it shows what a
+        // plugin needs before it meets the limit.
+        tracing::trace!(bytes = used, "plugin memory grows");
         Ok(true)
     }
 
@@ -350,5 +369,19 @@ mod limit_tests {
         assert!(limits.memory_growing(0, 24 * mib, None).unwrap());
         assert!(limits.memory_growing(40 * mib, 40 * mib + 1, None).is_err());
         assert_eq!(limits.memories(), MAX_MEMORIES);
+    }
+
+    #[test]
+    fn an_instance_is_crowded_once_it_grew_by_half_of_what_was_left_fresh() {
+        let mib = 1 << 20;
+        let mut limits = PluginLimits::new(64 * mib);
+        assert!(limits.memory_growing(0, 40 * mib, None).unwrap());
+        limits.mark_fresh();
+        // 24 MiB were left: crowded past 12 more, however large it started.
+        assert!(!limits.crowded());
+        assert!(limits.memory_growing(40 * mib, 52 * mib, None).unwrap());
+        assert!(!limits.crowded());
+        assert!(limits.memory_growing(52 * mib, 52 * mib + 1, None).unwrap());
+        assert!(limits.crowded());
     }
 }
