@@ -112,8 +112,10 @@ step "python rules components (componentize-py): contract 0.1, and 0.2 on the Py
     componentize app -p . -p ../python-sdk -o ../dist/python_conversion.wasm)
 export COMPONENTIZE_PY="$VENV/bin/componentize-py"
 
-step "javascript rules component (componentize-js, from npm)"
-guest/js-rules/build.sh
+step "javascript rules components and SDK tests (componentize-js and node, from npm)"
+guest/js-sdk/test.sh guest/js-sdk guest/js-conversion
+guest/js-sdk/build.sh guest/js-rules/rules.js guest/dist/js_rules.wasm
+guest/js-sdk/build.sh guest/js-conversion/rules.js guest/dist/js_conversion.wasm
 
 # Every cargo step below asks for the same features (the query engine
 # included, for its tests) and the same rustc wrapper, so no step rebuilds the
