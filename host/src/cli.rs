@@ -128,7 +128,8 @@ pub enum PluginCommand {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
         /// The SDK (guest/sdk of a Sessionize checkout, or guest/python-sdk
-        /// for --lang python); default: the one this binary was built from.
+        /// for --lang python, guest/js-sdk for --lang js); default: the one
+        /// this binary was built from.
         #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../guest/sdk"))]
         sdk: PathBuf,
     },
@@ -141,6 +142,8 @@ pub enum PluginLang {
     Rust,
     /// On componentize-py.
     Python,
+    /// On the JavaScript SDK and componentize-js.
+    Js,
 }
 
 /// Where a running job's admin endpoint is, and its token.

@@ -228,21 +228,20 @@ fn plugin_new_command(
     dir: &std::path::Path,
     sdk: &std::path::Path,
 ) -> Result<()> {
-    use sessionize::tools::scaffold::{new_python_plugin, new_rust_plugin};
+    use sessionize::tools::scaffold::{new_js_plugin, new_python_plugin, new_rust_plugin};
+    // The default --sdk names the Rust SDK; the others are beside it.
+    let beside = |other: &str| match sdk.file_name() {
+        Some(last) if last == "sdk" => sdk.with_file_name(other),
+        _ => sdk.to_owned(),
+    };
     let project = match lang {
         cli::PluginLang::Rust => new_rust_plugin(name, dir, sdk)?,
-        cli::PluginLang::Python => {
-            // The default --sdk names the Rust SDK; the Python one is beside it.
-            let python = match sdk.file_name() {
-                Some(last) if last == "sdk" => sdk.with_file_name("python-sdk"),
-                _ => sdk.to_owned(),
-            };
-            new_python_plugin(name, dir, &python)?
-        }
+        cli::PluginLang::Python => new_python_plugin(name, dir, &beside("python-sdk"))?,
+        cli::PluginLang::Js => new_js_plugin(name, dir, &beside("js-sdk"))?,
     };
     let next = match lang {
         cli::PluginLang::Rust => "cargo test, then build, try, deploy",
-        cli::PluginLang::Python => "./test.sh, then ./build.sh, try, deploy",
+        cli::PluginLang::Python | cli::PluginLang::Js => "./test.sh, then ./build.sh, try, deploy",
     };
     println!("made {}: see its README.md ({next})", project.display());
     Ok(())

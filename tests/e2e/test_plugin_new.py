@@ -64,6 +64,28 @@ def test_a_new_python_plugin_tests_builds_and_runs(run, tmp_path):
     assert sessions[0]["rule_version"].startswith("py-rules@0.1.0+")
 
 
+def test_a_new_js_plugin_tests_builds_and_runs(run, tmp_path):
+    out = run("plugin", "new", "js-checkout", "--lang", "js", "--dir", tmp_path).stdout.decode()
+    project = tmp_path / "js-checkout"
+    assert f"made {project}" in out
+    tested = subprocess.run(["./test.sh"], cwd=project, capture_output=True, timeout=600)
+    assert tested.returncode == 0, (tested.stdout + tested.stderr).decode()[-3000:]
+    assert "# pass 1" in tested.stdout.decode() and "# fail 0" in tested.stdout.decode()
+
+    built = subprocess.run(["./build.sh"], cwd=project, capture_output=True, timeout=600)
+    assert built.returncode == 0, built.stderr.decode()[-3000:]
+    component = project / "js_checkout.wasm"
+
+    events = tmp_path / "events.jsonl"
+    visits = [("ann", 0, "home"), ("ann", 2, "order-confirmed"), ("ann", 3, "home")]
+    events.write_text("".join(event(*v) + "\n" for v in visits))
+    sessions = [json.loads(line) for line in
+                run("plugin", "test", component, "--input", events).stdout.decode().splitlines()]
+    assert [(s["start_ms"] - T0, s["event_count"], s["end_reason"], s["attributes"]["purchased"])
+            for s in sessions] == [(0, 2, "purchase", True), (180_000, 1, "end_of_input", False)]
+    assert sessions[0]["rule_version"].startswith("js-checkout@0.1.0+")
+
+
 def test_names_it_cannot_make_are_refused(run, tmp_path):
     bad = run("plugin", "new", "Checkout_Rules", "--dir", tmp_path, check=False)
     assert bad.returncode != 0 and "is not a plugin name" in bad.stderr.decode()
@@ -71,3 +93,7 @@ def test_names_it_cannot_make_are_refused(run, tmp_path):
                   "--sdk", tmp_path, check=False)
     assert nowhere.returncode != 0 and "no Sessionize Python SDK" in nowhere.stderr.decode()
     assert not (tmp_path / "py-rules").exists()
+    nowhere = run("plugin", "new", "js-rules", "--lang", "js", "--dir", tmp_path,
+                  "--sdk", tmp_path, check=False)
+    assert nowhere.returncode != 0 and "no Sessionize JavaScript SDK" in nowhere.stderr.decode()
+    assert not (tmp_path / "js-rules").exists()

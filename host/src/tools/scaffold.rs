@@ -29,6 +29,13 @@ pub enum ScaffoldError {
         .0.display()
     )]
     NoPythonSdk(PathBuf),
+    /// The JavaScript SDK is not where it was looked for.
+    #[error(
+        "no Sessionize JavaScript SDK at {}: pass --sdk with the path of guest/js-sdk in a \
+         Sessionize checkout",
+        .0.display()
+    )]
+    NoJsSdk(PathBuf),
     /// A file could not be written.
     #[error("cannot write {}: {source}", path.display())]
     Write {
@@ -102,13 +109,51 @@ pub fn new_python_plugin(name: &str, dir: &Path, sdk: &Path) -> Result<PathBuf, 
         (".gitignore", "/bindings\n__pycache__\n*.wasm\n".to_owned()),
     ];
     write_files(&project, &files)?;
-    for script in ["test.sh", "build.sh"] {
-        use std::os::unix::fs::PermissionsExt;
+    make_executable(&project, &["test.sh", "build.sh"])?;
+    Ok(project)
+}
+
+/// Writes a JavaScript rules plugin called `name` into `dir/name`, on the
+/// JavaScript SDK at `sdk` (guest/js-sdk, whose build.sh and test.sh fetch
+/// what they need); returns the project's directory.
+pub fn new_js_plugin(name: &str, dir: &Path, sdk: &Path) -> Result<PathBuf, ScaffoldError> {
+    check_name(name)?;
+    let sdk = sdk.canonicalize().map_err(|_| ScaffoldError::NoJsSdk(sdk.to_owned()))?;
+    if !sdk.join("sessionize.js").is_file() || !sdk.join("build.sh").is_file() {
+        return Err(ScaffoldError::NoJsSdk(sdk));
+    }
+    let project = dir.join(name);
+    if project.exists() {
+        return Err(ScaffoldError::Exists(project));
+    }
+    let fill = |text: &str| {
+        text.replace("__NAME__", name)
+            .replace("__RULES__", &type_name(name))
+            .replace("__SDK__", &sdk.display().to_string())
+            .replace("__WASM__", &name.replace('-', "_"))
+    };
+    let files = [
+        ("rules.js", fill(RULES_JS)),
+        ("rules.test.js", fill(RULES_TEST_JS)),
+        ("sdk.js", fill(SDK_JS)),
+        ("test.sh", fill(JS_TEST_SH)),
+        ("build.sh", fill(JS_BUILD_SH)),
+        ("README.md", fill(JS_README_MD)),
+        (".gitignore", "*.wasm\n".to_owned()),
+    ];
+    write_files(&project, &files)?;
+    make_executable(&project, &["test.sh", "build.sh"])?;
+    Ok(project)
+}
+
+fn make_executable(project: &Path, scripts: &[&str]) -> Result<(), ScaffoldError> {
+    use std::os::unix::fs::PermissionsExt;
+    for script in scripts {
         let path = project.join(script);
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
             .map_err(|source| ScaffoldError::Write { path, source })?;
     }
-    Ok(project)
+    Ok(())
 }
 
 fn write_files(project: &Path, files: &[(&str, String)]) -> Result<(), ScaffoldError> {
@@ -353,6 +398,103 @@ sessionize plugin deploy __WASM__.wasm         # into a running job
 ```
 "#;
 
+const RULES_JS: &str = r#"// __NAME__: session rules for Sessionize, on its JavaScript SDK.
+//
+// A session ends after the job's inactivity timeout or once it would last
+// longer than its maximum duration (what the default rules do); on top of
+// that, these rules end a session right after an order is confirmed, and
+// write one column, `purchased`, for every session.
+
+import { Attribute, EndReason, Limits, SessionRules, exportRules } from './sdk.js';
+
+export const PURCHASED = Attribute.boolean('purchased', 'The session confirmed an order');
+
+export class __RULES__ extends SessionRules {
+  static attributes = [PURCHASED];
+
+  constructor(settings) {
+    super();
+    this.limits = Limits.fromSettings(settings);
+  }
+
+  expiry(session) {
+    return this.limits.expiry(session);
+  }
+
+  observe(session, event) {
+    session.set(PURCHASED, event.pageName === 'order-confirmed');
+  }
+
+  endsAfter(session, event) {
+    return event.pageName === 'order-confirmed' ? EndReason.custom('purchase') : undefined;
+  }
+}
+
+export const rules = exportRules(__RULES__, { name: '__NAME__', version: '0.1.0' });
+"#;
+
+const RULES_TEST_JS: &str = r#"// The rules natively, with node's test runner (./test.sh).
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+
+import { EndReason, Harness, at } from './sdk.js';
+import { PURCHASED, __RULES__ } from './rules.js';
+
+const MIN = 60_000;
+
+test('silence splits and a confirmed order ends the session', () => {
+  const closed = new Harness(__RULES__).finish([
+    at(0, { page: 'home' }),
+    at(45 * MIN, { page: 'cart' }),
+    at(46 * MIN, { page: 'order-confirmed' }),
+    at(47 * MIN, { page: 'home' }),
+  ]);
+  assert.deepEqual(
+    closed.map((c) => [Number(c.startMs), c.eventCount, c.endReason, c.get(PURCHASED)]),
+    [
+      [0, 1, EndReason.INACTIVITY, false],
+      [45 * MIN, 2, EndReason.custom('purchase'), true],
+      [47 * MIN, 1, EndReason.END_OF_INPUT, false],
+    ],
+  );
+});
+"#;
+
+const SDK_JS: &str = r#"// The Sessionize JavaScript SDK, from the checkout this project was made
+// from (`sessionize plugin new --sdk` picks another), and its test harness.
+export * from '__SDK__/sessionize.js';
+export { Harness, at } from '__SDK__/testing.js';
+"#;
+
+const JS_TEST_SH: &str = r#"#!/usr/bin/env bash
+# The unit tests, natively, with node's test runner (Node is fetched if missing).
+set -euo pipefail
+cd "$(dirname "$0")"
+exec __SDK__/test.sh rules.test.js
+"#;
+
+const JS_BUILD_SH: &str = r#"#!/usr/bin/env bash
+# The component: ./__WASM__.wasm (a JavaScript engine inside, about 12 MB).
+set -euo pipefail
+cd "$(dirname "$0")"
+exec __SDK__/build.sh rules.js __WASM__.wasm
+"#;
+
+const JS_README_MD: &str = r#"# __NAME__
+
+Session rules for Sessionize, on its JavaScript SDK (`rules.js`), built with
+componentize-js. The scripts fetch Node (>= 20) and the npm packages they
+need into `~/.cache/sessionize/js-rules-node` the first time.
+
+```sh
+./test.sh                                    # the unit tests, natively (node --test)
+./build.sh                                   # the component: ./__WASM__.wasm
+sessionize generate -o events.jsonl           # or your own events
+sessionize plugin test __WASM__.wasm --input events.jsonl --against builtin   # what changes
+sessionize plugin deploy __WASM__.wasm         # into a running job
+```
+"#;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -398,5 +540,25 @@ mod tests {
         }
         let no_sdk = new_python_plugin("other", dir.path(), dir.path()).unwrap_err();
         assert!(no_sdk.to_string().contains("no Sessionize Python SDK"), "{no_sdk}");
+    }
+
+    #[test]
+    fn a_js_project_names_its_sdk_and_its_scripts_run() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest/js-sdk");
+        let made = new_js_plugin("js-rules", dir.path(), &sdk).unwrap();
+        let rules = std::fs::read_to_string(made.join("rules.js")).unwrap();
+        assert!(rules.contains("class JsRules extends SessionRules"), "{rules}");
+        assert!(rules.contains("name: 'js-rules'"), "{rules}");
+        let shim = std::fs::read_to_string(made.join("sdk.js")).unwrap();
+        let sdk = sdk.canonicalize().unwrap();
+        assert!(shim.contains(&format!("'{}/sessionize.js'", sdk.display())), "{shim}");
+        for script in ["test.sh", "build.sh"] {
+            let mode = std::fs::metadata(made.join(script)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o111, 0o111, "{script}");
+        }
+        let no_sdk = new_js_plugin("other", dir.path(), dir.path()).unwrap_err();
+        assert!(no_sdk.to_string().contains("no Sessionize JavaScript SDK"), "{no_sdk}");
     }
 }
