@@ -7,12 +7,14 @@
 // taken back), and a thrown string the `err` of a result.
 
 import { joinCarried, splitCarried } from './carry.js';
-import { EndReason, Settings, saturatingAdd } from './sessionize.js';
+import { EndReason, SessionRules, Settings, saturatingAdd } from './sessionize.js';
 
 /** One event as the rules see it. The SDK moves one Event over a batch: read
  * it during the call, do not keep it. */
 class Event {
   constructor(texts, columns, fieldIndex) {
+    /** Event time, BigInt epoch milliseconds. */
+    this.timestampMs = 0n;
     this.raw = undefined;
     this.index = 0;
     this.texts = texts;
@@ -20,8 +22,11 @@ class Event {
     this.fieldIndex = fieldIndex;
   }
 
-  get timestampMs() {
-    return this.raw.timestampMs;
+  /** Moves to event `index` of the batch. */
+  moveTo(raw, index) {
+    this.raw = raw;
+    this.index = index;
+    this.timestampMs = raw.timestampMs;
   }
 
   /** The page the event happened on; undefined for an empty page name,
@@ -46,34 +51,33 @@ class Event {
     return field.type === 'string' ? this.text(value) : value;
   }
 
-  /** The page's handle in the text table, if the event names a page. */
-  pageHandle() {
-    const handle = this.raw.pageName;
-    return this.text(handle) ? handle : undefined;
-  }
-
   text(handle) {
     return handle === undefined ? undefined : this.texts[handle];
   }
 }
 
-/** The open session of the user whose events are being applied. */
+/** The open session of the user whose events are being applied: its times,
+ * count and pages are the SDK's to keep (read them, do not assign them). */
 class Session {
-  constructor(state, values, names, texts) {
-    this.state = state;
+  constructor(startMs, lastMs, eventCount, pages, data, values, names, texts) {
+    /** Time of the first event, BigInt milliseconds. */
+    this.startMs = startMs;
+    /** Time of the latest event, BigInt milliseconds. */
+    this.lastMs = lastMs;
+    this.eventCount = eventCount;
+    /** Page handles, distinct, in order of first visit (`pages` names them). */
+    this.pageHandles = pages;
+    /** The plugin's own bytes (a Uint8Array), kept with the open session. */
+    this.data = data;
     this.values = values;
     this.names = names;
     this.texts = texts;
   }
 
-  get startMs() { return this.state.startMs; }
-  get lastMs() { return this.state.lastMs; }
-  get eventCount() { return this.state.eventCount; }
   /** Distinct page names in order of first visit. */
-  get pages() { return this.state.pages.map((h) => this.texts[h]); }
-  /** The plugin's own bytes, kept with the open session. */
-  get data() { return this.state.data; }
-  set data(bytes) { this.state.data = Uint8Array.from(bytes); }
+  get pages() {
+    return this.pageHandles.map((h) => this.texts[h]);
+  }
 
   /** A declared attribute's value so far, or undefined. */
   get(attribute) {
@@ -92,6 +96,20 @@ class Session {
     }
     return index;
   }
+
+  /** The contract's session-state, attribute values carried in `data`. */
+  stored(attributes) {
+    // A plugin may have set `data` to any array of bytes.
+    const own = this.data instanceof Uint8Array ? this.data : Uint8Array.from(this.data);
+    const data = joinCarried(this.values, attributes, own);
+    return {
+      startMs: this.startMs,
+      lastMs: this.lastMs,
+      eventCount: this.eventCount,
+      pages: this.pageHandles,
+      data,
+    };
+  }
 }
 
 /** The contract's `rules` export for `RulesClass`, named `name`@`version`
@@ -105,6 +123,10 @@ export function exportRules(RulesClass, { name, version }) {
     fieldIndex: new Map(fields.map((f, i) => [f.path, i])),
     names: new Map(attributes.map((a, i) => [a.name, i])),
   };
+  // Hooks a class leaves as SessionRules has them are not called per event.
+  const own = (hook) => RulesClass.prototype[hook] !== SessionRules.prototype[hook];
+  declared.observes = own('observe');
+  declared.endsAfter = own('endsAfter');
   let rules;
   let texts = [];
   return {
@@ -149,21 +171,23 @@ function fold(rules, declared, texts, batch) {
     if (end > events.length) throw `user ${index} claims events ${next}..${end} of ${events.length}`;
     let open = user.state && reopen(user.state, declared, texts);
     for (; next < end; next++) {
-      event.raw = events[next];
-      event.index = next;
+      const raw = events[next];
+      event.moveTo(raw, next);
+      // An empty page name names no page.
+      const page = raw.pageName !== undefined && texts[raw.pageName] ? raw.pageName : undefined;
       if (open === undefined) {
-        open = start(event, declared, texts);
+        open = start(event.timestampMs, page, declared, texts);
       } else {
         const reason = rules.split(open, event);
         if (reason === undefined || reason === null) {
-          extend(open.state, event);
+          extend(open, event.timestampMs, page);
         } else {
           closed.push(close(index, open, reason, declared));
-          open = start(event, declared, texts);
+          open = start(event.timestampMs, page, declared, texts);
         }
       }
-      rules.observe(open, event);
-      const reason = rules.endsAfter(open, event);
+      if (declared.observes) rules.observe(open, event);
+      const reason = declared.endsAfter ? rules.endsAfter(open, event) : undefined;
       if (reason !== undefined && reason !== null) {
         closed.push(close(index, open, reason, declared));
         open = undefined;
@@ -185,9 +209,7 @@ function settle(index, open, rules, batch, declared, closed) {
   } else if (batch.endOfInput) {
     closed.push(close(index, open, EndReason.END_OF_INPUT, declared));
   } else {
-    const { state, values } = open;
-    state.data = joinCarried(values, declared.attributes, state.data);
-    return { state, wakeAt: saturatingAdd(expiry.at, 1n) };
+    return { state: open.stored(declared.attributes), wakeAt: saturatingAdd(expiry.at, 1n) };
   }
   return { state: undefined, wakeAt: undefined };
 }
@@ -195,41 +217,40 @@ function settle(index, open, rules, batch, declared, closed) {
 /** A stored session, with its attribute values taken out of `data`. */
 function reopen(stored, declared, texts) {
   const [values, own] = splitCarried(stored.data, declared.attributes);
-  const state = {
-    startMs: stored.startMs,
-    lastMs: stored.lastMs,
-    eventCount: stored.eventCount,
-    pages: Array.from(stored.pages),
-    data: own,
-  };
-  return new Session(state, values, declared.names, texts);
+  const pages = Array.from(stored.pages);
+  return new Session(stored.startMs, stored.lastMs, stored.eventCount, pages, own, values,
+    declared.names, texts);
 }
 
-function start(event, declared, texts) {
-  const at = event.timestampMs;
-  const page = event.pageHandle();
-  const state = {
-    startMs: at,
-    lastMs: at,
-    eventCount: 1,
-    pages: page === undefined ? [] : [page],
-    data: new Uint8Array(0),
-  };
-  return new Session(state, new Array(declared.attributes.length).fill(undefined), declared.names, texts);
+function start(at, page, declared, texts) {
+  const count = declared.attributes.length;
+  const values = count === 0 ? NO_VALUES : new Array(count).fill(undefined);
+  const pages = page === undefined ? [] : [page];
+  return new Session(at, at, 1, pages, EMPTY, values, declared.names, texts);
 }
 
-function extend(state, event) {
-  const at = event.timestampMs;
-  if (at > state.lastMs) state.lastMs = at;
-  state.eventCount += 1;
-  const page = event.pageHandle();
-  if (page !== undefined && !state.pages.includes(page)) state.pages.push(page);
+const EMPTY = new Uint8Array(0);
+// The values of rules that declare no attribute (shared: there is nothing to set).
+const NO_VALUES = Object.freeze([]);
+
+function extend(session, at, page) {
+  if (at > session.lastMs) session.lastMs = at;
+  session.eventCount += 1;
+  if (page !== undefined && !session.pageHandles.includes(page)) session.pageHandles.push(page);
 }
 
 function close(user, open, endReason, declared) {
-  const { startMs, lastMs, eventCount, pages } = open.state;
-  const attributes = open.values.map((value, i) => witValue(declared.attributes[i], value));
-  return { user, startMs, endMs: lastMs, eventCount, pages, endReason, attributes };
+  const attributes =
+    open.values.length === 0 ? [] : open.values.map((value, i) => witValue(declared.attributes[i], value));
+  return {
+    user,
+    startMs: open.startMs,
+    endMs: open.lastMs,
+    eventCount: open.eventCount,
+    pages: open.pageHandles,
+    endReason,
+    attributes,
+  };
 }
 
 /** An attribute's value as the contract's variant, or undefined. */

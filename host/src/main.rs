@@ -255,7 +255,9 @@ fn plugin_test_command(args: &cli::PluginTestArgs) -> Result<()> {
     use sessionize::tools::plugin_test::{run_rules, write_comparison, write_sessions};
     let runtime = two_thread_runtime()?;
     let limits = sessionize::rules::SandboxLimits::default();
-    let loader = rules_loader(args.settings(), limits, DEFAULT_MAX_COMPONENT_BYTES, None)?;
+    let compiled = sessionize::job::user_compiled_dir();
+    let loader =
+        rules_loader(args.settings(), limits, DEFAULT_MAX_COMPONENT_BYTES, compiled.as_deref())?;
     let intake = Intake::default();
     let run = |plugin: &std::path::Path| -> Result<_> {
         let plugin = (plugin != std::path::Path::new("builtin")).then_some(plugin);

@@ -159,3 +159,34 @@ def test_a_python_component_that_imports_wasi_cuts_the_same_sessions(run, events
                 "--plugin-memory-mib", "256").stderr.decode()
     random_bytes = lambda text: re.findall(r"random bytes ([0-9a-f]+)", text)
     assert random_bytes(log) and random_bytes(again) == random_bytes(log)
+
+
+def test_a_bounded_run_keeps_the_compiled_rules_for_the_next_run(run, events, tmp_path):
+    """An hourly bounded run compiles a component once: it is kept in the
+    user's cache (SESSIONIZE_CACHE/compiled), checked before it is used, and
+    a damaged entry is compiled again, not trusted."""
+    import os
+    cache = tmp_path / "cache"
+    env = dict(os.environ, SESSIONIZE_CACHE=str(cache))
+    plugin = ROOT / "guest" / "dist" / "conversion_rules.wasm"
+
+    def bounded(name):
+        return run("run", "--input", events, "--warehouse", tmp_path / name, "--plugin", plugin,
+                   env=env)
+
+    first = bounded("first")
+    kept = list((cache / "compiled").glob("*.cwasm"))
+    assert len(kept) == 1, kept
+    assert kept[0].stat().st_mode & 0o022 == 0  # writable by its user alone
+    entry = kept[0].read_bytes()
+    kept[0].write_bytes(entry[:-100] + bytes(100))
+    damaged = bounded("damaged")
+    assert "compiled component damaged; compiling again" in damaged.stderr.decode()
+    assert kept[0].read_bytes() == entry  # compiled again, and kept again
+    again = bounded("again")
+    assert "compiling again" not in again.stderr.decode()
+    for proc, name in ((first, "first"), (damaged, "damaged"), (again, "again")):
+        assert b"sessions written" in proc.stdout, name
+    rows = [sorted(r["session_id"] for r in read_table(tmp_path / name))
+            for name in ("first", "damaged", "again")]
+    assert rows[0] == rows[1] == rows[2] and rows[0]

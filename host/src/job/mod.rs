@@ -252,9 +252,15 @@ async fn run_file(config: &JobConfig, source: FileSource) -> Result<RunSummary, 
         }
         None => None,
     };
-    // A bounded run keeps no state directory: it compiles once per run.
-    let loader =
-        rules_loader(config.settings.clone(), config.limits, config.max_component_bytes, None)?;
+    // A bounded run keeps no state directory: compiled components are kept
+    // in the user's cache, so an hourly run compiles a component once.
+    let compiled = user_compiled_dir();
+    let loader = rules_loader(
+        config.settings.clone(),
+        config.limits,
+        config.max_component_bytes,
+        compiled.as_deref(),
+    )?;
     // Plugin calls block: never on an async task.
     let plugin = config.plugin.as_deref();
     let rules = tokio::task::block_in_place(|| load_rules(&loader, plugin))?;
@@ -584,6 +590,23 @@ pub fn rules_loader(
     Ok(RulesLoader::new(Arc::new(loader), settings, limits).taking_at_most(max_component_bytes))
 }
 
+/// Where runs without a state directory (bounded runs, `plugin test`) keep
+/// compiled components: `$SESSIONIZE_CACHE/compiled`, else under
+/// `$XDG_CACHE_HOME` or `~/.cache`. None without a home: then they compile.
+pub fn user_compiled_dir() -> Option<PathBuf> {
+    compiled_dir_from(|name| std::env::var_os(name).filter(|v| !v.is_empty()))
+}
+
+fn compiled_dir_from(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> Option<PathBuf> {
+    let cache = var("SESSIONIZE_CACHE").map(PathBuf::from).or_else(|| {
+        let base = var("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| var("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+        Some(base.join("sessionize"))
+    })?;
+    Some(cache.join("compiled"))
+}
+
 /// The rules a command line gives: `plugin`, or the built-in default rules.
 pub fn load_rules(loader: &RulesLoader, plugin: Option<&Path>) -> Result<ComponentRules, JobError> {
     match (plugin, DEFAULT_RULES) {
@@ -596,5 +619,27 @@ pub fn load_rules(loader: &RulesLoader, plugin: Option<&Path>) -> Result<Compone
             source,
         }),
         (None, None) => Err(JobError::NoDefaultRules),
+    }
+}
+
+#[cfg(test)]
+mod compiled_dir_tests {
+    use std::ffi::OsString;
+
+    use super::compiled_dir_from;
+
+    fn lookup<'a>(vars: &'a [(&str, &str)]) -> impl Fn(&str) -> Option<OsString> + 'a {
+        move |name| vars.iter().find(|(n, _)| *n == name).map(|(_, v)| OsString::from(v))
+    }
+
+    #[test]
+    fn the_project_cache_then_xdg_then_home() {
+        let all = [("SESSIONIZE_CACHE", "/c"), ("XDG_CACHE_HOME", "/x"), ("HOME", "/h")];
+        assert_eq!(compiled_dir_from(lookup(&all)).unwrap(), std::path::Path::new("/c/compiled"));
+        let found = compiled_dir_from(lookup(&all[1..])).unwrap();
+        assert_eq!(found, std::path::Path::new("/x/sessionize/compiled"));
+        let found = compiled_dir_from(lookup(&all[2..])).unwrap();
+        assert_eq!(found, std::path::Path::new("/h/.cache/sessionize/compiled"));
+        assert!(compiled_dir_from(lookup(&[])).is_none());
     }
 }
