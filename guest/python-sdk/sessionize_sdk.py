@@ -246,6 +246,7 @@ class Session:
 # its `data`, laid out as the Rust SDK does (guest/sdk/src/carry.rs), so either
 # SDK continues a session the other started.
 MAGIC = b"\xa7S\x01"
+I64_MAX = (1 << 63) - 1
 TAGS = {types.AttributeType.STRING: 0, types.AttributeType.LONG: 1,
         types.AttributeType.DOUBLE: 2, types.AttributeType.BOOLEAN: 3,
         types.AttributeType.STRING_LIST: 4}
@@ -351,6 +352,9 @@ def export(rules_class, name, version):
     attributes = list(rules_class.attributes)
     field_index = {f.path: i for i, f in enumerate(fields)}
     names = {a.name: i for i, a in enumerate(attributes)}
+    # Hooks a class leaves as SessionRules has them are not called per event.
+    observes = rules_class.observe is not SessionRules.observe
+    ends_after = rules_class.ends_after is not SessionRules.ends_after
 
     class Rules(exports.Rules):
         rules = None
@@ -374,51 +378,64 @@ def export(rules_class, name, version):
                           f"the rules declared {len(fields)}")
             outcomes, closed = [], []
             index = 0
+            events, columns = batch.events, batch.fields
             for user_index, user in enumerate(batch.users):
-                state, values = user.state, None
-                if state is not None:
-                    values, state.data = _split(state.data, attributes)
+                # One Session per open session, not per event: the fold's
+                # objects are most of a Python plugin's time.
+                session = None
+                if user.state is not None:
+                    values, user.state.data = _split(user.state.data, attributes)
+                    session = Session(user.state, values, names, texts)
                 for _ in range(user.event_count):
-                    raw = batch.events[index]
-                    event = Event(raw, texts, batch.fields, index, field_index)
+                    raw = events[index]
+                    event = Event(raw, texts, columns, index, field_index)
                     index += 1
-                    if state is not None:
-                        reason = rules.split(Session(state, values, names, texts), event)
+                    page = event.page_name
+                    if session is not None:
+                        reason = rules.split(session, event)
                         if reason is not None:
-                            closed.append(_close(user_index, state, values, reason))
-                            state = None
-                    if state is None:
+                            closed.append(_close(user_index, session, reason))
+                            session = None
+                    if session is None:
                         state = types.SessionState(raw.timestamp_ms, raw.timestamp_ms, 0, [], b"")
-                        values = [None] * len(attributes)
-                    state.last_ms = max(state.last_ms, raw.timestamp_ms)
+                        session = Session(state, [None] * len(attributes), names, texts)
+                    state = session.state
+                    if raw.timestamp_ms > state.last_ms:
+                        state.last_ms = raw.timestamp_ms
                     state.event_count += 1
                     # An empty page name names no page (event.page_name is None).
-                    if event.page_name is not None and raw.page_name not in state.pages:
+                    if page is not None and raw.page_name not in state.pages:
                         state.pages.append(raw.page_name)
-                    session = Session(state, values, names, texts)
-                    rules.observe(session, event)
-                    reason = rules.ends_after(session, event)
-                    if reason is not None:
-                        closed.append(_close(user_index, state, values, reason))
-                        state = None
-                wake_at = None
-                if state is not None:
-                    expiry = rules.expiry(Session(state, values, names, texts))
-                    if batch.watermark > expiry.at:
-                        closed.append(_close(user_index, state, values, expiry.reason))
-                        state = None
-                    elif batch.end_of_input:
-                        closed.append(_close(user_index, state, values, EndReason.END_OF_INPUT))
-                        state = None
-                    else:
-                        wake_at = expiry.at + 1
-                        state.data = _join(values, attributes, state.data)
-                outcomes.append(types.UserOutcome(state, wake_at))
+                    if observes:
+                        rules.observe(session, event)
+                    if ends_after:
+                        reason = rules.ends_after(session, event)
+                        if reason is not None:
+                            closed.append(_close(user_index, session, reason))
+                            session = None
+                outcomes.append(_settle(user_index, session, rules, batch, closed))
             if index != len(batch.events):
                 raise Err(f"users claim {index} of {len(batch.events)} events")
             return types.BatchResult(outcomes, closed)
 
-    def _close(user, state, values, reason):
+    def _settle(user_index, session, rules, batch, closed):
+        """After a user's events: closes what the watermark has passed, closes
+        everything at end of input, and otherwise stores it, waking at expiry."""
+        if session is None:
+            return types.UserOutcome(None, None)
+        expiry = rules.expiry(session)
+        if batch.watermark > expiry.at:
+            closed.append(_close(user_index, session, expiry.reason))
+        elif batch.end_of_input:
+            closed.append(_close(user_index, session, EndReason.END_OF_INPUT))
+        else:
+            state = session.state
+            state.data = _join(session.values, attributes, state.data)
+            return types.UserOutcome(state, min(expiry.at + 1, I64_MAX))
+        return types.UserOutcome(None, None)
+
+    def _close(user, session, reason):
+        state, values = session.state, session.values
         written = [None if v is None else _value(a, v) for a, v in zip(attributes, values)]
         return types.ClosedSession(user, state.start_ms, state.last_ms, state.event_count,
                                    state.pages, reason, written)
