@@ -52,16 +52,7 @@ def test_a_new_python_plugin_tests_builds_and_runs(run, tmp_path):
 
     built = subprocess.run(["./build.sh"], cwd=project, capture_output=True, env=env, timeout=600)
     assert built.returncode == 0, built.stderr.decode()[-3000:]
-    component = project / "py_rules.wasm"
-
-    events = tmp_path / "events.jsonl"
-    visits = [("ann", 0, "home"), ("ann", 2, "order-confirmed"), ("ann", 3, "home")]
-    events.write_text("".join(event(*v) + "\n" for v in visits))
-    sessions = [json.loads(line) for line in
-                run("plugin", "test", component, "--input", events).stdout.decode().splitlines()]
-    assert [(s["start_ms"] - T0, s["event_count"], s["end_reason"], s["attributes"]["purchased"])
-            for s in sessions] == [(0, 2, "purchase", True), (180_000, 1, "end_of_input", False)]
-    assert sessions[0]["rule_version"].startswith("py-rules@0.1.0+")
+    assert_cuts_at_the_purchase(run, tmp_path, project / "py_rules.wasm", "py-rules@0.1.0+")
 
 
 def test_a_new_js_plugin_tests_builds_and_runs(run, tmp_path):
@@ -74,8 +65,12 @@ def test_a_new_js_plugin_tests_builds_and_runs(run, tmp_path):
 
     built = subprocess.run(["./build.sh"], cwd=project, capture_output=True, timeout=600)
     assert built.returncode == 0, built.stderr.decode()[-3000:]
-    component = project / "js_checkout.wasm"
+    assert_cuts_at_the_purchase(run, tmp_path, project / "js_checkout.wasm", "js-checkout@0.1.0+")
 
+
+def assert_cuts_at_the_purchase(run, tmp_path, component, version):
+    """The scaffold's rules, built: a confirmed order ends the session and
+    sets `purchased`."""
     events = tmp_path / "events.jsonl"
     visits = [("ann", 0, "home"), ("ann", 2, "order-confirmed"), ("ann", 3, "home")]
     events.write_text("".join(event(*v) + "\n" for v in visits))
@@ -83,7 +78,7 @@ def test_a_new_js_plugin_tests_builds_and_runs(run, tmp_path):
                 run("plugin", "test", component, "--input", events).stdout.decode().splitlines()]
     assert [(s["start_ms"] - T0, s["event_count"], s["end_reason"], s["attributes"]["purchased"])
             for s in sessions] == [(0, 2, "purchase", True), (180_000, 1, "end_of_input", False)]
-    assert sessions[0]["rule_version"].startswith("js-checkout@0.1.0+")
+    assert sessions[0]["rule_version"].startswith(version)
 
 
 def test_names_it_cannot_make_are_refused(run, tmp_path):

@@ -54,10 +54,7 @@ pub fn new_rust_plugin(name: &str, dir: &Path, sdk: &Path) -> Result<PathBuf, Sc
     if !sdk.join("Cargo.toml").is_file() {
         return Err(ScaffoldError::NoSdk(sdk));
     }
-    let project = dir.join(name);
-    if project.exists() {
-        return Err(ScaffoldError::Exists(project));
-    }
+    let project = fresh_project(dir, name)?;
     let rules = type_name(name);
     let sdk = sdk.display().to_string();
     let build =
@@ -89,17 +86,8 @@ pub fn new_python_plugin(name: &str, dir: &Path, sdk: &Path) -> Result<PathBuf, 
         return Err(ScaffoldError::NoPythonSdk(sdk));
     }
     let wit = wit.canonicalize().map_err(|_| ScaffoldError::NoPythonSdk(sdk.clone()))?;
-    let project = dir.join(name);
-    if project.exists() {
-        return Err(ScaffoldError::Exists(project));
-    }
-    let fill = |text: &str| {
-        text.replace("__NAME__", name)
-            .replace("__RULES__", &type_name(name))
-            .replace("__SDK__", &sdk.display().to_string())
-            .replace("__WIT__", &wit.display().to_string())
-            .replace("__WASM__", &name.replace('-', "_"))
-    };
+    let project = fresh_project(dir, name)?;
+    let fill = |text: &str| fill(text, name, &sdk).replace("__WIT__", &wit.display().to_string());
     let files = [
         ("app.py", fill(APP_PY)),
         ("test_app.py", fill(TEST_APP_PY)),
@@ -108,8 +96,7 @@ pub fn new_python_plugin(name: &str, dir: &Path, sdk: &Path) -> Result<PathBuf, 
         ("README.md", fill(PY_README_MD)),
         (".gitignore", "/bindings\n__pycache__\n*.wasm\n".to_owned()),
     ];
-    write_files(&project, &files)?;
-    make_executable(&project, &["test.sh", "build.sh"])?;
+    write_scripted(&project, &files)?;
     Ok(project)
 }
 
@@ -122,16 +109,8 @@ pub fn new_js_plugin(name: &str, dir: &Path, sdk: &Path) -> Result<PathBuf, Scaf
     if !sdk.join("sessionize.js").is_file() || !sdk.join("build.sh").is_file() {
         return Err(ScaffoldError::NoJsSdk(sdk));
     }
-    let project = dir.join(name);
-    if project.exists() {
-        return Err(ScaffoldError::Exists(project));
-    }
-    let fill = |text: &str| {
-        text.replace("__NAME__", name)
-            .replace("__RULES__", &type_name(name))
-            .replace("__SDK__", &sdk.display().to_string())
-            .replace("__WASM__", &name.replace('-', "_"))
-    };
+    let project = fresh_project(dir, name)?;
+    let fill = |text: &str| fill(text, name, &sdk);
     let files = [
         ("rules.js", fill(RULES_JS)),
         ("rules.test.js", fill(RULES_TEST_JS)),
@@ -141,14 +120,32 @@ pub fn new_js_plugin(name: &str, dir: &Path, sdk: &Path) -> Result<PathBuf, Scaf
         ("README.md", fill(JS_README_MD)),
         (".gitignore", "*.wasm\n".to_owned()),
     ];
-    write_files(&project, &files)?;
-    make_executable(&project, &["test.sh", "build.sh"])?;
+    write_scripted(&project, &files)?;
     Ok(project)
 }
 
-fn make_executable(project: &Path, scripts: &[&str]) -> Result<(), ScaffoldError> {
+/// The project's directory, unless something is already there.
+fn fresh_project(dir: &Path, name: &str) -> Result<PathBuf, ScaffoldError> {
+    let project = dir.join(name);
+    if project.exists() {
+        return Err(ScaffoldError::Exists(project));
+    }
+    Ok(project)
+}
+
+/// A template with the plugin's names and its SDK's path filled in.
+fn fill(text: &str, name: &str, sdk: &Path) -> String {
+    text.replace("__NAME__", name)
+        .replace("__RULES__", &type_name(name))
+        .replace("__SDK__", &sdk.display().to_string())
+        .replace("__WASM__", &name.replace('-', "_"))
+}
+
+/// Writes `files`, then makes the project's test.sh and build.sh executable.
+fn write_scripted(project: &Path, files: &[(&str, String)]) -> Result<(), ScaffoldError> {
+    write_files(project, files)?;
     use std::os::unix::fs::PermissionsExt;
-    for script in scripts {
+    for script in ["test.sh", "build.sh"] {
         let path = project.join(script);
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
             .map_err(|source| ScaffoldError::Write { path, source })?;
