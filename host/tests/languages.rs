@@ -18,10 +18,13 @@ const MIN: i64 = 60_000;
 const LANGUAGES: [&str; 3] = ["conversion_rules", "python_conversion", "js_conversion"];
 const TEXTS: [&str; 6] = ["home", "hotel", "confirmation", "booking", "view", ""];
 
-/// One user's events: (minute, page, event type, event_details.event_value).
-/// Bookings with and without a value, an empty page name, a confirmation, and
-/// a gap past the inactivity timeout that starts a second session.
-const EVENTS: [(i64, Option<u32>, Option<u32>, Option<f64>); 9] = [
+/// An event: minute, page, event type (text handles), event_details.event_value.
+type TestEvent = (i64, Option<u32>, Option<u32>, Option<f64>);
+
+/// One user's events: bookings with and without a value, an empty page name,
+/// a confirmation, and a gap past the inactivity timeout that starts a second
+/// session.
+const EVENTS: [TestEvent; 9] = [
     (0, Some(0), Some(4), Some(1.0)),
     (1, Some(1), Some(3), Some(100.5)),
     (2, None, Some(3), Some(20.25)),
