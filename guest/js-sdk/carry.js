@@ -12,7 +12,12 @@ const MAGIC = [0xa7, 0x53, 0x01];
 const TAGS = { string: 0, long: 1, double: 2, boolean: 3, 'string-list': 4 };
 const encoder = new TextEncoder();
 // The values of rules that declare no attribute (shared: there is nothing to set).
-const NONE = Object.freeze([]);
+const NO_VALUES = Object.freeze([]);
+
+/** An open session's attribute values before any is set. */
+export function unsetValues(count) {
+  return count === 0 ? NO_VALUES : new Array(count).fill(undefined);
+}
 const decoder = new TextDecoder('utf-8', { fatal: true });
 
 function hasMagic(data) {
@@ -22,7 +27,7 @@ function hasMagic(data) {
 /** Splits `data` into the values of `attributes` (by name and type, in their
  * order) and the plugin's own bytes. Damaged data is all the plugin's own. */
 export function splitCarried(data, attributes) {
-  const values = attributes.length === 0 ? NONE : new Array(attributes.length).fill(undefined);
+  const values = unsetValues(attributes.length);
   // A section is taken out even by rules that declare no attribute.
   if (!hasMagic(data)) return [values, data];
   try {
@@ -37,19 +42,17 @@ export function splitCarried(data, attributes) {
     }
     return [values, data.slice(reader.at)];
   } catch {
-    return [new Array(attributes.length).fill(undefined), data];
+    return [unsetValues(attributes.length), data];
   }
 }
 
 /** Joins attribute values and the plugin's own bytes into `data`. */
 export function joinCarried(values, attributes, own) {
-  let count = 0;
-  for (let i = 0; i < values.length; i++) if (values[i] !== undefined && values[i] !== null) count++;
-  if (count === 0 && !hasMagic(own)) return own;
   const set = [];
   for (let i = 0; i < values.length; i++) {
     if (values[i] !== undefined && values[i] !== null) set.push([attributes[i], values[i]]);
   }
+  if (set.length === 0 && !hasMagic(own)) return own;
   const out = new Writer();
   out.bytes(MAGIC);
   out.byte(set.length);

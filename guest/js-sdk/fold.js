@@ -6,7 +6,7 @@
 // {tag, val}, list<u8> a Uint8Array, list<u32> a Uint32Array (an Array is
 // taken back), and a thrown string the `err` of a result.
 
-import { joinCarried, splitCarried } from './carry.js';
+import { joinCarried, splitCarried, unsetValues } from './carry.js';
 import { EndReason, SessionRules, Settings, saturatingAdd } from './sessionize.js';
 
 /** One event as the rules see it. The SDK moves one Event over a batch: read
@@ -135,7 +135,8 @@ export function exportRules(RulesClass, { name, version }) {
     },
     configure(settings) {
       const params = settings.params ?? [];
-      rules = new RulesClass(new Settings(settings.inactivityTimeoutMs, settings.maxDurationMs, params));
+      const given = new Settings(settings.inactivityTimeoutMs, settings.maxDurationMs, params);
+      rules = asText(() => new RulesClass(given));
       texts = [];
       return {
         fields: fields.map((f) => ({ path: f.path, type: f.type })),
@@ -144,15 +145,23 @@ export function exportRules(RulesClass, { name, version }) {
     },
     process(batch) {
       if (rules === undefined) throw 'process called before configure';
-      try {
+      return asText(() => {
         for (const text of batch.newTexts) texts.push(text);
         return fold(rules, declared, texts, batch);
-      } catch (e) {
-        // Any exception but a string would trap the instance.
-        throw e instanceof Error ? `${e}\n${e.stack}` : `${e}`;
-      }
+      });
     },
   };
+}
+
+/** Runs `work`, turning what it throws into text: any exception but a
+ * string would trap the instance instead of refusing the plugin or failing
+ * the batch with a message. */
+function asText(work) {
+  try {
+    return work();
+  } catch (e) {
+    throw e instanceof Error ? `${e}\n${e.stack}` : `${e}`;
+  }
 }
 
 /** Applies `rules` to every user of `batch`. */
@@ -223,15 +232,12 @@ function reopen(stored, declared, texts) {
 }
 
 function start(at, page, declared, texts) {
-  const count = declared.attributes.length;
-  const values = count === 0 ? NO_VALUES : new Array(count).fill(undefined);
+  const values = unsetValues(declared.attributes.length);
   const pages = page === undefined ? [] : [page];
   return new Session(at, at, 1, pages, EMPTY, values, declared.names, texts);
 }
 
 const EMPTY = new Uint8Array(0);
-// The values of rules that declare no attribute (shared: there is nothing to set).
-const NO_VALUES = Object.freeze([]);
 
 function extend(session, at, page) {
   if (at > session.lastMs) session.lastMs = at;

@@ -72,14 +72,11 @@ export class Limits {
   /** Whichever limit comes first ends the session: a gap of exactly the
    * timeout, or an event exactly the maximum after the start, stays. */
   expiry(session) {
-    const { lastMs, startMs } = session;
-    const inactivity = this.inactivityTimeoutMs;
-    const longest = this.maxDurationMs;
-    const idleAt = lastMs > I64_MAX - inactivity ? I64_MAX : lastMs + inactivity;
-    const longestAt = startMs > I64_MAX - longest ? I64_MAX : startMs + longest;
-    return longestAt < idleAt
-      ? new Expiry(longestAt, EndReason.MAX_DURATION)
-      : new Expiry(idleAt, EndReason.INACTIVITY);
+    const idle = saturatingAdd(session.lastMs, this.inactivityTimeoutMs);
+    const longest = saturatingAdd(session.startMs, this.maxDurationMs);
+    return longest < idle
+      ? new Expiry(longest, EndReason.MAX_DURATION)
+      : new Expiry(idle, EndReason.INACTIVITY);
   }
 }
 

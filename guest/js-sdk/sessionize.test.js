@@ -108,4 +108,14 @@ test('the export refuses bad settings and reports errors as text', () => {
   assert.throws(() => exported.process(bad), (e) => typeof e === 'string' && e.includes('field columns'));
   bad.fields = [{ tag: 'string', val: [] }];
   assert.throws(() => exported.process(bad), (e) => e === 'user 0 claims events 0..2 of 0');
+  // A constructor that throws an Error refuses the plugin with its message.
+  class Picky extends Default {
+    constructor(settings) {
+      super(settings);
+      if (settings.param('mode') === undefined) throw new Error('mode is required');
+    }
+  }
+  const picky = exportRules(Picky, { name: 'p', version: '1' });
+  assert.throws(() => picky.configure({ inactivityTimeoutMs: 1n, maxDurationMs: 1n, params: [] }),
+    (e) => typeof e === 'string' && e.startsWith('Error: mode is required'));
 });

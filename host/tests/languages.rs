@@ -11,7 +11,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use sessionize::rules::contract::{Batch, ClosedSession, Event, FieldValues, Settings, UserSlice};
+use sessionize::rules::contract::{
+    AttributeValue, Batch, ClosedSession, EndReason, Event, FieldValues, Settings, UserSlice,
+};
 use sessionize::rules::{ComponentLoader, ComponentRules, RulesRuntime, SandboxLimits, Texts};
 
 const MIN: i64 = 60_000;
@@ -95,13 +97,67 @@ fn handed_over(
     closed
 }
 
+/// The conversion rules' sessions for `EVENTS`, from their documentation
+/// (guest/conversion-rules): a gap over 30 minutes splits (the events span
+/// less than the maximum duration); pages are the distinct non-empty ones;
+/// `converted` is a booking or the confirmation page; `revenue` sums the
+/// bookings' values; entry and exit are the first and last page.
+fn model() -> Vec<ClosedSession> {
+    let mut sessions: Vec<Vec<TestEvent>> = vec![];
+    for &event in &EVENTS {
+        match sessions.last_mut() {
+            Some(open) if event.0 - open.last().map_or(0, |e| e.0) <= 30 => open.push(event),
+            _ => sessions.push(vec![event]),
+        }
+    }
+    let count = sessions.len();
+    let page = |e: &TestEvent| e.1.filter(|&p| !TEXTS[p as usize].is_empty());
+    let text = |p: u32| AttributeValue::String(TEXTS[p as usize].to_owned());
+    sessions
+        .into_iter()
+        .enumerate()
+        .map(|(i, events)| {
+            let booking = |e: &&TestEvent| e.2.is_some_and(|t| TEXTS[t as usize] == "booking");
+            let mut pages: Vec<u32> = vec![];
+            events.iter().filter_map(page).for_each(|p| {
+                if !pages.contains(&p) {
+                    pages.push(p)
+                }
+            });
+            let converted = events.iter().any(|e| booking(&e))
+                || pages.iter().any(|&p| TEXTS[p as usize] == "confirmation");
+            let revenue: f64 = events.iter().filter(booking).filter_map(|e| e.3).sum();
+            ClosedSession {
+                user: 0,
+                start_ms: events[0].0 * MIN,
+                end_ms: events[events.len() - 1].0 * MIN,
+                event_count: events.len() as u32,
+                end_reason: if i + 1 < count {
+                    EndReason::Inactivity
+                } else {
+                    EndReason::EndOfInput
+                },
+                attributes: vec![
+                    Some(AttributeValue::Boolean(converted)),
+                    Some(AttributeValue::Double(revenue)),
+                    events.iter().find_map(page).map(text),
+                    events.iter().rev().find_map(page).map(text),
+                ],
+                pages,
+            }
+        })
+        .collect()
+}
+
 #[test]
 fn three_languages_cut_the_same_sessions_and_continue_each_others() {
     let texts: Vec<Arc<str>> = TEXTS.iter().map(|t| Arc::from(*t)).collect();
     let mut rules: Vec<ComponentRules> = LANGUAGES.iter().map(|name| load(name)).collect();
-    // Rust's sessions in one call are the reference.
+    // The Rust component's sessions in one call must be the model's; they
+    // are then the reference for every language and every hand-over.
     let mut whole = batch(0..EVENTS.len(), None, true);
     let reference = rules[0].process(Texts::first(&texts), &mut whole).unwrap().closed;
+    assert_eq!(reference, model());
     assert_eq!(reference.len(), 2);
     for language in 1..LANGUAGES.len() {
         let mut whole = batch(0..EVENTS.len(), None, true);

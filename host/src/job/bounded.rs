@@ -56,8 +56,8 @@ pub enum BoundedError {
     /// The run was given no engine to run.
     #[error("a bounded run needs at least one engine")]
     NoEngine,
-    /// An engine's thread could not be started.
-    #[error("starting an engine's thread: {0}")]
+    /// A thread of the run (an engine's, the feeder's) could not be started.
+    #[error("starting the run's threads")]
     Thread(#[source] std::io::Error),
 }
 

@@ -114,6 +114,9 @@ pub(crate) fn ingest(
 ) -> Rejected {
     let skew_ms = i64::try_from(intake.max_future_skew.as_millis()).unwrap_or(i64::MAX);
     let horizon = now_ms.saturating_add(skew_ms);
+    // One test for every engine: an engine that timed an event its owner
+    // refused (or the other way round) would drift from the others' clock.
+    let on_time = |t: i64| t <= horizon;
     engine.limit_clocks_to(now_ms);
     let mut rejected = Rejected::default();
     let dead_letter = |partition, position, raw: &str, reason: String| RejectedEvent {
@@ -128,13 +131,13 @@ pub(crate) fn ingest(
             BlockRecord::Elsewhere(partition, timestamp_ms) => {
                 seen(partition);
                 // Refused by its owner if it is from the future: no clock moves.
-                if timestamp_ms <= horizon {
+                if on_time(timestamp_ms) {
                     engine.observe_time(partition, timestamp_ms);
                 }
             }
             BlockRecord::Event(partition, position, raw, event, fields) => {
                 seen(partition);
-                if event.timestamp_ms > horizon {
+                if !on_time(event.timestamp_ms) {
                     rejected.add("future_timestamp");
                     let reason = from_the_future(event.timestamp_ms, intake.max_future_skew);
                     dead_letters.push(dead_letter(partition, position, raw, reason));

@@ -591,19 +591,17 @@ pub fn rules_loader(
 }
 
 /// Where runs without a state directory (bounded runs, `plugin test`) keep
-/// compiled components: `$SESSIONIZE_CACHE/compiled`, else under
-/// `$XDG_CACHE_HOME` or `~/.cache`. None without a home: then they compile.
+/// compiled components: in the project's cache, `$SESSIONIZE_CACHE` (default
+/// `~/.cache/sessionize`, as the scripts have it). None without a home: then
+/// they compile.
 pub fn user_compiled_dir() -> Option<PathBuf> {
     compiled_dir_from(|name| std::env::var_os(name).filter(|v| !v.is_empty()))
 }
 
 fn compiled_dir_from(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> Option<PathBuf> {
-    let cache = var("SESSIONIZE_CACHE").map(PathBuf::from).or_else(|| {
-        let base = var("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| var("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
-        Some(base.join("sessionize"))
-    })?;
+    let cache = var("SESSIONIZE_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| var("HOME").map(|home| PathBuf::from(home).join(".cache/sessionize")))?;
     Some(cache.join("compiled"))
 }
 
@@ -633,12 +631,10 @@ mod compiled_dir_tests {
     }
 
     #[test]
-    fn the_project_cache_then_xdg_then_home() {
-        let all = [("SESSIONIZE_CACHE", "/c"), ("XDG_CACHE_HOME", "/x"), ("HOME", "/h")];
+    fn the_project_cache_else_home() {
+        let all = [("SESSIONIZE_CACHE", "/c"), ("HOME", "/h")];
         assert_eq!(compiled_dir_from(lookup(&all)).unwrap(), std::path::Path::new("/c/compiled"));
         let found = compiled_dir_from(lookup(&all[1..])).unwrap();
-        assert_eq!(found, std::path::Path::new("/x/sessionize/compiled"));
-        let found = compiled_dir_from(lookup(&all[2..])).unwrap();
         assert_eq!(found, std::path::Path::new("/h/.cache/sessionize/compiled"));
         assert!(compiled_dir_from(lookup(&[])).is_none());
     }

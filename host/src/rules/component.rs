@@ -155,20 +155,7 @@ impl ComponentLoader {
             },
         };
         let hash = hex::encode(&digest[..6]);
-        let scratch = pre.empty_scratch();
-        let mut rules = ComponentRules {
-            loader: self.clone(),
-            pre,
-            settings: settings.clone(),
-            limits,
-            instance: None,
-            rule_version: String::new(),
-            declarations: None,
-            texts_sent: TextsSent::default(),
-            scratch,
-            check: CheckScratch::default(),
-            log_lines_dropped: Arc::default(),
-        };
+        let mut rules = ComponentRules::unstarted(self.clone(), pre, settings.clone(), limits);
         let instance = rules.instance()?;
         let (name, version) = instance.info()?;
         // The name and version go into every row and snapshot summary.
@@ -367,21 +354,39 @@ impl ComponentRules {
     /// core). Nothing is compiled again; the instance must declare what
     /// this one's did.
     pub fn another_instance(&self) -> Result<ComponentRules, RulesError> {
-        let mut rules = ComponentRules {
-            loader: self.loader.clone(),
-            pre: self.pre.clone(),
-            settings: self.settings.clone(),
-            limits: self.limits,
-            instance: None,
-            rule_version: self.rule_version.clone(),
-            declarations: self.declarations.clone(),
-            texts_sent: TextsSent::default(),
-            scratch: self.pre.empty_scratch(),
-            check: CheckScratch::default(),
-            log_lines_dropped: self.log_lines_dropped.clone(),
-        };
+        let mut rules = ComponentRules::unstarted(
+            self.loader.clone(),
+            self.pre.clone(),
+            self.settings.clone(),
+            self.limits,
+        );
+        rules.rule_version.clone_from(&self.rule_version);
+        rules.declarations.clone_from(&self.declarations);
+        rules.log_lines_dropped = self.log_lines_dropped.clone();
         rules.instance()?;
         Ok(rules)
+    }
+
+    /// Rules of `pre` with no instance yet, no identity and no declarations.
+    fn unstarted(
+        loader: Arc<ComponentLoader>,
+        pre: Pre,
+        settings: Settings,
+        limits: SandboxLimits,
+    ) -> Self {
+        ComponentRules {
+            loader,
+            scratch: pre.empty_scratch(),
+            pre,
+            settings,
+            limits,
+            instance: None,
+            rule_version: String::new(),
+            declarations: None,
+            texts_sent: TextsSent::default(),
+            check: CheckScratch::default(),
+            log_lines_dropped: Arc::default(),
+        }
     }
 
     /// The instance, building and configuring a fresh one if the last trapped.
@@ -409,7 +414,6 @@ impl ComponentRules {
             .map_err(|e| RulesError::Invalid(format!("{e:#}")))?;
             let mut instance = Instance { store, bindings, limits: self.limits };
             let declared = instance.configure(&self.settings)?;
-            instance.store.data_mut().limits.mark_fresh();
             match &self.declarations {
                 None => {
                     check_declarations(&declared)?;
@@ -469,7 +473,7 @@ impl RulesRuntime for ComponentRules {
         };
         // Before a trap drops the instance: a panic message is on stderr.
         instance.log_output(outcome.is_err());
-        let crowded = instance.store.data().limits.crowded();
+        let crowded = matches!(outcome, Ok(Ok(_))) && instance.store.data_mut().limits.answered();
         match outcome {
             Ok(Ok(result)) => {
                 // The guest answered, so its table took the new texts, whether

@@ -275,28 +275,31 @@ pub(super) struct PluginLimits {
     memory_bytes: usize,
     /// Bytes the memories hold now.
     memory_used: usize,
-    /// Bytes the memories held once the instance was configured.
-    memory_fresh: usize,
+    /// Bytes the memories held after the instance's first answer (with the
+    /// whole text table in it); none before.
+    memory_fresh: Option<usize>,
 }
 
 impl PluginLimits {
     /// Limits with `memory_bytes` for all memories together.
     pub(super) fn new(memory_bytes: usize) -> Self {
-        Self { memory_bytes, memory_used: 0, memory_fresh: 0 }
+        Self { memory_bytes, memory_used: 0, memory_fresh: None }
     }
 
-    /// Takes what the memories hold now (a configured instance) as what a
-    /// fresh instance needs, the mark [`Self::crowded`] counts from.
-    pub(super) fn mark_fresh(&mut self) {
-        self.memory_fresh = self.memory_used;
-    }
-
-    /// Whether the memories have grown by more than half of what the budget
-    /// left a fresh instance: memories never shrink, so such an instance is
-    /// due for replacement (a fresh one, never, however large it starts).
-    pub(super) fn crowded(&self) -> bool {
-        let grown = self.memory_used.saturating_sub(self.memory_fresh);
-        grown > self.memory_bytes.saturating_sub(self.memory_fresh) / 2
+    /// Notes a call the instance answered, and says whether the instance is
+    /// now due for replacement. The first answer sets the mark: a fresh
+    /// instance is sent the whole text table in its first batch, so what it
+    /// holds after that is what any fresh instance needs. Later answers are
+    /// crowded once the memories have grown by more than half of what the
+    /// budget left above the mark (memories never shrink); however large an
+    /// instance starts, it is never replaced after every call.
+    pub(super) fn answered(&mut self) -> bool {
+        let Some(fresh) = self.memory_fresh else {
+            self.memory_fresh = Some(self.memory_used);
+            return false;
+        };
+        let grown = self.memory_used.saturating_sub(fresh);
+        grown > self.memory_bytes.saturating_sub(fresh) / 2
     }
 }
 
@@ -372,16 +375,15 @@ mod limit_tests {
     }
 
     #[test]
-    fn an_instance_is_crowded_once_it_grew_by_half_of_what_was_left_fresh() {
+    fn an_instance_is_crowded_once_it_grew_by_half_of_what_its_first_answer_left() {
         let mib = 1 << 20;
         let mut limits = PluginLimits::new(64 * mib);
         assert!(limits.memory_growing(0, 40 * mib, None).unwrap());
-        limits.mark_fresh();
-        // 24 MiB were left: crowded past 12 more, however large it started.
-        assert!(!limits.crowded());
+        // The first answer takes the mark: 24 MiB left, crowded past 12 more.
+        assert!(!limits.answered());
         assert!(limits.memory_growing(40 * mib, 52 * mib, None).unwrap());
-        assert!(!limits.crowded());
+        assert!(!limits.answered());
         assert!(limits.memory_growing(52 * mib, 52 * mib + 1, None).unwrap());
-        assert!(limits.crowded());
+        assert!(limits.answered());
     }
 }

@@ -117,9 +117,9 @@ impl Drop for ParsedFile {
     }
 }
 
-/// Lowers the calling thread's priority. The engine's thread, which cannot be
-/// split, is the one the run waits for; parsing fills the cores' spare time
-/// and is kept ahead by its queues.
+/// Lowers the calling thread's priority. The engines' threads are the ones
+/// the run waits for; parsing fills the cores' spare time and is kept ahead
+/// by its queues.
 fn yield_to_the_engine() {
     // SAFETY: gettid and setpriority only read their arguments; a failure
     // leaves the priority as it was, which is harmless.

@@ -179,7 +179,7 @@ impl EventLimits {
 }
 
 /// Parses one record (a JSON line or a Kafka message value), with no bound on
-/// its size: the job parses through [`EventLimits::parse`].
+/// its size: the job parses within [`EventLimits`].
 pub fn parse(record: &[u8]) -> Result<Event<'_>, Rejection> {
     let text = simdutf8::basic::from_utf8(record).map_err(|_| Rejection::NotUtf8)?;
     parse_fields(text, &FieldPaths::default(), &mut |_, _| ())

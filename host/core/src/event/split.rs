@@ -31,10 +31,12 @@ impl UserSplit {
     /// Every user, for a run with one engine.
     pub const WHOLE: UserSplit = UserSplit { index: 0, count: 1 };
 
-    /// The share of engine `index` of `count` (at least one).
+    /// The share of engine `index` of `count` (at least one). An index past
+    /// the count is the caller's bug: two engines would take the same users.
     pub fn new(index: usize, count: usize) -> Self {
         let count = count.max(1) as u64;
-        Self { index: (index as u64).min(count - 1), count }
+        assert!((index as u64) < count, "engine {index} of {count}");
+        Self { index: index as u64, count }
     }
 
     /// Whether this engine takes every user.
