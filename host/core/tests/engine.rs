@@ -342,10 +342,26 @@ fn reference<'a>(events: &'a [(String, String, i64, String)], lateness: i64) -> 
     out
 }
 
-fn arb_events() -> impl Strategy<Value = Vec<(String, String, i64, String)>> {
-    let event = (0..4u8, 0..40u16, 0..(5 * HOUR), 0..5u8, any::<bool>());
+/// An event as the tests write it: user, event id (empty: none), time, page
+/// (empty: none).
+type TestEvent = (String, String, i64, String);
+
+/// `events` in order of arrival: each arrives `jitter` (cycled) after its time.
+fn arrival_order(events: &[TestEvent], jitter: &[i64]) -> Vec<TestEvent> {
+    let mut keyed: Vec<_> =
+        events.iter().enumerate().map(|(i, e)| (e.2 + jitter[i % jitter.len()], i)).collect();
+    keyed.sort();
+    keyed.into_iter().map(|(_, i)| events[i].clone()).collect()
+}
+
+/// Users the generated events belong to: few, so users share many events,
+/// and enough that a split over 2 to 4 engines gives each engine some.
+const USERS: u8 = 8;
+
+fn arb_events() -> impl Strategy<Value = Vec<TestEvent>> {
+    let event = (0..USERS, 0..40u16, 0..(5 * HOUR), 0..5u8, any::<bool>());
     prop::collection::vec(event, 1..120).prop_map(|raw| {
-        let mut out: Vec<(String, String, i64, String)> = raw
+        let mut out: Vec<TestEvent> = raw
             .into_iter()
             .map(|(u, id, t, p, has_page)| {
                 // Coarse times make ties and exact-boundary gaps common.
@@ -390,20 +406,17 @@ proptest! {
         let lateness = 10 * MIN;
         let mut in_order = events.clone();
         in_order.sort_by_key(|e| e.2);
-        // Shuffle within the bound: arrival key = time + jitter < time + lateness.
-        let mut shuffled: Vec<_> = events.iter().enumerate().map(|(i, e)| (e.2 + jitter[i % jitter.len()], i)).collect();
-        shuffled.sort();
-        let shuffled: Vec<_> = shuffled.into_iter().map(|(_, i)| events[i].clone()).collect();
+        // Shuffled within the bound: arrival = time + jitter < time + lateness.
+        let shuffled = arrival_order(&events, &jitter);
 
-        let as_events = |v: &[(String, String, i64, String)]| -> Vec<(String, String, i64, String)> { v.to_vec() };
-        let run_one = |v: &[(String, String, i64, String)], every: usize, max_batch: usize| {
+        let run_one = |v: &[TestEvent], every: usize, max_batch: usize| {
             let evs: Vec<Event<'_>> = v.iter().map(|(u, id, t, p)| ev(u, id, *t, p)).collect();
             let config = EngineConfig { allowed_lateness_ms: lateness, max_batch_events: max_batch };
             let (rows, engine) = run(&evs, config, every);
             prop_assert_eq!(engine.stats().late, 0);
             Ok(spans(&rows))
         };
-        let baseline = run_one(&as_events(&in_order), 1_000_000, 1_000_000)?;
+        let baseline = run_one(&in_order, 1_000_000, 1_000_000)?;
         let permuted = run_one(&shuffled, every, max_batch)?;
         prop_assert_eq!(&baseline, &permuted);
         prop_assert_eq!(&baseline, &reference(&events, lateness));
@@ -413,10 +426,7 @@ proptest! {
 /// The specification's lateness, as plainly as possible: in arrival order, an
 /// event more than `lateness` behind the greatest time accepted before it is
 /// late. Returns the events on time and how many were late.
-fn judge_lateness(
-    arrivals: &[(String, String, i64, String)],
-    lateness: i64,
-) -> (Vec<(String, String, i64, String)>, u64) {
+fn judge_lateness(arrivals: &[TestEvent], lateness: i64) -> (Vec<TestEvent>, u64) {
     let mut greatest = i64::MIN;
     let mut on_time = Vec::new();
     for event in arrivals {
@@ -434,7 +444,7 @@ fn judge_lateness(
 /// each admits its own users' events and times the others'. Every engine
 /// advances every `every` events, then the input ends.
 fn run_split(
-    arrivals: &[(String, String, i64, String)],
+    arrivals: &[TestEvent],
     count: usize,
     every: usize,
     config: EngineConfig,
@@ -479,18 +489,28 @@ proptest! {
         max_batch in 1usize..50,
     ) {
         let lateness = 10 * MIN;
-        let mut arrivals: Vec<_> = events
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (e.2 + jitter[i % jitter.len()], i))
-            .collect();
-        arrivals.sort();
-        let arrivals: Vec<_> = arrivals.into_iter().map(|(_, i)| events[i].clone()).collect();
+        let arrivals = arrival_order(&events, &jitter);
         let (on_time, late) = judge_lateness(&arrivals, lateness);
         let config = EngineConfig { allowed_lateness_ms: lateness, max_batch_events: max_batch };
         let (rows, engines_late) = run_split(&arrivals, count, every, config);
         prop_assert_eq!(engines_late, late);
         prop_assert_eq!(spans(&rows), reference(&on_time, lateness));
+    }
+}
+
+/// The generated users land on more than one engine for every count the
+/// split test tries: otherwise it would never see an engine time another
+/// engine's events.
+#[test]
+fn the_test_users_are_spread_over_every_count_of_engines() {
+    for count in 2..5 {
+        let owners: std::collections::HashSet<usize> = (0..USERS)
+            .map(|u| {
+                let user = format!("user{u}");
+                (0..count).find(|&i| UserSplit::new(i, count).owns(&user)).unwrap()
+            })
+            .collect();
+        assert!(owners.len() > 1, "{count} engines: every test user on one engine");
     }
 }
 

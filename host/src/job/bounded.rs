@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::Arc;
 use std::thread::{self, ScopedJoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::ingest::{ingest, Admit, Intake, Rejected};
 use super::progress::RunProgress;
@@ -155,9 +155,8 @@ pub fn run_bounded(
     output.commit()?;
     let mut summary = output.summary;
     summary.read = read;
-    for end in ends {
-        summary.engine += end.stats;
-        summary.advance_time += end.advance_time;
+    for stats in ends {
+        summary.engine += stats;
     }
     summary.elapsed = started.elapsed();
     Ok(summary)
@@ -165,8 +164,8 @@ pub fn run_bounded(
 
 /// Waits for every shard: what each did, or the first error one met.
 fn join(
-    threads: Vec<ScopedJoinHandle<'_, Result<Option<ShardEnd>, EngineError>>>,
-) -> Result<Vec<ShardEnd>, BoundedError> {
+    threads: Vec<ScopedJoinHandle<'_, Result<Option<EngineStats>, EngineError>>>,
+) -> Result<Vec<EngineStats>, BoundedError> {
     let mut ends = Vec::with_capacity(threads.len());
     let mut failed = None;
     for thread in threads {
@@ -223,12 +222,6 @@ impl ShardOutput {
     }
 }
 
-/// What a shard did, once it is done.
-struct ShardEnd {
-    stats: EngineStats,
-    advance_time: Duration,
-}
-
 /// What every shard's thread shares.
 #[derive(Clone, Copy)]
 struct Lane<'a> {
@@ -248,9 +241,8 @@ impl Lane<'_> {
         index: usize,
         blocks: &Receiver<Feed>,
         results: &Sender<ShardOutput>,
-    ) -> Result<Option<ShardEnd>, EngineError> {
+    ) -> Result<Option<EngineStats>, EngineError> {
         let Shard { engine, rules } = shard;
-        let mut advance_time = Duration::ZERO;
         let mut since_advance = 0u64;
         let mut output = ShardOutput::new(index);
         loop {
@@ -260,7 +252,8 @@ impl Lane<'_> {
                 Err(mpsc::RecvError) => return Ok(None),
             };
             let mut split_engine = SplitEngine { engine: &mut *engine, split };
-            let rejected = ingest(
+            // A fresh output per block: its counts are this block's.
+            output.rejected = ingest(
                 &timed.block,
                 timed.now_ms,
                 self.intake,
@@ -269,26 +262,21 @@ impl Lane<'_> {
                 &mut output.dead_letters,
                 |_| (),
             );
-            output.rejected.add_all(&rejected);
             output.records = timed.block.len() as u64;
             since_advance += output.records;
             if since_advance >= ADVANCE_EVERY_RECORDS {
                 since_advance = 0;
-                let t = Instant::now();
                 output.sessions.extend(engine.advance(rules, false)?);
-                advance_time += t.elapsed();
             }
             // After every block, so the metrics follow the run.
             output.figures = EngineFigures::of(engine);
             // The receiver is gone only when the run failed elsewhere.
             let _ = results.send(std::mem::replace(&mut output, ShardOutput::new(index)));
         }
-        let t = Instant::now();
         output.sessions.extend(engine.advance(rules, true)?);
-        advance_time += t.elapsed();
         output.figures = EngineFigures::of(engine);
         let _ = results.send(output);
-        Ok(Some(ShardEnd { stats: engine.stats(), advance_time }))
+        Ok(Some(engine.stats()))
     }
 }
 

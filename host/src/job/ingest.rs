@@ -34,20 +34,9 @@ pub(crate) struct Rejected {
 
 impl Rejected {
     fn add(&mut self, class: &'static str) {
-        self.add_many(class, 1);
-    }
-
-    fn add_many(&mut self, class: &'static str, n: u64) {
         match self.by_class.iter_mut().find(|(c, _)| *c == class) {
-            Some((_, count)) => *count += n,
-            None => self.by_class.push((class, n)),
-        }
-    }
-
-    /// Adds the counts of `more`.
-    pub(crate) fn add_all(&mut self, more: &Rejected) {
-        for &(class, n) in &more.by_class {
-            self.add_many(class, n);
+            Some((_, count)) => *count += 1,
+            None => self.by_class.push((class, 1)),
         }
     }
 

@@ -21,8 +21,6 @@ pub struct RunSummary {
     pub session_files: u64,
     /// Wall time of the run.
     pub elapsed: Duration,
-    /// Time spent releasing events and applying the rules (engine `advance`).
-    pub advance_time: Duration,
 }
 
 impl RunSummary {

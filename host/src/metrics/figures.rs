@@ -28,16 +28,16 @@ pub struct EngineSize {
 
 impl EngineFigures {
     /// The figures of engines over parts of one input, as one.
+    /// The watermark is the least (none without engines).
     pub fn total(parts: &[EngineFigures]) -> Self {
-        let mut total = Self { watermark: i64::MAX, ..Self::default() };
+        let mut total = Self {
+            watermark: parts.iter().map(|p| p.watermark).min().unwrap_or(i64::MIN),
+            ..Self::default()
+        };
         for part in parts {
             total.stats += part.stats;
             total.waiting += part.waiting;
             total.users += part.users;
-            total.watermark = total.watermark.min(part.watermark);
-        }
-        if parts.is_empty() {
-            total.watermark = i64::MIN;
         }
         total
     }

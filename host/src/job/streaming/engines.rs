@@ -139,12 +139,9 @@ impl Engines {
 
     /// What the metrics read after a batch.
     pub(crate) fn figures(&self) -> EngineFigures {
-        EngineFigures {
-            stats: self.stats(),
-            waiting: self.events_waiting(),
-            users: self.engines().map(Engine::users_in_memory).sum(),
-            watermark: self.engines().map(Engine::watermark).min().unwrap_or(i64::MIN),
-        }
+        let parts: Vec<EngineFigures> = self.engines().map(EngineFigures::of).collect();
+        // The stats include those of engines already retired.
+        EngineFigures { stats: self.stats(), ..EngineFigures::total(&parts) }
     }
 
     /// Open sessions, users waiting and interned texts (counted: now and
