@@ -310,6 +310,12 @@ fn more_instances(rules: &ComponentRules, count: usize) -> Result<Vec<ComponentR
 async fn run_kafka(config: &JobConfig) -> Result<StreamSummary, JobError> {
     // Before anything starts: an endpoint the operator did not mean to expose.
     admin::check_addr(&config.admin)?;
+    // Before the status address is published (tests and supervisors take it
+    // as "started"): a SIGTERM from then on stops the job cleanly once it runs.
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone()).map_err(JobError::Signals)?;
+    }
     // Then the status endpoint, so that a busy port stops the job at once and
     // a slow recovery shows as not ready.
     let metrics = Arc::new(JobMetrics::new(config.status.readiness));
@@ -334,7 +340,7 @@ async fn run_kafka(config: &JobConfig) -> Result<StreamSummary, JobError> {
     let observer = metrics.clone();
     slot.report_calls_to(Arc::new(move |took| observer.observe_plugin_call(took)));
     tracing::info!(rules = slot.rule_version(), "rules loaded");
-    let start = Start { loader: &loader, archive: &archive, metrics: &metrics };
+    let start = Start { loader: &loader, archive: &archive, metrics: &metrics, stop: &stop };
     let topic = match &config.topic {
         Some(topic) => Some(
             SessionsTopic::connect(topic.clone())
@@ -358,11 +364,11 @@ async fn run_kafka(config: &JobConfig) -> Result<StreamSummary, JobError> {
     if config.scale_out.is_some() {
         let mut resumed = join_group(config, &start, &mut sink, &mut slot, topic).await?;
         let rules = rules_lifecycle(config, &start, slot, &sink, resumed.group.take()).await?;
-        stream(config, resumed, rules, &archive, sink, metrics)
+        stream(config, resumed, rules, &archive, sink, metrics, stop)
     } else {
         let resumed = recover(config, &start, &mut sink, &mut slot, topic).await?;
         let rules = rules_lifecycle(config, &start, slot, &sink, None).await?;
-        stream(config, resumed, rules, &archive, sink, metrics)
+        stream(config, resumed, rules, &archive, sink, metrics, stop)
     }
 }
 
@@ -379,7 +385,7 @@ async fn stream_without_table(
     let mut sink = NoTable::default();
     let resumed = recover(config, start, &mut sink, &mut slot, topic).await?;
     let rules = rules_lifecycle(config, start, slot, &sink, None).await?;
-    stream(config, resumed, rules, start.archive, sink, metrics)
+    stream(config, resumed, rules, start.archive, sink, metrics, start.stop.clone())
 }
 
 /// What the steps of a streaming job's start share.
@@ -387,6 +393,8 @@ struct Start<'a> {
     loader: &'a RulesLoader,
     archive: &'a Arc<RulesArchive>,
     metrics: &'a Arc<JobMetrics>,
+    /// Set by SIGINT or SIGTERM, from before the job's start.
+    stop: &'a Arc<AtomicBool>,
 }
 
 /// Where a streaming job resumes: its engines, its checkpoint store, the
@@ -496,11 +504,8 @@ fn stream<C: CheckpointStore<K>, K: Send>(
     archive: &RulesArchive,
     mut sink: K,
     metrics: Arc<JobMetrics>,
+    stop: Arc<AtomicBool>,
 ) -> Result<StreamSummary, JobError> {
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, stop.clone()).map_err(JobError::Signals)?;
-    }
     let handle = tokio::runtime::Handle::current();
     let Resumed { engines, store, offsets, .. } = resumed;
     tokio::task::block_in_place(|| {
