@@ -60,17 +60,20 @@ build_servers() {
         # offsets survive a restart; its group coordinator evicts a frozen
         # member. It needs rustc 1.96, newer than rustup's here: Debian's
         # rustc-web builds it. Memory and PostgreSQL storage only: SQLite
-        # (libsql) would double its build.
+        # (libsql) would double its build. At opt-level 1, not 3: it is the
+        # largest build of a cold run (619 crates), and the tests move
+        # thousands of records through it, not millions.
         # shellcheck disable=SC1090
         (. "$TOOLCHAIN_ENV" && RUSTC="$TOOLCHAIN_RUSTC" CARGO_TARGET_DIR="$CACHE/nisshi-build" \
-            cargo install nisshi --version 0.8.1 --locked --no-default-features \
+            CARGO_PROFILE_RELEASE_OPT_LEVEL=1 cargo install nisshi --version 0.8.1 --locked --no-default-features \
             --features dynostore,postgres --root "$nisshi")
     fi
     echo "servers: nisshi ready after $((SECONDS - t0)) s"
     if [ ! -x "$s3s/bin/s3s-fs" ]; then
         # A real filesystem-backed S3 server from crates.io (MinIO is not
         # reachable here); 0.14.1 is the newest that builds with Rust 1.95.
-        CARGO_TARGET_DIR="$CACHE/s3s-build" cargo install s3s-fs --version 0.14.1 --locked \
+        # opt-level 1 as for nisshi.
+        CARGO_TARGET_DIR="$CACHE/s3s-build" CARGO_PROFILE_RELEASE_OPT_LEVEL=1 cargo install s3s-fs --version 0.14.1 --locked \
             --features binary --root "$s3s"
     fi
     echo "servers: s3s-fs ready after $((SECONDS - t0)) s"
