@@ -142,7 +142,7 @@ mod tests {
                     event_name: None,
                     event_type: Some(2),
                 },
-                fields: Box::default(),
+                fields: Default::default(),
             }],
         };
         let bytes = encode_user(&user).unwrap();

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use super::users::FieldRow;
 use super::Engine;
 use crate::event::{Captured, FieldPaths, Fields};
 use crate::rules::contract::{EventField, FieldValue, FieldValues};
@@ -13,13 +14,13 @@ use crate::rules::contract::{EventField, FieldValue, FieldValues};
 impl Engine {
     /// The values of the engine's fields in `fields` (parsed for the same
     /// fields, or mapped by path and type from others), strings interned.
-    pub(super) fn field_values(&mut self, fields: Option<Fields<'_>>) -> Box<[Option<FieldValue>]> {
+    pub(super) fn field_values(&mut self, fields: Option<Fields<'_>>) -> FieldRow {
         if self.fields.is_empty() {
-            return Box::default();
+            return FieldRow::new();
         }
-        let Some(fields) = fields else { return vec![None; self.fields.len()].into() };
+        let Some(fields) = fields else { return FieldRow::from_elem(None, self.fields.len()) };
         let same = std::ptr::eq(fields.paths(), &*self.fields) || *fields.paths() == *self.fields;
-        let mut values = Vec::with_capacity(self.fields.len());
+        let mut values = FieldRow::with_capacity(self.fields.len());
         for (index, field) in self.fields.fields().iter().enumerate() {
             let from = if same { Some(index) } else { position(fields.paths().fields(), field) };
             let value = from.and_then(|i| fields.get(i)).map(|captured| match captured {
@@ -30,7 +31,7 @@ impl Engine {
             });
             values.push(value);
         }
-        values.into()
+        values
     }
 
     /// Makes `declared` the fields events carry: maps every waiting event's

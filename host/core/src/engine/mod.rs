@@ -30,7 +30,7 @@ mod users;
 
 pub use clock::EngineClocks;
 pub use snapshot::{EngineChanges, UserState};
-pub use users::{EventId, PendingEvent};
+pub use users::{EventId, FieldRow, PendingEvent};
 
 use clock::Clocks;
 use dispatch::InFlight;

@@ -13,6 +13,10 @@ use crate::rules::contract::{Event, FieldValue, SessionState};
 /// A producer's event id (serialized as a string).
 pub type EventId = compact_str::CompactString;
 
+/// The values of one event's declared fields, in declaration order: inline up
+/// to two fields (rules declare few), on the heap beyond.
+pub type FieldRow = smallvec::SmallVec<[Option<FieldValue>; 2]>;
+
 /// An accepted event waiting for the watermark.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PendingEvent {
@@ -22,11 +26,10 @@ pub struct PendingEvent {
     pub event_id: Option<EventId>,
     /// The event as the rules will see it.
     pub event: Event,
-    /// The values of the declared fields (empty when none is declared: no
-    /// allocation). Stored by the state store after the 0.1 layout, not
-    /// inside it.
+    /// The values of the declared fields (empty when none is declared).
+    /// Stored by the state store after the 0.1 layout, not inside it.
     #[serde(skip)]
-    pub fields: Box<[Option<FieldValue>]>,
+    pub fields: FieldRow,
 }
 
 impl PendingEvent {
