@@ -2,7 +2,8 @@
 share a topic's partitions on a real broker (nisshi, cooperative-sticky), hand
 partitions and their open sessions over through the warehouse. The table,
 read back by pyiceberg, must equal a bounded run over the same events, with no
-session written twice."""
+session written twice; where members also send sessions to a topic, the topic
+must hold the table's sessions, repeats only as exact copies."""
 
 import json
 import random
@@ -13,10 +14,14 @@ import time
 from conftest import SESSION_COLUMNS, catalog, read_table
 from kafka import Job, topic_size
 from reference import dead_positions, matches, read_topic, sessionize, sessionize_records
+from test_sessions_topic import as_table_row, read_all
 from test_streaming import broker  # noqa: F401  (fixture)
 
 GROUP = ("--kafka-group", "fleet", "--group-session-timeout", "6s")
 PACE = ("--checkpoint-interval", "300ms", "--max-events-per-batch", "300")
+# Closed sessions to a topic as well as to the table: each member produces for
+# the partitions it owns (at least once: nisshi refuses transactions).
+TO_TOPIC = ("--sink", "iceberg,kafka", "--sessions-topic", "sessions")
 FLUSHERS = 200
 
 
@@ -93,9 +98,9 @@ def real_sessions(warehouse):
                   for r in read_table(warehouse) if not r["uuid"].startswith("flush-"))
 
 
-def member(binary, broker, tmp_path, name):  # noqa: F811
+def member(binary, broker, tmp_path, name, *flags):  # noqa: F811
     return Job(binary, broker, "clicks", tmp_path / "fleet", tmp_path / name,
-               "--scale-out", *GROUP, *PACE)
+               "--scale-out", *GROUP, *PACE, *flags)
 
 
 def wait_for_sessions(warehouse, count, members, timeout=240):
@@ -139,6 +144,22 @@ def no_session_twice(warehouse):
     assert len(ids) == len(set(ids)), "a session was written twice"
 
 
+def topic_agrees_with_table(broker, warehouse):  # noqa: F811
+    """The sessions topic holds every session of the table, each with the
+    table's content, and nothing else: a repeat (a record produced before a
+    crash or a refused commit) is the same session with the same content."""
+    by_id = {}
+    for key, value, _ in read_all(broker.servers, "sessions"):
+        assert key == value["uuid"]
+        assert by_id.setdefault(value["session_id"], value) == value, "a repeat that differs"
+    table = {r["session_id"]: {c: r[c] for c in SESSION_COLUMNS} for r in read_table(warehouse)}
+    topic = {s: as_table_row(v) for s, v in by_id.items()}
+    assert topic.keys() == table.keys(), (
+        f"{len(table.keys() - topic.keys())} sessions of the table not in the topic, "
+        f"{len(topic.keys() - table.keys())} in the topic only")
+    assert topic == table
+
+
 def stop(*members):
     for m in members:
         if m.proc.poll() is None:
@@ -152,15 +173,15 @@ def test_members_share_the_topic_and_a_killed_ones_partitions_move_with_their_se
     expected, rest = prepare(run, tmp_path, broker)
     assert len(expected) > 3000
     fleet = tmp_path / "fleet"
-    a = member(binary, broker, tmp_path, "a")
+    a = member(binary, broker, tmp_path, "a", *TO_TOPIC)
     a.wait_consumed(5000)
-    b = member(binary, broker, tmp_path, "b")
+    b = member(binary, broker, tmp_path, "b", *TO_TOPIC)
     ida, idb = member_id(a), member_id(b)
     # B joins: the group splits the partitions, B claims its share.
     wait_owners(fleet, lambda o: set(o.values()) == {ida, idb}, "B never claimed a partition")
     a.proc.send_signal(signal.SIGKILL)
     a.proc.wait()
-    a2 = member(binary, broker, tmp_path, "a2")
+    a2 = member(binary, broker, tmp_path, "a2", *TO_TOPIC)
     ida2 = member_id(a2)
     # After the session timeout, A's partitions go to the survivors, with
     # their open sessions; then the second half of the input comes.
@@ -174,6 +195,7 @@ def test_members_share_the_topic_and_a_killed_ones_partitions_move_with_their_se
     no_session_twice(fleet)
     assert real_sessions(fleet) == expected
     assert_model(broker, fleet)
+    topic_agrees_with_table(broker, fleet)
     restored = "partitions claimed and restored"
     assert restored in b.log.read_text() and restored in a2.log.read_text()
     # Replaced state files are deleted: beside each partition's chain, at most
@@ -264,12 +286,13 @@ def test_a_frozen_member_publishes_nothing_for_the_partitions_it_lost(
     """A is frozen (SIGSTOP) past the session timeout; the broker evicts it,
     B claims its partitions and commits their sessions; A is resumed
     (SIGCONT) and, before it notices, tries to go on: its commits for the
-    partitions it lost must be refused."""
+    partitions it lost must be refused. Both members also send sessions to a
+    topic: what A sent for those partitions repeats B's sessions exactly."""
     expected, rest = prepare(run, tmp_path, broker)
     fleet = tmp_path / "fleet"
-    a = member(binary, broker, tmp_path, "a")
+    a = member(binary, broker, tmp_path, "a", *TO_TOPIC)
     a.wait_consumed(5000)
-    b = member(binary, broker, tmp_path, "b")
+    b = member(binary, broker, tmp_path, "b", *TO_TOPIC)
     ida, idb = member_id(a), member_id(b)
     wait_owners(fleet, lambda o: set(o.values()) == {ida, idb}, "B never claimed a partition")
     a_held = {p for p, owner in owners(fleet).items() if owner == ida}
@@ -312,3 +335,6 @@ def test_a_frozen_member_publishes_nothing_for_the_partitions_it_lost(
     no_session_twice(fleet)
     assert real_sessions(fleet) == expected
     assert_model(broker, fleet)
+    # What A produced for the partitions it lost, before its refused commit,
+    # repeats B's sessions exactly.
+    topic_agrees_with_table(broker, fleet)
