@@ -1,6 +1,8 @@
 //! Benchmark: Kafka to Iceberg on a pre-filled topic (1,000,000 events, 4
 //! partitions), against a bare rdkafka consumer reading the same topic from the
-//! same broker in the same run; the latency from a session closing to its
+//! same broker in the same run; Kafka in, Kafka out (`--sink kafka`: sessions
+//! to a topic, no table), against a bare loop that consumes every event and
+//! produces it to another topic; the latency from a session closing to its
 //! Iceberg commit; and peak memory with 1,000,000 open sessions in state.
 //!
 //!     guest/build.sh && cargo bench -p sessionize --bench kafka
@@ -21,14 +23,20 @@ mod common;
 use anyhow::{bail, Context, Result};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
+use sessionize::checkpoint::Checkpointer;
 use sessionize::engine::{Engine, EngineConfig};
 use sessionize::event::Event;
 use sessionize::job::streaming::{run_streaming, StreamParts};
 use sessionize::rules::lifecycle::{RulesLifecycle, RulesSlot};
 use sessionize::rules::{ComponentLoader, SandboxLimits};
+use sessionize::sink::topic::{SessionsTopic, TopicConfig};
+use sessionize::sink::NoTable;
 use sessionize::source::file::FileSource;
 use sessionize::source::generate::generate;
+use sessionize::source::kafka::{KafkaConfig, KafkaSource};
 use sessionize::state::{StagedOutput, StateStore};
 use sessionize::tools::produce::{ensure_topic, produce};
 
@@ -75,14 +83,20 @@ fn bench(servers: &str, dir: &Path, events: u64) -> Result<()> {
     println!("bare rdkafka consumer again: {bare_after:.0} events/s");
     let bare = bare_before.max(bare_after);
     println!("pipeline: {:.0}% of the faster bare run", 100.0 * pipeline / bare);
+
+    let transform = bare_transform(servers, sent)?;
+    println!("bare consume-and-produce loop: {transform:.0} events/s");
+    let to_topic = run_to_topic(&runtime, servers, dir)?;
+    println!("Kafka in, Kafka out: {:.0}% of the bare loop", 100.0 * to_topic / transform);
     Ok(())
 }
 
-/// The ceiling: a bare consumer, configured as the job's, reading the same topic.
-fn bare_consumer(servers: &str, sent: u64) -> Result<f64> {
+/// A consumer configured as the job's, assigned every partition of the
+/// benchmark's topic from its first record.
+fn consumer_from_the_beginning(servers: &str, group: &str) -> Result<BaseConsumer> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", servers)
-        .set("group.id", "bare")
+        .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "100")
         .create()?;
@@ -91,6 +105,12 @@ fn bare_consumer(servers: &str, sent: u64) -> Result<f64> {
         assignment.add_partition_offset(TOPIC, p, Offset::Beginning)?;
     }
     consumer.assign(&assignment)?;
+    Ok(consumer)
+}
+
+/// The ceiling: a bare consumer, configured as the job's, reading the same topic.
+fn bare_consumer(servers: &str, sent: u64) -> Result<f64> {
+    let consumer = consumer_from_the_beginning(servers, "bare")?;
     let started = Instant::now();
     let mut read = 0u64;
     while read < sent {
@@ -101,6 +121,96 @@ fn bare_consumer(servers: &str, sent: u64) -> Result<f64> {
         }
     }
     Ok(sent as f64 / started.elapsed().as_secs_f64())
+}
+
+/// The ceiling of a stream transform: consume every event and produce it, as
+/// it came, to another topic (idempotent producer, `acks=all`, as the job's),
+/// until every record is acknowledged.
+fn bare_transform(servers: &str, sent: u64) -> Result<f64> {
+    let consumer = consumer_from_the_beginning(servers, "bare-transform")?;
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create()?;
+    let started = Instant::now();
+    let mut read = 0u64;
+    while read < sent {
+        let message = match consumer.poll(Duration::from_secs(10)) {
+            Some(Ok(message)) => message,
+            Some(Err(e)) => bail!("bare transform: {e}"),
+            None => bail!("bare transform stalled at {read}"),
+        };
+        let mut record = BaseRecord::<[u8], [u8]>::to("bench-copy")
+            .payload(message.payload().unwrap_or_default());
+        if let Some(key) = message.key() {
+            record = record.key(key);
+        }
+        while let Err((e, again)) = producer.send(record) {
+            if !matches!(e.rdkafka_error_code(), Some(rdkafka::types::RDKafkaErrorCode::QueueFull))
+            {
+                bail!("bare transform: {e}");
+            }
+            producer.poll(Duration::from_millis(10));
+            record = again;
+        }
+        producer.poll(Duration::ZERO);
+        read += 1;
+    }
+    producer.flush(Duration::from_secs(60))?;
+    Ok(sent as f64 / started.elapsed().as_secs_f64())
+}
+
+/// The job with `--sink kafka`: the same rules, state store and checkpoints,
+/// its sessions to a topic and no table.
+fn run_to_topic(runtime: &tokio::runtime::Runtime, servers: &str, dir: &Path) -> Result<f64> {
+    let settings = common::default_settings();
+    let component = common::default_component();
+    let mut rules =
+        RulesLifecycle::new(RulesSlot::new(Arc::new(ComponentLoader::new()?).load_file(
+            &component,
+            &settings,
+            SandboxLimits::default(),
+        )?));
+    let topic = runtime.block_on(SessionsTopic::connect(TopicConfig {
+        servers: servers.into(),
+        sessions: "bench-sessions".into(),
+        dead_letters: None,
+    }))?;
+    let _ = std::fs::remove_dir_all(dir.join("topic-state"));
+    let store = StateStore::open(&dir.join("topic-state"))?;
+    let mut sink = NoTable::default();
+    let (checkpointer, resumed) = runtime.block_on(Checkpointer::recover_publishing(
+        store,
+        &mut sink,
+        EngineConfig::default(),
+        Some(topic),
+    ))?;
+    let kafka = KafkaConfig {
+        servers: servers.into(),
+        topic: TOPIC.into(),
+        group: "sessionize-to-topic".into(),
+    };
+    let source = KafkaSource::connect(&kafka, &Default::default(), Duration::from_secs(10))?;
+    let parts = StreamParts::whole(
+        source,
+        resumed.engine,
+        checkpointer,
+        &mut rules,
+        &mut sink,
+        Default::default(),
+    );
+    let stream = common::stream_config(true);
+    let started = Instant::now();
+    let summary =
+        run_streaming(runtime.handle(), parts, stream, BTreeMap::new(), &AtomicBool::new(false))?;
+    let rate = summary.read as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "Kafka in, Kafka out: {rate:.0} events/s, {} sessions to the topic, {} checkpoints",
+        summary.sessions_written, summary.checkpoints
+    );
+    Ok(rate)
 }
 
 fn run_pipeline(runtime: &tokio::runtime::Runtime, servers: &str, dir: &Path) -> Result<f64> {
