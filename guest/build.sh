@@ -33,8 +33,9 @@ if rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
     exit 0
 fi
 
+TOOLCHAIN_ENV="$("$ROOT/guest/toolchain.sh")"
 # shellcheck disable=SC1090
-. "$("$ROOT/guest/toolchain.sh")"
+. "$TOOLCHAIN_ENV"
 
 # A separate target dir: the guest is built by another rustc than the host.
 GUEST_TARGET="${GUEST_TARGET_DIR:-$TARGET/guest-wasm}"

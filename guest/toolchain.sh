@@ -32,6 +32,11 @@ update_lists() {
     fi
 }
 
+download() {
+    (cd "$TOOLCHAIN/debs" && apt-get download -qq rustc-web "$1" libstd-rust-web-dev \
+        rust-web-src "$2" "$3" 2>&1 | grep -v unsandboxed >&2) || true
+}
+
 fetch() {
     rm -rf "$TOOLCHAIN" && mkdir -p "$TOOLCHAIN/debs" "$TOOLCHAIN/root"
     if [ -z "$(dependency libstd-rust-web-dev 'libstd-rust-web-[0-9.]*')" ]; then
@@ -44,10 +49,18 @@ fetch() {
     [ -n "$llvm" ] || fail "could not tell which LLVM $std is built on (apt-cache depends $std)"
     lld="lld-${llvm#libllvm}"
     say "fetching rustc-web, $std, $llvm and $lld into $TOOLCHAIN"
-    (cd "$TOOLCHAIN/debs" && apt-get download -qq rustc-web "$std" libstd-rust-web-dev \
-        rust-web-src "$llvm" "$lld" 2>&1 | grep -v unsandboxed >&2) || true
     local n
+    download "$std" "$llvm" "$lld"
     n="$(find "$TOOLCHAIN/debs" -name '*.deb' | wc -l)"
+    if [ "$n" != 6 ]; then
+        # Lists that name versions the archive no longer has (a security
+        # update moved on), or none at all (an image that removed them).
+        say "fetched $n of 6; updating the package lists and trying again"
+        update_lists || fail "fetched $n of the 6 packages and this user cannot run 'apt-get update': run 'sudo apt-get update', then this again"
+        rm -f "$TOOLCHAIN"/debs/*.deb
+        download "$std" "$llvm" "$lld"
+        n="$(find "$TOOLCHAIN/debs" -name '*.deb' | wc -l)"
+    fi
     [ "$n" = 6 ] || fail "fetched $n of the 6 packages (apt-get download rustc-web $std libstd-rust-web-dev rust-web-src $llvm $lld); check the network and 'apt-get update', then run this again"
     for f in "$TOOLCHAIN"/debs/*.deb; do dpkg -x "$f" "$TOOLCHAIN/root"; done
     local llvm_dir="$TOOLCHAIN/root/usr/lib/llvm-${llvm#libllvm}"
