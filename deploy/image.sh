@@ -7,8 +7,9 @@
 #     archive is the one source it needs);
 #   - localhost/sessionize-build:bookworm: that, with Debian's Rust (rustc-web
 #     and cargo-web from bookworm-security, 1.96).
-# HTTPS inside the build (crates.io) trusts the host's certificates, mounted
-# read-only, so a proxy the host trusts is trusted in the build too.
+# The local build image also trusts the certificate authorities the host adds
+# (/usr/local/share/ca-certificates), so crates.io is reached through a proxy
+# the host trusts.
 # Extra flags for `podman build` go in PODMAN_BUILD_FLAGS (docs/operating.md
 # names the ones a host with hybrid cgroups needs).
 set -euo pipefail
@@ -39,8 +40,14 @@ local_base() {
 local_builder() {
     podman image exists "$BUILDER" && return
     say "making $BUILDER: $BASE with Debian's rustc-web and cargo-web"
-    podman build "${EXTRA[@]}" -t "$BUILDER" -f - "$ROOT/deploy" <<EOF
+    local context
+    context="$(mktemp -d)"
+    trap 'rm -rf "$context"' RETURN
+    mkdir "$context/ca"
+    cp /usr/local/share/ca-certificates/*.crt "$context/ca/" 2>/dev/null || true
+    podman build "${EXTRA[@]}" -t "$BUILDER" -f - "$context" <<EOF
 FROM $BASE
+COPY ca/ /usr/local/share/ca-certificates/
 RUN echo 'deb http://deb.debian.org/debian-security bookworm-security main' \\
         > /etc/apt/sources.list.d/security.list \\
     && apt-get update \\
@@ -58,6 +65,6 @@ if ! pullable docker.io/library/rust:1.95-slim-bookworm ||
     args=(--build-arg "BUILD_IMAGE=$BUILDER" --build-arg "RUNTIME_IMAGE=$BASE")
 fi
 # --format docker keeps HEALTHCHECK (the OCI format has no such field).
-podman build "${EXTRA[@]}" --format docker -v /etc/ssl/certs:/etc/ssl/certs:ro \
-    "${args[@]}" -f "$ROOT/deploy/Dockerfile" -t "$TAG" "$ROOT"
+podman build "${EXTRA[@]}" --format docker "${args[@]}" -f "$ROOT/deploy/Dockerfile" \
+    -t "$TAG" "$ROOT"
 say "built $TAG"
