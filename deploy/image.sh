@@ -10,8 +10,8 @@
 # The local build image also trusts the certificate authorities the host adds
 # (/usr/local/share/ca-certificates), so crates.io is reached through a proxy
 # the host trusts.
-# Extra flags for `podman build` go in PODMAN_BUILD_FLAGS (docs/operating.md
-# names the ones a host with hybrid cgroups needs).
+# Extra flags for `podman build` go in PODMAN_BUILD_FLAGS; a host with cgroups
+# in hybrid mode needs runc (docs/operating.md gives its containers.conf).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

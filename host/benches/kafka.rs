@@ -165,14 +165,7 @@ fn bare_transform(servers: &str, sent: u64) -> Result<f64> {
 /// The job with `--sink kafka`: the same rules, state store and checkpoints,
 /// its sessions to a topic and no table.
 fn run_to_topic(runtime: &tokio::runtime::Runtime, servers: &str, dir: &Path) -> Result<f64> {
-    let settings = common::default_settings();
-    let component = common::default_component();
-    let mut rules =
-        RulesLifecycle::new(RulesSlot::new(Arc::new(ComponentLoader::new()?).load_file(
-            &component,
-            &settings,
-            SandboxLimits::default(),
-        )?));
+    let mut rules = default_rules()?;
     let topic = runtime.block_on(SessionsTopic::connect(TopicConfig {
         servers: servers.into(),
         sessions: "bench-sessions".into(),
@@ -213,15 +206,18 @@ fn run_to_topic(runtime: &tokio::runtime::Runtime, servers: &str, dir: &Path) ->
     Ok(rate)
 }
 
+/// The default rules component, loaded as a streaming job loads its rules.
+fn default_rules() -> Result<RulesLifecycle> {
+    let component = common::default_component();
+    let rules = Arc::new(ComponentLoader::new()?)
+        .load_file(&component, &common::default_settings(), SandboxLimits::default())
+        .with_context(|| format!("{}: run guest/build.sh", component.display()))?;
+    Ok(RulesLifecycle::new(RulesSlot::new(rules)))
+}
+
 fn run_pipeline(runtime: &tokio::runtime::Runtime, servers: &str, dir: &Path) -> Result<f64> {
     // The pipeline: component rules, state store, checkpoints, Iceberg.
-    let settings = common::default_settings();
-    let component = common::default_component();
-    let mut rules = RulesLifecycle::new(RulesSlot::new(
-        Arc::new(ComponentLoader::new()?)
-            .load_file(&component, &settings, SandboxLimits::default())
-            .with_context(|| format!("{}: run guest/build.sh", component.display()))?,
-    ));
+    let mut rules = default_rules()?;
     let mut job = common::FreshJob::new(runtime, servers, TOPIC, dir)?;
     let stream = common::stream_config(true);
     let parts = StreamParts::whole(
